@@ -1,0 +1,132 @@
+"""The decoder family against the PyTorch reference (`transformers` Llama) on tiny random configs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from conftest import padded_batch
+from tljax.models import DecoderConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, generate
+
+# A wide initialisation makes greedy decoding of a random model vary from step to step.
+TINY = dict(vocab_size=173, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=128, rope_theta=500.0, initializer_range=0.2,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def torch_model(cls=transformers.LlamaForCausalLM, **changes):
+    torch.manual_seed(0)
+    return cls(transformers.LlamaConfig(**(TINY | changes))).eval()
+
+
+def positions(mask: np.ndarray) -> np.ndarray:
+    return np.maximum(np.cumsum(mask, -1) - 1, 0)
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right-padded", "left-padded"])
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_causal_lm_logits_match_pytorch(tmp_path, rng, left, tied):
+    reference = torch_model(tie_word_embeddings=tied)
+    reference.save_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [9, 5, 2], left=left)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    logits = nnx.jit(lambda m, i, a: m(i, a))(model, jnp.asarray(ids), jnp.asarray(mask))
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             position_ids=torch.tensor(positions(mask))).logits.numpy()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[real], expected[real], atol=1e-5, rtol=0)
+
+
+def test_backbone_and_classifier_match_pytorch(tmp_path, rng):
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [7, 4])
+    reference = torch_model(transformers.LlamaForSequenceClassification, num_labels=3)
+    reference.save_pretrained(tmp_path)
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+        hidden = reference.model(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    np.testing.assert_allclose(
+        np.asarray(LlamaForSequenceClassification.from_pretrained(tmp_path)(jnp.asarray(ids), jnp.asarray(mask))),
+        expected, atol=1e-5)
+    ours, _ = LlamaModel.from_pretrained(tmp_path)(jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(ours)[mask == 1], hidden[mask == 1], atol=1e-5)
+
+
+def test_saved_directory_loads_in_pytorch(tmp_path, rng):
+    model = LlamaForCausalLM.from_config(DecoderConfig.from_hf(TINY | {"tie_word_embeddings": True}), seed=5)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "saved").eval()
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [6, 6])
+    with torch.no_grad():
+        expected = reloaded(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))), expected, atol=1e-5)
+    assert reloaded.config.rope_parameters["rope_theta"] == TINY["rope_theta"]
+
+
+def greedy_by_recomputation(model, ids, mask, steps):
+    """Greedy decoding that re-runs the whole sequence every step (no cache): the reference."""
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    out = []
+    for _ in range(steps):
+        token = jnp.argmax(model(ids, mask)[:, -1], -1).astype(ids.dtype)
+        out.append(token)
+        ids = jnp.concatenate([ids, token[:, None]], 1)
+        mask = jnp.concatenate([mask, jnp.ones_like(mask[:, :1])], 1)
+    return np.stack(out, 1)
+
+
+def test_cached_generation_equals_recomputation_and_pytorch(tmp_path, rng):
+    reference = torch_model(tie_word_embeddings=True)
+    reference.save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [8, 5, 1], left=True)
+    cached = np.asarray(generate(model, ids, mask, max_new_tokens=12, eos_token_ids=()))
+    assert len(set(cached[0].tolist())) > 3, "the tiny model should not repeat one token"
+    np.testing.assert_array_equal(cached, greedy_by_recomputation(model, ids, mask, 12))
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=12,
+                                      do_sample=False, eos_token_id=None, pad_token_id=0)[:, ids.shape[1]:]
+    np.testing.assert_array_equal(cached, expected.numpy())
+
+
+def test_generation_stops_at_end_of_sequence_with_padding(tmp_path, rng):
+    torch_model().save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [6, 3], left=True)
+    free = np.asarray(generate(model, ids, mask, max_new_tokens=10, eos_token_ids=()))
+    stop = int(free[0, 3])
+    stopped = np.asarray(generate(model, ids, mask, max_new_tokens=10, eos_token_ids=(stop,), pad_token_id=0))
+    first = list(free[0]).index(stop)
+    np.testing.assert_array_equal(stopped[0, : first + 1], free[0, : first + 1])
+    assert (stopped[0, first + 1:] == 0).all()
+
+
+def test_sampling_is_reproducible_and_respects_top_k(tmp_path, rng):
+    torch_model().save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [5, 5], left=True)
+    kw = dict(max_new_tokens=8, eos_token_ids=())
+    a = np.asarray(generate(model, ids, mask, temperature=1.0, seed=1, **kw))
+    b = np.asarray(generate(model, ids, mask, temperature=1.0, seed=1, **kw))
+    c = np.asarray(generate(model, ids, mask, temperature=1.0, seed=2, **kw))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    greedy = np.asarray(generate(model, ids, mask, **kw))
+    np.testing.assert_array_equal(generate(model, ids, mask, temperature=0.7, top_k=1, seed=3, **kw), greedy)
+    np.testing.assert_array_equal(generate(model, ids, mask, temperature=0.7, top_p=1e-6, seed=3, **kw), greedy)
+
+
+def test_bfloat16_generation_and_logits(tmp_path, rng):
+    torch_model().save_pretrained(tmp_path)
+    full = LlamaForCausalLM.from_pretrained(tmp_path)
+    half = LlamaForCausalLM.from_pretrained(tmp_path, dtype=jnp.bfloat16)
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [6, 4], left=True)
+    low = nnx.jit(lambda m, i, a: m(i, a))(half, jnp.asarray(ids), jnp.asarray(mask))
+    high = full(jnp.asarray(ids), jnp.asarray(mask))
+    assert half.model.layers[0].self_attn.q_proj.kernel.dtype == jnp.bfloat16
+    real = mask.astype(bool)
+    assert np.abs(np.asarray(low)[real] - np.asarray(high)[real]).max() < 0.25 * np.abs(np.asarray(high)).max()
+    assert generate(half, ids, mask, max_new_tokens=4).shape == (2, 4)

@@ -1,0 +1,23 @@
+"""tljax: transfer learning for pre-trained transformers, in JAX and Flax NNX.
+
+`tljax.zoo` turns names into Hugging Face model directories; `tljax.models` holds our Flax models, which
+load and save those directories. `load(name, task)` does both.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load(name_or_path: str, task: str | None = None, **kwargs):
+    """A packaged model name, Hugging Face id or local directory -> (model, tokenizer).
+
+    `task` is "base", "sequence-classification", "masked-lm" or "causal-lm" (default: the backbone for
+    encoders, the language model for decoders); `kwargs` go to `from_pretrained` (dtype, id2label, ...).
+    """
+    from transformers import AutoTokenizer
+
+    from tljax import models, zoo
+
+    directory = zoo.resolve(name_or_path)
+    return models.from_pretrained(directory, task, **kwargs), AutoTokenizer.from_pretrained(directory)

@@ -1,0 +1,63 @@
+"""Our Flax NNX models, with Hugging Face names, and their registry by family and task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tljax.models.base import PretrainedModel, read_config_dict
+from tljax.models.checkpoint import CheckpointError
+from tljax.models.config import ConfigError
+from tljax.models.decoder.config import DecoderConfig
+from tljax.models.decoder.generate import chat, generate
+from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
+from tljax.models.encoder.config import EncoderConfig
+from tljax.models.encoder.modeling import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    cls_pool,
+    mean_pool,
+)
+
+# model_type -> task -> class
+MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
+    "bert": {
+        "base": BertModel,
+        "sequence-classification": BertForSequenceClassification,
+        "masked-lm": BertForMaskedLM,
+    },
+    "llama": {
+        "base": LlamaModel,
+        "sequence-classification": LlamaForSequenceClassification,
+        "causal-lm": LlamaForCausalLM,
+    },
+}
+
+
+def model_class(model_type: str, task: str) -> type[PretrainedModel]:
+    """The class for a `config.json` model_type and a task, with an error listing what exists."""
+    if model_type not in MODEL_CLASSES:
+        raise ConfigError(f"model_type {model_type!r} is not supported; supported: {', '.join(MODEL_CLASSES)}")
+    tasks = MODEL_CLASSES[model_type]
+    if task not in tasks:
+        raise ConfigError(f"task {task!r} is not available for {model_type!r} models; available: {', '.join(tasks)}")
+    return tasks[task]
+
+
+def default_task(model_type: str) -> str:
+    """The task a bare model directory is loaded for: the LM head for decoders, the backbone otherwise."""
+    return "causal-lm" if "causal-lm" in MODEL_CLASSES.get(model_type, {}) else "base"
+
+
+def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) -> PretrainedModel:
+    """Loads a Hugging Face model directory as the right class for its model_type and `task`."""
+    model_type = read_config_dict(Path(directory)).get("model_type", "")
+    return model_class(model_type, task or default_task(model_type)).from_pretrained(directory, **kwargs)
+
+
+__all__ = [
+    "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "CheckpointError", "ConfigError",
+    "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForSequenceClassification",
+    "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "cls_pool", "default_task", "from_pretrained",
+    "generate", "mean_pool", "model_class",
+]

@@ -1,0 +1,134 @@
+"""`from_pretrained` / `save_pretrained` shared by every model class."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tljax.models.checkpoint import (
+    CheckpointError,
+    fill_parameters,
+    model_to_hf_tensors,
+    read_tensors,
+    write_model_directory,
+)
+from tljax.models.config import HFConfig
+
+log = logging.getLogger(__name__)
+
+
+def read_config_dict(directory: Path) -> dict[str, Any]:
+    """The parsed `config.json` of a model directory, with a clear error when there is none."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"model directory {directory} does not exist")
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory} is not a Hugging Face model directory: it has no config.json")
+    return json.loads((directory / "config.json").read_text())
+
+
+class PretrainedModel(nnx.Module):
+    """A model whose parameters carry Hugging Face names (see `checkpoint.py`).
+
+    Subclasses set the class attributes below and take `(config, *, dtype, param_dtype, rngs)`.
+    """
+
+    config_class: ClassVar[type[HFConfig]]
+    base_model_prefix: ClassVar[str]
+    # parameters a backbone checkpoint does not have: the new head, initialised fresh
+    new_parameters: ClassVar[tuple[str, ...]] = ()
+    # checkpoint tensors of other heads that this class does not have (regular expression)
+    unused_tensors: ClassVar[str | None] = None
+    config: HFConfig
+
+    def tied_parameters(self) -> dict[str, str]:
+        """Checkpoint tensors that repeat another one (e.g. an output layer tied to the embeddings)."""
+        return {}
+
+    @classmethod
+    def from_config(
+        cls,
+        config: HFConfig,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype | None = None,
+        seed: int = 0,
+    ) -> Self:
+        """A randomly initialised model (as Hugging Face initialises it: normal(0, 0.02) weights)."""
+        return cls(config, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(seed))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype | None = None,
+        seed: int = 0,
+        **config_changes: Any,
+    ) -> Self:
+        """Loads a Hugging Face model directory (config.json + safetensors).
+
+        `config_changes` override config fields, e.g. `id2label={0: "neg", 1: "pos"}` for a new head.
+        Every missing, unexpected or mis-shaped tensor is reported at once in a `CheckpointError`.
+        """
+        directory = Path(directory)
+        config = cls.config_class.from_hf(read_config_dict(directory))
+        if config_changes:
+            config = config.replace(**config_changes)
+            config.validate()
+        param_dtype = param_dtype or dtype
+        # Build the model without computing its random initial values, except the new head's.
+        abstract = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed)))
+        model, kept = fill_parameters(
+            abstract,
+            read_tensors(directory),
+            base_prefix=cls.base_model_prefix,
+            new_parameters=cls.new_parameters,
+            tied=abstract.tied_parameters(),
+            unused=cls.unused_tensors,
+        )
+        if kept:
+            log.info("%s: new parameters, initialised fresh: %s", cls.__name__, ", ".join(kept))
+            _initialise(model, kept, seed)
+        return model
+
+    def save_pretrained(self, directory: str | Path, *, tokenizer_source: str | Path | None = None) -> None:
+        """Writes a directory that PyTorch `transformers` (and `from_pretrained`) loads as this model.
+
+        Tokenizer files are copied from `tokenizer_source` when given. The write is atomic.
+        """
+        write_model_directory(
+            Path(directory),
+            model_to_hf_tensors(self),
+            self.config.to_hf(type(self).__name__),
+            Path(tokenizer_source) if tokenizer_source else None,
+        )
+
+
+def _initialise(abstract_filled: nnx.Module, names: list[str], seed: int) -> None:
+    """Gives the still-abstract parameters in `names` their random initial values, in place.
+
+    The whole model's initialiser runs under `jax.jit`, so XLA computes only the values asked for.
+    """
+    from tljax.models.checkpoint import hf_name
+
+    cls, config = type(abstract_filled), abstract_filled.config
+    dtypes = {hf_name(p): v.dtype for p, v in nnx.to_flat_state(nnx.state(abstract_filled, nnx.Param))}
+
+    @jax.jit
+    def init():
+        fresh = cls(config, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(seed))
+        flat = {hf_name(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(fresh, nnx.Param))}
+        return {name: flat[name].astype(dtypes[name]) for name in names}
+
+    values = init()
+    for path, variable in nnx.to_flat_state(nnx.state(abstract_filled, nnx.Param)):
+        if hf_name(path) in values:
+            variable.set_value(values[hf_name(path)])

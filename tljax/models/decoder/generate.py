@@ -1,0 +1,113 @@
+"""Text generation with the key/value cache: greedy and sampled, one compiled program per shape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM
+
+Array = jax.Array
+
+
+def sample_token(logits: Array, key: Array | None, temperature: float, top_k: int | None,
+                 top_p: float | None) -> Array:
+    """Picks the next token from logits [B, V]: the argmax when temperature is 0, else a sample."""
+    if temperature == 0.0 or key is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p is not None:
+        ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+        cumulative = jnp.cumsum(jax.nn.softmax(ordered, axis=-1), axis=-1)
+        # the smallest set of tokens whose probability reaches top_p (the top token always stays)
+        cutoff_index = jnp.sum(cumulative - jax.nn.softmax(ordered, axis=-1) < top_p, axis=-1, keepdims=True) - 1
+        cutoff = jnp.take_along_axis(ordered, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos", "pad"))
+def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k, top_p,
+              eos, pad):
+    model: LlamaForCausalLM = nnx.merge(graphdef, state)
+    batch, length = input_ids.shape
+    dtype = model.model.embed_tokens.embedding.dtype
+    cache = KVCache.empty(model.config, batch, length + max_new_tokens, dtype)
+    hidden, cache = model.model(input_ids, attention_mask, cache=cache)
+    keys = jax.random.split(key, max_new_tokens)
+    first = sample_token(model.logits(hidden[:, -1]), keys[0], temperature, top_k, top_p)
+    is_eos = lambda token: jnp.isin(token, jnp.asarray(eos or (-1,), jnp.int32))  # noqa: E731
+
+    def step(carry, step_key):
+        token, cache, done = carry
+        hidden, cache = model.model(token[:, None], jnp.ones((batch, 1), jnp.int32), cache=cache)
+        nxt = sample_token(model.logits(hidden[:, 0]), step_key, temperature, top_k, top_p)
+        nxt = jnp.where(done, pad, nxt)
+        return (nxt, cache, done | is_eos(nxt)), nxt
+
+    _, rest = jax.lax.scan(step, (first, cache, is_eos(first)), keys[1:])
+    return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+def generate(
+    model: LlamaForCausalLM,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    eos_token_ids: Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+) -> Array:
+    """Continues left-padded prompts [B, T] with `max_new_tokens` tokens -> [B, max_new_tokens].
+
+    Greedy when `temperature` is 0, otherwise sampled (optionally restricted to the `top_k` tokens or the
+    `top_p` probability mass). After a sequence emits an end-of-sequence token (the config's unless given)
+    it emits `pad_token_id`.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    config = model.config
+    if input_ids.shape[1] + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new ones exceeds the model's "
+                         f"context of {config.max_position_embeddings}")
+    eos = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
+    pad = pad if pad is not None else (eos[0] if eos else 0)
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+    graphdef, state = nnx.split(model)
+    return _generate(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
+                     jax.random.key(seed), max_new_tokens=max_new_tokens, temperature=float(temperature),
+                     top_k=top_k, top_p=top_p, eos=eos, pad=int(pad))
+
+
+def chat(
+    model: LlamaForCausalLM,
+    tokenizer,
+    conversations: Sequence[Sequence[dict[str, str]]],
+    *,
+    max_new_tokens: int = 64,
+    **sampling,
+) -> list[str]:
+    """Replies to each conversation (a list of {"role", "content"} messages) through the chat template.
+
+    `tokenizer` is a `transformers` tokenizer with a chat template. Returns the decoded replies.
+    """
+    prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
+               for c in conversations]
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="np", padding=True, add_special_tokens=False)
+    tokens = generate(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
+                      pad_token_id=tokenizer.pad_token_id, **sampling)
+    return tokenizer.batch_decode(jax.device_get(tokens), skip_special_tokens=True)

@@ -1,0 +1,229 @@
+"""Llama-architecture decoders in Flax NNX with Hugging Face module names (Llama, SmolLM2).
+
+RoPE, grouped-query attention, RMSNorm, SwiGLU, optional tied embeddings, and a key/value cache that is
+passed in and returned (never stored in the module), so every call stays a pure function.
+Shapes: B batch, T new tokens, S cache slots, H hidden, N heads, K key/value heads, D head size, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tljax.models.base import PretrainedModel
+from tljax.models.decoder.config import DecoderConfig
+from tljax.models.layers import ACTIVATIONS, attend, layer_keys, merge_heads, split_heads
+
+Array = jax.Array
+
+
+class KVCache(NamedTuple):
+    """Keys and values of the tokens seen so far, in fixed-size buffers (one compiled shape)."""
+
+    keys: tuple[Array, ...]  # per layer [B, K, S, D]
+    values: tuple[Array, ...]  # per layer [B, K, S, D]
+    mask: Array  # [B, S] bool: the slot holds a real (non-padding) token
+    index: Array  # [] int32: the next slot to write
+
+    @classmethod
+    def empty(cls, config: DecoderConfig, batch: int, size: int, dtype: jnp.dtype = jnp.float32) -> KVCache:
+        """A cache for `batch` sequences of at most `size` tokens (prompt + generated)."""
+        shape = (batch, config.num_key_value_heads, size, config.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+        return cls(zeros, zeros, jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
+
+
+def rotary(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary position embedding (Hugging Face's half-split convention): [B, N, T, D], [B, T] -> same."""
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles = positions.astype(jnp.float32)[:, None, :, None] * inv_freq[None, None, None]  # [B, 1, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+class LlamaRMSNorm(nnx.Module):
+    def __init__(self, size: int, eps: float, *, dtype, param_dtype):
+        self.weight = nnx.Param(jnp.ones((size,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        weight = self.weight[...].astype(self.dtype).reshape((1,) * (x.ndim - 1) + (-1,))
+        return weight * normed.astype(self.dtype)
+
+
+def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(din, dout, use_bias=False, kernel_init=nnx.initializers.normal(0.02),
+                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class LlamaAttention(nnx.Module):
+    def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        h, n, k, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.q_proj = _linear(h, n * d, dtype, param_dtype, rngs)
+        self.k_proj = _linear(h, k * d, dtype, param_dtype, rngs)
+        self.v_proj = _linear(h, k * d, dtype, param_dtype, rngs)
+        self.o_proj = _linear(n * d, h, dtype, param_dtype, rngs)
+        self.num_heads, self.num_kv_heads = n, k
+        self.theta = config.rope_theta
+        self.dropout_rate = config.attention_dropout
+
+    def __call__(self, x: Array, positions: Array, mask: Array, cache: tuple[Array, Array, Array] | None,
+                 dropout_key: Array | None) -> tuple[Array, tuple[Array, Array] | None]:
+        """x [B, T, H]; mask [B, 1, T, S]; cache (keys, values, write index) or None -> [B, T, H]."""
+        q = rotary(split_heads(self.q_proj(x), self.num_heads), positions, self.theta)
+        k = rotary(split_heads(self.k_proj(x), self.num_kv_heads), positions, self.theta)
+        v = split_heads(self.v_proj(x), self.num_kv_heads)
+        new_cache = None
+        if cache is not None:
+            cached_k, cached_v, index = cache
+            k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), index, axis=2)
+            new_cache = (k, v)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask,
+                     dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+        return self.o_proj(merge_heads(out)), new_cache
+
+
+class LlamaMLP(nnx.Module):
+    def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        h, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = _linear(h, f, dtype, param_dtype, rngs)
+        self.up_proj = _linear(h, f, dtype, param_dtype, rngs)
+        self.down_proj = _linear(f, h, dtype, param_dtype, rngs)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+    def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.self_attn = LlamaAttention(config, rngs=rngs, **kw)
+        self.mlp = LlamaMLP(config, rngs=rngs, **kw)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+
+    def __call__(self, x, positions, mask, cache, dropout_key):
+        attended, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, cache, dropout_key)
+        x = x + attended
+        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+
+
+class LlamaModel(PretrainedModel):
+    """The decoder backbone: final normalised hidden states [B, T, H]."""
+
+    config_class: ClassVar = DecoderConfig
+    base_model_prefix: ClassVar[str] = "model"
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.layers = nnx.List([LlamaDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(config.num_hidden_layers)])
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        cache: KVCache | None = None,
+        *,
+        dropout_key: Array | None = None,
+    ) -> tuple[Array, KVCache | None]:
+        """[B, T] ids -> (hidden [B, T, H], updated cache or None).
+
+        `attention_mask` [B, T] is 1 for real tokens and 0 for padding (left padding for generation).
+        `positions` default to each sequence's count of real tokens before the token, so padding never
+        shifts them. With a cache, the T tokens are written at slots `cache.index ...` and attend to all
+        earlier real slots.
+        """
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, length), jnp.int32)
+        real = attention_mask.astype(bool)
+        seen = jnp.zeros((batch, 1), jnp.int32) if cache is None else cache.mask.sum(-1, keepdims=True, dtype=jnp.int32)
+        if positions is None:
+            positions = jnp.maximum(seen + jnp.cumsum(real, axis=-1) - 1, 0)
+        if cache is None:
+            key_real, query_slot = real, jnp.arange(length)
+        else:
+            key_real = jax.lax.dynamic_update_slice_in_dim(cache.mask, real, cache.index, axis=1)
+            query_slot = cache.index + jnp.arange(length)
+        key_slot = jnp.arange(key_real.shape[1])
+        mask = key_real[:, None, None, :] & (key_slot[None, :] <= query_slot[:, None])[None, None]
+
+        x = self.embed_tokens(input_ids)
+        keys, values = [], []
+        for i, (layer, key) in enumerate(zip(self.layers, layer_keys(dropout_key, len(self.layers)))):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
+            x, new = layer(x, positions, mask, layer_cache, key)
+            if new is not None:
+                keys.append(new[0])
+                values.append(new[1])
+        if cache is not None:
+            cache = KVCache(tuple(keys), tuple(values), key_real, cache.index + length)
+        return self.norm(x), cache
+
+
+class LlamaForCausalLM(PretrainedModel):
+    """Backbone + language-model head (tied to the embeddings when the config says so): logits [B, T, V]."""
+
+    config_class: ClassVar = DecoderConfig
+    base_model_prefix: ClassVar[str] = "model"
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        tied = config.tie_word_embeddings
+        self.lm_head = None if tied else _linear(config.hidden_size, config.vocab_size, dtype, param_dtype, rngs)
+
+    def tied_parameters(self) -> dict[str, str]:
+        return {"lm_head.weight": "model.embed_tokens.weight"} if self.lm_head is None else {}
+
+    def logits(self, hidden: Array) -> Array:
+        """[..., H] -> float32 vocabulary logits [..., V]."""
+        out = self.model.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
+        return out.astype(jnp.float32)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> next-token logits [B, T, V] (no cache; for training and scoring)."""
+        hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
+        return self.logits(hidden)
+
+
+class LlamaForSequenceClassification(PretrainedModel):
+    """Backbone + linear `score` read at each sequence's last real token: logits [B, L]."""
+
+    config_class: ClassVar = DecoderConfig
+    base_model_prefix: ClassVar[str] = "model"
+    new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
+    unused_tensors: ClassVar[str | None] = r"^lm_head\."
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.score = _linear(config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> logits [B, L]."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
+        last = jnp.max(jnp.arange(input_ids.shape[1])[None] * attention_mask.astype(jnp.int32), axis=-1)
+        pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+        return self.score(pooled).astype(jnp.float32)

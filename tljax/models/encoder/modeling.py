@@ -1,0 +1,254 @@
+"""BERT-style encoders in Flax NNX with Hugging Face module names (BERT, MiniLM, multilingual-e5).
+
+Shapes: B batch, T sequence length, H hidden size, V vocabulary, L labels.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tljax.models.base import PretrainedModel
+from tljax.models.encoder.config import EncoderConfig
+from tljax.models.layers import ACTIVATIONS, LayerNorm, attend, dropout, layer_keys, merge_heads, split_heads
+
+Array = jax.Array
+
+
+def _normal(config: EncoderConfig) -> nnx.Initializer:
+    return nnx.initializers.normal(0.02)
+
+
+def _linear(config: EncoderConfig, din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(din, dout, kernel_init=_normal(config), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def _layer_norm(config: EncoderConfig, dtype, param_dtype, rngs: nnx.Rngs) -> LayerNorm:
+    return LayerNorm(config.hidden_size, config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        def embed(n: int) -> nnx.Embed:
+            return nnx.Embed(n, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                             embedding_init=_normal(config), rngs=rngs)
+
+        self.word_embeddings = embed(config.vocab_size)
+        self.position_embeddings = embed(config.max_position_embeddings)
+        self.token_type_embeddings = embed(config.type_vocab_size)
+        self.LayerNorm = _layer_norm(config, dtype, param_dtype, rngs)
+        self.dropout_rate = config.hidden_dropout_prob
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, dropout_key: Array | None) -> Array:
+        """[B, T] ids -> [B, T, H]."""
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions)
+        return dropout(self.LayerNorm(x), self.dropout_rate, dropout_key)
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        h = config.hidden_size
+        self.query = _linear(config, h, h, dtype, param_dtype, rngs)
+        self.key = _linear(config, h, h, dtype, param_dtype, rngs)
+        self.value = _linear(config, h, h, dtype, param_dtype, rngs)
+        self.num_heads = config.num_attention_heads
+        self.dropout_rate = config.attention_probs_dropout_prob
+
+    def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
+        """[B, T, H], mask [B, 1, 1, T] -> [B, T, H]."""
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
+        out = attend(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+        return merge_heads(out)
+
+
+class BertSelfOutput(nnx.Module):
+    """Projection, dropout, residual and LayerNorm after attention (`output`) or the feed-forward block."""
+
+    def __init__(self, config: EncoderConfig, din: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dense = _linear(config, din, config.hidden_size, dtype, param_dtype, rngs)
+        self.LayerNorm = _layer_norm(config, dtype, param_dtype, rngs)
+        self.dropout_rate = config.hidden_dropout_prob
+
+    def __call__(self, x: Array, residual: Array, dropout_key: Array | None) -> Array:
+        return self.LayerNorm(dropout(self.dense(x), self.dropout_rate, dropout_key) + residual)
+
+
+class BertAttention(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.self = BertSelfAttention(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.output = BertSelfOutput(config, config.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.output(self.self(x, mask, k1), x, k2)
+
+
+class BertIntermediate(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.intermediate_size, dtype, param_dtype, rngs)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def __call__(self, x: Array) -> Array:
+        return self.activation(self.dense(x))
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attention = BertAttention(config, **kw)
+        self.intermediate = BertIntermediate(config, **kw)
+        self.output = BertSelfOutput(config, config.intermediate_size, **kw)
+
+    def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
+        """[B, T, H] -> [B, T, H]."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        x = self.attention(x, mask, k1)
+        return self.output(self.intermediate(x), x, k2)
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.layer = nnx.List(
+            [BertLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(config.num_hidden_layers)]
+        )
+
+    def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
+        for layer, key in zip(self.layer, layer_keys(dropout_key, len(self.layer))):
+            x = layer(x, mask, key)
+        return x
+
+
+class BertPooler(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.hidden_size, dtype, param_dtype, rngs)
+
+    def __call__(self, hidden: Array) -> Array:
+        """[B, T, H] -> [B, H]: tanh projection of the first token."""
+        return jnp.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(PretrainedModel):
+    """The encoder backbone: `last_hidden_state` [B, T, H] and the tanh `pooler` output [B, H]."""
+
+    config_class: ClassVar = EncoderConfig
+    base_model_prefix: ClassVar[str] = "bert"
+    # checkpoints of masked-LM models have no pooler
+    new_parameters: ClassVar[tuple[str, ...]] = ("pooler.",)
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs, add_pooling_layer: bool = True):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.config = config
+        self.embeddings = BertEmbeddings(config, **kw)
+        self.encoder = BertEncoder(config, **kw)
+        self.pooler = BertPooler(config, **kw) if add_pooling_layer else None
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        dropout_key: Array | None = None,
+    ) -> Array:
+        """[B, T] token ids (mask 1 for real tokens, 0 for padding) -> last hidden state [B, T, H].
+
+        `dropout_key` switches dropout on (training); None evaluates deterministically.
+        """
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        k1, k2 = layer_keys(dropout_key, 2)
+        x = self.embeddings(input_ids, token_type_ids, k1)
+        mask = attention_mask.astype(bool)[:, None, None, :]
+        return self.encoder(x, mask, k2)
+
+
+def mean_pool(hidden: Array, attention_mask: Array) -> Array:
+    """Average of the real tokens' states (sentence-transformers' pooling): [B, T, H], [B, T] -> [B, H]."""
+    weights = attention_mask.astype(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1e-9)
+
+
+def cls_pool(hidden: Array, attention_mask: Array | None = None) -> Array:
+    """The first ([CLS]) token's state: [B, T, H] -> [B, H]."""
+    return hidden[:, 0]
+
+
+class BertForSequenceClassification(PretrainedModel):
+    """Backbone + pooler + dropout + linear classifier, as Hugging Face's class: logits [B, L]."""
+
+    config_class: ClassVar = EncoderConfig
+    base_model_prefix: ClassVar[str] = "bert"
+    new_parameters: ClassVar[tuple[str, ...]] = ("classifier.", "bert.pooler.")
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.classifier = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
+        rate = config.classifier_dropout
+        self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> logits [B, L]."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1)
+        pooled = self.bert.pooler(hidden)
+        return self.classifier(dropout(pooled, self.dropout_rate, k2))
+
+
+class BertPredictionHeadTransform(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.hidden_size, dtype, param_dtype, rngs)
+        self.LayerNorm = _layer_norm(config, dtype, param_dtype, rngs)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def __call__(self, x: Array) -> Array:
+        return self.LayerNorm(self.activation(self.dense(x)))
+
+
+class BertLMPredictionHead(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.transform = BertPredictionHeadTransform(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), param_dtype))
+
+
+class BertOnlyMLMHead(nnx.Module):
+    def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.predictions = BertLMPredictionHead(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class BertForMaskedLM(PretrainedModel):
+    """Backbone + masked-LM head whose output layer is tied to the word embeddings: logits [B, T, V]."""
+
+    config_class: ClassVar = EncoderConfig
+    base_model_prefix: ClassVar[str] = "bert"
+    new_parameters: ClassVar[tuple[str, ...]] = ("cls.",)
+    unused_tensors: ClassVar[str | None] = r"^(bert\.)?pooler\."
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def tied_parameters(self) -> dict[str, str]:
+        return {
+            "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+            "cls.predictions.decoder.bias": "cls.predictions.bias",
+        }
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> vocabulary logits [B, T, V]."""
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
+        head = self.cls.predictions
+        x = head.transform(hidden)
+        return self.bert.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]

@@ -1,0 +1,99 @@
+"""Pieces shared by the model families: attention, dropout, activations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def dropout(x: Array, rate: float, key: Array | None) -> Array:
+    """Inverted dropout; the identity when `key` is None (evaluation) or the rate is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def split_heads(x: Array, num_heads: int) -> Array:
+    """[batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]."""
+    batch, seq, _ = x.shape
+    return x.reshape(batch, seq, num_heads, -1).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x: Array) -> Array:
+    """[batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]."""
+    batch, heads, seq, head_dim = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(batch, seq, heads * head_dim)
+
+
+def attend(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Array,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_key: Array | None = None,
+) -> Array:
+    """Scaled dot-product attention in the heads-first layout, with grouped key/value heads.
+
+    Args:
+      query: [batch, heads, q_len, head_dim].
+      key, value: [batch, kv_heads, kv_len, head_dim]; `heads` must be a multiple of `kv_heads`.
+      mask: boolean, broadcastable to [batch, 1, q_len, kv_len]; True where a query may attend.
+    Returns:
+      [batch, heads, q_len, head_dim], in the dtype of `query`.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads = key.shape[1]
+    # Heads-first matmuls: XLA:CPU fuses a "bqhd" einsum into one slow kernel.
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)
+    scores = jnp.einsum("bkgqd,bksd->bkgqs", grouped, key) / jnp.sqrt(head_dim).astype(query.dtype)
+    scores = scores.astype(jnp.float32)
+    # A large finite negative (not -inf) keeps fully masked rows (padding queries) finite, as PyTorch does.
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+    weights = dropout(weights, dropout_rate, dropout_key)
+    out = jnp.einsum("bkgqs,bksd->bkgqd", weights, value)
+    return out.reshape(batch, heads, q_len, head_dim)
+
+
+def layer_keys(key: Array | None, count: int) -> list[Array | None]:
+    """One dropout key per layer (or None for all when evaluating)."""
+    if key is None:
+        return [None] * count
+    return list(jax.random.split(key, count))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with float32 statistics whatever the activation dtype (`scale`, `bias`: [features])."""
+
+    def __init__(self, features: int, eps: float, *, dtype: jnp.dtype, param_dtype: jnp.dtype):
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        """[..., features] -> same shape, in `dtype`."""
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        centred = x32 - mean
+        normed = centred * jax.lax.rsqrt((centred * centred).mean(-1, keepdims=True) + self.eps)
+        shape = (1,) * (x.ndim - 1) + (-1,)
+        scale = self.scale[...].astype(jnp.float32).reshape(shape)
+        bias = self.bias[...].astype(jnp.float32).reshape(shape)
+        return (normed * scale + bias).astype(self.dtype)
