@@ -19,6 +19,28 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, with `kernel` [in, out] (Hugging Face stores `weight` [out, in]).
+
+    Takes a dropout key like every layer, so that methods which wrap a projection (LoRA, adapters) can use
+    dropout inside it; the plain projection ignores it.
+    """
+
+    def __init__(self, din: int, dout: int, *, use_bias: bool = True, dtype: jnp.dtype = jnp.float32,
+                 param_dtype: jnp.dtype = jnp.float32, init_std: float = 0.02, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(init_std * jax.random.normal(rngs.params(), (din, dout), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
+        self.in_features, self.out_features = din, dout
+        self.dtype = dtype
+
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+        """[..., in] -> [..., out] in `dtype`."""
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype).reshape((1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
 def dropout(x: Array, rate: float, key: Array | None) -> Array:
     """Inverted dropout; the identity when `key` is None (evaluation) or the rate is 0."""
     if key is None or rate == 0.0:

@@ -39,7 +39,8 @@ def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens
     model: LlamaForCausalLM = nnx.merge(graphdef, state)
     batch, length = input_ids.shape
     dtype = model.model.embed_tokens.embedding.dtype
-    cache = KVCache.empty(model.config, batch, length + max_new_tokens, dtype)
+    virtual = model.model.num_virtual_tokens
+    cache = KVCache.empty(model.config, batch, virtual + length + max_new_tokens, dtype)
     hidden, cache = model.model(input_ids, attention_mask, cache=cache)
     keys = jax.random.split(key, max_new_tokens)
     first = sample_token(model.logits(hidden[:, -1]), keys[0], temperature, top_k, top_p)
@@ -47,7 +48,7 @@ def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens
 
     def step(carry, step_key):
         token, cache, done = carry
-        hidden, cache = model.model(token[:, None], jnp.ones((batch, 1), jnp.int32), cache=cache)
+        hidden, cache = model.model(token[:, None], jnp.ones((batch, 1), jnp.int32), cache=cache, use_prompt=False)
         nxt = sample_token(model.logits(hidden[:, 0]), step_key, temperature, top_k, top_p)
         nxt = jnp.where(done, pad, nxt)
         return (nxt, cache, done | is_eos(nxt)), nxt

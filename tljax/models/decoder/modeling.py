@@ -15,7 +15,7 @@ from flax import nnx
 
 from tljax.models.base import PretrainedModel
 from tljax.models.decoder.config import DecoderConfig
-from tljax.models.layers import ACTIVATIONS, attend, layer_keys, merge_heads, split_heads
+from tljax.models.layers import ACTIVATIONS, Linear, attend, layer_keys, merge_heads, split_heads
 
 Array = jax.Array
 
@@ -61,9 +61,8 @@ class LlamaRMSNorm(nnx.Module):
         return weight * normed.astype(self.dtype)
 
 
-def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=False, kernel_init=nnx.initializers.normal(0.02),
-                      dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> Linear:
+    return Linear(din, dout, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class LlamaAttention(nnx.Module):
@@ -76,22 +75,29 @@ class LlamaAttention(nnx.Module):
         self.num_heads, self.num_kv_heads = n, k
         self.theta = config.rope_theta
         self.dropout_rate = config.attention_dropout
+        self.prefix = None  # prefix tuning puts a module here: batch -> (keys, values) [B, K, P, D]
 
     def __call__(self, x: Array, positions: Array, mask: Array, cache: tuple[Array, Array, Array] | None,
                  dropout_key: Array | None) -> tuple[Array, tuple[Array, Array] | None]:
         """x [B, T, H]; mask [B, 1, T, S]; cache (keys, values, write index) or None -> [B, T, H]."""
-        q = rotary(split_heads(self.q_proj(x), self.num_heads), positions, self.theta)
-        k = rotary(split_heads(self.k_proj(x), self.num_kv_heads), positions, self.theta)
-        v = split_heads(self.v_proj(x), self.num_kv_heads)
+        keys = layer_keys(dropout_key, 5)
+        q = rotary(split_heads(self.q_proj(x, keys[0]), self.num_heads), positions, self.theta)
+        k = rotary(split_heads(self.k_proj(x, keys[1]), self.num_kv_heads), positions, self.theta)
+        v = split_heads(self.v_proj(x, keys[2]), self.num_kv_heads)
         new_cache = None
         if cache is not None:
             cached_k, cached_v, index = cache
             k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), index, axis=2)
             v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), index, axis=2)
             new_cache = (k, v)
+        if self.prefix is not None:  # learned keys and values seen by every position, never rotated
+            prefix_k, prefix_v = self.prefix(x.shape[0])
+            k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=2)
+            v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=2)
+            mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (prefix_k.shape[2],), bool), mask], axis=-1)
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                     dropout_rate=self.dropout_rate, dropout_key=dropout_key)
-        return self.o_proj(merge_heads(out)), new_cache
+                     dropout_rate=self.dropout_rate, dropout_key=keys[3])
+        return self.o_proj(merge_heads(out), keys[4]), new_cache
 
 
 class LlamaMLP(nnx.Module):
@@ -102,8 +108,9 @@ class LlamaMLP(nnx.Module):
         self.down_proj = _linear(f, h, dtype, param_dtype, rngs)
         self.activation = ACTIVATIONS[config.hidden_act]
 
-    def __call__(self, x: Array) -> Array:
-        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+        k1, k2, k3 = layer_keys(dropout_key, 3)
+        return self.down_proj(self.activation(self.gate_proj(x, k1)) * self.up_proj(x, k2), k3)
 
 
 class LlamaDecoderLayer(nnx.Module):
@@ -115,9 +122,10 @@ class LlamaDecoderLayer(nnx.Module):
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
 
     def __call__(self, x, positions, mask, cache, dropout_key):
-        attended, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, cache, dropout_key)
+        k1, k2 = layer_keys(dropout_key, 2)
+        attended, new_cache = self.self_attn(self.input_layernorm(x), positions, mask, cache, k1)
         x = x + attended
-        return x + self.mlp(self.post_attention_layernorm(x)), new_cache
+        return x + self.mlp(self.post_attention_layernorm(x), k2), new_cache
 
 
 class LlamaModel(PretrainedModel):
@@ -133,6 +141,11 @@ class LlamaModel(PretrainedModel):
         self.layers = nnx.List([LlamaDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(config.num_hidden_layers)])
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.prompt = None  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return 0 if self.prompt is None else self.prompt.num_virtual_tokens
 
     def __call__(
         self,
@@ -142,17 +155,31 @@ class LlamaModel(PretrainedModel):
         cache: KVCache | None = None,
         *,
         dropout_key: Array | None = None,
+        use_prompt: bool = True,
     ) -> tuple[Array, KVCache | None]:
-        """[B, T] ids -> (hidden [B, T, H], updated cache or None).
+        """[B, T] ids -> (hidden [B, P + T, H], updated cache or None).
+
+        P is the number of virtual tokens a prompt method prepends (0 without one, or with
+        `use_prompt=False`, as for the decoding steps after a prompt has been cached).
 
         `attention_mask` [B, T] is 1 for real tokens and 0 for padding (left padding for generation).
         `positions` default to each sequence's count of real tokens before the token, so padding never
         shifts them. With a cache, the T tokens are written at slots `cache.index ...` and attend to all
         earlier real slots.
         """
-        batch, length = input_ids.shape
+        batch = input_ids.shape[0]
         if attention_mask is None:
-            attention_mask = jnp.ones((batch, length), jnp.int32)
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        x = self.embed_tokens(input_ids)
+        k_prompt, dropout_key = layer_keys(dropout_key, 2)
+        if self.prompt is not None and use_prompt:
+            prompt = self.prompt(batch, dropout_key=k_prompt)
+            x = jnp.concatenate([prompt.astype(x.dtype), x], axis=1)
+            attention_mask = jnp.pad(attention_mask, ((0, 0), (prompt.shape[1], 0)), constant_values=1)
+            if positions is not None:
+                positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(prompt.shape[1]), prompt.shape[:2]),
+                                             positions + prompt.shape[1]], axis=1)
+        length = x.shape[1]
         real = attention_mask.astype(bool)
         seen = jnp.zeros((batch, 1), jnp.int32) if cache is None else cache.mask.sum(-1, keepdims=True, dtype=jnp.int32)
         if positions is None:
@@ -165,7 +192,6 @@ class LlamaModel(PretrainedModel):
         key_slot = jnp.arange(key_real.shape[1])
         mask = key_real[:, None, None, :] & (key_slot[None, :] <= query_slot[:, None])[None, None]
 
-        x = self.embed_tokens(input_ids)
         keys, values = [], []
         for i, (layer, key) in enumerate(zip(self.layers, layer_keys(dropout_key, len(self.layers)))):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
@@ -200,9 +226,11 @@ class LlamaForCausalLM(PretrainedModel):
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
-        """[B, T] -> next-token logits [B, T, V] (no cache; for training and scoring)."""
+        """[B, T] -> next-token logits [B, T, V] (no cache; for training and scoring).
+
+        Virtual prompt tokens are not scored."""
         hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
-        return self.logits(hidden)
+        return self.logits(hidden[:, self.model.num_virtual_tokens:])
 
 
 class LlamaForSequenceClassification(PretrainedModel):
@@ -224,6 +252,7 @@ class LlamaForSequenceClassification(PretrainedModel):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
+        hidden = hidden[:, self.model.num_virtual_tokens:]
         last = jnp.max(jnp.arange(input_ids.shape[1])[None] * attention_mask.astype(jnp.int32), axis=-1)
         pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
         return self.score(pooled).astype(jnp.float32)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from tljax.models.base import PretrainedModel
 from tljax.models.encoder.config import EncoderConfig
-from tljax.models.layers import ACTIVATIONS, LayerNorm, attend, dropout, layer_keys, merge_heads, split_heads
+from tljax.models.layers import ACTIVATIONS, LayerNorm, Linear, attend, dropout, layer_keys, merge_heads, split_heads
 
 Array = jax.Array
 
@@ -22,8 +22,8 @@ def _normal(config: EncoderConfig) -> nnx.Initializer:
     return nnx.initializers.normal(0.02)
 
 
-def _linear(config: EncoderConfig, din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(din, dout, kernel_init=_normal(config), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+def _linear(config: EncoderConfig, din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> Linear:
+    return Linear(din, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def _layer_norm(config: EncoderConfig, dtype, param_dtype, rngs: nnx.Rngs) -> LayerNorm:
@@ -42,11 +42,15 @@ class BertEmbeddings(nnx.Module):
         self.LayerNorm = _layer_norm(config, dtype, param_dtype, rngs)
         self.dropout_rate = config.hidden_dropout_prob
 
-    def __call__(self, input_ids: Array, token_type_ids: Array, dropout_key: Array | None) -> Array:
-        """[B, T] ids -> [B, T, H]."""
-        positions = jnp.arange(input_ids.shape[1])[None, :]
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(positions)
+    def __call__(self, input_ids: Array, token_type_ids: Array, dropout_key: Array | None,
+                 prompt: Array | None = None) -> Array:
+        """[B, T] ids -> [B, T, H]; with `prompt` [B, P, H] (virtual tokens prepended) -> [B, P + T, H]."""
+        words = self.word_embeddings(input_ids)
+        if prompt is not None:
+            words = jnp.concatenate([prompt.astype(words.dtype), words], axis=1)
+            token_type_ids = jnp.pad(token_type_ids, ((0, 0), (prompt.shape[1], 0)))
+        positions = jnp.arange(words.shape[1])[None, :]
+        x = words + self.token_type_embeddings(token_type_ids) + self.position_embeddings(positions)
         return dropout(self.LayerNorm(x), self.dropout_rate, dropout_key)
 
 
@@ -58,11 +62,19 @@ class BertSelfAttention(nnx.Module):
         self.value = _linear(config, h, h, dtype, param_dtype, rngs)
         self.num_heads = config.num_attention_heads
         self.dropout_rate = config.attention_probs_dropout_prob
+        self.prefix = None  # prefix tuning puts a module here: batch -> (keys, values) [B, N, P, D]
 
     def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
         """[B, T, H], mask [B, 1, 1, T] -> [B, T, H]."""
-        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.query, self.key, self.value))
-        out = attend(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+        keys = layer_keys(dropout_key, 4)
+        q, k, v = (split_heads(proj(x, key), self.num_heads)
+                   for proj, key in zip((self.query, self.key, self.value), keys))
+        if self.prefix is not None:
+            prefix_k, prefix_v = self.prefix(x.shape[0])
+            k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=2)
+            v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=2)
+            mask = jnp.concatenate([jnp.ones(mask.shape[:-1] + (prefix_k.shape[2],), bool), mask], axis=-1)
+        out = attend(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=keys[3])
         return merge_heads(out)
 
 
@@ -75,7 +87,8 @@ class BertSelfOutput(nnx.Module):
         self.dropout_rate = config.hidden_dropout_prob
 
     def __call__(self, x: Array, residual: Array, dropout_key: Array | None) -> Array:
-        return self.LayerNorm(dropout(self.dense(x), self.dropout_rate, dropout_key) + residual)
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.LayerNorm(dropout(self.dense(x, k1), self.dropout_rate, k2) + residual)
 
 
 class BertAttention(nnx.Module):
@@ -93,8 +106,8 @@ class BertIntermediate(nnx.Module):
         self.dense = _linear(config, config.hidden_size, config.intermediate_size, dtype, param_dtype, rngs)
         self.activation = ACTIVATIONS[config.hidden_act]
 
-    def __call__(self, x: Array) -> Array:
-        return self.activation(self.dense(x))
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+        return self.activation(self.dense(x, dropout_key))
 
 
 class BertLayer(nnx.Module):
@@ -106,9 +119,9 @@ class BertLayer(nnx.Module):
 
     def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
         """[B, T, H] -> [B, T, H]."""
-        k1, k2 = layer_keys(dropout_key, 2)
+        k1, k2, k3 = layer_keys(dropout_key, 3)
         x = self.attention(x, mask, k1)
-        return self.output(self.intermediate(x), x, k2)
+        return self.output(self.intermediate(x, k2), x, k3)
 
 
 class BertEncoder(nnx.Module):
@@ -127,9 +140,9 @@ class BertPooler(nnx.Module):
     def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dense = _linear(config, config.hidden_size, config.hidden_size, dtype, param_dtype, rngs)
 
-    def __call__(self, hidden: Array) -> Array:
+    def __call__(self, hidden: Array, dropout_key: Array | None = None) -> Array:
         """[B, T, H] -> [B, H]: tanh projection of the first token."""
-        return jnp.tanh(self.dense(hidden[:, 0]))
+        return jnp.tanh(self.dense(hidden[:, 0], dropout_key))
 
 
 class BertModel(PretrainedModel):
@@ -147,6 +160,11 @@ class BertModel(PretrainedModel):
         self.embeddings = BertEmbeddings(config, **kw)
         self.encoder = BertEncoder(config, **kw)
         self.pooler = BertPooler(config, **kw) if add_pooling_layer else None
+        self.prompt = None  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return 0 if self.prompt is None else self.prompt.num_virtual_tokens
 
     def __call__(
         self,
@@ -156,16 +174,21 @@ class BertModel(PretrainedModel):
         *,
         dropout_key: Array | None = None,
     ) -> Array:
-        """[B, T] token ids (mask 1 for real tokens, 0 for padding) -> last hidden state [B, T, H].
+        """[B, T] token ids (mask 1 for real tokens, 0 for padding) -> last hidden state [B, P + T, H].
 
-        `dropout_key` switches dropout on (training); None evaluates deterministically.
+        P is the number of virtual tokens a prompt method prepends (0 without one). `dropout_key` switches
+        dropout on (training); None evaluates deterministically.
         """
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        k1, k2 = layer_keys(dropout_key, 2)
-        x = self.embeddings(input_ids, token_type_ids, k1)
+        k1, k2, k3 = layer_keys(dropout_key, 3)
+        prompt = None
+        if self.prompt is not None:
+            prompt = self.prompt(input_ids.shape[0], dropout_key=k3)
+            attention_mask = jnp.pad(attention_mask, ((0, 0), (prompt.shape[1], 0)), constant_values=1)
+        x = self.embeddings(input_ids, token_type_ids, k1, prompt)
         mask = attention_mask.astype(bool)[:, None, None, :]
         return self.encoder(x, mask, k2)
 
@@ -195,13 +218,23 @@ class BertForSequenceClassification(PretrainedModel):
         rate = config.classifier_dropout
         self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
 
+    def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """What the classifier reads: the pooled output [B, H]."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.bert.pooler(self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1), k2)
+
+    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
+        """Pooled features [B, H] -> logits [B, L] (dropout, then the linear classifier)."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.classifier(dropout(features, self.dropout_rate, k1), k2)
+
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
         """[B, T] -> logits [B, L]."""
         k1, k2 = layer_keys(dropout_key, 2)
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1)
-        pooled = self.bert.pooler(hidden)
-        return self.classifier(dropout(pooled, self.dropout_rate, k2))
+        return self.classify(self.features(input_ids, attention_mask, token_type_ids, dropout_key=k1),
+                             dropout_key=k2)
 
 
 class BertPredictionHeadTransform(nnx.Module):
@@ -210,8 +243,8 @@ class BertPredictionHeadTransform(nnx.Module):
         self.LayerNorm = _layer_norm(config, dtype, param_dtype, rngs)
         self.activation = ACTIVATIONS[config.hidden_act]
 
-    def __call__(self, x: Array) -> Array:
-        return self.LayerNorm(self.activation(self.dense(x)))
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+        return self.LayerNorm(self.activation(self.dense(x, dropout_key)))
 
 
 class BertLMPredictionHead(nnx.Module):
@@ -247,8 +280,10 @@ class BertForMaskedLM(PretrainedModel):
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
-        """[B, T] -> vocabulary logits [B, T, V]."""
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
+        """[B, T] -> vocabulary logits [B, T, V] (virtual prompt tokens are not scored)."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1)
+        hidden = hidden[:, self.bert.num_virtual_tokens:]
         head = self.cls.predictions
-        x = head.transform(hidden)
+        x = head.transform(hidden, k2)
         return self.bert.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]
