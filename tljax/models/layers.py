@@ -29,9 +29,17 @@ class Linear(nnx.Module):
     def __init__(self, din: int, dout: int, *, use_bias: bool = True, dtype: jnp.dtype = jnp.float32,
                  param_dtype: jnp.dtype = jnp.float32, init_std: float = 0.02, rngs: nnx.Rngs):
         self.kernel = nnx.Param(init_std * jax.random.normal(rngs.params(), (din, dout), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None
+        self.bias = nnx.data(nnx.Param(jnp.zeros((dout,), param_dtype)) if use_bias else None)
         self.in_features, self.out_features = din, dout
         self.dtype = dtype
+
+    @classmethod
+    def from_variables(cls, kernel: nnx.Param, bias: nnx.Param | None, dtype: jnp.dtype) -> Linear:
+        """A projection around existing parameters (e.g. when a wrapper is removed)."""
+        din, dout = kernel.shape
+        linear = nnx.eval_shape(lambda: cls(din, dout, use_bias=False, rngs=nnx.Rngs(0)))  # nothing computed
+        linear.kernel, linear.bias, linear.dtype = kernel, bias, dtype
+        return linear
 
     def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
         """[..., in] -> [..., out] in `dtype`."""

@@ -17,8 +17,6 @@ class DecoderConfig(HFConfig):
         "hidden_act": ("silu",),
         "pretraining_tp": (1,),
         "rope_scaling": (None,),
-        "attention_bias": (False,),
-        "mlp_bias": (False,),
     }
 
     vocab_size: int = 32000
@@ -33,6 +31,8 @@ class DecoderConfig(HFConfig):
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     attention_dropout: float = 0.0
+    attention_bias: bool = False
+    mlp_bias: bool = False
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

@@ -61,21 +61,22 @@ class LlamaRMSNorm(nnx.Module):
         return weight * normed.astype(self.dtype)
 
 
-def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs) -> Linear:
-    return Linear(din, dout, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs, bias: bool = False) -> Linear:
+    return Linear(din, dout, use_bias=bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class LlamaAttention(nnx.Module):
     def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, n, k, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.q_proj = _linear(h, n * d, dtype, param_dtype, rngs)
-        self.k_proj = _linear(h, k * d, dtype, param_dtype, rngs)
-        self.v_proj = _linear(h, k * d, dtype, param_dtype, rngs)
-        self.o_proj = _linear(n * d, h, dtype, param_dtype, rngs)
+        bias = config.attention_bias
+        self.q_proj = _linear(h, n * d, dtype, param_dtype, rngs, bias)
+        self.k_proj = _linear(h, k * d, dtype, param_dtype, rngs, bias)
+        self.v_proj = _linear(h, k * d, dtype, param_dtype, rngs, bias)
+        self.o_proj = _linear(n * d, h, dtype, param_dtype, rngs, bias)
         self.num_heads, self.num_kv_heads = n, k
         self.theta = config.rope_theta
         self.dropout_rate = config.attention_dropout
-        self.prefix = None  # prefix tuning puts a module here: batch -> (keys, values) [B, K, P, D]
+        self.prefix = nnx.data(None)  # prefix tuning puts a module here: batch -> (keys, values) [B, K, P, D]
 
     def __call__(self, x: Array, positions: Array, mask: Array, cache: tuple[Array, Array, Array] | None,
                  dropout_key: Array | None) -> tuple[Array, tuple[Array, Array] | None]:
@@ -103,9 +104,10 @@ class LlamaAttention(nnx.Module):
 class LlamaMLP(nnx.Module):
     def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, f = config.hidden_size, config.intermediate_size
-        self.gate_proj = _linear(h, f, dtype, param_dtype, rngs)
-        self.up_proj = _linear(h, f, dtype, param_dtype, rngs)
-        self.down_proj = _linear(f, h, dtype, param_dtype, rngs)
+        bias = config.mlp_bias
+        self.gate_proj = _linear(h, f, dtype, param_dtype, rngs, bias)
+        self.up_proj = _linear(h, f, dtype, param_dtype, rngs, bias)
+        self.down_proj = _linear(f, h, dtype, param_dtype, rngs, bias)
         self.activation = ACTIVATIONS[config.hidden_act]
 
     def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
@@ -141,11 +143,16 @@ class LlamaModel(PretrainedModel):
         self.layers = nnx.List([LlamaDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                                 for _ in range(config.num_hidden_layers)])
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.prompt = None  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
+        self.prompt = nnx.data(None)  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
 
     @property
     def num_virtual_tokens(self) -> int:
         return 0 if self.prompt is None else self.prompt.num_virtual_tokens
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        prefix = self.layers[0].self_attn.prefix
+        return 0 if prefix is None else prefix.num_virtual_tokens
 
     def __call__(
         self,
@@ -184,6 +191,7 @@ class LlamaModel(PretrainedModel):
         seen = jnp.zeros((batch, 1), jnp.int32) if cache is None else cache.mask.sum(-1, keepdims=True, dtype=jnp.int32)
         if positions is None:
             positions = jnp.maximum(seen + jnp.cumsum(real, axis=-1) - 1, 0)
+        positions = positions + self.num_prefix_tokens  # prefix keys occupy the first positions
         if cache is None:
             key_real, query_slot = real, jnp.arange(length)
         else:
@@ -240,19 +248,29 @@ class LlamaForSequenceClassification(PretrainedModel):
     base_model_prefix: ClassVar[str] = "model"
     new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."
+    head_pattern: ClassVar[str] = r"^score/"
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.score = _linear(config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
 
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+    def features(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
-        """[B, T] -> logits [B, L]."""
+        """What the classifier reads: the hidden state of each sequence's last real token [B, H]."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
         hidden = hidden[:, self.model.num_virtual_tokens:]
         last = jnp.max(jnp.arange(input_ids.shape[1])[None] * attention_mask.astype(jnp.int32), axis=-1)
-        pooled = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-        return self.score(pooled).astype(jnp.float32)
+        return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+
+    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
+        """Features [B, H] -> logits [B, L]."""
+        return self.score(features, dropout_key).astype(jnp.float32)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> logits [B, L]."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.classify(self.features(input_ids, attention_mask, positions, dropout_key=k1), dropout_key=k2)

@@ -43,13 +43,15 @@ class BertEmbeddings(nnx.Module):
         self.dropout_rate = config.hidden_dropout_prob
 
     def __call__(self, input_ids: Array, token_type_ids: Array, dropout_key: Array | None,
-                 prompt: Array | None = None) -> Array:
-        """[B, T] ids -> [B, T, H]; with `prompt` [B, P, H] (virtual tokens prepended) -> [B, P + T, H]."""
+                 prompt: Array | None = None, position_offset: int = 0) -> Array:
+        """[B, T] ids -> [B, T, H]; with `prompt` [B, P, H] (virtual tokens prepended) -> [B, P + T, H].
+
+        Positions start at `position_offset` (the number of prefix-tuning keys, as PEFT counts them)."""
         words = self.word_embeddings(input_ids)
         if prompt is not None:
             words = jnp.concatenate([prompt.astype(words.dtype), words], axis=1)
             token_type_ids = jnp.pad(token_type_ids, ((0, 0), (prompt.shape[1], 0)))
-        positions = jnp.arange(words.shape[1])[None, :]
+        positions = position_offset + jnp.arange(words.shape[1])[None, :]
         x = words + self.token_type_embeddings(token_type_ids) + self.position_embeddings(positions)
         return dropout(self.LayerNorm(x), self.dropout_rate, dropout_key)
 
@@ -62,7 +64,7 @@ class BertSelfAttention(nnx.Module):
         self.value = _linear(config, h, h, dtype, param_dtype, rngs)
         self.num_heads = config.num_attention_heads
         self.dropout_rate = config.attention_probs_dropout_prob
-        self.prefix = None  # prefix tuning puts a module here: batch -> (keys, values) [B, N, P, D]
+        self.prefix = nnx.data(None)  # prefix tuning puts a module here: batch -> (keys, values) [B, N, P, D]
 
     def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
         """[B, T, H], mask [B, 1, 1, T] -> [B, T, H]."""
@@ -160,11 +162,16 @@ class BertModel(PretrainedModel):
         self.embeddings = BertEmbeddings(config, **kw)
         self.encoder = BertEncoder(config, **kw)
         self.pooler = BertPooler(config, **kw) if add_pooling_layer else None
-        self.prompt = None  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
+        self.prompt = nnx.data(None)  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
 
     @property
     def num_virtual_tokens(self) -> int:
         return 0 if self.prompt is None else self.prompt.num_virtual_tokens
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        prefix = self.encoder.layer[0].attention.self.prefix
+        return 0 if prefix is None else prefix.num_virtual_tokens
 
     def __call__(
         self,
@@ -188,7 +195,7 @@ class BertModel(PretrainedModel):
         if self.prompt is not None:
             prompt = self.prompt(input_ids.shape[0], dropout_key=k3)
             attention_mask = jnp.pad(attention_mask, ((0, 0), (prompt.shape[1], 0)), constant_values=1)
-        x = self.embeddings(input_ids, token_type_ids, k1, prompt)
+        x = self.embeddings(input_ids, token_type_ids, k1, prompt, self.num_prefix_tokens)
         mask = attention_mask.astype(bool)[:, None, None, :]
         return self.encoder(x, mask, k2)
 
@@ -210,6 +217,7 @@ class BertForSequenceClassification(PretrainedModel):
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
     new_parameters: ClassVar[tuple[str, ...]] = ("classifier.", "bert.pooler.")
+    head_pattern: ClassVar[str] = r"^classifier/"
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config

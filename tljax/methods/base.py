@@ -1,0 +1,152 @@
+"""A transfer method = a model transform (new parameters in place) + rules saying which parameters train.
+
+`adapt(model, [method, ...])` applies the methods in order and composes their rules: the parameters each
+method trains, then the task head, then the rules of the (single) method that decides the pre-trained
+weights (full or partial fine-tuning, gradual unfreezing), else everything else is frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+from flax import nnx
+
+from tljax.methods.rules import PathRules, Rule, parameter_sizes
+from tljax.models.checkpoint import path_str
+from tljax.models.layers import Linear
+
+FREEZE_REST = Rule(".*", False, "frozen (no method trains it)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What a transform may need besides the model: a tokenizer (prompt init from words) and a seed."""
+
+    tokenizer: Any = None
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """Base of every method's config dataclass."""
+
+    name: ClassVar[str]
+    # True for methods that decide the pre-trained weights themselves (their rules end the rule list)
+    decides_backbone: ClassVar[bool] = False
+
+    def apply(self, model: nnx.Module, context: MethodContext) -> None:
+        """Adds the method's parameters to `model` in place (most methods add none)."""
+
+    def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
+        """The rules this method contributes (the parameters it trains, at training step `step`)."""
+        return PathRules(())
+
+    def new_parameters(self) -> tuple[str, ...]:
+        """Patterns of the parameters this method created (they may get their own learning rate)."""
+        return ()
+
+
+@dataclasses.dataclass
+class Adaptation:
+    """A model with methods applied, and the rules that say what trains."""
+
+    model: nnx.Module
+    methods: tuple[Method, ...]
+    train_head: bool = True
+
+    def rules(self, step: int = 0) -> PathRules:
+        """The composed rules (at `step`, for schedules such as gradual unfreezing)."""
+        rules = PathRules(())
+        for method in self.methods:
+            if not method.decides_backbone:
+                rules = rules + method.rules(self.model, step)
+        head = head_pattern(self.model)
+        if head and self.train_head:
+            rules = rules + PathRules((Rule(head, True, "task head"),))
+        deciders = [m for m in self.methods if m.decides_backbone]
+        if deciders:
+            return rules + deciders[0].rules(self.model, step)
+        return rules + PathRules((FREEZE_REST,))
+
+    def trainable(self, step: int = 0) -> nnx.filterlib.Filter:
+        """NNX filter of the trainable parameters (use with `nnx.split(model, trainable, ...)`)."""
+        return self.rules(step).filter(self.model)
+
+    def new_parameter_rules(self) -> PathRules:
+        """Rules marking the parameters no checkpoint had (head + method parameters): the "new" group."""
+        patterns = [p for m in self.methods for p in m.new_parameters()]
+        head = head_pattern(self.model)
+        if head:
+            patterns.append(head)
+        rules = [Rule(p, True, "new") for p in patterns]
+        return PathRules((*rules, Rule(".*", False, "pre-trained")))
+
+    def count(self, step: int = 0) -> tuple[int, int]:
+        """(trainable parameters, all parameters), derived from the rules."""
+        report = self.rules(step).report(self.model)
+        return sum(s for _, s, r in report if r.trainable), sum(s for _, s, _ in report)
+
+
+def adapt(model: nnx.Module, methods: Sequence[Method], *, context: MethodContext | None = None,
+          train_head: bool = True) -> Adaptation:
+    """Applies `methods` to `model` (in place) and returns the adaptation with its composed rules."""
+    deciders = [m.name for m in methods if m.decides_backbone]
+    if len(deciders) > 1:
+        raise ValueError(f"methods {deciders} each decide which pre-trained weights train; choose one")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a method is given twice: {names}")
+    for method in methods:
+        method.apply(model, context or MethodContext())
+    adaptation = Adaptation(model, tuple(methods), train_head)
+    adaptation.rules().filter(model)  # every parameter decided, or a clear error now
+    return adaptation
+
+
+def head_pattern(model: nnx.Module) -> str | None:
+    """The path pattern of a model's task head (new for each task), or None for models without one."""
+    return getattr(type(model), "head_pattern", None)
+
+
+# Layer and embedding paths of both families: encoder/layer/3/..., model/layers/3/...
+LAYER_INDEX = re.compile(r"(?:^|/)(?:layer|layers)/(\d+)/")
+EMBEDDINGS = r"(?:^|/)(?:embeddings|embed_tokens)/"
+
+
+def num_layers(model: nnx.Module) -> int:
+    indices = {int(m.group(1)) for p in parameter_sizes(model) if (m := LAYER_INDEX.search(p))}
+    return max(indices) + 1 if indices else 0
+
+
+def linear_modules(model: nnx.Module) -> Iterator[tuple[str, Linear]]:
+    """("/"-joined module path, module) for every projection of the model (LoRA / adapter targets)."""
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, Linear):
+            yield path_str(path), module
+
+
+def replace_module(model: nnx.Module, path: str, new: nnx.Module) -> None:
+    """Puts `new` at the "/"-joined module `path` of `model`."""
+    *parents, last = path.split("/")
+    parent = model
+    for part in parents:
+        parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    if last.isdigit():
+        parent[int(last)] = new
+    else:
+        setattr(parent, last, new)
+
+
+def backbone(model: nnx.Module) -> nnx.Module:
+    """The pre-trained body of a model with a head (`model.bert`, `model.model`), or the model itself."""
+    return getattr(model, type(model).base_model_prefix, model)
+
+
+def set_dropout(module: nnx.Module, rate: float) -> None:
+    """Sets every dropout rate inside `module` (and its submodules) to `rate`."""
+    for _, sub in nnx.iter_modules(module):
+        if hasattr(sub, "dropout_rate"):
+            sub.dropout_rate = rate

@@ -1,0 +1,131 @@
+"""Methods that add no parameters (or only biases): they choose which pre-trained weights train.
+
+Feature extraction, full fine-tuning, partial fine-tuning (freeze the embeddings and the bottom k layers,
+or any rule set), gradual unfreezing, and BitFit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax.numpy as jnp
+from flax import nnx
+
+from tljax.methods.base import EMBEDDINGS, Method, backbone, MethodContext, linear_modules, num_layers, set_dropout
+from tljax.methods.rules import PathRules, Rule, RuleError
+
+
+def _layers_from(first: int, last: int, source: str, trainable: bool) -> list[Rule]:
+    return [Rule(rf"(?:^|/)(?:layer|layers)/{i}/", trainable, source) for i in range(first, last)]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureExtraction(Method):
+    """The pre-trained backbone is a frozen feature extractor (dropout off); only a new head trains.
+
+    Its features are deterministic, so they can be computed once per example (`tljax.train.features`).
+    """
+
+    name: ClassVar[str] = "feature-extraction"
+
+    def apply(self, model: nnx.Module, context: MethodContext) -> None:
+        set_dropout(backbone(model), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FullFineTuning(Method):
+    """Every parameter trains."""
+
+    name: ClassVar[str] = "full"
+    decides_backbone: ClassVar[bool] = True
+
+    def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
+        return PathRules((Rule(".*", True, self.name),))
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialFineTuning(Method):
+    """Freezes the embeddings and the bottom `freeze_layers` layers; the rest trains.
+
+    Or, with `path_rules` given (e.g. [["embeddings", "freeze"], ["layer/[0-3]/", "freeze"], [".*", "train"]]),
+    exactly what the rules say: first match wins, and every parameter must match one.
+    """
+
+    name: ClassVar[str] = "partial"
+    decides_backbone: ClassVar[bool] = True
+    freeze_embeddings: bool = True
+    freeze_layers: int = 0
+    path_rules: Sequence[Sequence[str]] | None = None
+
+    def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
+        if self.path_rules is not None:
+            return PathRules.parse(self.path_rules, source="partial path_rules")
+        total = num_layers(model)
+        if not 0 <= self.freeze_layers <= total:
+            raise RuleError(f"freeze_layers={self.freeze_layers}: the model has {total} layers (0 to {total})")
+        frozen = [Rule(EMBEDDINGS, False, "partial: embeddings")] if self.freeze_embeddings else []
+        frozen += _layers_from(0, self.freeze_layers, f"partial: bottom {self.freeze_layers} layers", False)
+        return PathRules((*frozen, Rule(".*", True, "partial: the rest")))
+
+
+@dataclasses.dataclass(frozen=True)
+class GradualUnfreezing(Method):
+    """Starts with the head (and `start_layers` top layers) trainable, unfreezing one more layer from the
+    top every `every` steps (ULMFiT); embeddings unfreeze last, after all layers."""
+
+    name: ClassVar[str] = "gradual-unfreezing"
+    decides_backbone: ClassVar[bool] = True
+    every: int = 100
+    start_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"gradual unfreezing: every must be at least 1 step, got {self.every}")
+
+    def unfrozen_layers(self, model: nnx.Module, step: int) -> int:
+        return min(num_layers(model) + 1, self.start_layers + step // self.every)
+
+    def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
+        total = num_layers(model)
+        unfrozen = self.unfrozen_layers(model, step)
+        source = f"gradual unfreezing: top {min(unfrozen, total)} of {total} layers at step {step}"
+        train = _layers_from(total - min(unfrozen, total), total, source, True)
+        embeddings = Rule(EMBEDDINGS, unfrozen > total, "gradual unfreezing: embeddings")
+        # a decoder's final norm and an encoder's pooler sit above every layer: they unfreeze with the top one
+        return PathRules((*train, embeddings, Rule(r"(?:^|/)(?:norm|pooler)/", unfrozen > 0, source),
+                          Rule(".*", False, source)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BitFit(Method):
+    """Only bias terms train (plus the head). Models without biases (Llama) get zero-initialised biases
+    on every projection, which leave the outputs unchanged and export as `attention_bias` / `mlp_bias`."""
+
+    name: ClassVar[str] = "bitfit"
+
+    def apply(self, model: nnx.Module, context: MethodContext) -> None:
+        added = False
+        # the backbone only: a head's layout is fixed by its Hugging Face class
+        for _, linear in linear_modules(backbone(model)):
+            if linear.bias is None:
+                linear.bias = nnx.data(nnx.Param(jnp.zeros((linear.out_features,), linear.kernel.dtype)))
+                added = True
+        if added and hasattr(model.config, "attention_bias"):
+            _set_config(model, attention_bias=True, mlp_bias=True)
+
+    def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
+        return PathRules((Rule(r"(?:^|/)bias$", True, self.name),))
+
+    def new_parameters(self) -> tuple[str, ...]:
+        return ()
+
+
+def _set_config(model: nnx.Module, **changes: Any) -> None:
+    """Updates the config of `model` and of every submodule that holds the same config."""
+    old = model.config
+    new = old.replace(**changes)
+    for _, module in nnx.iter_modules(model):
+        if getattr(module, "config", None) is old:
+            module.config = new

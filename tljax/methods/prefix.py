@@ -1,0 +1,117 @@
+"""Prefix tuning (Li & Liang 2021): trainable keys and values that every layer's attention sees first.
+
+One `PrefixEncoder` (shared by all layers) holds the table [P, layers * 2 * kv_heads * head_dim] in the
+layout PEFT saves (per virtual token: layer, then key/value, then head, then head_dim). With
+`projection_size`, the table is produced during training by the re-parameterisation MLP
+`Linear -> tanh -> Linear` from a [P, hidden] embedding; `freeze_prefix` replaces the MLP by its output
+for inference and export. As in PEFT (and GPT-2 `past_key_values`), the real tokens' positions start at P
+and the prefix keys are not rotated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tljax.methods.base import Method, MethodContext
+from tljax.methods.rules import PathRules, Rule
+from tljax.models.layers import Linear
+
+Array = jax.Array
+
+
+class PrefixEncoder(nnx.Module):
+    """The prefix table [P, layers * 2 * kv_heads * head_dim], stored or computed by the MLP."""
+
+    def __init__(self, num_virtual_tokens: int, num_layers: int, kv_heads: int, head_dim: int, hidden: int,
+                 projection_size: int | None, *, param_dtype, rngs: nnx.Rngs):
+        self.num_virtual_tokens, self.num_layers, self.kv_heads, self.head_dim = (
+            num_virtual_tokens, num_layers, kv_heads, head_dim)
+        width = num_layers * 2 * kv_heads * head_dim
+        if projection_size:
+            self.embedding = nnx.Param(jax.random.normal(rngs.params(), (num_virtual_tokens, hidden), param_dtype))
+            self.mlp_in = Linear(hidden, projection_size, param_dtype=param_dtype, rngs=rngs)
+            self.mlp_out = Linear(projection_size, width, param_dtype=param_dtype, rngs=rngs)
+        else:
+            self.embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (num_virtual_tokens, width),
+                                                               param_dtype))
+            self.mlp_in = self.mlp_out = None
+
+    def table(self) -> Array:
+        """[P, layers * 2 * kv_heads * head_dim]."""
+        if self.mlp_in is None:
+            return self.embedding[...]
+        return self.mlp_out(jnp.tanh(self.mlp_in(self.embedding[...])))
+
+    def layer(self, index: int, batch: int) -> tuple[Array, Array]:
+        """Keys and values of layer `index`: each [batch, kv_heads, P, head_dim]."""
+        table = self.table().reshape(self.num_virtual_tokens, self.num_layers, 2, self.kv_heads, self.head_dim)
+        keys, values = (jnp.broadcast_to(table[:, index, i].transpose(1, 0, 2)[None],
+                                         (batch, self.kv_heads, self.num_virtual_tokens, self.head_dim))
+                        for i in (0, 1))
+        return keys, values
+
+
+class LayerPrefix(nnx.Module):
+    """What one attention layer reads from the shared encoder."""
+
+    def __init__(self, encoder: PrefixEncoder, index: int):
+        self.encoder = encoder
+        self.index = index
+        self.num_virtual_tokens = encoder.num_virtual_tokens
+
+    def __call__(self, batch: int) -> tuple[Array, Array]:
+        return self.encoder.layer(self.index, batch)
+
+
+def attention_modules(model: nnx.Module) -> list[nnx.Module]:
+    """Every layer's self-attention module (the ones with a `prefix` slot), bottom to top."""
+    return [m for _, m in nnx.iter_modules(model) if hasattr(m, "prefix") and hasattr(m, "num_heads")]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixTuning(Method):
+    """`num_virtual_tokens` trainable keys/values per layer, optionally re-parameterised by an MLP."""
+
+    name: ClassVar[str] = "prefix"
+    num_virtual_tokens: int = 20
+    projection_size: int | None = 512
+
+    def apply(self, model: nnx.Module, context: MethodContext) -> None:
+        if self.num_virtual_tokens < 1:
+            raise ValueError(f"prefix tuning needs at least 1 virtual token, got {self.num_virtual_tokens}")
+        layers = attention_modules(model)
+        config = model.config
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = config.head_dim
+        encoder = PrefixEncoder(self.num_virtual_tokens, len(layers), kv_heads, head_dim, config.hidden_size,
+                                self.projection_size, param_dtype=jnp.float32, rngs=nnx.Rngs(context.seed))
+        for index, attention in enumerate(layers):
+            if attention.prefix is not None:
+                raise ValueError("the model already has a prefix")
+            attention.prefix = LayerPrefix(encoder, index)
+
+    def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
+        return PathRules((Rule(r"/prefix/encoder/", True, self.name),))
+
+    def new_parameters(self) -> tuple[str, ...]:
+        return (r"/prefix/encoder/",)
+
+
+def prefix_encoder(model: nnx.Module) -> PrefixEncoder | None:
+    layers = attention_modules(model)
+    return layers[0].prefix.encoder if layers and layers[0].prefix is not None else None
+
+
+def freeze_prefix(model: nnx.Module) -> None:
+    """Replaces the re-parameterisation MLP by the table it computes (for inference and export). In place."""
+    encoder = prefix_encoder(model)
+    if encoder is None or encoder.mlp_in is None:
+        return
+    table = encoder.table()
+    encoder.embedding = nnx.Param(table)
+    encoder.mlp_in = encoder.mlp_out = None

@@ -1,0 +1,55 @@
+"""Loss functions: (model, batch, dropout key) -> (scalar loss, metrics). Pure, for use in jitted steps.
+
+A batch is a dict of arrays: `input_ids` [B, T], `attention_mask` [B, T], and `labels` ([B] class ids for
+classification; [B, T] token ids with -100 where no loss is taken, for language modelling).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+def _masked_mean(values: Array, weights: Array) -> Array:
+    return (values * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy and accuracy of logits [..., C] for integer labels [...]."""
+    weights = jnp.ones(labels.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return _masked_mean(losses, weights), _masked_mean(correct, weights)
+
+
+def classification_loss(model, batch: dict[str, Array], dropout_key: Array | None):
+    """Sequence classification: model(input_ids, attention_mask) -> logits [B, L]; labels [B]."""
+    logits = model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
+    loss, accuracy = cross_entropy(logits, batch["labels"], batch.get("weights"))
+    return loss, {"accuracy": accuracy}
+
+
+def head_loss(model, batch: dict[str, Array], dropout_key: Array | None):
+    """The classification loss from precomputed backbone features (`features` [B, H], `labels` [B]).
+
+    Uses the same dropout key as `classification_loss` does for the head, so both train the same head."""
+    head_key = None if dropout_key is None else jax.random.split(dropout_key)[1]
+    logits = model.classify(batch["features"], dropout_key=head_key)
+    loss, accuracy = cross_entropy(logits, batch["labels"], batch.get("weights"))
+    return loss, {"accuracy": accuracy}
+
+
+def language_model_loss(model, batch: dict[str, Array], dropout_key: Array | None):
+    """Token prediction: logits [B, T, V] against `labels` [B, T] (-100: ignored).
+
+    Causal models predict the next token (labels are shifted here); masked models the token itself."""
+    logits = model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
+    labels = batch["labels"]
+    if getattr(model.config, "model_type", "") == "llama":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    weights = labels != -100
+    loss, accuracy = cross_entropy(logits, jnp.where(weights, labels, 0), weights)
+    return loss, {"accuracy": accuracy}

@@ -1,0 +1,58 @@
+"""Pure, compiled train and eval steps over (trainable, frozen) parameter splits.
+
+Gradients are taken with respect to `trainable` only, and the optimiser state holds only trainable
+leaves: frozen parameters get neither gradient memory nor optimiser state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+from flax import nnx
+
+Array = jax.Array
+LossFn = Callable[[nnx.Module, dict[str, Array], Array | None], tuple[Array, dict[str, Array]]]
+
+
+def split(model: nnx.Module, trainable: nnx.filterlib.Filter) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """(graphdef, trainable parameters, everything else) of `model`."""
+    return nnx.split(model, trainable, ...)
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation):
+    """train_step(trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, metrics), jitted.
+
+    `trainable` and `opt_state` are donated: callers keep the returned ones."""
+
+    def train_step(trainable, frozen, opt_state, batch, key):
+        def loss_of(params):
+            return loss_fn(nnx.merge(graphdef, params, frozen), batch, key)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+
+    return jax.jit(train_step, donate_argnums=(0, 2))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn):
+    """eval_step(trainable, frozen, batch) -> metrics (no dropout), jitted."""
+
+    def eval_step(trainable, frozen, batch):
+        loss, metrics = loss_fn(nnx.merge(graphdef, trainable, frozen), batch, None)
+        return {**metrics, "loss": loss}
+
+    return jax.jit(eval_step)
+
+
+def merge(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.State) -> nnx.Module:
+    """The model back from its parts (e.g. to save or export it)."""
+    return nnx.merge(graphdef, trainable, frozen)
+
+
+def count(tree: Any) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(tree))
