@@ -14,6 +14,7 @@ from tljax.methods.adapters import Adapters
 from tljax.methods.base import Adaptation, Method, MethodContext, adapt
 from tljax.methods.finetune import BitFit, FeatureExtraction, FullFineTuning, GradualUnfreezing, PartialFineTuning
 from tljax.methods.lora import LoRA, merge, merge_and_unload, unmerge
+from tljax.methods.peft import save_peft
 from tljax.methods.prefix import PrefixTuning, freeze_prefix
 from tljax.methods.prompt import PromptTuning, PTuning, freeze_prompt
 from tljax.methods.rules import PathRules, Rule, RuleError
@@ -51,5 +52,5 @@ __all__ = [
     "METHODS", "Adaptation", "Adapters", "BitFit", "FeatureExtraction", "FullFineTuning", "GradualUnfreezing",
     "LoRA", "Method", "MethodContext", "PTuning", "PartialFineTuning", "PathRules", "PrefixTuning", "PromptTuning",
     "Rule", "RuleError", "adapt", "freeze_prefix", "freeze_prompt", "make_method", "merge", "merge_and_unload",
-    "unmerge",
+    "save_peft", "unmerge",
 ]

@@ -67,7 +67,7 @@ class LoRA(Method):
 
     def target_paths(self, model: nnx.Module) -> list[str]:
         """Module paths of the projections this LoRA adapts; errors name the valid targets."""
-        linears = dict(linear_modules(model))
+        linears = {p: m for p, m in linear_modules(model) if not _is_head(model, p)}  # the head trains whole
         names = sorted({path.rsplit("/", 1)[-1] for path in linears})
         if self.target_pattern is not None:
             found = [p for p in linears if re.search(self.target_pattern, p)]
@@ -79,7 +79,7 @@ class LoRA(Method):
         unknown = sorted(set(targets) - set(names))
         if unknown or not targets:
             raise ValueError(f"unknown LoRA target modules {unknown or list(targets)}; valid: {', '.join(names)}")
-        return [p for p in linears if p.rsplit("/", 1)[-1] in targets and not _is_head(model, p)]
+        return [p for p in linears if p.rsplit("/", 1)[-1] in targets]
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         paths = self.target_paths(model)

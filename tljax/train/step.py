@@ -32,8 +32,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
             return loss_fn(nnx.merge(graphdef, params, frozen), batch, key)
 
         (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 step counters
+            updates, opt_state = tx.update(grads, opt_state, trainable)
+            trainable = optax.apply_updates(trainable, updates)
         return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
 
     return jax.jit(train_step, donate_argnums=(0, 2))

@@ -1,0 +1,261 @@
+"""Every transfer method on both families: exactly what it trains, that it learns, and its invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tljax.methods import METHODS, adapt, make_method
+from tljax.models import (
+    BertForSequenceClassification,
+    DecoderConfig,
+    EncoderConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
+from tljax.train.losses import classification_loss
+from tljax.train.optim import OptimizerConfig, build_optimizer
+from tljax.train.step import make_train_step, split
+
+VOCAB = 64
+ENCODER = EncoderConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+DECODER = DecoderConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                        tie_word_embeddings=True, pad_token_id=0)
+FAMILIES = {"encoder": (BertForSequenceClassification, ENCODER), "decoder": (LlamaForSequenceClassification, DECODER)}
+OPTIONS = {
+    "partial": {"freeze_layers": 1},
+    "gradual-unfreezing": {"every": 2},
+    "lora": {"rank": 4},
+    "prefix": {"num_virtual_tokens": 4, "projection_size": 16},
+    "prompt": {"num_virtual_tokens": 4},
+    "p-tuning": {"num_virtual_tokens": 4, "encoder": "lstm", "encoder_hidden_size": 16},
+}
+
+
+def synthetic_task(seed: int, n: int = 64):
+    """Label = whether the marker token 5 occurs (anywhere: the task does not depend on positions)."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(8, VOCAB, (n, 10))
+    ids[:, 0] = 1
+    labels = rng.randint(0, 2, n)
+    ids[np.arange(n), rng.randint(1, 7, n)] = np.where(labels == 1, 5, ids[np.arange(n), 7])
+    mask = np.ones_like(ids)
+    mask[: n // 4, 7:] = 0  # some padding
+    return {"input_ids": jnp.asarray(ids * mask), "attention_mask": jnp.asarray(mask),
+            "labels": jnp.asarray(labels.astype(np.int32))}
+
+
+def train(adaptation, batch, steps: int, learning_rate: float = 1e-2):
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable())
+    tx = build_optimizer(OptimizerConfig(learning_rate=learning_rate, lr_scheduler_type="constant"), steps)
+    opt_state = tx.init(trainable)
+    step = make_train_step(graphdef, classification_loss, tx)
+    losses = []
+    for i in range(steps):
+        trainable, opt_state, metrics = step(trainable, frozen, opt_state, batch, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    return nnx.merge(graphdef, trainable, frozen), opt_state, losses
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """Tiny backbones "pre-trained" (fully fine-tuned) on the task, so that features carry its signal."""
+    models = {}
+    for family, (cls, config) in FAMILIES.items():
+        adaptation = adapt(cls.from_config(config, seed=1), [make_method("full")])
+        model, _, losses = train(adaptation, synthetic_task(0, 256), 80, learning_rate=3e-3)
+        assert losses[-1] < 0.1
+        models[family] = nnx.state(model, nnx.Param)
+    return models
+
+
+def fresh(family: str, pretrained) -> nnx.Module:
+    """The pre-trained backbone with a new, randomly initialised head."""
+    cls, config = FAMILIES[family]
+    model = cls.from_config(config, seed=7)
+    state = nnx.state(model, nnx.Param)
+    head = "classifier" if family == "encoder" else "score"
+    # copies: a train step donates (consumes) the arrays it trains
+    backbone = {k: jax.tree.map(jnp.copy, v) for k, v in nnx.to_pure_dict(pretrained[family]).items() if k != head}
+    nnx.replace_by_pure_dict(state, {**nnx.to_pure_dict(state), **backbone})
+    nnx.update(model, state)
+    return model
+
+
+def optimiser_state_paths(opt_state) -> set[str]:
+    """The parameter paths of the optimiser state's arrays (moments), ignoring scalar counters."""
+    paths = set()
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        if np.ndim(leaf) > 0:
+            paths.add("/".join(str(k.key) for k in keys if isinstance(k, jax.tree_util.DictKey)))
+    return paths
+
+
+def flat_params(model) -> dict[str, np.ndarray]:
+    return {"/".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_frozen_leaves_stay_bit_identical_and_trainable_ones_change(family, method, pretrained):
+    adaptation = adapt(fresh(family, pretrained), [make_method(method, OPTIONS.get(method))])
+    before = flat_params(adaptation.model)
+    rules = adaptation.rules()
+    trainable_paths = {p for p, _, rule in rules.report(adaptation.model) if rule.trainable}
+    trained, opt_state, _ = train(adaptation, synthetic_task(1), 3)
+    after = flat_params(trained)
+    assert before.keys() == after.keys()
+    for path in before:
+        if path in trainable_paths:
+            assert not np.array_equal(before[path], after[path]), f"{path} should have trained"
+        else:
+            np.testing.assert_array_equal(before[path], after[path], err_msg=f"{path} is frozen but changed")
+    # the optimiser state holds exactly the trainable leaves (moments for each), never a frozen one
+    assert optimiser_state_paths(opt_state) == trainable_paths
+    count, total = adaptation.count()
+    assert count == sum(before[p].size for p in trainable_paths) and total == sum(v.size for v in before.values())
+    assert count > 0
+
+
+SOFT_PROMPTS = ("prefix", "prompt", "p-tuning")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_learns(family, method, pretrained):
+    adaptation = adapt(fresh(family, pretrained), [make_method(method, OPTIONS.get(method))])
+    rate = {"full": 3e-3, **{m: 3e-2 for m in SOFT_PROMPTS}}.get(method, 1e-2)
+    _, _, losses = train(adaptation, synthetic_task(2), 40, learning_rate=rate)
+    # Soft prompts on a small encoder learn least (as Lester et al. found below ~1B parameters): a BERT
+    # pooler reads the first virtual token, and prefix keys shift every position.
+    factor = 0.7 if family == "encoder" and method in SOFT_PROMPTS else 0.3
+    assert losses[-1] < factor * losses[0], f"{method}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def outputs(model, batch):
+    return np.asarray(model(batch["input_ids"], batch["attention_mask"]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["lora", "houlsby", "pfeiffer", "bitfit"])
+def test_method_at_initialisation_leaves_outputs_unchanged(family, method, pretrained):
+    batch = synthetic_task(3, 8)
+    model = fresh(family, pretrained)
+    expected = outputs(model, batch)
+    adaptation = adapt(model, [make_method(method, OPTIONS.get(method))])
+    np.testing.assert_allclose(outputs(adaptation.model, batch), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_merge_unmerge_round_trip(family, pretrained):
+    from tljax.methods import merge, merge_and_unload, unmerge
+
+    batch = synthetic_task(4, 8)
+    adaptation = adapt(fresh(family, pretrained), [make_method("lora", {"rank": 4, "alpha": 8})])
+    trained, _, _ = train(adaptation, synthetic_task(1), 5)
+    kernels = {p: v for p, v in flat_params(trained).items() if p.endswith("kernel")}
+    adapted = outputs(trained, batch)
+    merge(trained)
+    np.testing.assert_allclose(outputs(trained, batch), adapted, atol=1e-5)
+    assert any(not np.array_equal(kernels[p], v) for p, v in flat_params(trained).items() if p in kernels)
+    unmerge(trained)
+    np.testing.assert_allclose(outputs(trained, batch), adapted, atol=1e-5)
+    for path, value in flat_params(trained).items():
+        if path in kernels:
+            np.testing.assert_allclose(value, kernels[path], atol=1e-6)
+    merge_and_unload(trained)
+    assert not any("lora" in p for p in flat_params(trained))
+    np.testing.assert_allclose(outputs(trained, batch), adapted, atol=1e-5)
+
+
+def test_methods_compose_lora_and_bitfit(pretrained):
+    adaptation = adapt(fresh("encoder", pretrained), [make_method("lora", {"rank": 2}), make_method("bitfit")])
+    report = adaptation.rules().report(adaptation.model)
+    trained = {p for p, _, rule in report if rule.trainable}
+    assert any(p.endswith("lora_a") for p in trained) and any(p.endswith("/bias") for p in trained)
+    assert "classifier/kernel" in trained
+    assert not any(p.endswith("query/kernel") for p in trained)
+
+
+def test_gradual_unfreezing_opens_one_layer_at_a_time_from_the_top(pretrained):
+    method = make_method("gradual-unfreezing", {"every": 10})
+    adaptation = adapt(fresh("encoder", pretrained), [method])
+
+    def trained_at(step):
+        return {p for p, _, r in adaptation.rules(step).report(adaptation.model) if r.trainable}
+
+    assert all(p.startswith("classifier/") for p in trained_at(0))
+    assert any("layer/1/" in p for p in trained_at(10)) and not any("layer/0/" in p for p in trained_at(10))
+    assert any("layer/0/" in p for p in trained_at(20)) and not any("embeddings" in p for p in trained_at(20))
+    assert any("embeddings" in p for p in trained_at(30))
+    assert adaptation.count(0)[0] < adaptation.count(10)[0] < adaptation.count(20)[0] < adaptation.count(30)[0]
+
+
+def test_prompt_initialised_from_words(pretrained):
+    class Tokenizer:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [5, 9]}
+
+    from tljax.methods import MethodContext
+
+    model = fresh("encoder", pretrained)
+    table = np.asarray(model.bert.embeddings.word_embeddings.embedding[...])
+    adaptation = adapt(model, [make_method("prompt", {"num_virtual_tokens": 3, "init": "text",
+                                                      "init_text": "good bad"})],
+                       context=MethodContext(tokenizer=Tokenizer()))
+    np.testing.assert_array_equal(np.asarray(adaptation.model.bert.prompt.table()), table[[5, 9, 5]])
+
+
+def test_prefix_and_prompt_work_with_cached_generation():
+    from tljax.models import generate
+
+    for method in ("prefix", "prompt"):
+        model = LlamaForCausalLM.from_config(DECODER, seed=2)
+        adaptation = adapt(model, [make_method(method, {"num_virtual_tokens": 3})])
+        ids = synthetic_task(5, 2)["input_ids"][:, :6]
+        cached = np.asarray(generate(adaptation.model, ids, max_new_tokens=5, eos_token_ids=()))
+        tokens = ids
+        for _ in range(5):  # recomputation without a cache
+            nxt = jnp.argmax(adaptation.model(tokens)[:, -1], -1).astype(tokens.dtype)
+            tokens = jnp.concatenate([tokens, nxt[:, None]], 1)
+        np.testing.assert_array_equal(cached, np.asarray(tokens[:, 6:]))
+
+
+def test_feature_extraction_fast_path_trains_the_same_head(pretrained):
+    from tljax.train.features import extract_features, train_head_on_features
+
+    batch = synthetic_task(6)
+    slow = adapt(fresh("encoder", pretrained), [make_method("feature-extraction")])
+    slow.model.dropout_rate = 0.1  # the head's own dropout stays on: both paths must draw the same masks
+    fast = adapt(fresh("encoder", pretrained), [make_method("feature-extraction")])
+    fast.model.dropout_rate = 0.1
+    slow_model, _, _ = train(slow, batch, 8)
+    features = extract_features(fast.model, [batch])
+    fast_model = train_head_on_features(fast, features, [batch["labels"]], steps=8,
+                                        optimizer=OptimizerConfig(learning_rate=1e-2, lr_scheduler_type="constant"))
+    np.testing.assert_allclose(np.asarray(fast_model.classifier.kernel[...]),
+                               np.asarray(slow_model.classifier.kernel[...]), atol=1e-5)
+
+
+def test_bad_method_input_gets_clear_errors(pretrained):
+    from tljax.methods import RuleError
+
+    with pytest.raises(ValueError, match="unknown method 'lorra'; valid: feature-extraction, full"):
+        make_method("lorra")
+    with pytest.raises(ValueError, match="has no option rnak; valid: rank, alpha, dropout, targets"):
+        make_method("lora", {"rnak": 4})
+    with pytest.raises(ValueError, match=r"unknown LoRA target modules \['qurey'\]; valid: dense, key, query, value"):
+        adapt(fresh("encoder", pretrained), [make_method("lora", {"targets": ["qurey"]})])
+    for rank in (0, 33):
+        with pytest.raises(ValueError, match=f"LoRA rank {rank} is invalid"):
+            adapt(fresh("encoder", pretrained), [make_method("lora", {"rank": rank})])
+    with pytest.raises(RuleError, match="match no rule") as error:
+        adapt(fresh("encoder", pretrained), [make_method("partial", {"path_rules": [["embeddings", "freeze"],
+                                                                                  ["encoder/", "train"]]})])
+    assert "bert/pooler/dense/kernel" in str(error.value)
+    with pytest.raises(ValueError, match="each decide which pre-trained weights train"):
+        adapt(fresh("encoder", pretrained), [make_method("full"), make_method("partial")])

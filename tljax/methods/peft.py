@@ -1,0 +1,241 @@
+"""Export of an adaptation in the layout of Hugging Face PEFT (`PeftModel.from_pretrained` loads it).
+
+    save_peft(adaptation, "out/adapter", base_model_name_or_path="bert-base-uncased")
+
+writes `adapter_config.json` and `adapter_model.safetensors` (float32) for LoRA (alone or with BitFit),
+prompt tuning, P-tuning and prefix tuning, with the task head for sequence classifiers. P-tuning and
+prefix tuning export the virtual tokens / key-value table their encoder computes (as PEFT itself saves
+them, for inference), so the re-parameterisation MLPs are not part of the file. Methods PEFT has no
+layout for (bottleneck adapters, full or partial fine-tuning, feature extraction, BitFit alone) are
+refused: such a model is exported whole with `save_pretrained` (after `merge_and_unload` for LoRA).
+
+The base directory PEFT loads the adapter onto must hold the weights the adaptation started from. When
+BitFit gave a Llama model new biases, that base must have been saved from our model (its config then
+says `attention_bias` / `mlp_bias`, so that PyTorch builds the biases the adapter file fills).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from tljax.methods.base import Adaptation, backbone, head_pattern, linear_modules
+from tljax.methods.lora import LoRALinear
+from tljax.methods.prefix import prefix_encoder
+from tljax.models.checkpoint import hf_name, path_str
+
+# our model class -> PEFT task type
+TASK_TYPES = {
+    "BertForSequenceClassification": "SEQ_CLS",
+    "LlamaForSequenceClassification": "SEQ_CLS",
+    "LlamaForCausalLM": "CAUSAL_LM",
+    "BertModel": "FEATURE_EXTRACTION",
+    "LlamaModel": "FEATURE_EXTRACTION",
+}
+# the method combinations PEFT has a layout for (sorted method names)
+EXPORTABLE = {("lora",): "lora", ("bitfit", "lora"): "lora", ("prompt",): "prompt",
+              ("p-tuning",): "prompt", ("prefix",): "prefix"}
+EXPORTABLE_TEXT = "lora, lora + bitfit, prompt, p-tuning, prefix"
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_path: str) -> None:
+    """Writes `adaptation` as a PEFT adapter directory for the base model `base_model_name_or_path`.
+
+    The write is atomic: a reader never sees half an adapter, and an existing directory is replaced whole.
+    Raises ValueError for methods or model classes PEFT has no layout for.
+    """
+    model = adaptation.model
+    names = tuple(sorted(m.name for m in adaptation.methods))
+    kind = EXPORTABLE.get(names)
+    if kind is None:
+        raise ValueError(
+            f"PEFT has no layout for the methods {list(names) or 'none'}; exportable as a PEFT adapter: "
+            f"{EXPORTABLE_TEXT}. Save the model as a Hugging Face directory with save_pretrained instead "
+            "(after merge_and_unload for LoRA)")
+    task_type = _task_type(model)
+    exporter = {"lora": _lora, "prompt": _prompt, "prefix": _prefix}[kind]
+    config, tensors = exporter(adaptation, task_type)
+    config.update(task_type=task_type, base_model_name_or_path=str(base_model_name_or_path),
+                  inference_mode=True, revision=None)
+    _write_adapter(Path(directory), config, tensors)
+
+
+def _task_type(model: nnx.Module) -> str:
+    name = type(model).__name__
+    if name not in TASK_TYPES:
+        raise ValueError(f"no PEFT task type for {name}; exportable model classes: {', '.join(TASK_TYPES)}")
+    return TASK_TYPES[name]
+
+
+def _array(value: Any) -> np.ndarray:
+    """A float32, C-contiguous numpy copy of a parameter value."""
+    return np.ascontiguousarray(np.asarray(jax.device_get(jnp.asarray(value).astype(jnp.float32))))
+
+
+def _params(model: nnx.Module, which: nnx.filterlib.Filter = nnx.Param) -> dict[tuple, Any]:
+    return {tuple(path): variable.get_value() for path, variable in nnx.to_flat_state(nnx.state(model, which))}
+
+
+def _head(model: nnx.Module, task_type: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(modules_to_save, {Hugging Face name: tensor}) of a sequence classifier's head; nothing otherwise."""
+    pattern = head_pattern(model)
+    if task_type != "SEQ_CLS" or pattern is None:
+        return [], {}
+    tensors, modules = {}, []
+    for path, value in _params(model).items():
+        if re.search(pattern, path_str(path)):
+            array = _array(value)
+            tensors[hf_name(path)] = np.ascontiguousarray(array.T) if str(path[-1]) == "kernel" else array
+            if str(path[0]) not in modules:
+                modules.append(str(path[0]))
+    return modules, tensors
+
+
+def _unexported(adaptation: Adaptation, exported: re.Pattern) -> None:
+    """Raises when a trained parameter would be missing from the file (its path does not match `exported`)."""
+    pattern = head_pattern(adaptation.model)
+    missing = [path_str(p) for p in _params(adaptation.model, adaptation.trainable())
+               if not exported.search(path_str(p)) and not (pattern and re.search(pattern, path_str(p)))]
+    if missing:
+        raise ValueError(f"these trained parameters have no place in the PEFT layout: {', '.join(missing)}")
+
+
+def _lora(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """LoRA (+ BitFit biases, + the classification head): PEFT's `base_model.model.<module>` names."""
+    model = adaptation.model
+    method = next(m for m in adaptation.methods if m.name == "lora")
+    bitfit = any(m.name == "bitfit" for m in adaptation.methods)
+    modules = {path: module for path, module in linear_modules(model) if isinstance(module, LoRALinear)}
+    if not modules:
+        raise ValueError("the model has no LoRA modules (merged and unloaded?): save it with save_pretrained")
+    ranks = {int(m.lora_a.shape[1]) for m in modules.values()}
+    scalings = {float(m.scaling) for m in modules.values()}
+    if len(ranks) > 1 or len(scalings) > 1:
+        raise ValueError(f"LoRA modules differ in rank {sorted(ranks)} or scaling {sorted(scalings)}")
+    rank, scaling = ranks.pop(), scalings.pop()
+
+    tensors: dict[str, np.ndarray] = {}
+    for path, module in modules.items():
+        name = "base_model.model." + path.replace("/", ".")
+        tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(_array(module.lora_a[...]).T)  # [r, in]
+        tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(_array(module.lora_b[...]).T)  # [out, r]
+    if bitfit:
+        for path, value in _params(model, adaptation.trainable()).items():
+            if str(path[-1]) != "bias":
+                continue
+            parent = path_str(path[:-1])
+            middle = ".base_layer" if parent in modules else ""
+            tensors[f"base_model.model.{parent.replace('/', '.')}{middle}.bias"] = _array(value)
+    head_modules, head = _head(model, task_type)
+    tensors.update({f"base_model.model.{name}": array for name, array in head.items()})
+    _unexported(adaptation, re.compile(r"/lora_[ab]$" + (r"|(?:^|/)bias$" if bitfit else "")))
+
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": scaling * rank,
+        "lora_dropout": float(method.dropout),
+        "target_modules": _target_modules(model, set(modules)),
+        "bias": "all" if bitfit else "none",
+        "modules_to_save": head_modules or None,
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+    }
+    return config, tensors
+
+
+def _target_modules(model: nnx.Module, paths: set[str]) -> list[str]:
+    """The projections' short names when they select exactly the adapted ones, else their full names."""
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    selected = {p for p, _ in linear_modules(model) if p.rsplit("/", 1)[-1] in names}
+    if selected == paths:
+        return sorted(names)
+    return sorted(p.replace("/", ".") for p in paths)
+
+
+def _prompt_learning_config(num_virtual_tokens: int, token_dim: int, num_layers: int,
+                            num_heads: int) -> dict:
+    return {"num_virtual_tokens": num_virtual_tokens, "token_dim": token_dim, "num_layers": num_layers,
+            "num_attention_heads": num_heads, "num_transformer_submodules": 1}
+
+
+def _prompt(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Prompt tuning / P-tuning: the virtual tokens [P, H] (P-tuning's encoder output) as `prompt_embeddings`."""
+    from tljax.methods.prompt import PromptEncoder
+
+    model = adaptation.model
+    prompt = backbone(model).prompt
+    if prompt is None:
+        raise ValueError("the model has no soft prompt to export")
+    table = _array(prompt.table())
+    config = model.config
+    out = {"peft_type": "PROMPT_TUNING", "prompt_tuning_init": "RANDOM"}
+    if isinstance(prompt, PromptEncoder):
+        method = next(m for m in adaptation.methods if m.name == "p-tuning")
+        out = {"peft_type": "P_TUNING", "encoder_reparameterization_type": prompt.kind.upper(),
+               "encoder_hidden_size": method.encoder_hidden_size or config.hidden_size,
+               "encoder_num_layers": 2, "encoder_dropout": float(method.encoder_dropout)}
+    out.update(_prompt_learning_config(table.shape[0], table.shape[1], config.num_hidden_layers,
+                                       config.num_attention_heads))
+    head_modules, head = _head(model, task_type)
+    out["modules_to_save"] = head_modules or None
+    tensors = {"prompt_embeddings": table}
+    tensors.update({f"base_model.{name}": array for name, array in head.items()})
+    _unexported(adaptation, re.compile(r"(?:^|/)prompt/"))
+    return out, tensors
+
+
+def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Prefix tuning: the key/value table [P, layers * 2 * kv_heads * head_dim], the projection computed away."""
+    model = adaptation.model
+    encoder = prefix_encoder(model)
+    if encoder is None:
+        raise ValueError("the model has no prefix to export")
+    table = _array(encoder.table())
+    method = next(m for m in adaptation.methods if m.name == "prefix")
+    out = {"peft_type": "PREFIX_TUNING", "prefix_projection": False,
+           "encoder_hidden_size": method.projection_size or model.config.hidden_size}
+    out.update(_prompt_learning_config(encoder.num_virtual_tokens, encoder.kv_heads * encoder.head_dim,
+                                       encoder.num_layers, encoder.kv_heads))
+    head_modules, head = _head(model, task_type)
+    out["modules_to_save"] = head_modules or None
+    tensors = {"prompt_embeddings": table}
+    tensors.update({f"base_model.{name}": array for name, array in head.items()})
+    _unexported(adaptation, re.compile(r"/prefix/encoder/"))
+    return out, tensors
+
+
+def _write_adapter(directory: Path, config: dict, tensors: dict[str, np.ndarray]) -> None:
+    """adapter_config.json + adapter_model.safetensors, written into a sibling temporary directory that is
+    renamed into place."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
+            directory.rename(old)
+            staging.rename(directory)
+            shutil.rmtree(old)
+        else:
+            staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
