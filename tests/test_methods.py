@@ -259,3 +259,17 @@ def test_bad_method_input_gets_clear_errors(pretrained):
     assert "bert/pooler/dense/kernel" in str(error.value)
     with pytest.raises(ValueError, match="each decide which pre-trained weights train"):
         adapt(fresh("encoder", pretrained), [make_method("full"), make_method("partial")])
+
+
+def test_trainable_table_command(tmp_path, capsys):
+    from tljax.methods.__main__ import main, trainable_table
+
+    BertForSequenceClassification.from_config(ENCODER.replace(id2label={0: "a", 1: "b"})).save_pretrained(tmp_path)
+    rows = {name: (count, percent) for name, count, percent in trainable_table(tmp_path)}
+    assert set(rows) == set(METHODS)
+    total = sum(v.size for v in flat_params(BertForSequenceClassification.from_config(ENCODER)).values())
+    assert rows["full"] == (total, 100.0)
+    lora = adapt(BertForSequenceClassification.from_config(ENCODER), [make_method("lora")])
+    assert rows["lora"][0] == lora.count()[0] == 2 * 2 * (32 * 8 + 8 * 32) + 32 * 2 + 2
+    assert main([str(tmp_path)]) == 0
+    assert "| lora | 2,114 |" in capsys.readouterr().out

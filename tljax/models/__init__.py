@@ -58,6 +58,6 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 __all__ = [
     "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "CheckpointError", "ConfigError",
     "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForSequenceClassification",
-    "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "cls_pool", "default_task", "from_pretrained",
+    "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
     "generate", "mean_pool", "model_class",
 ]
