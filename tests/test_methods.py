@@ -273,3 +273,10 @@ def test_trainable_table_command(tmp_path, capsys):
     assert rows["lora"][0] == lora.count()[0] == 2 * 2 * (32 * 8 + 8 * 32) + 32 * 2 + 2
     assert main([str(tmp_path)]) == 0
     assert "| lora | 2,114 |" in capsys.readouterr().out
+
+
+def test_describe_reports_which_rule_decided_what(pretrained):
+    adaptation = adapt(fresh("encoder", pretrained), [make_method("lora", {"rank": 2})])
+    text = adaptation.describe()
+    assert "train  '/lora_[ab]$'" in text and "task head" in text and "frozen (no method trains it)" in text
+    assert text.splitlines()[-1].startswith(f"trainable: {adaptation.count()[0]:,} of")

@@ -16,13 +16,26 @@ from tljax.methods.rules import parameter_sizes
 from tljax.models import ConfigError, model_class, read_config_dict
 
 
-def trainable_table(directory, task: str = "sequence-classification", num_labels: int = 2) -> list[tuple[str, int, float]]:
-    """(method, trainable parameters, % of the model's parameters) for every method at its defaults."""
+def _class_and_config(directory, task: str, num_labels: int):
     raw = read_config_dict(directory)
     cls = model_class(raw.get("model_type", ""), task)
     config = cls.config_class.from_hf(raw)
     if task == "sequence-classification":
         config = config.replace(id2label={i: f"LABEL_{i}" for i in range(num_labels)})
+    return cls, config
+
+
+def describe_method(directory, name: str, task: str = "sequence-classification", num_labels: int = 2) -> str:
+    """The rule report of one method (at its defaults) on a model."""
+    cls, config = _class_and_config(directory, task, num_labels)
+    method = make_method(name)
+    model = nnx.eval_shape(lambda: adapt(cls.from_config(config), [method]).model)
+    return Adaptation(model, (method,)).describe()
+
+
+def trainable_table(directory, task: str = "sequence-classification", num_labels: int = 2) -> list[tuple[str, int, float]]:
+    """(method, trainable parameters, % of the model's parameters) for every method at its defaults."""
+    cls, config = _class_and_config(directory, task, num_labels)
     base = sum(parameter_sizes(nnx.eval_shape(lambda: cls.from_config(config))).values())
     rows = []
     for name in METHODS:
@@ -54,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("--task", default="sequence-classification")
     parser.add_argument("--num-labels", type=int, default=2)
+    parser.add_argument("--method", help="show which rule decides which parameters for this method")
     args = parser.parse_args(argv)
     from tljax import zoo
 
     try:
+        if args.method:
+            print(describe_method(zoo.resolve(args.model), args.method, args.task, args.num_labels))
+            return 0
         rows = trainable_table(zoo.resolve(args.model), args.task, args.num_labels)
     except (zoo.UnknownModelError, ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

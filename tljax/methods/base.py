@@ -84,6 +84,21 @@ class Adaptation:
         rules = [Rule(p, True, "new") for p in patterns]
         return PathRules((*rules, Rule(".*", False, "pre-trained")))
 
+    def describe(self, step: int = 0) -> str:
+        """Which rule decided which parameters (one line per rule), and the trainable total."""
+        report = self.rules(step).report(self.model)
+        lines, seen = [], {}
+        for path, size, rule in report:
+            entry = seen.setdefault(rule, [0, 0, path])
+            entry[0] += 1
+            entry[1] += size
+        for rule, (tensors, size, example) in seen.items():
+            action = "train " if rule.trainable else "freeze"
+            lines.append(f"{action} {rule.pattern!r:40} {rule.source:45} {tensors:5} tensors {size:>13,}  e.g. {example}")
+        trainable, total = self.count(step)
+        lines.append(f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.3f}%)")
+        return "\n".join(lines)
+
     def count(self, step: int = 0) -> tuple[int, int]:
         """(trainable parameters, all parameters), derived from the rules."""
         report = self.rules(step).report(self.model)
