@@ -1,2 +1,2 @@
-"""Training: configs, optimisers over the trainable parameters only, pure jitted steps, the loop,
-checkpoints and sharding. Not built yet: `python -m tljax.train` says so and exits."""
+"""Training: typed configs, the optimiser over the trainable parameters only, pure jitted steps, losses,
+the loop with its checkpoints, curves and export, and data parallelism over a device mesh."""

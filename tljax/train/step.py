@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -23,19 +24,24 @@ def split(model: nnx.Module, trainable: nnx.filterlib.Filter) -> tuple[nnx.Graph
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation):
-    """train_step(trainable, frozen, opt_state, batch, key) -> (trainable, opt_state, metrics), jitted.
+    """train_step(trainable, frozen, opt_state, batch, key[, mask]) -> (trainable, opt_state, metrics), jitted.
 
-    `trainable` and `opt_state` are donated: callers keep the returned ones."""
+    `trainable` and `opt_state` are donated: callers keep the returned ones. An optional `mask` (a tree
+    like `trainable` of 0.0 / 1.0) zeroes the updates of leaves a schedule keeps frozen for now."""
 
-    def train_step(trainable, frozen, opt_state, batch, key):
+    def train_step(trainable, frozen, opt_state, batch, key, mask=None):
         def loss_of(params):
             return loss_fn(nnx.merge(graphdef, params, frozen), batch, key)
 
         (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 step counters
             updates, opt_state = tx.update(grads, opt_state, trainable)
+            if mask is not None:
+                updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask)
             trainable = optax.apply_updates(trainable, updates)
-        return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        finite = jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]))
+        return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                                      "parameters_finite": finite}
 
     return jax.jit(train_step, donate_argnums=(0, 2))
 

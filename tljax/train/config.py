@@ -1,0 +1,201 @@
+"""Typed run configs, filled from YAML files and `--set section.key=value` overrides.
+
+An unknown key is an error listing the valid ones; values are converted to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigKeyError(ValueError):
+    """A config key that does not exist, or a value of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "rotten-tomatoes"  # a packaged corpus, a CSV / JSONL file, hf:NAME or tfds:DIR
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None  # the declared label set (user files); values outside it are errors
+    validation: float = 0.1  # fraction of examples (by group) held out for evaluation during training
+    test: float = 0.1  # fraction held out for the final test
+    max_length: int = 128  # longer inputs are truncated (and counted)
+    max_train_examples: int | None = None  # a smaller budget: the first N training examples of the split
+    max_eval_examples: int | None = None
+    text_prefix: str = ""  # e.g. "query: " for e5 models
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Hugging Face `TrainingArguments` names where one exists."""
+
+    learning_rate: float = 5e-5
+    new_learning_rate: float | None = None  # the head and the method's own parameters; None: learning_rate
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    lr_scheduler_type: str = "linear"
+    max_grad_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int | None = None  # overrides num_train_epochs
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    eval_steps: int = 100  # evaluate (and checkpoint) every N optimiser steps, and at the end
+    logging_steps: int = 10
+    metric_for_best_model: str = "accuracy"  # accuracy | f1 | precision | recall | mcc | loss
+    early_stopping_patience: int | None = 3  # evaluations without improvement before stopping
+    seed: int = 42
+    dtype: str = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: str = "minilm-l6"
+    task: str = "sequence-classification"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    method: dict[str, Any] | list[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.1})
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    output_dir: str = "runs/default"
+
+    def methods(self) -> list[dict[str, Any]]:
+        """The method specs as a list (a single method may be written as one mapping)."""
+        return list(self.method) if isinstance(self.method, list) else [dict(self.method)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """`value` converted to the type `annotation` names (YAML and the command line give strings)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigKeyError:
+                continue
+        raise ConfigKeyError(f"{key}={value!r} is not a valid {annotation}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigKeyError(f"{key}={value!r} is not a boolean (true / false)")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigKeyError(f"{key}={value!r} is not a number")
+        try:
+            number = annotation(value) if annotation is float else int(str(value), 10)
+        except (TypeError, ValueError):
+            raise ConfigKeyError(f"{key}={value!r} is not {'an integer' if annotation is int else 'a number'}") from None
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigKeyError(f"{key}={value!r} is not a string")
+        return str(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, list):
+            raise ConfigKeyError(f"{key}={value!r} is not a list")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigKeyError(f"{key}={value!r} is not a mapping")
+        return value
+    return value
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a (nested) mapping; unknown keys raise `ConfigKeyError`."""
+    if not isinstance(raw, dict):
+        raise ConfigKeyError(f"{prefix.rstrip('.') or 'the config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        valid = ", ".join(prefix + name for name in fields)
+        raise ConfigKeyError(f"unknown config key {', '.join(prefix + k for k in unknown)}; valid: {valid}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, prefix + name)
+    return cls(**values)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Applies one `section.key=value` to a nested config mapping, in place (the value is YAML)."""
+    if "=" not in assignment:
+        raise ConfigKeyError(f"--set {assignment!r}: expected key=value, e.g. training.learning_rate=1e-3")
+    key, text = assignment.split("=", 1)
+    value = yaml.safe_load(text) if text else ""
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            if not isinstance(child, dict):
+                raise ConfigKeyError(f"--set {key}: {part} is not a section")
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+# The embedded default run (`python -m tljax.train` with no --config): configs/lora.yaml without comments.
+DEFAULT_RUN = {
+    "model": "minilm-l6",
+    "data": {"source": "rotten-tomatoes", "max_length": 64},
+    "method": {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]},
+    "training": {"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 32,
+                 "warmup_ratio": 0.06, "weight_decay": 0.01, "eval_steps": 50, "metric_for_best_model": "accuracy",
+                 "early_stopping_patience": 3, "seed": 42},
+    "output_dir": "runs/lora",
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """The run config: the dataclass defaults, then the YAML file (or, without one, the embedded default
+    run), then the overrides."""
+    raw = dataclasses.asdict(RunConfig())
+    if path is None:
+        raw["method"] = DEFAULT_RUN["method"]
+        _merge(raw, {k: v for k, v in DEFAULT_RUN.items() if k != "method"})
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigKeyError(f"{path} must hold a mapping of config sections")
+        if "method" in loaded:  # a file's method replaces the default one whole
+            raw["method"] = loaded.pop("method")
+        _merge(raw, loaded)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return from_dict(RunConfig, raw)
+
+
+def _merge(base: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "method":
+            _merge(base[key], value)
+        else:
+            base[key] = value

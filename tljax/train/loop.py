@@ -1,0 +1,223 @@
+"""The training loop, top to bottom: where the effects live.
+
+Data iteration, the compiled steps, evaluation on a schedule, early stopping, checkpoints (latest and
+best), resume, interruption (SIGTERM / Ctrl-C save and exit), NaN detection, progress, metrics as JSON
+lines, learning curves and the final test evaluation and export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from flax import nnx
+from tqdm import tqdm
+
+from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
+from tljax.metrics import classification_metrics
+from tljax.train import curves
+from tljax.train.checkpoints import Checkpoints
+from tljax.train.losses import classification_loss
+from tljax.train.optim import OptimizerConfig, build_optimizer
+from tljax.train.run import Prepared, export
+from tljax.train.sharding import data_mesh, replicate, shard_batch
+from tljax.train.step import make_train_step, split
+
+FINAL_STAGE = 10**9  # a step beyond every schedule (gradual unfreezing): the largest trainable set
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped before its end (interrupted, or a non-finite loss); its checkpoint is kept."""
+
+
+def _eval_fn(graphdef):
+    @jax.jit
+    def logits_of(trainable, frozen, batch):
+        return nnx.merge(graphdef, trainable, frozen)(batch["input_ids"], batch["attention_mask"])
+
+    return logits_of
+
+
+def evaluate(logits_of, trainable, frozen, batches: list[dict], mesh, num_classes: int) -> dict[str, Any]:
+    """Loss and classification metrics over every real (weight 1) row of `batches`."""
+    predictions, labels, losses = [], [], []
+    for batch in batches:
+        logits = np.asarray(logits_of(trainable, frozen, shard_batch(batch, mesh)), np.float64)
+        real = batch["weights"] > 0
+        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        losses.append(-log_probs[np.arange(len(logits)), batch["labels"]][real])
+        predictions.append(logits.argmax(-1)[real])
+        labels.append(batch["labels"][real])
+    metrics = classification_metrics(np.concatenate(labels), np.concatenate(predictions), num_classes)
+    return {"loss": float(np.concatenate(losses).mean()), **metrics}
+
+
+def _update_mask(adaptation, step: int, trainable) -> Any:
+    """1.0 for the leaves training at `step`, 0.0 for those a schedule still holds frozen."""
+    from tljax.methods.rules import tree_paths
+
+    decided = adaptation.rules(step).decide(jax.tree.leaves(tree_paths(trainable)))
+    return jax.tree.map(lambda p: jnp.float32(decided[p].trainable), tree_paths(trainable))
+
+
+def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
+    config, tc = prepared.config, prepared.config.training
+    adaptation = prepared.adaptation
+    mesh = data_mesh()
+    devices = mesh.devices.size
+    train_batch, eval_batch = tc.per_device_train_batch_size * devices, tc.per_device_eval_batch_size * devices
+    iterator = BatchIterator(prepared.encoded["train"], train_batch, prepared.pad_id, prepared.max_length,
+                             seed=tc.seed)
+    accumulation = tc.gradient_accumulation_steps
+    total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch / accumulation))
+    optimizer = OptimizerConfig(
+        learning_rate=tc.learning_rate, new_learning_rate=tc.new_learning_rate, weight_decay=tc.weight_decay,
+        warmup_steps=round(tc.warmup_ratio * total_steps), lr_scheduler_type=tc.lr_scheduler_type,
+        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=accumulation)
+
+    scheduled = any(m.name == "gradual-unfreezing" for m in adaptation.methods)
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STAGE if scheduled else 0))
+    tx = build_optimizer(optimizer, total_steps, adaptation.new_parameter_rules())
+    opt_state = tx.init(trainable)
+    trainable, frozen, opt_state = replicate((trainable, frozen, opt_state), mesh)
+    train_step = make_train_step(graphdef, classification_loss, tx)
+    logits_of = _eval_fn(graphdef)
+    validation = evaluation_batches(prepared.encoded["validation"], eval_batch, prepared.pad_id, prepared.max_length)
+    num_classes = len(prepared.label_names)
+    higher_is_better = tc.metric_for_best_model != "loss"
+
+    checkpoints = Checkpoints(run_dir / "checkpoints")
+    state = {"step": 0, "best": None, "best_step": None, "bad_evaluations": 0, "train": [], "validation": []}
+    if resume:
+        restored = checkpoints.restore("latest", trainable, opt_state)
+        if restored is None:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from")
+        trainable, opt_state, state = restored
+        trainable, opt_state = replicate((trainable, opt_state), mesh)
+        iterator = BatchIterator(prepared.encoded["train"], train_batch, prepared.pad_id, prepared.max_length,
+                                 seed=tc.seed, epoch=state["position"]["epoch"], index=state["position"]["index"])
+        _truncate_log(run_dir / "metrics.jsonl", state["step"])
+
+    stop = {"signal": None}
+    previous = {s: signal.signal(s, lambda number, _: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
+    log_file = (run_dir / "metrics.jsonl").open("a")
+    progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True)
+    mask, mask_rules = None, None
+    started, seen = time.perf_counter(), 0
+    try:
+        while state["step"] < total_steps:
+            step = state["step"]
+            if scheduled and adaptation.rules(step) != mask_rules:  # leaves not yet unfrozen get no update
+                mask_rules, mask = adaptation.rules(step), _update_mask(adaptation, step, trainable)
+            for micro in range(accumulation):
+                key = jax.random.fold_in(jax.random.key(tc.seed), step * accumulation + micro)
+                batch = shard_batch(next(iterator), mesh)
+                args = (trainable, frozen, opt_state, batch, key) + ((mask,) if scheduled else ())
+                trainable, opt_state, metrics = train_step(*args)
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss) or not bool(metrics["parameters_finite"]):
+                what = f"the loss became {loss}" if not math.isfinite(loss) else "the parameters became non-finite"
+                raise TrainingStopped(f"{what} at step {step + 1}; stopped. The last good checkpoint (step "
+                                      f"{checkpoints.latest.latest_step()}) is kept; try a lower learning rate.")
+            state["step"] = step = step + 1
+            seen += train_batch * accumulation
+            state["train"].append((step, loss))
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+            if step % tc.logging_steps == 0:
+                _log(log_file, {"step": step, "split": "train", "loss": loss,
+                                "accuracy": float(metrics["accuracy"]), "grad_norm": float(metrics["grad_norm"])})
+            finished = step == total_steps
+            if step % tc.eval_steps == 0 or finished:
+                result = evaluate(logits_of, trainable, frozen, validation, mesh, num_classes)
+                _log(log_file, {"step": step, "split": "validation", **result})
+                score = result[tc.metric_for_best_model]
+                state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
+                improved = state["best"] is None or (score > state["best"] if higher_is_better else score < state["best"])
+                if improved:
+                    state.update(best=score, best_step=step, bad_evaluations=0)
+                else:
+                    state["bad_evaluations"] += 1
+                state["position"] = iterator.position()
+                checkpoints.save("latest", step, trainable, opt_state, state)
+                if improved:
+                    checkpoints.save("best", step, trainable, opt_state, state)
+                patience = tc.early_stopping_patience
+                if patience is not None and state["bad_evaluations"] >= patience:
+                    progress.write(f"early stopping at step {step}: no better validation "
+                                   f"{tc.metric_for_best_model} for {patience} evaluations")
+                    break
+            if stop["signal"] is not None:
+                state["position"] = iterator.position()
+                checkpoints.save("latest", step, trainable, opt_state, state)
+                raise TrainingStopped(f"interrupted at step {step}; checkpoint saved. Continue with --resume")
+    finally:
+        progress.close()
+        log_file.close()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    return _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh,
+                   logits_of, eval_batch, num_classes)
+
+
+def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, logits_of,
+            eval_batch, num_classes) -> dict[str, Any]:
+    """Test evaluation of the best checkpoint, curves, diagnosis, export and summary."""
+    tc = prepared.config.training
+    best = checkpoints.restore("best", trainable, opt_state)
+    checkpoints.close()
+    if best is not None:
+        trainable = replicate(best[0], mesh)
+    test = evaluate(logits_of, trainable, frozen,
+                    evaluation_batches(prepared.encoded["test"], eval_batch, prepared.pad_id, prepared.max_length),
+                    mesh, num_classes)
+    with (run_dir / "metrics.jsonl").open("a") as log_file:
+        _log(log_file, {"step": state["best_step"], "split": "test", **test})
+    metric = _curve_metric(tc)
+    chance = 1.0 / num_classes if metric == "accuracy" else 0.0
+    diagnosis = curves.diagnose([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]],
+                                metric, chance)
+    (run_dir / "diagnosis.txt").write_text(diagnosis + "\n")
+    curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
+                run_dir / "curves.png", f"{prepared.config.model} / {prepared.adaptation.methods[0].name}")
+    model = nnx.merge(graphdef, jax.device_get(trainable), jax.device_get(frozen))
+    written = export(prepared, model, run_dir / "export")
+    count, total = prepared.adaptation.count(FINAL_STAGE)
+    summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
+               "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _curve_metric(tc) -> str:
+    return "accuracy" if tc.metric_for_best_model == "loss" else tc.metric_for_best_model
+
+
+def _log(handle, record: dict[str, Any]) -> None:
+    handle.write(json.dumps(record) + "\n")
+    handle.flush()
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drops log lines written after the checkpoint a resumed run continues from."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def write_config(prepared: Prepared, run_dir: Path) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(prepared.config.to_dict(), sort_keys=False))
+
+
+__all__ = ["Encoded", "TrainingStopped", "evaluate", "train", "write_config"]
