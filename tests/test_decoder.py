@@ -1,6 +1,5 @@
 """The decoder family against the PyTorch reference (`transformers` Llama) on tiny random configs."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

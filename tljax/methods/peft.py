@@ -17,10 +17,7 @@ says `attention_bias` / `mlp_bias`, so that PyTorch builds the biases the adapte
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ from safetensors.numpy import save_file
 from tljax.methods.base import Adaptation, backbone, head_pattern, linear_modules
 from tljax.methods.lora import LoRALinear
 from tljax.methods.prefix import prefix_encoder
-from tljax.models.checkpoint import hf_name, path_str
+from tljax.models.checkpoint import atomic_directory, hf_name, path_str
 
 # our model class -> PEFT task type
 TASK_TYPES = {
@@ -222,20 +219,7 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
 
 
 def _write_adapter(directory: Path, config: dict, tensors: dict[str, np.ndarray]) -> None:
-    """adapter_config.json + adapter_model.safetensors, written into a sibling temporary directory that is
-    renamed into place."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    """adapter_config.json + adapter_model.safetensors, atomically."""
+    with atomic_directory(directory) as staging:
         save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -7,13 +7,14 @@ are stored [out, in] by PyTorch and [in, out] by us.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import jax
@@ -171,27 +172,16 @@ def fill_parameters(
     return nnx.merge(graphdef, nnx.from_flat_state(filled + others)), kept
 
 
-def write_model_directory(
-    directory: Path,
-    tensors: Mapping[str, np.ndarray],
-    config: Mapping,
-    tokenizer_source: Path | None = None,
-) -> None:
-    """Writes config.json, model.safetensors and tokenizer files into `directory`, atomically.
+@contextlib.contextmanager
+def atomic_directory(directory: Path) -> Iterator[Path]:
+    """Yields a private staging directory that replaces `directory` whole when the block succeeds.
 
-    The files are written into a sibling temporary directory that is renamed into place, so a reader
-    never sees half a model and an existing directory is replaced whole.
-    """
+    A reader never sees half a directory, and a failure leaves the old one (or nothing) in place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        save_file(dict(tensors), staging / "model.safetensors", metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if tokenizer_source is not None:
-            for name in TOKENIZER_FILES:
-                if (Path(tokenizer_source) / name).is_file():
-                    shutil.copy2(Path(tokenizer_source) / name, staging / name)
+        yield staging
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
             directory.rename(old)
@@ -202,3 +192,19 @@ def write_model_directory(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def write_model_directory(
+    directory: Path,
+    tensors: Mapping[str, np.ndarray],
+    config: Mapping,
+    tokenizer_source: Path | None = None,
+) -> None:
+    """Writes config.json, model.safetensors and tokenizer files into `directory`, atomically."""
+    with atomic_directory(directory) as staging:
+        save_file(dict(tensors), staging / "model.safetensors", metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if tokenizer_source is not None:
+            for name in TOKENIZER_FILES:
+                if (Path(tokenizer_source) / name).is_file():
+                    shutil.copy2(Path(tokenizer_source) / name, staging / name)

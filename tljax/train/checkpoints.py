@@ -24,7 +24,7 @@ class Checkpoints:
     """`latest/` (to resume) and `best/` (the best evaluation so far), one checkpoint each."""
 
     def __init__(self, directory: Path):
-        self.directory = Path(directory)
+        self.directory = Path(directory).resolve()  # orbax needs absolute paths
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
         self.latest = ocp.CheckpointManager(self.directory / "latest", options=options)
         self.best = ocp.CheckpointManager(self.directory / "best", options=options)

@@ -164,7 +164,7 @@ DEFAULT_RUN = {
     "model": "minilm-l6",
     "data": {"source": "rotten-tomatoes", "max_length": 64},
     "method": {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]},
-    "training": {"learning_rate": 1e-3, "num_train_epochs": 1, "per_device_train_batch_size": 32,
+    "training": {"learning_rate": 3e-3, "num_train_epochs": 1, "per_device_train_batch_size": 32,
                  "warmup_ratio": 0.06, "weight_decay": 0.01, "eval_steps": 50, "metric_for_best_model": "accuracy",
                  "early_stopping_patience": 3, "seed": 42},
     "output_dir": "runs/lora",

@@ -20,7 +20,7 @@ def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, 
              chance: float) -> str:
     """Reads the curves as a person would: under-fitting, over-fitting, or a good fit, and what to try.
 
-    `train`: (step, loss); `validation`: (step, loss, metric); `chance`: the metric of always guessing.
+    `train`: (step, loss); `validation`: (step, loss, metric); `chance`: the metric of always guessing the majority class.
     """
     if not validation or not train:
         return "Too few evaluations to judge the fit: evaluate more often (training.eval_steps)."
@@ -31,7 +31,7 @@ def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, 
     train_end = float(np.mean([loss for _, loss in train[-max(1, len(train) // 10):]]))
     lines = [f"Train loss went from {train_start:.3f} to {train_end:.3f}; validation loss was lowest "
              f"({losses[best]:.3f}) at step {validation[best][0]} and ended at {losses[-1]:.3f}; "
-             f"validation {metric} ended at {scores[-1]:.3f} (chance: {chance:.3f})."]
+             f"validation {metric} ended at {scores[-1]:.3f} (majority class: {chance:.3f})."]
     rising = len(losses) >= 3 and best < len(losses) - 1 and losses[-1] > 1.1 * losses[best]
     if rising and train_end < losses[best]:
         lines.append("Over-fitting: the validation loss rose after its minimum while the train loss kept "

@@ -71,7 +71,7 @@ def _update_mask(adaptation, step: int, trainable) -> Any:
 
 def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
-    config, tc = prepared.config, prepared.config.training
+    tc = prepared.config.training
     adaptation = prepared.adaptation
     mesh = data_mesh()
     devices = mesh.devices.size
@@ -185,7 +185,8 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     with (run_dir / "metrics.jsonl").open("a") as log_file:
         _log(log_file, {"step": state["best_step"], "split": "test", **test})
     metric = _curve_metric(tc)
-    chance = 1.0 / num_classes if metric == "accuracy" else 0.0
+    counts = np.bincount(prepared.encoded["validation"].labels, minlength=num_classes)
+    chance = counts.max() / counts.sum() if metric == "accuracy" else 0.0  # always guessing the majority class
     diagnosis = curves.diagnose([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]],
                                 metric, chance)
     (run_dir / "diagnosis.txt").write_text(diagnosis + "\n")
