@@ -261,5 +261,5 @@ def test_data_parallel_over_8_devices_gives_the_same_loss_as_one(tiny_model, tmp
         for i in range(2):
             params, state, metrics = step(params, fixed, state, shard_batch(batch, mesh), jax.random.key(i))
         losses.append(float(metrics["loss"]))
-        assert len(params["classifier"]["kernel"].value.sharding.device_set) == len(devices)
+        assert len(params["classifier"]["kernel"][...].sharding.device_set) == len(devices)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
