@@ -180,6 +180,8 @@ def test_a_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_model):
              if json.loads(line)["split"] == "validation"]
     assert steps == [4, 8, 12]
     assert (resumed / "run" / "export" / "adapter" / "adapter_config.json").is_file()  # LoRA: a PEFT adapter
+    # resuming with another config would silently train something else: refused
+    assert main(["--config", str(config), "--resume", "--set", "training.seed=7"]) == 2
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
@@ -220,6 +222,10 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, tiny_model,
     assert "empty" in err
     assert "unknown method" in run_failing(["--config", str(config), "--set", "method.name=lorra"], capsys)
     assert "unknown model" in run_failing(["--config", str(config), "--set", "model=bert-klingon"], capsys)
+    assert "valid: accuracy, f1" in run_failing(["--config", str(config), "--set",
+                                                 "training.metric_for_best_model=eval_loss"], capsys)
+    assert "at least 1" in run_failing(["--config", str(config), "--set", "training.eval_steps=0"], capsys)
+    assert "no checkpoint" in run_failing(["--config", str(config), "--resume"], capsys)
     assert not run.exists()
 
 

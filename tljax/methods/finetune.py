@@ -90,7 +90,7 @@ class GradualUnfreezing(Method):
     def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
         total = num_layers(model)
         unfrozen = self.unfrozen_layers(model, step)
-        source = f"gradual unfreezing: top {min(unfrozen, total)} of {total} layers at step {step}"
+        source = f"gradual unfreezing: top {min(unfrozen, total)} of {total} layers"
         train = _layers_from(total - min(unfrozen, total), total, source, True)
         embeddings = Rule(EMBEDDINGS, unfrozen > total, "gradual unfreezing: embeddings")
         # a decoder's final norm and an encoder's pooler sit above every layer: they unfreeze with the top one

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume, or choose another "
                              "output_dir (--set output_dir=runs/NAME)")
-        if args.resume and not (run_dir / "checkpoints").is_dir():
-            raise ValueError(f"--resume: {run_dir} has no checkpoints to continue from")
+        if args.resume and not any((run_dir / "checkpoints" / "latest").glob("[0-9]*")):
+            raise ValueError(f"--resume: {run_dir} has no checkpoint to continue from")
         from tljax.train.run import prepare
 
         prepared = prepare(config)  # every input checked before anything is written
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(prepared, run_dir)
+    if not args.resume:  # a resumed run keeps its own record (the loop checks the config is the same)
+        write_config(prepared, run_dir)
     print(prepared.split_report, file=sys.stderr)
     count, total = prepared.adaptation.count(10**9)
     print(f"{config.model}: training {count:,} of {total:,} parameters ({100 * count / total:.2f}%)", file=sys.stderr)
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return EXIT_STOPPED
+    except ValueError as error:  # a resume whose config differs
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _report(summary, run_dir)
     return 0
 

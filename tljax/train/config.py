@@ -54,6 +54,18 @@ class TrainingConfig:
     seed: int = 42
     dtype: str = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
 
+    def __post_init__(self) -> None:
+        metrics = ("accuracy", "f1", "precision", "recall", "mcc", "loss")
+        if self.metric_for_best_model not in metrics:
+            raise ConfigKeyError(f"training.metric_for_best_model {self.metric_for_best_model!r} is unknown; "
+                                 f"valid: {', '.join(metrics)}")
+        for name in ("eval_steps", "logging_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigKeyError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigKeyError(f"training.max_steps must be at least 1, got {self.max_steps}")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:

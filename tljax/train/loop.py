@@ -97,12 +97,17 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     higher_is_better = tc.metric_for_best_model != "loss"
 
     checkpoints = Checkpoints(run_dir / "checkpoints")
-    state = {"step": 0, "best": None, "best_step": None, "bad_evaluations": 0, "train": [], "validation": []}
+    state = {"step": 0, "best": None, "best_step": None, "bad_evaluations": 0, "train": [], "validation": [],
+             "config": prepared.config.to_dict()}
     if resume:
         restored = checkpoints.restore("latest", trainable, opt_state)
         if restored is None:
             raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from")
         trainable, opt_state, state = restored
+        changed = _changed_keys(state.get("config", {}), prepared.config.to_dict())
+        if changed:
+            raise ValueError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
+                             "resume with the same config (or start a new run)")
         trainable, opt_state = replicate((trainable, opt_state), mesh)
         iterator = BatchIterator(prepared.encoded["train"], train_batch, prepared.pad_id, prepared.max_length,
                                  seed=tc.seed, epoch=state["position"]["epoch"], index=state["position"]["index"])
@@ -127,8 +132,9 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             loss = float(metrics["loss"])
             if not math.isfinite(loss) or not bool(metrics["parameters_finite"]):
                 what = f"the loss became {loss}" if not math.isfinite(loss) else "the parameters became non-finite"
-                raise TrainingStopped(f"{what} at step {step + 1}; stopped. The last good checkpoint (step "
-                                      f"{checkpoints.latest.latest_step()}) is kept; try a lower learning rate.")
+                last = checkpoints.latest.latest_step()
+                kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint yet"
+                raise TrainingStopped(f"{what} at step {step + 1}; stopped ({kept}); try a lower learning rate.")
             state["step"] = step = step + 1
             seen += train_batch * accumulation
             state["train"].append((step, loss))
@@ -158,8 +164,9 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                                    f"{tc.metric_for_best_model} for {patience} evaluations")
                     break
             if stop["signal"] is not None:
-                state["position"] = iterator.position()
-                checkpoints.save("latest", step, trainable, opt_state, state)
+                if checkpoints.latest.latest_step() != step:  # not already saved by this step's evaluation
+                    state["position"] = iterator.position()
+                    checkpoints.save("latest", step, trainable, opt_state, state)
                 raise TrainingStopped(f"interrupted at step {step}; checkpoint saved. Continue with --resume")
     finally:
         progress.close()
@@ -199,6 +206,18 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
                "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts."""
+    keys = []
+    for key in sorted((set(old) | set(new)) - {"output_dir"}):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "method":
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
 
 
 def _curve_metric(tc) -> str:

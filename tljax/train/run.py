@@ -21,6 +21,7 @@ from safetensors.numpy import load_file, save_file
 from tljax import models, zoo
 from tljax.data.batches import Encoded, encode
 from tljax.methods import Adaptation, MethodContext, adapt, make_method
+from tljax.methods.base import backbone
 from tljax.methods.rules import parameter_sizes
 from tljax.models.checkpoint import path_str
 from tljax.train.config import RunConfig
@@ -80,11 +81,16 @@ def prepare(config: RunConfig) -> Prepared:
     for name, limit in limits.items():
         if limit is not None and limit < len(splits[name]):
             splits[name] = splits[name].subset(range(limit))
-    raw = models.read_config_dict(model_dir)
-    max_length = min(data.max_length, raw.get("max_position_embeddings", data.max_length))
+    adaptation = build_model(config, model_dir, dataset.label_names, tokenizer)
+    # virtual prompt tokens and prefix keys take positions too
+    body = backbone(adaptation.model)
+    positions = adaptation.model.config.max_position_embeddings - body.num_virtual_tokens - body.num_prefix_tokens
+    if positions < 8:
+        raise ValueError(f"the method's {body.num_virtual_tokens + body.num_prefix_tokens} virtual tokens leave "
+                         f"{positions} of the model's positions for text; use fewer virtual tokens")
+    max_length = min(data.max_length, positions)
     encoded = {name: encode(split.texts, split.labels, tokenizer, max_length, data.text_prefix)
                for name, split in splits.items()}
-    adaptation = build_model(config, model_dir, dataset.label_names, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return Prepared(config, model_dir, tokenizer, tuple(dataset.label_names), encoded, describe_splits(splits),
                     adaptation, max_length, pad_id)

@@ -34,10 +34,12 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
             return loss_fn(nnx.merge(graphdef, params, frozen), batch, key)
 
         (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        if mask is not None:  # held-frozen leaves count in no gradient norm (clipping) and get no update
+            grads = jax.tree.map(lambda g, m: jnp.where(m > 0, g, 0).astype(g.dtype), grads, mask)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int32 step counters
             updates, opt_state = tx.update(grads, opt_state, trainable)
             if mask is not None:
-                updates = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask)
+                updates = jax.tree.map(lambda u, m: jnp.where(m > 0, u, 0).astype(u.dtype), updates, mask)
             trainable = optax.apply_updates(trainable, updates)
         finite = jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(trainable)]))
         return trainable, opt_state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),

@@ -78,10 +78,15 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
     config = model.config
-    if input_ids.shape[1] + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new ones exceeds the model's "
-                         f"context of {config.max_position_embeddings}")
+    virtual = model.model.num_virtual_tokens + model.model.num_prefix_tokens
+    if virtual + input_ids.shape[1] + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"prompt of {input_ids.shape[1]} tokens (+ {virtual} virtual) + {max_new_tokens} new ones "
+                         f"exceeds the model's context of {config.max_position_embeddings}")
     eos = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)
     pad = pad_token_id if pad_token_id is not None else config.pad_token_id
     pad = pad if pad is not None else (eos[0] if eos else 0)
@@ -107,8 +112,11 @@ def chat(
     """
     prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
                for c in conversations]
-    tokenizer.padding_side = "left"
-    encoded = tokenizer(prompts, return_tensors="np", padding=True, add_special_tokens=False)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues the prompts' ends
+    try:
+        encoded = tokenizer(prompts, return_tensors="np", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
     tokens = generate(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
                       pad_token_id=tokenizer.pad_token_id, **sampling)
     return tokenizer.batch_decode(jax.device_get(tokens), skip_special_tokens=True)
