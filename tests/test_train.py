@@ -269,3 +269,12 @@ def test_data_parallel_over_8_devices_gives_the_same_loss_as_one(tiny_model, tmp
         losses.append(float(metrics["loss"]))
         assert len(params["classifier"]["kernel"][...].sharding.device_set) == len(devices)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_virtual_tokens_take_positions_from_the_text(tmp_path, tiny_model):
+    from tljax.train.run import prepare
+
+    for method, expected in (({"name": "lora"}, 64), ({"name": "prompt", "num_virtual_tokens": 4}, 60),
+                             ({"name": "prefix", "num_virtual_tokens": 6, "projection_size": None}, 58)):
+        config = load_config(run_config(tmp_path, tiny_model, method), ["data.max_length=512"])
+        assert prepare(config).max_length == expected  # the tiny model has 64 positions
