@@ -190,12 +190,7 @@ def _prompt(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
                "encoder_num_layers": 2, "encoder_dropout": float(method.encoder_dropout)}
     out.update(_prompt_learning_config(table.shape[0], table.shape[1], config.num_hidden_layers,
                                        config.num_attention_heads))
-    head_modules, head = _head(model, task_type)
-    out["modules_to_save"] = head_modules or None
-    tensors = {"prompt_embeddings": table}
-    tensors.update({f"base_model.{name}": array for name, array in head.items()})
-    _unexported(adaptation, re.compile(r"(?:^|/)prompt/"))
-    return out, tensors
+    return _prompt_learning_files(adaptation, task_type, out, table, r"(?:^|/)prompt/")
 
 
 def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -210,12 +205,18 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
            "encoder_hidden_size": method.projection_size or model.config.hidden_size}
     out.update(_prompt_learning_config(encoder.num_virtual_tokens, encoder.kv_heads * encoder.head_dim,
                                        encoder.num_layers, encoder.kv_heads))
-    head_modules, head = _head(model, task_type)
-    out["modules_to_save"] = head_modules or None
+    return _prompt_learning_files(adaptation, task_type, out, table, r"/prefix/encoder/")
+
+
+def _prompt_learning_files(adaptation: Adaptation, task_type: str, config: dict, table: np.ndarray,
+                           method_pattern: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The config and tensors shared by the prompt-learning layouts: `prompt_embeddings` plus the head."""
+    head_modules, head = _head(adaptation.model, task_type)
+    config["modules_to_save"] = head_modules or None
     tensors = {"prompt_embeddings": table}
     tensors.update({f"base_model.{name}": array for name, array in head.items()})
-    _unexported(adaptation, re.compile(r"/prefix/encoder/"))
-    return out, tensors
+    _unexported(adaptation, re.compile(method_pattern))
+    return config, tensors
 
 
 def _write_adapter(directory: Path, config: dict, tensors: dict[str, np.ndarray]) -> None:
