@@ -1,5 +1,6 @@
 """Test settings: strict JAX numerics, 8 simulated CPU devices, a persistent compilation cache."""
 
+import csv
 import os
 from pathlib import Path
 
@@ -37,3 +38,45 @@ def padded_batch(rng: np.random.RandomState, vocab: int, lengths: list[int], *, 
         else:
             mask[row, :n] = 1
     return ids * mask, mask
+
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
+FILLER = ["the", "film", "was", "a", "movie", "plot", "actors", "story", "really", "quite", "and", "it"]
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random BERT with a word-level tokenizer, saved as a Hugging Face directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                                   ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(directory)
+    from tljax.models import BertModel, EncoderConfig
+
+    config = EncoderConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=48, max_position_embeddings=64)
+    BertModel.from_config(config, seed=0).save_pretrained(directory / "model")
+    for item in (directory / "model").iterdir():
+        item.rename(directory / item.name)
+    return directory
+
+
+def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "pos")) -> Path:
+    rng = np.random.RandomState(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "sentiment"])
+        for i in range(n):
+            label = i % 2
+            words = list(rng.choice(FILLER, rng.randint(3, 9))) + [rng.choice(POSITIVE if label else NEGATIVE)]
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), label_names[label]])
+    return path

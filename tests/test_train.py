@@ -15,49 +15,9 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from tljax.models import BertModel, EncoderConfig
+from conftest import write_reviews
 from tljax.train.__main__ import main
 from tljax.train.config import DEFAULT_RUN, ConfigKeyError, load_config
-
-POSITIVE = ["good", "great", "fine", "lovely", "superb"]
-NEGATIVE = ["bad", "awful", "poor", "dull", "boring"]
-FILLER = ["the", "film", "was", "a", "movie", "plot", "actors", "story", "really", "quite", "and", "it"]
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A tiny random BERT with a word-level tokenizer, saved as a Hugging Face directory."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                   ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(directory)
-    config = EncoderConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=48, max_position_embeddings=64)
-    BertModel.from_config(config, seed=0).save_pretrained(directory / "model")
-    for item in (directory / "model").iterdir():
-        item.rename(directory / item.name)
-    return directory
-
-
-def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "pos")) -> Path:
-    rng = np.random.RandomState(seed)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["review", "sentiment"])
-        for i in range(n):
-            label = i % 2
-            words = list(rng.choice(FILLER, rng.randint(3, 9))) + [rng.choice(POSITIVE if label else NEGATIVE)]
-            rng.shuffle(words)
-            writer.writerow([" ".join(words), label_names[label]])
-    return path
-
 
 def run_config(tmp_path: Path, tiny_model: Path, method: dict | None = None, **training) -> Path:
     config = {
@@ -257,7 +217,7 @@ def test_data_parallel_over_8_devices_gives_the_same_loss_as_one(tiny_model, tmp
     prepared = prepare(load_config(run_config(tmp_path, tiny_model)))
     graphdef, trainable, frozen = split(prepared.adaptation.model, prepared.adaptation.trainable())
     tx = build_optimizer(OptimizerConfig(learning_rate=1e-2), 10)
-    batch = next(BatchIterator(prepared.encoded["train"], 16, prepared.pad_id, 32))
+    batch = next(BatchIterator(prepared.objective.encoded["train"], 16, prepared.pad_id, 32))
     losses = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = Mesh(np.asarray(devices), ("data",))

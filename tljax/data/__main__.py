@@ -7,6 +7,8 @@ import argparse
 import json
 import sys
 
+from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
+from tljax.data.bundled import LICENCE as BUNDLED_LICENCE
 from tljax.data.packaged import PACKAGED_CORPORA, cache_path, is_cached, load_packaged
 from tljax.data.sources import DataError, load_source
 from tljax.data.splits import describe_splits, split_dataset
@@ -24,12 +26,16 @@ def list_corpora() -> str:
     header = ("name", "rows", "lang", "package", "what it is")
     rows = [(c.name, _rows(c.name), c.language, f"{c.package} ({c.archive})", c.description)
             for c in PACKAGED_CORPORA.values()]
+    for corpus in BUNDLED_CORPORA.values():
+        rows.append((corpus.name, f"{len(load_bundled(corpus.name)):,}", corpus.language, "tljax (bundled)",
+                     corpus.description))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in [header, *rows]]
     notes = sorted({c.licence for c in PACKAGED_CORPORA.values()})
-    licences = ["", "licences (the text is read from the package at run time, never committed):"]
+    licences = ["", "licences (packaged corpora are read from their package at run time, never committed):"]
     for note in notes:
         licences.append(f"  {', '.join(c.name for c in PACKAGED_CORPORA.values() if c.licence == note)}: {note}")
+    licences.append(f"  {', '.join(BUNDLED_CORPORA)}: {BUNDLED_LICENCE}")
     return "\n".join(lines + licences)
 
 

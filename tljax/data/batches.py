@@ -26,6 +26,8 @@ class Encoded:
     ids: tuple[np.ndarray, ...]
     labels: np.ndarray  # [N] int32
     truncated: int  # how many examples were cut to max_length
+    # per-example arrays [N, ...] that batches carry along (e.g. a teacher's logits, a task index)
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -55,7 +57,7 @@ def bucket(length: int, limit: int) -> int:
 def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id: int, max_length: int,
                *, left_pad: bool = False) -> dict[str, np.ndarray]:
     """Rows `indices` (at most `batch_size`) as arrays [batch_size, bucket]: input_ids, attention_mask,
-    labels, weights (0 for padding rows)."""
+    labels, weights (0 for padding rows), and the rows of each of `encoded.extras`."""
     width = bucket(max((len(encoded.ids[i]) for i in indices), default=1), max_length)
     ids = np.full((batch_size, width), pad_id, np.int32)
     mask = np.zeros((batch_size, width), np.int32)
@@ -69,7 +71,12 @@ def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id
     labels[: len(indices)] = encoded.labels[list(indices)]
     weights = np.zeros((batch_size,), np.float32)
     weights[: len(indices)] = 1.0
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+    for name, values in encoded.extras.items():
+        rows = np.zeros((batch_size, *values.shape[1:]), values.dtype)
+        rows[: len(indices)] = values[list(indices)]
+        batch[name] = rows
+    return batch
 
 
 def epoch_order(encoded: Encoded, batch_size: int, seed: int, epoch: int, chunk_batches: int = 50) -> list[list[int]]:

@@ -193,6 +193,7 @@ def load_source(name_or_path: str | Path, *, text_column: str = "text", label_co
     whose value keeps examples together when splitting.
     """
     # Imported here because those modules import this one (for TextDataset and DataError).
+    from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
     from tljax.data.frameworks import load_hf, load_tfds
     from tljax.data.packaged import PACKAGED_CORPORA, load_packaged
 
@@ -204,6 +205,8 @@ def load_source(name_or_path: str | Path, *, text_column: str = "text", label_co
         return load_tfds(text[5:], **columns)
     if text.lower() in PACKAGED_CORPORA:
         return select_split(load_packaged(text.lower()), split)
+    if text.lower() in BUNDLED_CORPORA:
+        return select_split(load_bundled(text.lower()), split)
     path = Path(text).expanduser()
     if path.is_file():
         dataset = load_file(path, text_column=text_column, label_column=label_column, labels=labels,
@@ -215,7 +218,7 @@ def load_source(name_or_path: str | Path, *, text_column: str = "text", label_co
     if path.suffix.lower() in _FORMATS or "/" in text or "\\" in text:
         raise DataError(f"data file {path} does not exist; give an existing .csv / .tsv / .jsonl file (or "
                         "hf:NAME for a Hugging Face dataset)")
-    raise DataError(f"unknown data source {text!r}: expected a packaged corpus ({', '.join(PACKAGED_CORPORA)}), "
+    raise DataError(f"unknown data source {text!r}: expected a packaged corpus ({', '.join([*PACKAGED_CORPORA, *BUNDLED_CORPORA])}), "
                     "a .csv / .tsv / .jsonl file that exists, hf:DIR_OR_CACHED_NAME or tfds:PREPARED_DIR")
 
 

@@ -76,19 +76,53 @@ def _is_input_error(error: Exception) -> bool:
                               FileNotFoundError, ValueError))
 
 
+def _metrics_line(metrics: dict) -> str:
+    return (f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
+            f"  F1 {metrics['f1']:.4f}  MCC {metrics['mcc']:.4f}")
+
+
 def _report(summary: dict, run_dir: Path) -> None:
+    """The run's result in the terms of what it was for (classification, several tasks, language modelling,
+    distillation, other languages)."""
     test = summary["test"]
-    print(f"\ntest: accuracy {test['accuracy']:.4f}  precision {test['precision']:.4f}  recall {test['recall']:.4f}"
-          f"  F1 {test['f1']:.4f}  MCC {test['mcc']:.4f}  (best checkpoint: step {summary['best_step']})")
+    step = f"(best checkpoint: step {summary['best_step']})"
+    if "perplexity" in test:
+        before = summary["before"]["test"]
+        print(f"\nheld-out test text: loss {before['loss']:.4f} -> {test['loss']:.4f}, perplexity "
+              f"{before['perplexity']:.2f} -> {test['perplexity']:.2f}, token accuracy {before['accuracy']:.4f} -> "
+              f"{test['accuracy']:.4f} {step}")
+    elif "tasks" in test:
+        print(f"\ntest, mean over {len(test['tasks'])} tasks: {_metrics_line(test)} {step}")
+        for name, metrics in test["tasks"].items():
+            print(f"  {name:20} {_metrics_line(metrics)}")
+    else:
+        print(f"\ntest: {_metrics_line(test)}  {step}")
+    if "distillation" in summary:
+        d = summary["distillation"]
+        teacher, student = d["teacher"], d["student"]
+        print(f"distillation: student accuracy {student['accuracy']:.4f} vs teacher {teacher['accuracy']:.4f} "
+              f"({100 * d['accuracy_retained']:.1f}% retained); {student['parameters']:,} vs {teacher['parameters']:,} "
+              f"parameters; {student['examples_per_second']:.0f} vs {teacher['examples_per_second']:.0f} "
+              f"examples/s ({d['speed_up']:.2f}x)")
+    for name, metrics in summary.get("evaluation", {}).items():
+        print(f"  {name:20} ({metrics['language']}, {metrics['examples']} examples, not trained on): "
+              f"{_metrics_line(metrics)}")
     print(f"\n{summary['diagnosis']}\n")
     print(f"written to {run_dir}/: config.yaml, metrics.jsonl, curves.png, diagnosis.txt, summary.json, checkpoints/")
     for item in summary["export"]:
         print(f"  export: {item}")
-    print(f"\nuse it:\n  python -m tljax.predict {run_dir} \"a delightful, moving film\"")
-    if (run_dir / "export" / "model").is_dir():
-        print(f"  in PyTorch: transformers.AutoModelForSequenceClassification.from_pretrained('{run_dir}/export/model')")
-    if (run_dir / "export" / "adapter").is_dir():
-        print(f"  in PyTorch: peft.AutoPeftModelForSequenceClassification.from_pretrained('{run_dir}/export/adapter')")
+    if "perplexity" in test:
+        if (run_dir / "export" / "model").is_dir():
+            print(f"\nfine-tune from it: python -m tljax.train --set model={run_dir}/export/model")
+        return
+    predictable = run_dir if (run_dir / "export" / "run.json").is_file() else \
+        next((p for p in sorted((run_dir / "export").iterdir()) if (p / "run.json").is_file()), run_dir)
+    print(f"\nuse it:\n  python -m tljax.predict {predictable} \"a delightful, moving film\"")
+    export_dir = predictable / "export" if predictable == run_dir else predictable
+    if (export_dir / "model").is_dir():
+        print(f"  in PyTorch: transformers.AutoModelForSequenceClassification.from_pretrained('{export_dir}/model')")
+    if (export_dir / "adapter").is_dir():
+        print(f"  in PyTorch: peft.AutoPeftModelForSequenceClassification.from_pretrained('{export_dir}/adapter')")
 
 
 if __name__ == "__main__":

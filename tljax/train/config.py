@@ -53,9 +53,11 @@ class TrainingConfig:
     early_stopping_patience: int | None = 3  # evaluations without improvement before stopping
     seed: int = 42
     dtype: str = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
+    # multi-task: P(task) proportional to (its training examples) ** (1 / T); 1: by size, large: uniform
+    task_sampling_temperature: float = 2.0
 
     def __post_init__(self) -> None:
-        metrics = ("accuracy", "f1", "precision", "recall", "mcc", "loss")
+        metrics = ("accuracy", "f1", "precision", "recall", "mcc", "loss", "perplexity")
         if self.metric_for_best_model not in metrics:
             raise ConfigKeyError(f"training.metric_for_best_model {self.metric_for_best_model!r} is unknown; "
                                  f"valid: {', '.join(metrics)}")
@@ -63,19 +65,56 @@ class TrainingConfig:
                      "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigKeyError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        if self.task_sampling_temperature <= 0:
+            raise ConfigKeyError(f"training.task_sampling_temperature must be > 0, got {self.task_sampling_temperature}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigKeyError(f"training.max_steps must be at least 1, got {self.max_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillationConfig:
+    """Knowledge distillation: the run's model (the student) learns from a trained teacher's predictions."""
+
+    teacher: str  # a tljax run directory (or its export/) or a Hugging Face sequence-classification directory
+    temperature: float = 2.0  # softens both distributions; the distillation term is scaled by T ** 2
+    alpha: float = 0.5  # loss = (1 - alpha) * cross-entropy on the labels + alpha * T^2 * KL(teacher || student)
+    hidden_weight: float = 0.0  # > 0 adds hidden-state matching (mean squared error through learned projections)
+    layer_map: list | None = None  # [[student layer, teacher layer], ...] (1-based); None: evenly spaced
+    student_layers: list | None = None  # build the student from these layers of `model` (0-based), e.g. [0, 2, 4]
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigKeyError(f"distillation.temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigKeyError(f"distillation.alpha must be between 0 and 1, got {self.alpha}")
+        if self.hidden_weight < 0:
+            raise ConfigKeyError(f"distillation.hidden_weight must be >= 0, got {self.hidden_weight}")
+
+
+TASKS = ("sequence-classification", "masked-lm", "causal-lm")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     model: str = "minilm-l6"
+    # sequence-classification, or continued pre-training on unlabelled text: masked-lm (encoders), causal-lm (decoders)
     task: str = "sequence-classification"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     method: dict[str, Any] | list[dict[str, Any]] = dataclasses.field(
         default_factory=lambda: {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.1})
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     output_dir: str = "runs/default"
+    distillation: DistillationConfig | None = None
+    # multi-task learning: [{name: sentiment, source: rotten-tomatoes}, ...] (data.* fields per task; the
+    # `data` section gives the shared max_length and split fractions). None: the single task of `data`.
+    tasks: list[dict[str, Any]] | None = None
+    # extra labelled sets the final model is evaluated on (cross-lingual / zero-shot transfer):
+    # {name: source} or {name: {source: ..., split: all | test, max_examples: N, text_column: ..., label_column: ...}}
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigKeyError(f"task {self.task!r} is unknown; valid: {', '.join(TASKS)}")
 
     def methods(self) -> list[dict[str, Any]]:
         """The method specs as a list (a single method may be written as one mapping)."""
@@ -142,10 +181,18 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         valid = ", ".join(prefix + name for name in fields)
         raise ConfigKeyError(f"unknown config key {', '.join(prefix + k for k in unknown)}; valid: {valid}")
+    required = [name for name, f in fields.items() if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and name not in raw]
+    if required:
+        raise ConfigKeyError(f"{prefix.rstrip('.') or 'the config'} needs {', '.join(prefix + k for k in required)}")
     values = {}
     for name, value in raw.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        optional = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(optional) == 1 \
+                and dataclasses.is_dataclass(optional[0]):  # an optional section, e.g. distillation
+            values[name] = None if value is None else from_dict(optional[0], value, f"{prefix}{name}.")
+        elif dataclasses.is_dataclass(hint):
             values[name] = from_dict(hint, value, f"{prefix}{name}.")
         else:
             values[name] = _coerce(value, hint, prefix + name)

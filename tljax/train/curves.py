@@ -17,10 +17,10 @@ def smooth(values: list[float], window: int = 10) -> np.ndarray:
 
 
 def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, float]], metric: str,
-             chance: float) -> str:
+             chance: float | None) -> str:
     """Reads the curves as a person would: under-fitting, over-fitting, or a good fit, and what to try.
 
-    `train`: (step, loss); `validation`: (step, loss, metric); `chance`: the metric of always guessing the majority class.
+    `train`: (step, loss); `validation`: (step, loss, metric); `chance`: the metric of always guessing the majority class (None: no such baseline, as for language modelling).
     """
     if not validation or not train:
         return "Too few evaluations to judge the fit: evaluate more often (training.eval_steps)."
@@ -31,13 +31,14 @@ def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, 
     train_end = float(np.mean([loss for _, loss in train[-max(1, len(train) // 10):]]))
     lines = [f"Train loss went from {train_start:.3f} to {train_end:.3f}; validation loss was lowest "
              f"({losses[best]:.3f}) at step {validation[best][0]} and ended at {losses[-1]:.3f}; "
-             f"validation {metric} ended at {scores[-1]:.3f} (majority class: {chance:.3f})."]
+             f"validation {metric} ended at {scores[-1]:.3f}"
+             + (f" (majority class: {chance:.3f})." if chance is not None else ".")]
     rising = len(losses) >= 3 and best < len(losses) - 1 and losses[-1] > 1.1 * losses[best]
     if rising and train_end < losses[best]:
         lines.append("Over-fitting: the validation loss rose after its minimum while the train loss kept "
                      "falling. The best checkpoint (kept) is from before it; try fewer epochs, more dropout or "
                      "weight decay, fewer trainable parameters, or more data.")
-    elif train_end > 0.9 * train_start or scores[-1] < chance + 0.05:
+    elif train_end > 0.9 * train_start or (chance is not None and scores[-1] < chance + 0.05):
         lines.append("Under-fitting: the model barely improved. Try a higher learning rate, more steps, or a "
                      "method that trains more parameters (e.g. a higher LoRA rank or full fine-tuning).")
     elif len(losses) >= 2 and losses[-1] < losses[-2] - 0.01 * abs(losses[-2]):

@@ -16,18 +16,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import yaml
 from flax import nnx
 from tqdm import tqdm
 
-from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
-from tljax.metrics import classification_metrics
 from tljax.train import curves
 from tljax.train.checkpoints import Checkpoints
-from tljax.train.losses import classification_loss
 from tljax.train.optim import OptimizerConfig, build_optimizer
-from tljax.train.run import Prepared, export
+from tljax.train.run import Prepared
 from tljax.train.sharding import data_mesh, replicate, shard_batch
 from tljax.train.step import make_train_step, split
 
@@ -38,27 +34,19 @@ class TrainingStopped(RuntimeError):
     """The run stopped before its end (interrupted, or a non-finite loss); its checkpoint is kept."""
 
 
-def _eval_fn(graphdef):
+def _forward_fn(graphdef, objective):
+    """forward(trainable, frozen, batch) -> the objective's evaluation outputs, compiled."""
+
     @jax.jit
-    def logits_of(trainable, frozen, batch):
-        return nnx.merge(graphdef, trainable, frozen)(batch["input_ids"], batch["attention_mask"])
+    def forward(trainable, frozen, batch):
+        return objective.outputs(nnx.merge(graphdef, trainable, frozen), batch)
 
-    return logits_of
+    return forward
 
 
-def evaluate(logits_of, trainable, frozen, batches: list[dict], mesh, num_classes: int) -> dict[str, Any]:
-    """Loss and classification metrics over every real (weight 1) row of `batches`."""
-    predictions, labels, losses = [], [], []
-    for batch in batches:
-        logits = np.asarray(logits_of(trainable, frozen, shard_batch(batch, mesh)), np.float64)
-        real = batch["weights"] > 0
-        log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-            - logits.max(-1, keepdims=True)
-        losses.append(-log_probs[np.arange(len(logits)), batch["labels"]][real])
-        predictions.append(logits.argmax(-1)[real])
-        labels.append(batch["labels"][real])
-    metrics = classification_metrics(np.concatenate(labels), np.concatenate(predictions), num_classes)
-    return {"loss": float(np.concatenate(losses).mean()), **metrics}
+def _bound(forward, trainable, frozen, mesh):
+    """batch -> outputs with the parameters fixed (the form objectives evaluate with)."""
+    return lambda batch: jax.device_get(forward(trainable, frozen, shard_batch(batch, mesh)))
 
 
 def _update_mask(adaptation, step: int, trainable) -> Any:
@@ -72,12 +60,12 @@ def _update_mask(adaptation, step: int, trainable) -> Any:
 def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
     tc = prepared.config.training
-    adaptation = prepared.adaptation
+    objective = prepared.objective
+    adaptation = objective.adaptation
     mesh = data_mesh()
     devices = mesh.devices.size
     train_batch, eval_batch = tc.per_device_train_batch_size * devices, tc.per_device_eval_batch_size * devices
-    iterator = BatchIterator(prepared.encoded["train"], train_batch, prepared.pad_id, prepared.max_length,
-                             seed=tc.seed)
+    iterator = objective.train_batches(train_batch, tc.seed)
     accumulation = tc.gradient_accumulation_steps
     total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch / accumulation))
     optimizer = OptimizerConfig(
@@ -90,11 +78,9 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     tx = build_optimizer(optimizer, total_steps, adaptation.new_parameter_rules())
     opt_state = tx.init(trainable)
     trainable, frozen, opt_state = replicate((trainable, frozen, opt_state), mesh)
-    train_step = make_train_step(graphdef, classification_loss, tx)
-    logits_of = _eval_fn(graphdef)
-    validation = evaluation_batches(prepared.encoded["validation"], eval_batch, prepared.pad_id, prepared.max_length)
-    num_classes = len(prepared.label_names)
-    higher_is_better = tc.metric_for_best_model != "loss"
+    train_step = make_train_step(graphdef, objective.loss, tx)
+    forward = _forward_fn(graphdef, objective)
+    higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
 
     checkpoints = Checkpoints(run_dir / "checkpoints")
     state = {"step": 0, "best": None, "best_step": None, "bad_evaluations": 0, "train": [], "validation": [],
@@ -109,9 +95,15 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             raise ValueError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
                              "resume with the same config (or start a new run)")
         trainable, opt_state = replicate((trainable, opt_state), mesh)
-        iterator = BatchIterator(prepared.encoded["train"], train_batch, prepared.pad_id, prepared.max_length,
-                                 seed=tc.seed, epoch=state["position"]["epoch"], index=state["position"]["index"])
+        iterator = objective.train_batches(train_batch, tc.seed, state["position"])
         _truncate_log(run_dir / "metrics.jsonl", state["step"])
+    elif objective.evaluate_before:  # the starting point (e.g. the held-out loss before continued pre-training)
+        state["before"] = {split: objective.evaluate(_bound(forward, trainable, frozen, mesh), split, eval_batch)
+                           for split in ("validation", "test")}
+        state["validation"].append((0, state["before"]["validation"]["loss"],
+                                    state["before"]["validation"][_curve_metric(tc)]))
+        with (run_dir / "metrics.jsonl").open("a") as handle:
+            _log(handle, {"step": 0, "split": "validation", **state["before"]["validation"]})
 
     stop = {"signal": None}
     previous = {s: signal.signal(s, lambda number, _: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -145,7 +137,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                                 "accuracy": float(metrics["accuracy"]), "grad_norm": float(metrics["grad_norm"])})
             finished = step == total_steps
             if step % tc.eval_steps == 0 or finished:
-                result = evaluate(logits_of, trainable, frozen, validation, mesh, num_classes)
+                result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
                 _log(log_file, {"step": step, "split": "validation", **result})
                 score = result[tc.metric_for_best_model]
                 state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
@@ -174,36 +166,37 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         for number, handler in previous.items():
             signal.signal(number, handler)
 
-    return _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh,
-                   logits_of, eval_batch, num_classes)
+    return _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, forward,
+                   eval_batch)
 
 
-def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, logits_of,
-            eval_batch, num_classes) -> dict[str, Any]:
-    """Test evaluation of the best checkpoint, curves, diagnosis, export and summary."""
+def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, forward,
+            eval_batch) -> dict[str, Any]:
+    """Test evaluation of the best checkpoint, the objective's report, curves, diagnosis, export and summary."""
     tc = prepared.config.training
+    objective = prepared.objective
     best = checkpoints.restore("best", trainable, opt_state)
     checkpoints.close()
     if best is not None:
         trainable = replicate(best[0], mesh)
-    test = evaluate(logits_of, trainable, frozen,
-                    evaluation_batches(prepared.encoded["test"], eval_batch, prepared.pad_id, prepared.max_length),
-                    mesh, num_classes)
+    bound = _bound(forward, trainable, frozen, mesh)
+    test = objective.evaluate(bound, "test", eval_batch)
     with (run_dir / "metrics.jsonl").open("a") as log_file:
         _log(log_file, {"step": state["best_step"], "split": "test", **test})
+    report = objective.report(bound, eval_batch)
     metric = _curve_metric(tc)
-    counts = np.bincount(prepared.encoded["validation"].labels, minlength=num_classes)
-    chance = counts.max() / counts.sum() if metric == "accuracy" else 0.0  # always guessing the majority class
+    chance = objective.chance() if metric == "accuracy" else None  # e.g. always guessing the majority class
     diagnosis = curves.diagnose([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]],
                                 metric, chance)
     (run_dir / "diagnosis.txt").write_text(diagnosis + "\n")
     curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
-                run_dir / "curves.png", f"{prepared.config.model} / {prepared.adaptation.methods[0].name}")
+                run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
     model = nnx.merge(graphdef, jax.device_get(trainable), jax.device_get(frozen))
-    written = export(prepared, model, run_dir / "export")
-    count, total = prepared.adaptation.count(FINAL_STAGE)
+    written = objective.export(prepared, model, run_dir / "export")
+    count, total = objective.count(FINAL_STAGE)
     summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
-               "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis}
+               "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis,
+               **({"before": state["before"]} if "before" in state else {}), **report}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -221,7 +214,7 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _curve_metric(tc) -> str:
-    return "accuracy" if tc.metric_for_best_model == "loss" else tc.metric_for_best_model
+    return "accuracy" if tc.metric_for_best_model in ("loss", "perplexity") else tc.metric_for_best_model
 
 
 def _log(handle, record: dict[str, Any]) -> None:
@@ -240,4 +233,4 @@ def write_config(prepared: Prepared, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(prepared.config.to_dict(), sort_keys=False))
 
 
-__all__ = ["Encoded", "TrainingStopped", "evaluate", "train", "write_config"]
+__all__ = ["TrainingStopped", "train", "write_config"]

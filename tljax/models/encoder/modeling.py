@@ -132,10 +132,12 @@ class BertEncoder(nnx.Module):
             [BertLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(config.num_hidden_layers)]
         )
 
-    def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> Array:
+    def __call__(self, x: Array, mask: Array, dropout_key: Array | None) -> tuple[Array, ...]:
+        """The embeddings' output [B, T, H], then each layer's: (x_0, x_1, ..., x_L)."""
+        states = [x]
         for layer, key in zip(self.layer, layer_keys(dropout_key, len(self.layer))):
-            x = layer(x, mask, key)
-        return x
+            states.append(layer(states[-1], mask, key))
+        return tuple(states)
 
 
 class BertPooler(nnx.Module):
@@ -180,11 +182,13 @@ class BertModel(PretrainedModel):
         token_type_ids: Array | None = None,
         *,
         dropout_key: Array | None = None,
-    ) -> Array:
+        output_hidden_states: bool = False,
+    ) -> Array | tuple[Array, tuple[Array, ...]]:
         """[B, T] token ids (mask 1 for real tokens, 0 for padding) -> last hidden state [B, P + T, H].
 
         P is the number of virtual tokens a prompt method prepends (0 without one). `dropout_key` switches
-        dropout on (training); None evaluates deterministically.
+        dropout on (training); None evaluates deterministically. `output_hidden_states` also returns every
+        layer's output (the embeddings' first: L + 1 arrays [B, P + T, H]), as Hugging Face's `hidden_states`.
         """
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -197,7 +201,8 @@ class BertModel(PretrainedModel):
             attention_mask = jnp.pad(attention_mask, ((0, 0), (prompt.shape[1], 0)), constant_values=1)
         x = self.embeddings(input_ids, token_type_ids, k1, prompt, self.num_prefix_tokens)
         mask = attention_mask.astype(bool)[:, None, None, :]
-        return self.encoder(x, mask, k2)
+        states = self.encoder(x, mask, k2)
+        return (states[-1], states) if output_hidden_states else states[-1]
 
 
 def mean_pool(hidden: Array, attention_mask: Array) -> Array:
@@ -217,6 +222,8 @@ class BertForSequenceClassification(PretrainedModel):
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
     new_parameters: ClassVar[tuple[str, ...]] = ("classifier.", "bert.pooler.")
+    # a masked-LM checkpoint (e.g. after continued pre-training) carries its prediction head
+    unused_tensors: ClassVar[str | None] = r"^cls\."
     head_pattern: ClassVar[str] = r"^classifier/"
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -238,11 +245,15 @@ class BertForSequenceClassification(PretrainedModel):
         return self.classifier(dropout(features, self.dropout_rate, k1), k2)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 *, dropout_key: Array | None = None) -> Array:
-        """[B, T] -> logits [B, L]."""
+                 *, dropout_key: Array | None = None,
+                 output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
+        """[B, T] -> logits [B, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
         k1, k2 = layer_keys(dropout_key, 2)
-        return self.classify(self.features(input_ids, attention_mask, token_type_ids, dropout_key=k1),
-                             dropout_key=k2)
+        k_body, k_pool = layer_keys(k1, 2)  # as features() splits its key
+        last, states = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k_body,
+                                 output_hidden_states=True)
+        logits = self.classify(self.bert.pooler(last, k_pool), dropout_key=k2)
+        return (logits, states) if output_hidden_states else logits
 
 
 class BertPredictionHeadTransform(nnx.Module):
@@ -273,6 +284,8 @@ class BertForMaskedLM(PretrainedModel):
     base_model_prefix: ClassVar[str] = "bert"
     new_parameters: ClassVar[tuple[str, ...]] = ("cls.",)
     unused_tensors: ClassVar[str | None] = r"^(bert\.)?pooler\."
+    # the prediction head trains with every method: the packaged encoders ship without one (it starts fresh)
+    head_pattern: ClassVar[str] = r"^cls/"
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config

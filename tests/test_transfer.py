@@ -1,0 +1,413 @@
+"""Distillation, continued pre-training, multi-task learning and cross-lingual evaluation (tiny models)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from conftest import FILLER, NEGATIVE, POSITIVE, WORDS, write_reviews
+from tljax.train.__main__ import main
+
+TRAINING = {"learning_rate": 1e-2, "max_steps": 24, "per_device_train_batch_size": 16, "eval_steps": 8,
+            "logging_steps": 4, "early_stopping_patience": None}
+
+
+def write_config(tmp_path: Path, name: str, config: dict) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / name), **config}))
+    return path
+
+
+def reviews_data(tmp_path: Path, **extra) -> dict:
+    return {"source": str(write_reviews(tmp_path / "reviews.csv")), "text_column": "review",
+            "label_column": "sentiment", "labels": ["neg", "pos"], "max_length": 32, **extra}
+
+
+def summary_of(tmp_path: Path, name: str) -> dict:
+    return json.loads((tmp_path / name / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_model, tmp_path_factory) -> Path:
+    """A tiny BERT fully fine-tuned on the tiny reviews: the teacher of the distillation tests."""
+    tmp_path = tmp_path_factory.mktemp("teacher")
+    config = write_config(tmp_path, "teacher", {"model": str(tiny_model), "data": reviews_data(tmp_path),
+                                                "method": {"name": "full"}, "training": TRAINING})
+    assert main(["--config", str(config)]) == 0
+    assert summary_of(tmp_path, "teacher")["test"]["accuracy"] > 0.8
+    return tmp_path / "teacher"
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+
+
+def test_a_student_learns_from_the_teacher_alone(tmp_path, tiny_model, teacher):
+    """alpha = 1: no label reaches the student, only the teacher's soft targets; it still learns the task,
+    from a one-layer student cut out of the two-layer model, and the report compares the two."""
+    config = write_config(tmp_path, "student", {
+        "model": str(tiny_model), "data": reviews_data(tmp_path), "method": {"name": "full"},
+        "distillation": {"teacher": str(teacher), "alpha": 1.0, "temperature": 2.0, "student_layers": [1]},
+        "training": TRAINING})
+    assert main(["--config", str(config)]) == 0
+    summary = summary_of(tmp_path, "student")
+    assert summary["test"]["accuracy"] > 0.8, summary["test"]
+    report = summary["distillation"]
+    assert report["teacher"]["accuracy"] > 0.8
+    assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    assert report["accuracy_retained"] == pytest.approx(summary["test"]["accuracy"] / report["teacher"]["accuracy"])
+    assert report["student"]["examples_per_second"] > 0 and report["speed_up"] > 0
+    records = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    soft = [r for r in records if r["split"] == "train"]
+    assert soft, "training steps are logged"
+
+    from tljax.predict import Predictor
+
+    predictor = Predictor.load(tmp_path / "student")  # the one-layer student reloads from its export
+    assert predictor(["a great superb film"])[0][0] == "pos"
+    assert predictor(["an awful dull movie"])[0][0] == "neg"
+    exported = json.loads((tmp_path / "student" / "export" / "model" / "config.json").read_text())
+    assert exported["num_hidden_layers"] == 1
+
+
+def test_hidden_state_matching_trains_projections_and_leaves_the_teacher_untouched(tmp_path, tiny_model, teacher):
+    from tljax.train.config import load_config
+    from tljax.train.loop import FINAL_STAGE
+    from tljax.train.run import prepare
+    from tljax.train.step import split
+
+    config_path = write_config(tmp_path, "hidden", {
+        "model": str(tiny_model), "data": reviews_data(tmp_path), "method": {"name": "full"},
+        "distillation": {"teacher": str(teacher), "hidden_weight": 1.0}, "training": TRAINING})
+    prepared = prepare(load_config(config_path))
+    adaptation = prepared.adaptation
+    _, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STAGE))
+    paths = {"/".join(map(str, p)) for p, _ in __import__("flax").nnx.to_flat_state(trainable)}
+    assert any(p.startswith("distillation/projections/") for p in paths)
+    assert not any(p.startswith("distillation/teacher/") for p in paths)
+    teacher_before = {p: np.asarray(v.get_value()) for p, v in
+                      __import__("flax").nnx.to_flat_state(__import__("flax").nnx.state(adaptation.model.distillation.teacher))}
+
+    assert main(["--config", str(config_path)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "hidden" / "metrics.jsonl").read_text().splitlines()]
+    assert summary_of(tmp_path, "hidden")["test"]["accuracy"] > 0.75
+    # the teacher object used for the run is never updated (its state lives in the frozen half)
+    teacher_after = {p: np.asarray(v.get_value()) for p, v in
+                     __import__("flax").nnx.to_flat_state(__import__("flax").nnx.state(adaptation.model.distillation.teacher))}
+    assert all(np.array_equal(teacher_before[p], teacher_after[p]) for p in teacher_before)
+    assert records
+    # the export is the student alone: no teacher, no projections
+    saved = load_file(tmp_path / "hidden" / "export" / "trainable.safetensors")
+    assert saved and not any(name.startswith("distillation") for name in saved)
+
+
+def test_hidden_state_loss_falls(tmp_path, tiny_model, teacher):
+    """The hidden-state term alone (alpha 0 keeps only the label loss besides it) decreases in training."""
+    from tljax.train.config import load_config
+    from tljax.train.loop import FINAL_STAGE
+    from tljax.train.optim import OptimizerConfig, build_optimizer
+    from tljax.train.run import prepare
+    from tljax.train.sharding import data_mesh, replicate, shard_batch
+    from tljax.train.step import make_train_step, split
+
+    import jax
+
+    config_path = write_config(tmp_path, "hidden-loss", {
+        "model": str(tiny_model), "data": reviews_data(tmp_path), "method": {"name": "full"},
+        "distillation": {"teacher": str(teacher), "hidden_weight": 1.0, "alpha": 0.0}, "training": TRAINING})
+    prepared = prepare(load_config(config_path))
+    objective, adaptation = prepared.objective, prepared.adaptation
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STAGE))
+    tx = build_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0), 40, adaptation.new_parameter_rules())
+    mesh = data_mesh()
+    opt_state = tx.init(trainable)
+    trainable, frozen, opt_state = replicate((trainable, frozen, opt_state), mesh)
+    step = make_train_step(graphdef, objective.loss, tx)
+    batches = objective.train_batches(16, 0)
+    losses = []
+    for number in range(40):
+        trainable, opt_state, metrics = step(trainable, frozen, opt_state, shard_batch(next(batches), mesh),
+                                             jax.random.key(number))
+        losses.append(float(metrics["hidden_loss"]))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+def test_distillation_refuses_a_teacher_for_other_labels_and_another_tokenizer(tmp_path, tiny_model, teacher,
+                                                                                capsys):
+    other = tmp_path / "other.csv"
+    write_reviews(other, label_names=("bad", "good"))
+    config = write_config(tmp_path, "labels", {
+        "model": str(tiny_model), "method": {"name": "full"}, "training": TRAINING,
+        "data": {"source": str(other), "text_column": "review", "label_column": "sentiment", "max_length": 32},
+        "distillation": {"teacher": str(teacher)}})
+    assert main(["--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "the teacher" in error and "predicts labels ['neg', 'pos']" in error and "['bad', 'good']" in error
+    assert not (tmp_path / "labels").exists()
+
+    # a student with its own tokenizer: logits distillation is fine, hidden-state matching is refused
+    student_dir = tmp_path / "student-model"
+    student_dir.mkdir()
+    for item in tiny_model.iterdir():
+        if item.is_file():
+            (student_dir / item.name).write_bytes(item.read_bytes())
+    vocab = json.loads((student_dir / "tokenizer.json").read_text())
+    vocab["model"]["vocab"] = {w: i for i, w in enumerate(reversed(WORDS))}
+    (student_dir / "tokenizer.json").write_text(json.dumps(vocab))
+    config = write_config(tmp_path, "tokenizer", {
+        "model": str(student_dir), "data": reviews_data(tmp_path), "method": {"name": "full"}, "training": TRAINING,
+        "distillation": {"teacher": str(teacher), "hidden_weight": 1.0}})
+    assert main(["--config", str(config)]) == 2
+    assert "share a tokenizer" in capsys.readouterr().err
+
+    config = write_config(tmp_path, "missing", {"model": str(tiny_model), "data": reviews_data(tmp_path),
+                                                "distillation": {"teacher": str(tmp_path / "nowhere")}})
+    assert main(["--config", str(config)]) == 2
+    assert "neither a tljax run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ continued pre-training
+
+
+def write_text(path: Path, documents: int = 300, seed: int = 1) -> Path:
+    """Unlabelled 'domain' text with structure to learn: sentences of one template, some words free."""
+    rng = np.random.RandomState(seed)
+    lines = []
+    for _ in range(documents):
+        words = []
+        for _ in range(rng.randint(1, 4)):
+            words += ["the", rng.choice(["film", "movie"]), "was", rng.choice(["really", "quite"]),
+                      rng.choice(POSITIVE + NEGATIVE)]
+        lines.append(" ".join(words))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_masked_lm_lowers_the_held_out_loss_and_the_result_fine_tunes(tmp_path, tiny_model):
+    text = write_text(tmp_path / "domain.txt")
+    config = write_config(tmp_path, "mlm", {
+        "model": str(tiny_model), "task": "masked-lm", "data": {"source": str(text), "max_length": 16},
+        "method": {"name": "full"},
+        "training": {**TRAINING, "max_steps": 40, "metric_for_best_model": "loss"}})
+    assert main(["--config", str(config)]) == 0
+    summary = summary_of(tmp_path, "mlm")
+    before, after = summary["before"]["test"]["loss"], summary["test"]["loss"]
+    assert after < 0.8 * before, (before, after)
+    assert summary["test"]["perplexity"] < summary["before"]["test"]["perplexity"]
+    records = [json.loads(line) for line in (tmp_path / "mlm" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and records[0]["split"] == "validation"  # the starting point is on the curve
+    model_dir = tmp_path / "mlm" / "export" / "model"
+    assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+
+    # fine-tuning starts from the continued pre-training's result
+    config = write_config(tmp_path, "downstream", {"model": str(model_dir), "data": reviews_data(tmp_path),
+                                                   "method": {"name": "full"}, "training": TRAINING})
+    assert main(["--config", str(config)]) == 0
+    assert summary_of(tmp_path, "downstream")["test"]["accuracy"] > 0.75
+
+
+def test_masking_follows_bert(tiny_model):
+    from transformers import AutoTokenizer
+
+    from tljax.train.language_modelling import encode_windows, mask_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, len(WORDS), (400, 50)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "weights": np.ones(400, np.float32)}
+    masked = mask_tokens(batch, np.random.default_rng(1), mask_id=tokenizer.mask_token_id, vocab_size=len(WORDS),
+                         special_ids=np.asarray(tokenizer.all_special_ids))
+    chosen = masked["labels"] != -100
+    assert abs(chosen[:, 1:-1].mean() - 0.15) < 0.01
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()  # special tokens are never targets
+    assert np.array_equal(masked["labels"][chosen], ids[chosen])
+    as_mask = masked["input_ids"][chosen] == tokenizer.mask_token_id
+    unchanged = masked["input_ids"][chosen] == ids[chosen]
+    assert abs(as_mask.mean() - 0.8) < 0.03
+    assert abs(unchanged.mean() - (0.1 + 0.1 / len(WORDS))) < 0.03
+    assert np.array_equal(masked["input_ids"][~chosen], ids[~chosen])
+    again = mask_tokens(batch, np.random.default_rng(1), mask_id=tokenizer.mask_token_id, vocab_size=len(WORDS),
+                        special_ids=np.asarray(tokenizer.all_special_ids))
+    assert np.array_equal(again["input_ids"], masked["input_ids"])  # the same position, the same masks
+
+    # long documents are cut into windows, each framed by the special tokens
+    windows = encode_windows(("good film " * 20,), tokenizer, 16)
+    assert len(windows) == 3 and all(w[0] == tokenizer.cls_token_id and w[-1] == tokenizer.sep_token_id
+                                     for w in windows.ids)
+    assert sum(len(w) - 2 for w in windows.ids) == 40
+
+
+def test_causal_lm_lowers_the_held_out_loss(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tljax.models import DecoderConfig, LlamaForCausalLM
+
+    directory = tmp_path / "tiny-llama"
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    config = DecoderConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                           tie_word_embeddings=True)
+    LlamaForCausalLM.from_config(config, seed=0).save_pretrained(directory)
+    # after the model: writing a model directory replaces it whole
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                            eos_token="[SEP]").save_pretrained(directory)
+    text = write_text(tmp_path / "domain.txt")
+    run = write_config(tmp_path, "clm", {
+        "model": str(directory), "task": "causal-lm", "data": {"source": str(text), "max_length": 16},
+        "method": {"name": "full"},
+        "training": {**TRAINING, "max_steps": 40, "metric_for_best_model": "perplexity"}})
+    assert main(["--config", str(run)]) == 0
+    summary = summary_of(tmp_path, "clm")
+    assert summary["test"]["loss"] < 0.8 * summary["before"]["test"]["loss"], summary
+    assert summary["best_step"] == max(step for step in (8, 16, 24, 32, 40))  # perplexity: lower is better
+
+
+def test_continued_pretraining_errors(tmp_path, tiny_model, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    config = write_config(tmp_path, "empty", {"model": str(tiny_model), "task": "masked-lm",
+                                              "data": {"source": str(empty)}, "method": {"name": "full"},
+                                              "training": {"metric_for_best_model": "loss"}})
+    assert main(["--config", str(config)]) == 2
+    assert "has no text" in capsys.readouterr().err and not (tmp_path / "empty").exists()
+
+    config = write_config(tmp_path, "metric", {"model": str(tiny_model), "task": "masked-lm",
+                                               "data": {"source": str(write_text(tmp_path / "t.txt"))},
+                                               "method": {"name": "full"},
+                                               "training": {"metric_for_best_model": "f1"}})
+    assert main(["--config", str(config)]) == 2
+    assert "valid: loss, perplexity, accuracy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- multi-task
+
+
+def write_topics(path: Path, n: int = 240, seed: int = 3) -> Path:
+    """A second task on the same vocabulary: does the text mention the actors?"""
+    rng = np.random.RandomState(seed)
+    others = [w for w in FILLER if w != "actors"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            words = list(rng.choice(others, rng.randint(3, 8))) + (["actors"] if i % 2 else [])
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), "cast" if i % 2 else "other"])
+    return path
+
+
+def test_multi_task_trains_every_head_and_reports_each_task(tmp_path, tiny_model):
+    tasks = [{"name": "sentiment", "source": str(write_reviews(tmp_path / "reviews.csv")), "text_column": "review",
+              "label_column": "sentiment"},
+             {"name": "cast", "source": str(write_topics(tmp_path / "topics.csv"))}]
+    config = write_config(tmp_path, "multi", {
+        "model": str(tiny_model), "tasks": tasks, "data": {"max_length": 32}, "method": {"name": "full"},
+        "training": {**TRAINING, "max_steps": 48, "task_sampling_temperature": 1.0}})
+    assert main(["--config", str(config)]) == 0
+    summary = summary_of(tmp_path, "multi")
+    assert set(summary["test"]["tasks"]) == {"sentiment", "cast"}
+    for name, metrics in summary["test"]["tasks"].items():
+        assert metrics["accuracy"] > 0.75, (name, metrics)
+        assert {"precision", "recall", "f1", "mcc", "confusion_matrix"} <= set(metrics)
+    assert summary["test"]["accuracy"] == pytest.approx(np.mean([m["accuracy"] for m in summary["test"]["tasks"].values()]))
+    assert summary["tasks"]["sentiment"]["sampling_probability"] == pytest.approx(0.5, abs=0.05)
+
+    from tljax.predict import Predictor
+
+    sentiment = Predictor.load(tmp_path / "multi" / "export" / "sentiment")
+    cast = Predictor.load(tmp_path / "multi" / "export" / "cast")
+    assert sentiment.labels == ["neg", "pos"] and cast.labels == ["cast", "other"]
+    assert sentiment(["a superb great film"])[0][0] == "pos"
+    assert cast(["the actors and the story"])[0][0] == "cast"
+    assert cast(["the story and the plot"])[0][0] == "other"
+
+
+def test_task_sampling_and_its_resumable_order():
+    from tljax.data.batches import BatchIterator, Encoded
+    from tljax.train.multitask import MixtureBatches, sampling_probabilities
+
+    assert sampling_probabilities([900, 100], 1.0) == pytest.approx([0.9, 0.1])
+    assert sampling_probabilities([900, 100], 2.0) == pytest.approx([0.75, 0.25])
+    assert sampling_probabilities([900, 100], 1e6) == pytest.approx([0.5, 0.5], abs=1e-4)
+
+    def mixture(position=None):
+        tasks = [Encoded(tuple(np.full(3, k + 5, np.int32) for _ in range(40)), np.zeros(40, np.int32), 0,
+                         {"task": np.full(40, k, np.int32)}) for k in range(2)]
+        position = position or {"draw": 0, "tasks": [{"epoch": 0, "index": 0}] * 2}
+        return MixtureBatches([BatchIterator(e, 4, 0, 8, seed=k, **p) for k, (e, p) in
+                               enumerate(zip(tasks, position["tasks"]))], np.asarray([0.7, 0.3]), 0, position["draw"])
+
+    first = mixture()
+    order = [int(next(first)["task"][0]) for _ in range(200)]
+    assert 0.6 < np.mean(np.asarray(order) == 0) < 0.8
+    resumed = mixture()
+    for _ in range(50):
+        next(resumed)
+    resumed = mixture(resumed.position())
+    assert [int(next(resumed)["task"][0]) for _ in range(150)] == order[50:]
+
+
+def test_multi_task_errors(tmp_path, tiny_model, capsys):
+    source = str(write_reviews(tmp_path / "reviews.csv"))
+    for tasks, message in [
+        ([{"name": "a", "source": source, "text_column": "review", "label_column": "sentiment"},
+          {"name": "a", "source": source, "text_column": "review", "label_column": "sentiment"}],
+         "task name 'a' appears more than once"),
+        ([], "tasks must be a non-empty list"),
+        ([{"name": "a"}], "must be a mapping with a name and a source"),
+        ([{"name": "a", "source": source, "max_length": 9}], "unknown keys ['max_length']"),
+    ]:
+        config = write_config(tmp_path, "bad", {"model": str(tiny_model), "tasks": tasks})
+        assert main(["--config", str(config)]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------ cross-lingual evaluation
+
+
+def test_extra_evaluation_sets_are_reported_and_must_share_the_labels(tmp_path, tiny_model, capsys):
+    shifted = write_reviews(tmp_path / "other.csv", n=80, seed=9)
+    config = write_config(tmp_path, "xl", {
+        "model": str(tiny_model), "data": reviews_data(tmp_path), "method": {"name": "full"}, "training": TRAINING,
+        "evaluation": {"other": {"source": str(shifted), "text_column": "review", "label_column": "sentiment"},
+                       "held-out": {"source": str(shifted), "split": "test", "text_column": "review",
+                                    "label_column": "sentiment"}}})
+    assert main(["--config", str(config)]) == 0
+    evaluation = summary_of(tmp_path, "xl")["evaluation"]
+    assert evaluation["other"]["examples"] == 80 and evaluation["other"]["accuracy"] > 0.75
+    assert 0 < evaluation["held-out"]["examples"] < 20
+
+    config = write_config(tmp_path, "xl-bad", {
+        "model": str(tiny_model), "data": reviews_data(tmp_path), "method": {"name": "full"},
+        "evaluation": {"pt": "reviews-pt"}})  # positive / negative, not neg / pos
+    assert main(["--config", str(config)]) == 2
+    assert "has labels ['negative', 'positive'], but the model is trained for ['neg', 'pos']" in capsys.readouterr().err
+
+
+def test_the_portuguese_set():
+    from tljax.data import load_source
+
+    reviews = load_source("reviews-pt")
+    assert len(reviews) >= 400 and reviews.language == "pt-BR"
+    assert reviews.class_counts() == {"negative": len(reviews) // 2, "positive": len(reviews) // 2}
+    assert len(set(reviews.texts)) == len(reviews)
+    from tljax.data.bundled import records
+
+    rows = records("reviews-pt")
+    assert {r["domain"] for r in rows} == {"films", "books", "apps", "products", "restaurants", "services"}
+    styles = {s for r in rows for s in r["style"]}
+    assert styles == {"negation", "irony", "mixed", "informal", "formal", "comparative", "question"}
+    lengths = [len(r["text"].split()) for r in rows]
+    assert min(lengths) <= 5 and max(lengths) >= 40
+    portuguese, english = load_source("reviews-pt-parallel"), load_source("reviews-en-parallel")
+    assert len(portuguese) == len(english) >= 100
+    assert portuguese.labels == english.labels and portuguese.groups == english.groups
+    assert portuguese.class_counts()["positive"] == len(portuguese) // 2
+    assert set(portuguese.texts) <= set(reviews.texts) and not set(english.texts) & set(reviews.texts)

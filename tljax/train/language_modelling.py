@@ -1,0 +1,183 @@
+"""Continued (domain-adaptive) pre-training on unlabelled text: masked LM for encoders, causal LM for decoders.
+
+Documents are split into train / validation / test first (so held-out text is never seen), then cut into
+windows of `max_length` tokens (with the tokenizer's special tokens around each window), so that long
+documents are used whole instead of truncated. Masked-LM batches follow BERT: 15% of the real, non-special
+tokens are chosen; of those 80% become [MASK], 10% a random token, 10% stay; the loss is taken on the chosen
+tokens only. Masks are drawn on the host from the batch's position in the data, so a resumed run draws the
+same masks, and evaluation uses fixed masks, so that losses before and after training compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
+from tljax.data.sources import DataError, TextDataset
+from tljax.train.losses import language_model_loss
+from tljax.train.objectives import Objective
+
+MASK_FRACTION, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
+
+
+def load_texts(source: str, text_column: str = "text", label_column: str = "label") -> TextDataset:
+    """Unlabelled documents: a .txt file (one document per non-empty line) or any labelled source with its
+    labels dropped (a packaged corpus, CSV / JSON Lines, hf:, tfds:)."""
+    from tljax.data.sources import load_source
+
+    path = Path(str(source)).expanduser()
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise DataError(f"text file {path} does not exist")
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        texts = [line for line in lines if line]
+        if not texts:
+            raise DataError(f"text file {path} has no text (it is empty or blank); put one document per line")
+        return TextDataset(path.stem, tuple(texts), (0,) * len(texts), ("text",))
+    dataset = load_source(source, text_column=text_column, label_column=label_column)
+    return TextDataset(dataset.name, dataset.texts, (0,) * len(dataset), ("text",), groups=dataset.groups,
+                       language=dataset.language)
+
+
+def special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text (e.g. [CLS] ... [SEP])."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    start = next(i for i in range(len(full) - len(plain) + 1) if full[i: i + len(plain)] == plain)
+    return full[:start], full[start + len(plain):]
+
+
+def encode_windows(texts: tuple[str, ...], tokenizer, max_length: int) -> Encoded:
+    """Every document cut into windows of at most `max_length` tokens, special tokens included."""
+    head, tail = special_frame(tokenizer)
+    width = max_length - len(head) - len(tail)
+    if width < 4:
+        raise ValueError(f"data.max_length {max_length} leaves no room for text between the special tokens")
+    windows = []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        for start in range(0, len(ids), width):
+            windows.append(np.asarray(head + ids[start: start + width] + tail, np.int32))
+    return Encoded(tuple(windows), np.zeros(len(windows), np.int32), 0)
+
+
+def mask_tokens(batch: dict[str, np.ndarray], rng: np.random.Generator, *, mask_id: int, vocab_size: int,
+                special_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """BERT's masking of a batch: `input_ids` corrupted, `labels` [B, T] the original ids where chosen, else -100."""
+    ids = batch["input_ids"]
+    candidates = (batch["attention_mask"] > 0) & ~np.isin(ids, special_ids) & (batch["weights"][:, None] > 0)
+    chosen = candidates & (rng.random(ids.shape) < MASK_FRACTION)
+    draw = rng.random(ids.shape)
+    corrupted = np.where(chosen & (draw < MASK_TOKEN_SHARE), mask_id, ids)
+    random_tokens = rng.integers(0, vocab_size, ids.shape, dtype=np.int32)
+    use_random = chosen & (draw >= MASK_TOKEN_SHARE) & (draw < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE)
+    corrupted = np.where(use_random, random_tokens, corrupted).astype(np.int32)
+    return {**batch, "input_ids": corrupted, "labels": np.where(chosen, ids, -100).astype(np.int32)}
+
+
+def next_token_labels(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Causal LM: every real token is a target (the loss shifts them by one)."""
+    real = (batch["attention_mask"] > 0) & (batch["weights"][:, None] > 0)
+    return {**batch, "labels": np.where(real, batch["input_ids"], -100).astype(np.int32)}
+
+
+class LanguageModelBatches:
+    """Training batches with token labels; the masks depend only on (seed, epoch, index)."""
+
+    def __init__(self, objective: LanguageModelling, batches: BatchIterator):
+        self.objective, self.batches = objective, batches
+        self.batches_per_epoch = batches.batches_per_epoch
+
+    def position(self) -> dict[str, Any]:
+        return self.batches.position()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        seed = (self.batches.seed, self.batches.epoch, self.batches.index)
+        return self.objective.with_labels(next(self.batches), np.random.default_rng(seed))
+
+
+@dataclasses.dataclass
+class LanguageModelling(Objective):
+    """Masked (encoders) or causal (decoders) language modelling on windows of unlabelled text."""
+
+    masked: bool = True
+    mask_id: int = 0
+    vocab_size: int = 0
+    special_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.metrics = ("loss", "perplexity", "accuracy")
+        self.evaluate_before = True
+
+    def with_labels(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        batch = {k: v for k, v in batch.items() if k != "labels"}
+        if self.masked:
+            return mask_tokens(batch, rng, mask_id=self.mask_id, vocab_size=self.vocab_size,
+                               special_ids=self.special_ids)
+        return next_token_labels(batch)
+
+    def loss(self, model, batch, dropout_key):
+        return language_model_loss(model, batch, dropout_key)
+
+    def outputs(self, model, batch):
+        """(summed token loss, predicted tokens, correct predictions) of the batch."""
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        if not self.masked:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        scored = labels != -100
+        safe = jnp.where(scored, labels, 0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+        correct = (jnp.argmax(logits, -1) == safe) & scored
+        return (jnp.where(scored, losses, 0.0).sum(), scored.sum(), correct.sum())
+
+    def train_batches(self, batch_size, seed, position=None):
+        position = position or {"epoch": 0, "index": 0}
+        return LanguageModelBatches(self, BatchIterator(self.encoded["train"], batch_size, self.pad_id,
+                                                        self.max_length, seed=seed, epoch=position["epoch"],
+                                                        index=position["index"]))
+
+    def evaluate(self, forward, split, batch_size):
+        total, tokens, correct = 0.0, 0, 0
+        for number, batch in enumerate(evaluation_batches(self.encoded[split], batch_size, self.pad_id,
+                                                          self.max_length)):
+            # the same masks every time this split is evaluated
+            batch = self.with_labels(batch, np.random.default_rng((self.seed, 1 << 20, number)))
+            loss_sum, count, hits = forward(batch)
+            total, tokens, correct = total + float(loss_sum), tokens + int(count), correct + int(hits)
+        loss = total / max(tokens, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(tokens, 1),
+                "tokens": tokens}
+
+    def title(self) -> str:
+        return f"{'masked' if self.masked else 'causal'} LM, {super().title()}"
+
+
+def language_modelling_objective(config, adaptation, tokenizer, splits: dict[str, TextDataset],
+                                 max_length: int) -> LanguageModelling:
+    """The objective for `config.task` ("masked-lm" or "causal-lm") over split, unlabelled documents."""
+    masked = config.task == "masked-lm"
+    if masked and tokenizer.mask_token_id is None:
+        raise ValueError(f"{config.model}'s tokenizer has no mask token, so it cannot do masked-LM training; "
+                         "use task: causal-lm for decoder models")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = {name: encode_windows(split.texts, tokenizer, max_length) for name, split in splits.items()}
+    for name, windows in encoded.items():
+        if not len(windows):
+            raise DataError(f"the {name} split has no text; use more documents or other split fractions")
+    return LanguageModelling(adaptation, encoded, pad_id, max_length, masked=masked,
+                             mask_id=tokenizer.mask_token_id or 0, vocab_size=adaptation.model.config.vocab_size,
+                             special_ids=np.asarray(tokenizer.all_special_ids, np.int32), seed=config.training.seed)
+
+
+__all__ = ["LanguageModelling", "encode_windows", "language_modelling_objective", "load_texts", "mask_tokens"]
