@@ -88,6 +88,12 @@ def test_hidden_state_matching_trains_projections_and_leaves_the_teacher_untouch
     paths = {"/".join(map(str, p)) for p, _ in __import__("flax").nnx.to_flat_state(trainable)}
     assert any(p.startswith("distillation/projections/") for p in paths)
     assert not any(p.startswith("distillation/teacher/") for p in paths)
+    # methods whose patterns also match the teacher's paths (biases, LoRA) still leave it frozen
+    mixed = prepare(load_config(config_path, ["method=[{name: bitfit}, {name: lora, rank: 4}]"])).adaptation
+    mixed_paths = {"/".join(map(str, p)) for p, _ in
+                   __import__("flax").nnx.to_flat_state(split(mixed.model, mixed.trainable(FINAL_STAGE))[1])}
+    assert any(p.endswith("lora_a") for p in mixed_paths) and any(p.endswith("bias") for p in mixed_paths)
+    assert not any(p.startswith("distillation/teacher/") for p in mixed_paths)
     teacher_before = {p: np.asarray(v.get_value()) for p, v in
                       __import__("flax").nnx.to_flat_state(__import__("flax").nnx.state(adaptation.model.distillation.teacher))}
 
@@ -201,6 +207,10 @@ def test_masked_lm_lowers_the_held_out_loss_and_the_result_fine_tunes(tmp_path, 
     assert records[0]["step"] == 0 and records[0]["split"] == "validation"  # the starting point is on the curve
     model_dir = tmp_path / "mlm" / "export" / "model"
     assert json.loads((model_dir / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    from tljax.predict import Predictor
+
+    with pytest.raises(ValueError, match="not a classifier; fine-tune from it"):
+        Predictor.load(tmp_path / "mlm")
 
     # fine-tuning starts from the continued pre-training's result
     config = write_config(tmp_path, "downstream", {"model": str(model_dir), "data": reviews_data(tmp_path),
@@ -305,7 +315,7 @@ def write_topics(path: Path, n: int = 240, seed: int = 3) -> Path:
 def test_multi_task_trains_every_head_and_reports_each_task(tmp_path, tiny_model):
     tasks = [{"name": "sentiment", "source": str(write_reviews(tmp_path / "reviews.csv")), "text_column": "review",
               "label_column": "sentiment"},
-             {"name": "cast", "source": str(write_topics(tmp_path / "topics.csv"))}]
+             {"name": "cast", "source": str(write_topics(tmp_path / "topics.csv")), "text_prefix": "the "}]
     config = write_config(tmp_path, "multi", {
         "model": str(tiny_model), "tasks": tasks, "data": {"max_length": 32}, "method": {"name": "full"},
         "training": {**TRAINING, "max_steps": 48, "task_sampling_temperature": 1.0}})
@@ -323,6 +333,7 @@ def test_multi_task_trains_every_head_and_reports_each_task(tmp_path, tiny_model
     sentiment = Predictor.load(tmp_path / "multi" / "export" / "sentiment")
     cast = Predictor.load(tmp_path / "multi" / "export" / "cast")
     assert sentiment.labels == ["neg", "pos"] and cast.labels == ["cast", "other"]
+    assert sentiment.info["text_prefix"] == "" and cast.info["text_prefix"] == "the "  # as each task trained
     assert sentiment(["a superb great film"])[0][0] == "pos"
     assert cast(["the actors and the story"])[0][0] == "cast"
     assert cast(["the story and the plot"])[0][0] == "other"
@@ -411,3 +422,43 @@ def test_the_portuguese_set():
     assert portuguese.labels == english.labels and portuguese.groups == english.groups
     assert portuguese.class_counts()["positive"] == len(portuguese) // 2
     assert set(portuguese.texts) <= set(reviews.texts) and not set(english.texts) & set(reviews.texts)
+
+
+def test_bad_distillation_settings_are_config_errors():
+    from tljax.train.config import ConfigKeyError, load_config
+
+    for override, message in [("distillation.student_layers=3", "is not a valid"),
+                              ("distillation.student_layers=[]", "non-empty list of layer indices"),
+                              ("distillation.student_layers=[true]", "non-empty list of layer indices"),
+                              ("distillation.layer_map=[1, 2]", "pairs of integers"),
+                              ("distillation.layer_map=[[1, a]]", "pairs of integers"),
+                              ("distillation.temperature=0", "temperature must be > 0"),
+                              ("distillation.alpha=2", "between 0 and 1")]:
+        with pytest.raises(ConfigKeyError, match=message):
+            load_config(None, ["distillation.teacher=runs/x", override])
+
+
+def test_more_bad_input_is_one_line(tmp_path, tiny_model, capsys):
+    source = str(write_reviews(tmp_path / "reviews.csv"))
+    config = write_config(tmp_path, "reserved", {"model": str(tiny_model), "tasks": [
+        {"name": "items", "source": source, "text_column": "review", "label_column": "sentiment"}]})
+    assert main(["--config", str(config)]) == 2
+    assert "task name 'items' is reserved" in capsys.readouterr().err
+    config = write_config(tmp_path, "empty-set", {
+        "model": str(tiny_model), "data": reviews_data(tmp_path),
+        "evaluation": {"none": {"source": source, "text_column": "review", "label_column": "sentiment",
+                                "max_examples": 0}}})
+    assert main(["--config", str(config)]) == 2
+    assert "max_examples must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_a_setting_existed_still_resumes():
+    from tljax.train.config import load_config
+    from tljax.train.loop import _changed_keys, _with_defaults
+
+    current = load_config().to_dict()
+    older = {k: v for k, v in current.items() if k not in ("evaluation", "tasks", "distillation")}
+    older["training"] = {k: v for k, v in current["training"].items() if k != "task_sampling_temperature"}
+    assert _changed_keys(_with_defaults(older), current) == []
+    older["training"]["learning_rate"] = 1.0
+    assert _changed_keys(_with_defaults(older), current) == ["training.learning_rate"]

@@ -32,7 +32,11 @@ class Predictor:
 
         run_dir = Path(run_dir)
         directory = run_dir / "export" if (run_dir / "export").is_dir() else run_dir
-        return cls(*load_exported(directory))
+        model, tokenizer, info = load_exported(directory)
+        if info.get("task", "sequence-classification") != "sequence-classification":
+            raise ValueError(f"{run_dir} is a {info['task']} run (continued pre-training), not a classifier; "
+                             f"fine-tune from it: python -m tljax.train --set model={directory}/model")
+        return cls(model, tokenizer, info)
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> list[tuple[str, dict[str, float]]]:
         """(label, {label: probability}) for each text."""

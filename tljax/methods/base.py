@@ -60,7 +60,10 @@ class Adaptation:
     def rules(self, step: int = 0) -> PathRules:
         """The composed rules (at `step`, for schedules such as gradual unfreezing)."""
         rules = PathRules(())
-        for method in self.methods:
+        # internal methods (names starting "_": a distillation teacher, multi-task heads) decide their own
+        # parameters before any user method's pattern can reach them
+        ordered = sorted(self.methods, key=lambda m: not m.name.startswith("_"))
+        for method in ordered:
             if not method.decides_backbone:
                 rules = rules + method.rules(self.model, step)
         head = head_pattern(self.model)
@@ -132,7 +135,8 @@ EMBEDDINGS = r"(?:^|/)(?:embeddings|embed_tokens)/"
 
 
 def num_layers(model: nnx.Module) -> int:
-    indices = {int(m.group(1)) for p in parameter_sizes(model) if (m := LAYER_INDEX.search(p))}
+    """The backbone's layer count (a distillation teacher attached to the model does not count)."""
+    indices = {int(m.group(1)) for p in parameter_sizes(backbone(model)) if (m := LAYER_INDEX.search(p))}
     return max(indices) + 1 if indices else 0
 
 

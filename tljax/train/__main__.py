@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:  # a resumed run keeps its own record (the loop checks the config is the same)
         write_config(prepared, run_dir)
     print(prepared.split_report, file=sys.stderr)
-    count, total = prepared.adaptation.count(10**9)
+    count, total = prepared.objective.count(10**9)
     print(f"{config.model}: training {count:,} of {total:,} parameters ({100 * count / total:.2f}%)", file=sys.stderr)
     try:
         summary = train(prepared, run_dir, resume=args.resume)

@@ -79,8 +79,8 @@ class DistillationConfig:
     temperature: float = 2.0  # softens both distributions; the distillation term is scaled by T ** 2
     alpha: float = 0.5  # loss = (1 - alpha) * cross-entropy on the labels + alpha * T^2 * KL(teacher || student)
     hidden_weight: float = 0.0  # > 0 adds hidden-state matching (mean squared error through learned projections)
-    layer_map: list | None = None  # [[student layer, teacher layer], ...] (1-based); None: evenly spaced
-    student_layers: list | None = None  # build the student from these layers of `model` (0-based), e.g. [0, 2, 4]
+    layer_map: list[list[int]] | None = None  # [[student layer, teacher layer], ...] (1-based); None: evenly spaced
+    student_layers: list[int] | None = None  # build the student from these layers of `model` (0-based), e.g. [0, 2, 4]
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -89,6 +89,14 @@ class DistillationConfig:
             raise ConfigKeyError(f"distillation.alpha must be between 0 and 1, got {self.alpha}")
         if self.hidden_weight < 0:
             raise ConfigKeyError(f"distillation.hidden_weight must be >= 0, got {self.hidden_weight}")
+        whole = lambda x: isinstance(x, int) and not isinstance(x, bool)  # noqa: E731
+        if self.student_layers is not None and (not self.student_layers or not all(map(whole, self.student_layers))):
+            raise ConfigKeyError(f"distillation.student_layers {self.student_layers!r} must be a non-empty list of "
+                                 "layer indices, e.g. [0, 2, 4]")
+        if self.layer_map is not None and (not self.layer_map or not all(
+                isinstance(p, list) and len(p) == 2 and all(map(whole, p)) for p in self.layer_map)):
+            raise ConfigKeyError(f"distillation.layer_map {self.layer_map!r} must be a non-empty list of "
+                                 "[student layer, teacher layer] pairs of integers, e.g. [[1, 2], [2, 4], [3, 6]]")
 
 
 TASKS = ("sequence-classification", "masked-lm", "causal-lm")

@@ -86,7 +86,10 @@ def load_teacher(spec: str, seed: int) -> tuple[nnx.Module, Any, tuple[str, ...]
 
     directory = resolve_teacher(spec)
     if (directory / "run.json").is_file():
+        from tljax.methods import merge_and_unload
+
         model, tokenizer, info = load_exported(directory)
+        merge_and_unload(model)  # a LoRA teacher as one plain model: nothing of it looks trainable, and it is faster
         return model, tokenizer, tuple(info["labels"]), info.get("text_prefix", ""), int(info.get("max_length", 512))
     model = models.from_pretrained(directory, "sequence-classification", seed=seed)
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
@@ -172,9 +175,11 @@ class Distillation(Classification):
         s = self.settings
         k_student, _ = layer_keys(dropout_key, 2)
         matching = s.hidden_weight > 0
-        output = model(batch["input_ids"], batch["attention_mask"], dropout_key=k_student,
-                       output_hidden_states=matching)
-        logits, student_states = output if matching else (output, None)
+        if matching:
+            logits, student_states = model(batch["input_ids"], batch["attention_mask"], dropout_key=k_student,
+                                           output_hidden_states=True)
+        else:  # any classifier (decoders have no hidden-state output)
+            logits = model(batch["input_ids"], batch["attention_mask"], dropout_key=k_student)
         weights = batch["weights"]
         hard, accuracy = cross_entropy(logits, batch["labels"], weights)
         t = s.temperature
@@ -188,11 +193,12 @@ class Distillation(Classification):
             parts = model.distillation
             _, teacher_states = parts.teacher(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
             real = batch["attention_mask"].astype(jnp.float32)[..., None]
-            offset = model.bert.num_virtual_tokens  # virtual prompt tokens have no teacher counterpart
+            # virtual prompt tokens (of either model) have no counterpart in the other
+            offset, teacher_offset = model.bert.num_virtual_tokens, parts.teacher.bert.num_virtual_tokens
             hidden = 0.0
             for projection, (i, j) in zip(parts.projections, self.layer_map):
                 student = projection(student_states[i][:, offset:]).astype(jnp.float32)
-                target = jax.lax.stop_gradient(teacher_states[j]).astype(jnp.float32)
+                target = jax.lax.stop_gradient(teacher_states[j][:, teacher_offset:]).astype(jnp.float32)
                 hidden += (((student - target) ** 2) * real).sum() / jnp.maximum(real.sum() * target.shape[-1], 1.0)
             hidden = hidden / len(self.layer_map)
             loss = loss + s.hidden_weight * hidden
@@ -208,16 +214,23 @@ class Distillation(Classification):
         student = [(size, rule) for path, size, rule in report if not path.startswith("distillation/")]
         return sum(s for s, r in student if r.trainable), sum(s for s, _ in student)
 
-    def report(self, forward, batch_size):
-        """Teacher vs student on the test split: accuracy retained, parameters, inference throughput."""
-        result = super().report(forward, batch_size)
+    def report(self, forward, batch_size, model):
+        """Teacher vs student on the test split: accuracy retained, parameters, inference throughput (both
+        timed the same way: one compiled forward each, LoRA merged as a deployed model would be)."""
+        from tljax.methods import merge_and_unload
+
+        result = super().report(forward, batch_size, model)
         teacher_batches = evaluation_batches(self.teacher_encoded["test"], batch_size, self.teacher_pad_id,
                                              self.teacher_max_length)
         teacher_forward = _jitted_logits(self.teacher)
         teacher_metrics = classify_batches(teacher_forward, teacher_batches, len(self.label_names))
         student_metrics = self.evaluate(forward, "test", batch_size)
+        student = nnx.clone(model)
+        student.distillation = None
+        merge_and_unload(student)
         student_batches = evaluation_batches(self.encoded["test"], batch_size, self.pad_id, self.max_length)
-        student_speed, teacher_speed = throughput(forward, student_batches), throughput(teacher_forward, teacher_batches)
+        student_speed = throughput(_jitted_logits(student), student_batches)
+        teacher_speed = throughput(teacher_forward, teacher_batches)
         student_parameters = self.count()[1]
         teacher_parameters = sum(parameter_sizes(self.teacher).values())
         result["distillation"] = {
@@ -261,6 +274,9 @@ def distillation_objective(config, base: Classification, tokenizer, texts: dict[
         if not hasattr(student, "bert") or not hasattr(teacher, "bert"):
             raise ValueError("hidden-state matching (distillation.hidden_weight > 0) is implemented for encoder "
                              "(BERT-family) students and teachers; set distillation.hidden_weight=0")
+        if teacher.bert.num_prefix_tokens:
+            raise ValueError("hidden-state matching cannot use a prefix-tuned teacher (its layers attend to extra "
+                             "keys the student lacks); set distillation.hidden_weight=0")
         if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(f"hidden-state matching needs the student ({config.model}) and the teacher "
                              f"({settings.teacher}) to share a tokenizer, and theirs differ; set "

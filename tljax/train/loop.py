@@ -90,7 +90,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         if restored is None:
             raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from")
         trainable, opt_state, state = restored
-        changed = _changed_keys(state.get("config", {}), prepared.config.to_dict())
+        changed = _changed_keys(_with_defaults(state.get("config", {})), prepared.config.to_dict())
         if changed:
             raise ValueError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
                              "resume with the same config (or start a new run)")
@@ -132,9 +132,9 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             state["train"].append((step, loss))
             progress.update(1)
             progress.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{seen / (time.perf_counter() - started):.0f}")
-            if step % tc.logging_steps == 0:
+            if step % tc.logging_steps == 0:  # every scalar the loss reports (e.g. distillation's parts)
                 _log(log_file, {"step": step, "split": "train", "loss": loss,
-                                "accuracy": float(metrics["accuracy"]), "grad_norm": float(metrics["grad_norm"])})
+                                **{k: float(v) for k, v in metrics.items() if k not in ("loss", "parameters_finite")}})
             finished = step == total_steps
             if step % tc.eval_steps == 0 or finished:
                 result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
@@ -172,7 +172,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
 
 def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, forward,
             eval_batch) -> dict[str, Any]:
-    """Test evaluation of the best checkpoint, the objective's report, curves, diagnosis, export and summary."""
+    """Test evaluation of the best checkpoint, curves, diagnosis, export, the objective's report, summary."""
     tc = prepared.config.training
     objective = prepared.objective
     best = checkpoints.restore("best", trainable, opt_state)
@@ -183,7 +183,6 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     test = objective.evaluate(bound, "test", eval_batch)
     with (run_dir / "metrics.jsonl").open("a") as log_file:
         _log(log_file, {"step": state["best_step"], "split": "test", **test})
-    report = objective.report(bound, eval_batch)
     metric = _curve_metric(tc)
     chance = objective.chance() if metric == "accuracy" else None  # e.g. always guessing the majority class
     diagnosis = curves.diagnose([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]],
@@ -192,13 +191,31 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
                 run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
     model = nnx.merge(graphdef, jax.device_get(trainable), jax.device_get(frozen))
-    written = objective.export(prepared, model, run_dir / "export")
+    written = objective.export(prepared, nnx.clone(model), run_dir / "export")  # exports change the model (merges)
+    report = objective.report(bound, eval_batch, model)
     count, total = objective.count(FINAL_STAGE)
     summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
                "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis,
                **({"before": state["before"]} if "before" in state else {}), **report}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _with_defaults(saved: dict) -> dict:
+    """A saved run config completed with today's defaults (a run saved before a setting existed had its
+    default)."""
+    import dataclasses
+
+    from tljax.train.config import RunConfig
+
+    def fill(base: dict, update: dict) -> dict:
+        merged = dict(base)
+        for key, value in update.items():
+            merged[key] = fill(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+                and key != "method" else value
+        return merged
+
+    return fill(dataclasses.asdict(RunConfig()), saved)
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -52,6 +52,8 @@ def parse_tasks(tasks: list[Any], shared: DataConfig) -> list[tuple[str, DataCon
             raise ConfigKeyError(f"task name {name!r} appears more than once in tasks; give each task its own name")
         if not name.replace("-", "_").isidentifier():
             raise ConfigKeyError(f"{where}: task name {name!r} must be a word (letters, digits, - and _)")
+        if hasattr(nnx.Dict, name) or name.startswith("_"):  # the heads live in an nnx.Dict, keyed by name
+            raise ConfigKeyError(f"{where}: task name {name!r} is reserved; choose another (e.g. {name}_task)")
         seen.add(name)
         fields = {**dataclasses.asdict(shared), "labels": None, **{k: v for k, v in raw.items() if k != "name"}}
         parsed.append((name, from_dict(DataConfig, fields, f"{where}.")))
@@ -124,6 +126,7 @@ class MultiTask(Objective):
 
     tasks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, label names)
     temperature: float = 2.0
+    task_data: tuple[DataConfig, ...] = ()  # each task's data settings (its text prefix goes into its export)
 
     def logits(self, model, batch, dropout_key=None) -> Array:
         """Each row's logits from its own task's head, padded to the widest head: [B, max classes]."""
@@ -170,7 +173,7 @@ class MultiTask(Objective):
             shares.append(counts.max() / counts.sum())
         return float(np.mean(shares))
 
-    def report(self, forward, batch_size):
+    def report(self, forward, batch_size, model):
         names = [name for name, _ in self.tasks]
         return {"tasks": {name: {"training_examples": len(encoded), "sampling_probability": float(p)}
                           for name, encoded, p in zip(names, self.encoded["train"], self.probabilities())}}
@@ -186,19 +189,19 @@ class MultiTask(Objective):
         heads = dict(model.task_heads.items())
         model.task_heads = None
         written = []
-        for name, labels in self.tasks:
+        for (name, labels), data in zip(self.tasks, self.task_data):
             single = nnx.clone(model)
             setattr(single, head_attribute(single), heads[name])
             single.config = single.config.replace(id2label=dict(enumerate(labels)))
             task_prepared = dataclasses.replace(prepared, label_names=labels,
-                                                config=dataclasses.replace(prepared.config, tasks=None))
+                                                config=dataclasses.replace(prepared.config, tasks=None, data=data))
             written += [f"{name}: {item}" for item in export(task_prepared, single, directory / name)]
         return written
 
 
 def multitask_objective(config, adaptation, tasks: list[tuple[str, tuple[str, ...], dict[str, Encoded]]],
-                        pad_id: int, max_length: int) -> MultiTask:
-    """The objective over prepared tasks: (name, label names, encoded splits) each."""
+                        task_data: list[DataConfig], pad_id: int, max_length: int) -> MultiTask:
+    """The objective over prepared tasks: (name, label names, encoded splits) each, and their data settings."""
     heads = TaskHeads(tasks=tuple((name, len(labels)) for name, labels, _ in tasks), seed=config.training.seed)
     heads.apply(adaptation.model, MethodContext())
     adaptation.methods = (*adaptation.methods, heads)
@@ -208,4 +211,4 @@ def multitask_objective(config, adaptation, tasks: list[tuple[str, tuple[str, ..
         encoded[split] = [dataclasses.replace(parts[split], extras={"task": np.full(len(parts[split]), k, np.int32)})
                           for k, (_, _, parts) in enumerate(tasks)]
     return MultiTask(adaptation, encoded, pad_id, max_length, tasks=tuple((n, tuple(l)) for n, l, _ in tasks),
-                     temperature=config.training.task_sampling_temperature)
+                     temperature=config.training.task_sampling_temperature, task_data=tuple(task_data))

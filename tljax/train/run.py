@@ -143,7 +143,7 @@ def prepare(config: RunConfig) -> Prepared:
                        for split_name, part in splits.items()}
             prepared_tasks.append((name, tuple(dataset.label_names), encoded))
             reports.append(f"task {name} ({task_data.source}):\n{describe_splits(splits)}")
-        objective = multitask_objective(config, adaptation, prepared_tasks, pad_id, max_length)
+        objective = multitask_objective(config, adaptation, prepared_tasks, [d for _, d in tasks], pad_id, max_length)
         report = "\n".join(reports)
     else:
         dataset = _load_labelled(data)
@@ -195,7 +195,11 @@ def load_evaluation_sets(config: RunConfig, tokenizer, max_length: int,
                             f"model is trained for {list(label_names)}; evaluate on a set with the same labels")
         limit = spec.get("max_examples")
         if limit is not None:
-            dataset = dataset.subset(range(min(int(limit), len(dataset))))
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ValueError(f"evaluation.{name}.max_examples must be a whole number >= 1, got {limit!r}")
+            dataset = dataset.subset(range(min(limit, len(dataset))))
+        if not len(dataset):
+            raise DataError(f"evaluation.{name} ({spec['source']}, split {split}) has no examples")
         to_model = [label_names.index(n) for n in dataset.label_names]
         labels = [to_model[label] for label in dataset.labels]
         sets.append(EvaluationSet(name, spec["source"], encode(dataset.texts, labels, tokenizer, max_length,
@@ -232,7 +236,11 @@ def export(prepared: Prepared, model: nnx.Module, directory: Path) -> list[str]:
         else None}, indent=2) + "\n")
     written = [str(directory / "trainable.safetensors")]
     tokenizer_source = prepared.model_dir
-    if names & PEFT_EXPORTABLE:
+    student_layers = config.distillation.student_layers if config.distillation else None
+    if names & PEFT_EXPORTABLE and student_layers:
+        log.warning("no PEFT export: the adapter's base would be the full-depth %s, not the student's %d layers "
+                    "(use export/model or trainable.safetensors)", config.model, len(student_layers))
+    elif names & PEFT_EXPORTABLE:
         try:
             save_peft(adaptation, directory / "adapter", base_model_name_or_path=str(prepared.model_dir))
             prepared.tokenizer.save_pretrained(directory / "adapter")
