@@ -42,7 +42,7 @@ def test_masked_lm_on_movie_reviews_lowers_the_held_out_loss(tmp_path):
     summary = train(tmp_path, "mlm", {
         "model": "minilm-l6", "task": "masked-lm",
         "data": {"source": "pang-lee-reviews", "max_length": 64, "validation": 0.05, "test": 0.05,
-                 "max_eval_examples": 16},
+                 "max_train_examples": 300, "max_eval_examples": 16},
         "method": {"name": "full"},
         "training": {**BUDGET, "learning_rate": 5e-5, "new_learning_rate": 1e-3, "max_steps": 30,
                      "metric_for_best_model": "loss"}})
@@ -54,7 +54,8 @@ def test_distilled_student_against_the_student_alone(tmp_path):
     """MiniLM-L3 learns from a MiniLM-L6 teacher; with the same budget it does at least as well as without
     the teacher (within 2 points: at this budget both are noisy), keeps most of the teacher's accuracy and
     is faster."""
-    data = {"source": "rotten-tomatoes", "max_length": 48, "max_eval_examples": 512}
+    # one epoch of 1,920 examples: the teacher's logits are computed once over them
+    data = {"source": "rotten-tomatoes", "max_length": 48, "max_train_examples": 1920, "max_eval_examples": 512}
     teacher = train(tmp_path, "teacher", {
         "model": "minilm-l6", "data": data, "method": {"name": "lora", "rank": 8, "targets": ["query", "value"]},
         "training": {**BUDGET, "learning_rate": 3e-3, "max_steps": 60}})
