@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -297,6 +298,8 @@ def distillation_objective(config, base: Classification, tokenizer, texts: dict[
     teacher_encoded = {name: encode(texts[name], base.encoded[name].labels, teacher_tokenizer, teacher_max,
                                     teacher_prefix) for name in ("train", "test")}
     train = base.encoded["train"]
+    print(f"distillation: the teacher ({settings.teacher}) predicts the {len(train):,} training examples once ...",
+          file=sys.stderr, flush=True)
     soft_targets = predict_logits(teacher, teacher_encoded["train"], teacher_pad, teacher_max)
     encoded = dict(base.encoded)
     encoded["train"] = dataclasses.replace(train, extras={**train.extras, "teacher_logits": soft_targets})
