@@ -244,11 +244,42 @@ def test_masking_follows_bert(tiny_model):
                         special_ids=np.asarray(tokenizer.all_special_ids))
     assert np.array_equal(again["input_ids"], masked["input_ids"])  # the same position, the same masks
 
+    # rows are capped at max_targets(T) masked tokens (one compiled shape for the gathered positions)
+    from tljax.train.language_modelling import max_targets
+
+    short = {k: v[:, :8] for k, v in batch.items() if k != "weights"} | {"weights": batch["weights"]}
+    capped = mask_tokens({**short, "attention_mask": np.ones_like(short["input_ids"])}, np.random.default_rng(2),
+                         mask_id=4, vocab_size=len(WORDS), special_ids=np.asarray([2, 3]))
+    assert ((capped["labels"] != -100).sum(1) <= max_targets(8)).all()
+
     # long documents are cut into windows, each framed by the special tokens
     windows = encode_windows(("good film " * 20,), tokenizer, 16)
     assert len(windows) == 3 and all(w[0] == tokenizer.cls_token_id and w[-1] == tokenizer.sep_token_id
                                      for w in windows.ids)
     assert sum(len(w) - 2 for w in windows.ids) == 40
+
+
+def test_masked_lm_loss_at_the_masked_positions_equals_the_loss_over_all_logits(tiny_model):
+    """Training scores only the masked positions; the result is the full-vocabulary loss over every position."""
+    import jax.numpy as jnp
+    from transformers import AutoTokenizer
+
+    from tljax.models import BertForMaskedLM
+    from tljax.train.language_modelling import mask_tokens, masked_lm_loss
+    from tljax.train.losses import language_model_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = BertForMaskedLM.from_pretrained(tiny_model, seed=1)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, len(WORDS), (6, 20)).astype(np.int32)
+    mask = (np.arange(20)[None] < rng.integers(8, 21, (6, 1))).astype(np.int32)
+    batch = mask_tokens({"input_ids": ids * mask, "attention_mask": mask, "weights": np.ones(6, np.float32)},
+                        rng, mask_id=tokenizer.mask_token_id, vocab_size=len(WORDS),
+                        special_ids=np.asarray(tokenizer.all_special_ids))
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    gathered, _ = masked_lm_loss(model, batch, None)
+    full, _ = language_model_loss(model, batch, None)
+    np.testing.assert_allclose(float(gathered), float(full), rtol=1e-6)
 
 
 def test_causal_lm_lowers_the_held_out_loss(tmp_path):

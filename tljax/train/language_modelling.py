@@ -21,7 +21,7 @@ import optax
 
 from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
 from tljax.data.sources import DataError, TextDataset
-from tljax.train.losses import language_model_loss
+from tljax.train.losses import cross_entropy, language_model_loss
 from tljax.train.objectives import Objective
 
 MASK_FRACTION, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
@@ -67,12 +67,27 @@ def encode_windows(texts: tuple[str, ...], tokenizer, max_length: int) -> Encode
     return Encoded(tuple(windows), np.zeros(len(windows), np.int32), 0)
 
 
+def max_targets(width: int) -> int:
+    """The most masked tokens a row of `width` tokens gets: 15% plus four standard deviations. Training
+    scores a fixed number of positions per row (one compiled shape), so rows are capped there; a row
+    reaches the cap about once in 30,000."""
+    mean = MASK_FRACTION * width
+    return min(width, math.ceil(mean + 4 * math.sqrt(mean * (1 - MASK_FRACTION))) + 1)
+
+
 def mask_tokens(batch: dict[str, np.ndarray], rng: np.random.Generator, *, mask_id: int, vocab_size: int,
                 special_ids: np.ndarray) -> dict[str, np.ndarray]:
-    """BERT's masking of a batch: `input_ids` corrupted, `labels` [B, T] the original ids where chosen, else -100."""
+    """BERT's masking of a batch: `input_ids` corrupted, `labels` [B, T] the original ids where chosen, else -100.
+
+    Each real, non-special token is chosen with probability 15% (at most `max_targets(T)` per row); of the
+    chosen, 80% become the mask token, 10% a random token, 10% stay as they are."""
     ids = batch["input_ids"]
     candidates = (batch["attention_mask"] > 0) & ~np.isin(ids, special_ids) & (batch["weights"][:, None] > 0)
-    chosen = candidates & (rng.random(ids.shape) < MASK_FRACTION)
+    priority = rng.random(ids.shape)
+    chosen = candidates & (priority < MASK_FRACTION)
+    # the cap: keep the chosen tokens of lowest priority (a uniformly random subset of them)
+    rank = np.argsort(np.argsort(np.where(chosen, priority, 2.0), axis=1, kind="stable"), axis=1, kind="stable")
+    chosen &= rank < max_targets(ids.shape[1])
     draw = rng.random(ids.shape)
     corrupted = np.where(chosen & (draw < MASK_TOKEN_SHARE), mask_id, ids)
     random_tokens = rng.integers(0, vocab_size, ids.shape, dtype=np.int32)
@@ -85,6 +100,24 @@ def next_token_labels(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Causal LM: every real token is a target (the loss shifts them by one)."""
     real = (batch["attention_mask"] > 0) & (batch["weights"][:, None] > 0)
     return {**batch, "labels": np.where(real, batch["input_ids"], -100).astype(np.int32)}
+
+
+def masked_logits(model, batch: dict, dropout_key=None) -> tuple:
+    """(logits [B, M, V], labels [B, M]) at each row's masked positions: M = `max_targets(T)`, rows with fewer
+    targets filled with label -100."""
+    labels = batch["labels"]
+    targets_first = jnp.argsort(labels == -100, axis=1, stable=True)[:, : max_targets(labels.shape[1])]
+    logits = model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key, positions=targets_first)
+    return logits, jnp.take_along_axis(labels, targets_first, axis=1)
+
+
+def masked_lm_loss(model, batch: dict, dropout_key=None):
+    """The masked-LM loss, scoring only the masked positions: equal to `language_model_loss` over all logits,
+    without computing the vocabulary logits of the 85% of tokens that are not targets."""
+    logits, labels = masked_logits(model, batch, dropout_key)
+    scored = labels != -100
+    loss, accuracy = cross_entropy(logits, jnp.where(scored, labels, 0), scored)
+    return loss, {"accuracy": accuracy}
 
 
 class LanguageModelBatches:
@@ -127,14 +160,14 @@ class LanguageModelling(Objective):
         return next_token_labels(batch)
 
     def loss(self, model, batch, dropout_key):
-        return language_model_loss(model, batch, dropout_key)
+        return (masked_lm_loss if self.masked else language_model_loss)(model, batch, dropout_key)
 
     def outputs(self, model, batch):
         """(summed token loss, predicted tokens, correct predictions) of the batch."""
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        labels = batch["labels"]
-        if not self.masked:
-            logits, labels = logits[:, :-1], labels[:, 1:]
+        if self.masked:
+            logits, labels = masked_logits(model, batch)
+        else:
+            logits, labels = model(batch["input_ids"], batch["attention_mask"])[:, :-1], batch["labels"][:, 1:]
         scored = labels != -100
         safe = jnp.where(scored, labels, 0)
         losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)

@@ -300,11 +300,16 @@ class BertForMaskedLM(PretrainedModel):
         }
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 *, dropout_key: Array | None = None) -> Array:
-        """[B, T] -> vocabulary logits [B, T, V] (virtual prompt tokens are not scored)."""
+                 *, dropout_key: Array | None = None, positions: Array | None = None) -> Array:
+        """[B, T] -> vocabulary logits [B, T, V] (virtual prompt tokens are not scored).
+
+        `positions` [B, M] scores only those token positions: logits [B, M, V]. Training predicts only the
+        masked tokens, and the vocabulary projection is most of a small model's cost."""
         k1, k2 = layer_keys(dropout_key, 2)
         hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1)
         hidden = hidden[:, self.bert.num_virtual_tokens:]
+        if positions is not None:
+            hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
         head = self.cls.predictions
         x = head.transform(hidden, k2)
         return self.bert.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]
