@@ -1,6 +1,5 @@
 """`python -m tljax.train`: configs, the loop, checkpoints, resume, errors and artifacts (tiny model, CSV)."""
 
-import csv
 import json
 import os
 import signal
