@@ -130,6 +130,7 @@ class Classification(Objective):
 
     label_names: tuple[str, ...] = ()
     evaluation_sets: tuple[EvaluationSet, ...] = ()
+    _batches: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     def loss(self, model, batch, dropout_key):
         return classification_loss(model, batch, dropout_key)
@@ -143,8 +144,10 @@ class Classification(Objective):
                              epoch=position["epoch"], index=position["index"])
 
     def evaluate(self, forward, split, batch_size):
-        batches = evaluation_batches(self.encoded[split], batch_size, self.pad_id, self.max_length)
-        return classify_batches(forward, batches, len(self.label_names))
+        key = (split, batch_size)  # the padded batches of a split are built once, not at every evaluation
+        if key not in self._batches:
+            self._batches[key] = evaluation_batches(self.encoded[split], batch_size, self.pad_id, self.max_length)
+        return classify_batches(forward, self._batches[key], len(self.label_names))
 
     def chance(self):
         counts = np.bincount(self.encoded["validation"].labels, minlength=len(self.label_names))
