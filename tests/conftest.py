@@ -46,20 +46,31 @@ FILLER = ["the", "film", "was", "a", "movie", "plot", "actors", "story", "really
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER]
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """A tiny random BERT with a word-level tokenizer, saved as a Hugging Face directory."""
+def save_word_tokenizer(directory: Path, *, bert: bool) -> None:
+    """A word-level tokenizer over WORDS saved in `directory`: BERT's ([CLS] text [SEP], a mask token) or a
+    decoder's (no template, [SEP] as end of text)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    directory = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                                   ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(directory)
+    if bert:
+        tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                                 special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        special = {"cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"}
+    else:
+        special = {"eos_token": "[SEP]"}
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
+                            **special).save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random BERT with a word-level tokenizer, saved as a Hugging Face directory."""
     from tljax.models import BertModel, EncoderConfig
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    save_word_tokenizer(directory, bert=True)
 
     config = EncoderConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=48, max_position_embeddings=64)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import FILLER, NEGATIVE, POSITIVE, WORDS, write_reviews
+from conftest import FILLER, NEGATIVE, POSITIVE, WORDS, save_word_tokenizer, write_reviews
 from tljax.train.__main__ import main
 
 TRAINING = {"learning_rate": 1e-2, "max_steps": 24, "per_device_train_batch_size": 16, "eval_steps": 8,
@@ -283,21 +283,15 @@ def test_masked_lm_loss_at_the_masked_positions_equals_the_loss_over_all_logits(
 
 
 def test_causal_lm_lowers_the_held_out_loss(tmp_path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from tljax.models import DecoderConfig, LlamaForCausalLM
 
     directory = tmp_path / "tiny-llama"
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     config = DecoderConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                            tie_word_embeddings=True)
     LlamaForCausalLM.from_config(config, seed=0).save_pretrained(directory)
     # after the model: writing a model directory replaces it whole
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
-                            eos_token="[SEP]").save_pretrained(directory)
+    save_word_tokenizer(directory, bert=False)
     text = write_text(tmp_path / "domain.txt")
     run = write_config(tmp_path, "clm", {
         "model": str(directory), "task": "causal-lm", "data": {"source": str(text), "max_length": 16},

@@ -215,17 +215,17 @@ class Distillation(Classification):
         student = [(size, rule) for path, size, rule in report if not path.startswith("distillation/")]
         return sum(s for s, r in student if r.trainable), sum(s for s, _ in student)
 
-    def report(self, forward, batch_size, model):
+    def report(self, forward, batch_size, model, test):
         """Teacher vs student on the test split: accuracy retained, parameters, inference throughput (both
         timed the same way: one compiled forward each, LoRA merged as a deployed model would be)."""
         from tljax.methods import merge_and_unload
 
-        result = super().report(forward, batch_size, model)
+        result = super().report(forward, batch_size, model, test)
         teacher_batches = evaluation_batches(self.teacher_encoded["test"], batch_size, self.teacher_pad_id,
                                              self.teacher_max_length)
         teacher_forward = _jitted_logits(self.teacher)
         teacher_metrics = classify_batches(teacher_forward, teacher_batches, len(self.label_names))
-        student_metrics = self.evaluate(forward, "test", batch_size)
+        student_metrics = test  # the loop has just evaluated the best checkpoint on the test split
         student = nnx.clone(model)
         student.distillation = None
         merge_and_unload(student)

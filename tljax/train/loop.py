@@ -192,7 +192,7 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
                 run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
     model = nnx.merge(graphdef, jax.device_get(trainable), jax.device_get(frozen))
     written = objective.export(prepared, nnx.clone(model), run_dir / "export")  # exports change the model (merges)
-    report = objective.report(bound, eval_batch, model)
+    report = objective.report(bound, eval_batch, model, test)
     count, total = objective.count(FINAL_STAGE)
     summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
                "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis,

@@ -173,7 +173,7 @@ class MultiTask(Objective):
             shares.append(counts.max() / counts.sum())
         return float(np.mean(shares))
 
-    def report(self, forward, batch_size, model):
+    def report(self, forward, batch_size, model, test):
         names = [name for name, _ in self.tasks]
         return {"tasks": {name: {"training_examples": len(encoded), "sampling_probability": float(p)}
                           for name, encoded, p in zip(names, self.encoded["train"], self.probabilities())}}

@@ -79,9 +79,9 @@ class Objective:
         where there is no such baseline."""
         return None
 
-    def report(self, forward: Forward, batch_size: int, model) -> dict[str, Any]:
+    def report(self, forward: Forward, batch_size: int, model, test: dict[str, float]) -> dict[str, Any]:
         """Figures beyond the test metrics for the run's summary (e.g. the teacher's, or other languages');
-        `forward` evaluates the trained model (`model`, merged, on the host)."""
+        `forward` evaluates the trained model (`model`, merged, on the host) whose test metrics are `test`."""
         return {}
 
     def export(self, prepared, model, directory: Path) -> list[str]:
@@ -153,7 +153,7 @@ class Classification(Objective):
         counts = np.bincount(self.encoded["validation"].labels, minlength=len(self.label_names))
         return float(counts.max() / counts.sum())
 
-    def report(self, forward, batch_size, model):
+    def report(self, forward, batch_size, model, test):
         """The test metrics on each extra evaluation set (zero-shot: no training example of theirs was seen)."""
         results = {}
         for item in self.evaluation_sets:
