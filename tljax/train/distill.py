@@ -229,8 +229,7 @@ class Distillation(Classification):
         student = nnx.clone(model)
         student.distillation = None
         merge_and_unload(student)
-        student_batches = evaluation_batches(self.encoded["test"], batch_size, self.pad_id, self.max_length)
-        student_speed = throughput(_jitted_logits(student), student_batches)
+        student_speed = throughput(_jitted_logits(student), self.evaluation_batches(self.encoded["test"], batch_size))
         teacher_speed = throughput(teacher_forward, teacher_batches)
         student_parameters = self.count()[1]
         teacher_parameters = sum(parameter_sizes(self.teacher).values())

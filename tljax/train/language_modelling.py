@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
+from tljax.data.batches import BatchIterator, Encoded
 from tljax.data.sources import DataError, TextDataset
 from tljax.train.losses import cross_entropy, language_model_loss
 from tljax.train.objectives import Objective
@@ -182,8 +182,7 @@ class LanguageModelling(Objective):
 
     def evaluate(self, forward, split, batch_size):
         total, tokens, correct = 0.0, 0, 0
-        for number, batch in enumerate(evaluation_batches(self.encoded[split], batch_size, self.pad_id,
-                                                          self.max_length)):
+        for number, batch in enumerate(self.evaluation_batches(self.encoded[split], batch_size)):
             # the same masks every time this split is evaluated
             batch = self.with_labels(batch, np.random.default_rng((self.seed, 1 << 20, number)))
             loss_sum, count, hits = forward(batch)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
+from tljax.data.batches import BatchIterator, Encoded
 from tljax.methods.base import Method, MethodContext, head_pattern
 from tljax.methods.rules import PathRules, Rule
 from tljax.models.layers import Linear, dropout, layer_keys
@@ -160,8 +160,7 @@ class MultiTask(Objective):
     def evaluate(self, forward, split, batch_size):
         per_task = {}
         for (name, labels), encoded in zip(self.tasks, self.encoded[split]):
-            batches = evaluation_batches(encoded, batch_size, self.pad_id, self.max_length)
-            per_task[name] = classify_batches(forward, batches, len(labels))
+            per_task[name] = classify_batches(forward, self.evaluation_batches(encoded, batch_size), len(labels))
         means = {metric: float(np.mean([m[metric] for m in per_task.values()]))
                  for metric in ("loss", "accuracy", "precision", "recall", "f1", "mcc")}
         return {**means, "tasks": per_task}

@@ -52,6 +52,15 @@ class Objective:
 
     metrics: tuple[str, ...] = dataclasses.field(default=CLASSIFICATION_METRICS, init=False)
     evaluate_before: bool = dataclasses.field(default=False, init=False)  # also evaluate before the first step
+    _padded: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def evaluation_batches(self, encoded: Encoded, batch_size: int) -> list[Batch]:
+        """The padded evaluation batches of one of this objective's encoded sets ([batch_size, <= max_length]
+        each), built once: a split is evaluated every `eval_steps` and again at the end."""
+        key = (id(encoded), batch_size)  # the encoded sets live as long as the objective
+        if key not in self._padded:
+            self._padded[key] = evaluation_batches(encoded, batch_size, self.pad_id, self.max_length)
+        return self._padded[key]
 
     def title(self) -> str:
         """A short name for plots: the methods applied."""
@@ -130,7 +139,6 @@ class Classification(Objective):
 
     label_names: tuple[str, ...] = ()
     evaluation_sets: tuple[EvaluationSet, ...] = ()
-    _batches: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     def loss(self, model, batch, dropout_key):
         return classification_loss(model, batch, dropout_key)
@@ -144,10 +152,8 @@ class Classification(Objective):
                              epoch=position["epoch"], index=position["index"])
 
     def evaluate(self, forward, split, batch_size):
-        key = (split, batch_size)  # the padded batches of a split are built once, not at every evaluation
-        if key not in self._batches:
-            self._batches[key] = evaluation_batches(self.encoded[split], batch_size, self.pad_id, self.max_length)
-        return classify_batches(forward, self._batches[key], len(self.label_names))
+        return classify_batches(forward, self.evaluation_batches(self.encoded[split], batch_size),
+                                len(self.label_names))
 
     def chance(self):
         counts = np.bincount(self.encoded["validation"].labels, minlength=len(self.label_names))
@@ -157,8 +163,8 @@ class Classification(Objective):
         """The test metrics on each extra evaluation set (zero-shot: no training example of theirs was seen)."""
         results = {}
         for item in self.evaluation_sets:
-            batches = evaluation_batches(item.encoded, batch_size, self.pad_id, self.max_length)
-            metrics = classify_batches(forward, batches, len(self.label_names))
+            metrics = classify_batches(forward, self.evaluation_batches(item.encoded, batch_size),
+                                       len(self.label_names))
             results[item.name] = {"source": item.source, "language": item.language, "examples": len(item.encoded),
                                   **metrics}
         return {"evaluation": results} if results else {}
