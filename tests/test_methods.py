@@ -225,20 +225,45 @@ def test_prefix_and_prompt_work_with_cached_generation():
         np.testing.assert_array_equal(cached, np.asarray(tokens[:, 6:]))
 
 
-def test_feature_extraction_fast_path_trains_the_same_head(pretrained):
-    from tljax.train.features import extract_features, train_head_on_features
+def test_a_layer_unfrozen_late_takes_adams_first_step(pretrained):
+    """Gradual unfreezing gives each newly unfrozen group a fresh Adam state: the first update of a layer
+    unfrozen at step 200 is Adam's first update (lr * g / (|g| + eps)), not one scaled by moments that stayed
+    zero while the shared step count advanced."""
+    from tljax.train.optim import reset_stage
+    from tljax.train.stages import training_stages
 
-    batch = synthetic_task(6)
-    slow = adapt(fresh("encoder", pretrained), [make_method("feature-extraction")])
-    slow.model.dropout_rate = 0.1  # the head's own dropout stays on: both paths must draw the same masks
-    fast = adapt(fresh("encoder", pretrained), [make_method("feature-extraction")])
-    fast.model.dropout_rate = 0.1
-    slow_model, _, _ = train(slow, batch, 8)
-    features = extract_features(fast.model, [batch])
-    fast_model = train_head_on_features(fast, features, [batch["labels"]], steps=8,
-                                        optimizer=OptimizerConfig(learning_rate=1e-2, lr_scheduler_type="constant"))
-    np.testing.assert_allclose(np.asarray(fast_model.classifier.kernel[...]),
-                               np.asarray(slow_model.classifier.kernel[...]), atol=1e-5)
+    every, lr = 200, 1e-3
+    adaptation = adapt(fresh("encoder", pretrained), [make_method("gradual-unfreezing", {"every": every})])
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(10**9))
+    start = np.asarray(trainable["bert"]["encoder"]["layer"][1]["output"]["dense"]["kernel"][...])
+    stages = training_stages(adaptation, trainable)
+    assert stages.starts == (0, 200, 400, 600) and stages.stage(199) == 0 and stages.stage(200) == 1
+    config = OptimizerConfig(learning_rate=lr, weight_decay=0.0, max_grad_norm=None, lr_scheduler_type="constant")
+    tx = build_optimizer(config, 1000, None, stages.stage_of)
+    opt_state = tx.init(trainable)
+    step_fn = make_train_step(graphdef, classification_loss, tx)
+    batch = synthetic_task(3)
+    top = "bert/encoder/layer/1/output/dense/kernel"  # unfrozen at step 200
+    stage = 0
+    for step in range(every + 1):
+        if stages.stage(step) != stage:  # as the loop does it
+            stage = stages.stage(step)
+            opt_state = reset_stage(opt_state, stage)
+        if step == every:
+            before = np.asarray(trainable["bert"]["encoder"]["layer"][1]["output"]["dense"]["kernel"][...])
+            grads = jax.grad(lambda t: classification_loss(nnx.merge(graphdef, t, frozen), batch,
+                                                           jax.random.key(step))[0])(trainable)
+            gradient = np.asarray(grads["bert"]["encoder"]["layer"][1]["output"]["dense"]["kernel"][...])
+        trainable, opt_state, _ = step_fn(trainable, frozen, opt_state, batch, jax.random.key(step),
+                                          stages.masks[stage])
+        if step == every - 1:  # held frozen until now
+            np.testing.assert_array_equal(trainable["bert"]["encoder"]["layer"][1]["output"]["dense"]["kernel"][...],
+                                          start, err_msg=top)
+    update = np.asarray(trainable["bert"]["encoder"]["layer"][1]["output"]["dense"]["kernel"][...]) - before
+    first_adam_step = -lr * gradient / (np.abs(gradient) + 1e-8)  # a fresh leaf's first update
+    assert np.abs(gradient).max() > 0
+    np.testing.assert_allclose(np.linalg.norm(update), np.linalg.norm(first_adam_step), rtol=1e-3)
+    np.testing.assert_allclose(update, first_adam_step, atol=lr * 1e-3)
 
 
 def test_bad_method_input_gets_clear_errors(pretrained):

@@ -211,6 +211,19 @@ def test_prefix_tuning_on_a_bert_classifier_matches_peft(bert_dir, tmp_path, pro
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
+def test_a_bert_prefix_export_warns_when_the_installed_transformers_cannot_load_it(bert_dir, tmp_path, caplog,
+                                                                                  monkeypatch):
+    import transformers
+
+    adaptation = bert_classifier(bert_dir, [PrefixTuning(num_virtual_tokens=3)])
+    for version, warns in (("5.23.0", False), ("5.24.0", True), ("6.0.0.dev0", True)):
+        monkeypatch.setattr(transformers, "__version__", version)
+        caplog.clear()
+        save_peft(adaptation, tmp_path / version, base_model_name_or_path=str(bert_dir))
+        assert (tmp_path / version / "adapter_model.safetensors").is_file()  # written either way
+        assert ("cannot load a BERT prefix adapter" in caplog.text) is warns, version
+
+
 @pytest.mark.parametrize("projection", [None, 16], ids=["table", "projected"])
 def test_prefix_tuning_on_a_llama_language_model_matches_peft(llama_dir, tmp_path, projection):
     adaptation = adapt(LlamaForCausalLM.from_pretrained(llama_dir),

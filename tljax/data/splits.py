@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
-from tljax.data.sources import SPLIT_NAMES, DataError, TextDataset
+from tljax.data.dataset import SPLIT_NAMES, DataError, TextDataset
 
 
 class Splits(dict[str, TextDataset]):

@@ -17,7 +17,7 @@ from tljax.methods.lora import LoRA, merge, merge_and_unload, unmerge
 from tljax.methods.peft import save_peft
 from tljax.methods.prefix import PrefixTuning, freeze_prefix
 from tljax.methods.prompt import PromptTuning, PTuning, freeze_prompt
-from tljax.methods.rules import PathRules, Rule, RuleError
+from tljax.methods.rules import MethodError, PathRules, Rule, RuleError
 
 # name -> (class, fixed options)
 METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
@@ -38,19 +38,19 @@ METHODS: dict[str, tuple[type[Method], dict[str, Any]]] = {
 def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
     """A method by name with its options, e.g. make_method("lora", {"rank": 4}); errors list what is valid."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+        raise MethodError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
     cls, fixed = METHODS[name]
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in fixed]
     options = dict(options or {})
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
+        raise MethodError(f"method {name!r} has no option {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
     return cls(**fixed, **options)
 
 
 __all__ = [
     "METHODS", "Adaptation", "Adapters", "BitFit", "FeatureExtraction", "FullFineTuning", "GradualUnfreezing",
-    "LoRA", "Method", "MethodContext", "PTuning", "PartialFineTuning", "PathRules", "PrefixTuning", "PromptTuning",
+    "LoRA", "Method", "MethodContext", "MethodError", "PTuning", "PartialFineTuning", "PathRules", "PrefixTuning", "PromptTuning",
     "Rule", "RuleError", "adapt", "freeze_prefix", "freeze_prompt", "make_method", "merge", "merge_and_unload",
     "save_peft", "unmerge",
 ]

@@ -11,9 +11,11 @@ import sys
 
 from flax import nnx
 
+from tljax import zoo
+from tljax.errors import InputError
 from tljax.methods import METHODS, Adaptation, adapt, make_method
 from tljax.methods.rules import parameter_sizes
-from tljax.models import ConfigError, model_class, read_config_dict
+from tljax.models import model_class, read_config_dict
 
 
 def _class_and_config(directory, task: str, num_labels: int):
@@ -63,20 +65,19 @@ def format_table(rows: list[tuple[str, int, float]], model: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tljax.methods", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tljax.methods", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("--task", default="sequence-classification")
     parser.add_argument("--num-labels", type=int, default=2)
     parser.add_argument("--method", help="show which rule decides which parameters for this method")
     args = parser.parse_args(argv)
-    from tljax import zoo
-
     try:
         if args.method:
             print(describe_method(zoo.resolve(args.model), args.method, args.task, args.num_labels))
             return 0
         rows = trainable_table(zoo.resolve(args.model), args.task, args.num_labels)
-    except (zoo.UnknownModelError, ConfigError, ValueError, FileNotFoundError) as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(rows, args.model))

@@ -15,7 +15,7 @@ import jax
 from flax import nnx
 
 from tljax.methods.base import Method, MethodContext, linear_modules, replace_module
-from tljax.methods.rules import PathRules, Rule
+from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import ACTIVATIONS, Linear, layer_keys
 
 Array = jax.Array
@@ -62,11 +62,11 @@ class Adapters(Method):
 
     def __post_init__(self) -> None:
         if self.kind not in ("houlsby", "pfeiffer"):
-            raise ValueError(f"adapter kind {self.kind!r} is unknown; valid: houlsby, pfeiffer")
+            raise MethodError(f"adapter kind {self.kind!r} is unknown; valid: houlsby, pfeiffer")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"adapter activation {self.activation!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
+            raise MethodError(f"adapter activation {self.activation!r} is unknown; valid: {', '.join(ACTIVATIONS)}")
         if self.reduction_factor < 1:
-            raise ValueError(f"reduction_factor must be at least 1, got {self.reduction_factor}")
+            raise MethodError(f"reduction_factor must be at least 1, got {self.reduction_factor}")
 
     def _patterns(self, model_type: str) -> list[str]:
         patterns = [FEED_FORWARD_OUTPUT[model_type]]
@@ -91,10 +91,3 @@ class Adapters(Method):
     def new_parameters(self) -> tuple[str, ...]:
         return (r"/adapter/",)
 
-
-def houlsby(**kwargs) -> Adapters:
-    return Adapters(kind="houlsby", **kwargs)
-
-
-def pfeiffer(**kwargs) -> Adapters:
-    return Adapters(kind="pfeiffer", **kwargs)

@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 from flax import nnx
 
-from tljax.methods.rules import PathRules, Rule, parameter_sizes
+from tljax.methods.rules import MethodError, PathRules, Rule, parameter_sizes
 from tljax.models.checkpoint import path_str
 from tljax.models.layers import Linear
+from tljax.models.transforms import backbone
 
 FREEZE_REST = Rule(".*", False, "frozen (no method trains it)")
 
@@ -48,6 +49,10 @@ class Method:
         """Patterns of the parameters this method created (they may get their own learning rate)."""
         return ()
 
+    def stage_starts(self, model: nnx.Module) -> tuple[int, ...]:
+        """The training steps at which the rules of this method change (0 alone for a fixed set)."""
+        return (0,)
+
 
 @dataclasses.dataclass
 class Adaptation:
@@ -73,6 +78,10 @@ class Adaptation:
         if deciders:
             return rules + deciders[0].rules(self.model, step)
         return rules + PathRules((FREEZE_REST,))
+
+    def stage_starts(self) -> tuple[int, ...]:
+        """The steps at which the trainable set changes, 0 first: one stage from each to the next."""
+        return tuple(sorted({step for m in self.methods for step in m.stage_starts(self.model)} | {0}))
 
     def trainable(self, step: int = 0) -> nnx.filterlib.Filter:
         """NNX filter of the trainable parameters (use with `nnx.split(model, trainable, ...)`)."""
@@ -113,10 +122,10 @@ def adapt(model: nnx.Module, methods: Sequence[Method], *, context: MethodContex
     """Applies `methods` to `model` (in place) and returns the adaptation with its composed rules."""
     deciders = [m.name for m in methods if m.decides_backbone]
     if len(deciders) > 1:
-        raise ValueError(f"methods {deciders} each decide which pre-trained weights train; choose one")
+        raise MethodError(f"methods {deciders} each decide which pre-trained weights train; choose one")
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
-        raise ValueError(f"a method is given twice: {names}")
+        raise MethodError(f"a method is given twice: {names}")
     for method in methods:
         method.apply(model, context or MethodContext())
     adaptation = Adaptation(model, tuple(methods), train_head)
@@ -157,11 +166,6 @@ def replace_module(model: nnx.Module, path: str, new: nnx.Module) -> None:
         parent[int(last)] = new
     else:
         setattr(parent, last, new)
-
-
-def backbone(model: nnx.Module) -> nnx.Module:
-    """The pre-trained body of a model with a head (`model.bert`, `model.model`), or the model itself."""
-    return getattr(model, type(model).base_model_prefix, model)
 
 
 def set_dropout(module: nnx.Module, rate: float) -> None:

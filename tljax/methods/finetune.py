@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tljax.methods.base import EMBEDDINGS, Method, backbone, MethodContext, linear_modules, num_layers, set_dropout
-from tljax.methods.rules import PathRules, Rule, RuleError
+from tljax.methods.rules import MethodError, PathRules, Rule, RuleError
 
 
 def _layers_from(first: int, last: int, source: str, trainable: bool) -> list[Rule]:
@@ -82,10 +82,14 @@ class GradualUnfreezing(Method):
 
     def __post_init__(self) -> None:
         if self.every < 1:
-            raise ValueError(f"gradual unfreezing: every must be at least 1 step, got {self.every}")
+            raise MethodError(f"gradual unfreezing: every must be at least 1 step, got {self.every}")
 
     def unfrozen_layers(self, model: nnx.Module, step: int) -> int:
         return min(num_layers(model) + 1, self.start_layers + step // self.every)
+
+    def stage_starts(self, model: nnx.Module) -> tuple[int, ...]:
+        """Step 0, then every `every` steps until the embeddings (the last) unfreeze."""
+        return (0, *(k * self.every for k in range(1, num_layers(model) + 2 - self.start_layers)))
 
     def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
         total = num_layers(model)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tljax.methods.base import Method, MethodContext, linear_modules, replace_module
-from tljax.methods.rules import PathRules, Rule
+from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import Linear, dropout
 
 Array = jax.Array
@@ -72,13 +72,13 @@ class LoRA(Method):
         if self.target_pattern is not None:
             found = [p for p in linears if re.search(self.target_pattern, p)]
             if not found:
-                raise ValueError(f"LoRA target_pattern {self.target_pattern!r} matches no projection; "
+                raise MethodError(f"LoRA target_pattern {self.target_pattern!r} matches no projection; "
                                  f"projections are named: {', '.join(names)}")
             return found
         targets = self.targets or DEFAULT_TARGETS.get(model.config.model_type, ())
         unknown = sorted(set(targets) - set(names))
         if unknown or not targets:
-            raise ValueError(f"unknown LoRA target modules {unknown or list(targets)}; valid: {', '.join(names)}")
+            raise MethodError(f"unknown LoRA target modules {unknown or list(targets)}; valid: {', '.join(names)}")
         return [p for p in linears if p.rsplit("/", 1)[-1] in targets]
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
@@ -88,9 +88,9 @@ class LoRA(Method):
         for path, key in zip(paths, keys):
             base = linears[path]
             if isinstance(base, LoRALinear):
-                raise ValueError(f"{path} already has a LoRA adapter")
+                raise MethodError(f"{path} already has a LoRA adapter")
             if not 0 < self.rank <= min(base.in_features, base.out_features):
-                raise ValueError(f"LoRA rank {self.rank} is invalid for {path} ({base.in_features} -> "
+                raise MethodError(f"LoRA rank {self.rank} is invalid for {path} ({base.in_features} -> "
                                  f"{base.out_features}): it must be between 1 and "
                                  f"{min(base.in_features, base.out_features)}")
             replace_module(model, path, LoRALinear(base, self.rank, self.alpha, self.dropout, key))

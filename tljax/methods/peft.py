@@ -12,11 +12,17 @@ refused: such a model is exported whole with `save_pretrained` (after `merge_and
 The base directory PEFT loads the adapter onto must hold the weights the adaptation started from. When
 BitFit gave a Llama model new biases, that base must have been saved from our model (its config then
 says `attention_bias` / `mlp_bias`, so that PyTorch builds the biases the adapter file fills).
+
+Prefix adapters load in PyTorch through the model's past key values. For Llama models every `transformers`
+5.x does this; for BERT models only `transformers` up to 5.23 (5.24 removed past key values from BERT, and
+`peft` then refuses the adapter with "Model does not support past key values"). `constraints.txt` pins a
+version that loads both; exporting a BERT prefix adapter with a newer `transformers` installed warns.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,12 @@ from safetensors.numpy import save_file
 from tljax.methods.base import Adaptation, backbone, head_pattern, linear_modules
 from tljax.methods.lora import LoRALinear
 from tljax.methods.prefix import prefix_encoder
+from tljax.methods.prompt import PromptEncoder
 from tljax.models.checkpoint import atomic_directory, hf_name, path_str
+
+log = logging.getLogger(__name__)
+# the newest transformers (major, minor) whose BERT takes past key values (what PEFT prefix tuning needs)
+BERT_PREFIX_UP_TO = (5, 23)
 
 # our model class -> PEFT task type
 TASK_TYPES = {
@@ -174,8 +185,6 @@ def _prompt_learning_config(num_virtual_tokens: int, token_dim: int, num_layers:
 
 def _prompt(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.ndarray]]:
     """Prompt tuning / P-tuning: the virtual tokens [P, H] (P-tuning's encoder output) as `prompt_embeddings`."""
-    from tljax.methods.prompt import PromptEncoder
-
     model = adaptation.model
     prompt = backbone(model).prompt
     if prompt is None:
@@ -199,6 +208,8 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
     encoder = prefix_encoder(model)
     if encoder is None:
         raise ValueError("the model has no prefix to export")
+    if type(model).__name__.startswith("Bert"):
+        _warn_if_bert_prefix_cannot_load()
     table = _array(encoder.table())
     method = next(m for m in adaptation.methods if m.name == "prefix")
     out = {"peft_type": "PREFIX_TUNING", "prefix_projection": False,
@@ -206,6 +217,16 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
     out.update(_prompt_learning_config(encoder.num_virtual_tokens, encoder.kv_heads * encoder.head_dim,
                                        encoder.num_layers, encoder.kv_heads))
     return _prompt_learning_files(adaptation, task_type, out, table, r"/prefix/encoder/")
+
+
+def _warn_if_bert_prefix_cannot_load() -> None:
+    import transformers
+
+    version = tuple(int(part) for part in re.findall(r"\d+", transformers.__version__)[:2])
+    if version > BERT_PREFIX_UP_TO:
+        log.warning("transformers %s cannot load a BERT prefix adapter in PyTorch (its BERT takes no past key "
+                    "values; 5.23 and older can: pip install 'transformers<=5.23'); the adapter is written, and "
+                    "tljax.predict loads it", transformers.__version__)
 
 
 def _prompt_learning_files(adaptation: Adaptation, task_type: str, config: dict, table: np.ndarray,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tljax.methods.base import Method, MethodContext
-from tljax.methods.rules import PathRules, Rule
+from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import Linear
 
 Array = jax.Array
@@ -83,7 +83,7 @@ class PrefixTuning(Method):
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         if self.num_virtual_tokens < 1:
-            raise ValueError(f"prefix tuning needs at least 1 virtual token, got {self.num_virtual_tokens}")
+            raise MethodError(f"prefix tuning needs at least 1 virtual token, got {self.num_virtual_tokens}")
         layers = attention_modules(model)
         config = model.config
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -92,7 +92,7 @@ class PrefixTuning(Method):
                                 self.projection_size, param_dtype=jnp.float32, rngs=nnx.Rngs(context.seed))
         for index, attention in enumerate(layers):
             if attention.prefix is not None:
-                raise ValueError("the model already has a prefix")
+                raise MethodError("the model already has a prefix")
             attention.prefix = LayerPrefix(encoder, index)
 
     def rules(self, model: nnx.Module, step: int = 0) -> PathRules:

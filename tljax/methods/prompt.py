@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from tljax.methods.base import Method, MethodContext, backbone
-from tljax.methods.rules import PathRules, Rule
+from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import Linear, dropout
 
 Array = jax.Array
@@ -108,12 +108,12 @@ def initial_prompt(model: nnx.Module, count: int, init: str, text: str | None, c
         return table[jax.random.randint(key, (count,), 0, table.shape[0])]
     if init == "text":
         if not text or context.tokenizer is None:
-            raise ValueError('prompt init "text" needs init_text and a tokenizer (e.g. the label words)')
+            raise MethodError('prompt init "text" needs init_text and a tokenizer (e.g. the label words)')
         ids = context.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"init_text {text!r} has no tokens")
+            raise MethodError(f"init_text {text!r} has no tokens")
         return table[jnp.asarray(np.resize(ids, count))]
-    raise ValueError(f"prompt init {init!r} is unknown; valid: random, vocab, text")
+    raise MethodError(f"prompt init {init!r} is unknown; valid: random, vocab, text")
 
 
 def backbone_embeddings(model: nnx.Module) -> Array:
@@ -125,7 +125,7 @@ def backbone_embeddings(model: nnx.Module) -> Array:
 def _install(model: nnx.Module, prompt: PromptEmbedding) -> None:
     body = backbone(model)
     if body.prompt is not None:
-        raise ValueError("the model already has a soft prompt (prompt tuning and P-tuning do not combine)")
+        raise MethodError("the model already has a soft prompt (prompt tuning and P-tuning do not combine)")
     body.prompt = prompt
 
 
@@ -140,7 +140,7 @@ class PromptTuning(Method):
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         if self.num_virtual_tokens < 1:
-            raise ValueError(f"prompt tuning needs at least 1 virtual token, got {self.num_virtual_tokens}")
+            raise MethodError(f"prompt tuning needs at least 1 virtual token, got {self.num_virtual_tokens}")
         initial = initial_prompt(model, self.num_virtual_tokens, self.init, self.init_text, context)
         _install(model, PromptEmbedding(initial.astype(jnp.float32)))
 
@@ -162,7 +162,7 @@ class PTuning(PromptTuning):
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         if self.encoder not in ("mlp", "lstm"):
-            raise ValueError(f"P-tuning encoder {self.encoder!r} is unknown; valid: mlp, lstm")
+            raise MethodError(f"P-tuning encoder {self.encoder!r} is unknown; valid: mlp, lstm")
         initial = initial_prompt(model, self.num_virtual_tokens, self.init, self.init_text, context)
         hidden = self.encoder_hidden_size or model.config.hidden_size
         _install(model, PromptEncoder(initial.astype(jnp.float32), self.encoder, hidden, self.encoder_dropout,

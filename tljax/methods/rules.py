@@ -15,6 +15,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from tljax.errors import InputError
 from tljax.models.checkpoint import path_str
 
 
@@ -27,7 +28,11 @@ class Rule:
     source: str = "rules"  # the method or config that contributed the rule, for the report
 
 
-class RuleError(ValueError):
+class MethodError(InputError):
+    """A method, a method option or a combination of methods that cannot be used as given."""
+
+
+class RuleError(MethodError):
     """A rule set that does not decide every parameter, or an invalid pattern."""
 
 

@@ -14,6 +14,7 @@ from flax import nnx
 from tljax.models.checkpoint import (
     CheckpointError,
     fill_parameters,
+    hf_name,
     model_to_hf_tensors,
     read_tensors,
     write_model_directory,
@@ -27,7 +28,7 @@ def read_config_dict(directory: Path) -> dict[str, Any]:
     """The parsed `config.json` of a model directory, with a clear error when there is none."""
     directory = Path(directory)
     if not directory.exists():
-        raise FileNotFoundError(f"model directory {directory} does not exist")
+        raise CheckpointError(f"model directory {directory} does not exist")
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory} is not a Hugging Face model directory: it has no config.json")
     return json.loads((directory / "config.json").read_text())
@@ -45,6 +46,9 @@ class PretrainedModel(nnx.Module):
     new_parameters: ClassVar[tuple[str, ...]] = ()
     # checkpoint tensors of other heads that this class does not have (regular expression)
     unused_tensors: ClassVar[str | None] = None
+    # what generic code may ask of a model, instead of checking its family
+    predicts_next_token: ClassVar[bool] = False  # logits at t score token t + 1 (causal LM)
+    returns_hidden_states: ClassVar[bool] = False  # __call__ takes output_hidden_states=True
     config: HFConfig
 
     def tied_parameters(self) -> dict[str, str]:
@@ -117,8 +121,6 @@ def _initialise(abstract_filled: nnx.Module, names: list[str], seed: int) -> Non
 
     The whole model's initialiser runs under `jax.jit`, so XLA computes only the values asked for.
     """
-    from tljax.models.checkpoint import hf_name
-
     cls, config = type(abstract_filled), abstract_filled.config
     dtypes = {hf_name(p): v.dtype for p, v in nnx.to_flat_state(nnx.state(abstract_filled, nnx.Param))}
 

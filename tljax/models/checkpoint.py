@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from tljax.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # Non-parameter buffers that PyTorch checkpoints may carry; they hold nothing we need.
@@ -41,7 +43,7 @@ TOKENIZER_FILES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A model directory that does not fit the model it is loaded into."""
 
 

@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
+from tljax.errors import InputError
+
 # Attributes Hugging Face writes that do not change the forward computation.
 METADATA_KEYS = frozenset(
     {
@@ -39,7 +41,7 @@ GENERIC_REQUIRED: dict[str, tuple[Any, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config attribute the model code does not implement, or an invalid value."""
 
 

@@ -1,2 +1,5 @@
-"""Training: typed configs, the optimiser over the trainable parameters only, pure jitted steps, losses,
-the loop with its checkpoints, curves and export, and data parallelism over a device mesh."""
+"""Training: typed configs (`config`), the optimiser over the trainable parameters only (`optim`), the pure
+jitted step (`step`), losses, stages of gradual unfreezing (`stages`), the loop with its checkpoints, curves and
+export (`loop`, `checkpoints`, `curves`), one run per output folder (`rundir`), data parallelism over a device
+mesh (`sharding`), and what a run trains: `run.prepare` and the objectives (`objectives`, `features`,
+`distill`, `multitask`, `language_modelling`). The model of a finished run and its export are `tljax.runs`."""

@@ -23,57 +23,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
+    # the heavy imports (JAX, transformers) after argument parsing, so that --help answers at once
+    from tljax.errors import InputError
+    from tljax.runs import FINAL_STEP
+    from tljax.train.config import load_config
     from tljax.train.loop import TrainingStopped, train, write_config
+    from tljax.train.rundir import RunLock, check_usable
+    from tljax.train.run import prepare
 
     try:
-        config = _load(args)
+        config = load_config(args.config, args.overrides)  # every setting checked here
         run_dir = Path(config.output_dir)
-        if run_dir.exists() and not args.resume and any(run_dir.iterdir()):
-            raise ValueError(f"{run_dir} already holds a run: continue it with --resume, or choose another "
-                             "output_dir (--set output_dir=runs/NAME)")
-        if args.resume and not any((run_dir / "checkpoints" / "latest").glob("[0-9]*")):
-            raise ValueError(f"--resume: {run_dir} has no checkpoint to continue from")
-        from tljax.train.run import prepare
-
+        check_usable(run_dir, resume=args.resume)  # refused at once: another run's folder, or a finished one
         prepared = prepare(config)  # every input checked before anything is written
-    except Exception as error:  # noqa: BLE001 - bad input of any kind: one line, no traceback
-        if not _is_input_error(error):
-            raise
+        with RunLock(run_dir, resume=args.resume):
+            if not args.resume:  # a resumed run keeps its own record (the loop checks the config is the same)
+                write_config(prepared, run_dir)
+            print(prepared.split_report, file=sys.stderr)
+            count, total = prepared.objective.count(FINAL_STEP)
+            print(f"{config.model}: training {count:,} of {total:,} parameters ({100 * count / total:.2f}%)",
+                  file=sys.stderr)
+            summary = train(prepared, run_dir, resume=args.resume)
+    except InputError as error:  # the user's input: one line; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume:  # a resumed run keeps its own record (the loop checks the config is the same)
-        write_config(prepared, run_dir)
-    print(prepared.split_report, file=sys.stderr)
-    count, total = prepared.objective.count(10**9)
-    print(f"{config.model}: training {count:,} of {total:,} parameters ({100 * count / total:.2f}%)", file=sys.stderr)
-    try:
-        summary = train(prepared, run_dir, resume=args.resume)
     except TrainingStopped as stopped:
         print(f"stopped: {stopped}", file=sys.stderr)
         return EXIT_STOPPED
-    except ValueError as error:  # a resume whose config differs
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     _report(summary, run_dir)
     return 0
-
-
-def _load(args):
-    from tljax.train.config import load_config
-
-    return load_config(args.config, args.overrides)
-
-
-def _is_input_error(error: Exception) -> bool:
-    from tljax.data.sources import DataError
-    from tljax.models import CheckpointError, ConfigError
-    from tljax.train.config import ConfigKeyError
-    from tljax.zoo import UnknownModelError
-
-    return isinstance(error, (ConfigKeyError, DataError, UnknownModelError, ConfigError, CheckpointError,
-                              FileNotFoundError, ValueError))
 
 
 def _metrics_line(metrics: dict) -> str:

@@ -13,9 +13,11 @@ from typing import Any
 
 import yaml
 
+from tljax.errors import InputError
 
-class ConfigKeyError(ValueError):
-    """A config key that does not exist, or a value of the wrong type."""
+
+class ConfigKeyError(InputError):
+    """A config key that does not exist, a value of the wrong type, or a setting out of its range."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,18 @@ class DataConfig:
     max_train_examples: int | None = None  # a smaller budget: the first N training examples of the split
     max_eval_examples: int | None = None
     text_prefix: str = ""  # e.g. "query: " for e5 models
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ConfigKeyError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigKeyError(f"data.{name} must be at least 1 (or null for all), got {value}")
+
+
+SCHEDULES = ("linear", "cosine", "constant")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +71,26 @@ class TrainingConfig:
     task_sampling_temperature: float = 2.0
 
     def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ConfigKeyError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if self.new_learning_rate is not None and self.new_learning_rate <= 0:
+            raise ConfigKeyError(f"training.new_learning_rate must be > 0 (or null), got {self.new_learning_rate}")
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise ConfigKeyError(f"training.lr_scheduler_type {self.lr_scheduler_type!r} is unknown; valid: "
+                                 f"{', '.join(SCHEDULES)}")
+        if self.dtype not in DTYPES:
+            raise ConfigKeyError(f"training.dtype {self.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigKeyError(f"training.warmup_ratio must be between 0 and 1, got {self.warmup_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigKeyError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.num_train_epochs <= 0:
+            raise ConfigKeyError(f"training.num_train_epochs must be > 0, got {self.num_train_epochs}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigKeyError(f"training.max_grad_norm must be > 0 (or null: no clipping), got {self.max_grad_norm}")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigKeyError("training.early_stopping_patience must be at least 1 (or null: never stop early), "
+                                 f"got {self.early_stopping_patience}")
         metrics = ("accuracy", "f1", "precision", "recall", "mcc", "loss", "perplexity")
         if self.metric_for_best_model not in metrics:
             raise ConfigKeyError(f"training.metric_for_best_model {self.metric_for_best_model!r} is unknown; "
@@ -123,10 +157,17 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigKeyError(f"task {self.task!r} is unknown; valid: {', '.join(TASKS)}")
+        self.check_methods()
 
     def methods(self) -> list[dict[str, Any]]:
         """The method specs as a list (a single method may be written as one mapping)."""
         return list(self.method) if isinstance(self.method, list) else [dict(self.method)]
+
+    def check_methods(self) -> None:
+        specs = self.method if isinstance(self.method, list) else [self.method]
+        for spec in specs:
+            if not isinstance(spec, dict) or not spec.get("name"):
+                raise ConfigKeyError(f"method {spec!r} needs a name, e.g. method: {{name: lora, rank: 8}}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,7 +289,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     else:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
+            raise ConfigKeyError(f"config file {path} does not exist")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigKeyError(f"{path} must hold a mapping of config sections")

@@ -12,7 +12,6 @@ frozen teacher inside the same compiled step, and needs the student's tokenizer 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,11 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from transformers import AutoTokenizer
+
+from tljax import models
 from tljax.data.batches import Encoded, encode, evaluation_batches, make_batch
+from tljax.methods import merge_and_unload
 from tljax.methods.base import Method, MethodContext
 from tljax.methods.rules import PathRules, Rule, parameter_sizes
 from tljax.models.layers import Linear, layer_keys
-from tljax.train.config import DistillationConfig
+from tljax.models.transforms import backbone, jit_bound
+from tljax.runs import RunInfo, export_run, load_exported
+from tljax.train.config import ConfigKeyError, DistillationConfig, RunConfig
 from tljax.train.losses import cross_entropy
 from tljax.train.objectives import Classification, classify_batches
 
@@ -66,6 +71,18 @@ class HiddenStateMatching(Method):
         return (r"^distillation/projections/",)
 
 
+@dataclasses.dataclass
+class Teacher:
+    """A trained classifier that teaches: its model, tokenizer, labels and how it reads text."""
+
+    source: str  # as the config names it
+    model: nnx.Module
+    tokenizer: Any
+    labels: tuple[str, ...]
+    text_prefix: str
+    max_length: int
+
+
 def resolve_teacher(spec: str) -> Path:
     """The directory holding the teacher: a run's export, or a Hugging Face directory."""
     path = Path(spec).expanduser()
@@ -74,48 +91,21 @@ def resolve_teacher(spec: str) -> Path:
             return candidate
     if (path / "config.json").is_file():
         return path
-    raise FileNotFoundError(f"distillation.teacher {spec!r} is neither a tljax run (a directory with "
-                            "export/run.json) nor a Hugging Face sequence-classification directory (config.json)")
+    raise ConfigKeyError(f"distillation.teacher {spec!r} is neither a tljax run (a directory with "
+                         "export/run.json) nor a Hugging Face sequence-classification directory (config.json)")
 
 
-def load_teacher(spec: str, seed: int) -> tuple[nnx.Module, Any, tuple[str, ...], str, int]:
-    """(teacher model, its tokenizer, its label names, its text prefix, its max length)."""
-    from transformers import AutoTokenizer
-
-    from tljax import models
-    from tljax.train.run import load_exported
-
+def load_teacher(spec: str, seed: int) -> Teacher:
+    """The teacher a run or a Hugging Face sequence-classification directory holds (LoRA merged)."""
     directory = resolve_teacher(spec)
     if (directory / "run.json").is_file():
-        from tljax.methods import merge_and_unload
-
         model, tokenizer, info = load_exported(directory)
         merge_and_unload(model)  # a LoRA teacher as one plain model: nothing of it looks trainable, and it is faster
-        return model, tokenizer, tuple(info["labels"]), info.get("text_prefix", ""), int(info.get("max_length", 512))
+        return Teacher(spec, model, tokenizer, info.labels, info.text_prefix, info.max_length)
     model = models.from_pretrained(directory, "sequence-classification", seed=seed)
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-    return model, AutoTokenizer.from_pretrained(directory), labels, "", model.config.max_position_embeddings
-
-
-def select_layers(model: nnx.Module, indices: list[int]) -> None:
-    """Keeps only the backbone layers at `indices` (0-based, in order), in place: a student built from a
-    subset of a deeper model's layers (as DistilBERT is initialised from every other BERT layer)."""
-    from tljax.methods.base import backbone
-
-    body = backbone(model)
-    layers = body.encoder.layer if hasattr(body, "encoder") else body.layers
-    count = len(layers)
-    if not indices or any(not isinstance(i, int) or not 0 <= i < count for i in indices) \
-            or sorted(set(indices)) != list(indices):
-        raise ValueError(f"distillation.student_layers {indices} must be increasing layer indices in 0..{count - 1} "
-                         f"(the model has {count} layers), e.g. {list(range(0, count, 2))}")
-    kept = nnx.List([layers[i] for i in indices])
-    if hasattr(body, "encoder"):
-        body.encoder.layer = kept
-    else:
-        body.layers = kept
-    config = model.config.replace(num_hidden_layers=len(indices))
-    model.config = body.config = config
+    return Teacher(spec, model, AutoTokenizer.from_pretrained(directory), labels, "",
+                   model.config.max_position_embeddings)
 
 
 def even_layer_map(student_layers: int, teacher_layers: int) -> tuple[tuple[int, int], ...]:
@@ -124,13 +114,9 @@ def even_layer_map(student_layers: int, teacher_layers: int) -> tuple[tuple[int,
 
 
 def _jitted_logits(model: nnx.Module):
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def logits(state, input_ids, attention_mask):
-        return nnx.merge(graphdef, state)(input_ids, attention_mask)
-
-    return lambda batch: np.asarray(logits(state, batch["input_ids"], batch["attention_mask"]), np.float32)
+    """batch -> the model's logits [B, C] (float32, on the host); the parameters stay on the device."""
+    logits = jit_bound(model, lambda m, ids, mask: m(ids, mask))
+    return lambda batch: np.asarray(logits(batch["input_ids"], batch["attention_mask"]), np.float32)
 
 
 def predict_logits(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int,
@@ -195,7 +181,8 @@ class Distillation(Classification):
             _, teacher_states = parts.teacher(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
             real = batch["attention_mask"].astype(jnp.float32)[..., None]
             # virtual prompt tokens (of either model) have no counterpart in the other
-            offset, teacher_offset = model.bert.num_virtual_tokens, parts.teacher.bert.num_virtual_tokens
+            offset = backbone(model).num_virtual_tokens
+            teacher_offset = backbone(parts.teacher).num_virtual_tokens
             hidden = 0.0
             for projection, (i, j) in zip(parts.projections, self.layer_map):
                 student = projection(student_states[i][:, offset:]).astype(jnp.float32)
@@ -217,9 +204,8 @@ class Distillation(Classification):
 
     def report(self, forward, batch_size, model, test):
         """Teacher vs student on the test split: accuracy retained, parameters, inference throughput (both
-        timed the same way: one compiled forward each, LoRA merged as a deployed model would be)."""
-        from tljax.methods import merge_and_unload
-
+        timed the same way: one compiled forward each with its parameters on the device, LoRA merged as a
+        deployed model would be)."""
         result = super().report(forward, batch_size, model, test)
         teacher_batches = evaluation_batches(self.teacher_encoded["test"], batch_size, self.teacher_pad_id,
                                              self.teacher_max_length)
@@ -245,64 +231,63 @@ class Distillation(Classification):
         }
         return result
 
-    def export(self, prepared, model, directory: Path) -> list[str]:
-        """The student alone, as any classification run exports it."""
-        from tljax.train.run import export
-
-        if getattr(model, "distillation", None) is not None:
-            model.distillation = None
-        written = export(prepared, model, directory)
-        if self.settings.student_layers:  # the student is not the packaged model's full depth
-            info = json.loads((directory / "run.json").read_text())
-            info["student_layers"] = list(self.settings.student_layers)
-            (directory / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-        return written
+    def export(self, model, info: RunInfo, directory: Path, *, model_dir: Path, tokenizer) -> list[str]:
+        """The student alone, as any classification run exports it (its `student_layers` in the record)."""
+        model.distillation = None
+        return export_run(directory, model, self.adaptation.methods, info, model_dir=model_dir, tokenizer=tokenizer)
 
 
-def distillation_objective(config, base: Classification, tokenizer, texts: dict[str, tuple[str, ...]]) -> Distillation:
-    """Wraps a prepared classification objective with the configured teacher; every check happens here."""
+def hidden_state_matching(config: RunConfig, model_dir: Path, tokenizer, teacher: Teacher,
+                          label_names: tuple[str, ...]) -> HiddenStateMatching | None:
+    """The internal method that puts the teacher and the projections on the student when the config matches
+    hidden states (None otherwise), after every check that the teacher can teach this student."""
     settings: DistillationConfig = config.distillation
-    teacher, teacher_tokenizer, teacher_labels, teacher_prefix, teacher_max = load_teacher(settings.teacher,
-                                                                                         config.training.seed)
-    if tuple(teacher_labels) != tuple(base.label_names):
-        raise ValueError(f"the teacher {settings.teacher} predicts labels {list(teacher_labels)}, but the student's "
-                         f"task has {list(base.label_names)}; distil from a teacher trained on the same labels "
-                         "(in the same order)")
-    student = base.adaptation.model
-    layer_map: tuple[tuple[int, int], ...] = ()
-    if settings.hidden_weight > 0:
-        if not hasattr(student, "bert") or not hasattr(teacher, "bert"):
-            raise ValueError("hidden-state matching (distillation.hidden_weight > 0) is implemented for encoder "
-                             "(BERT-family) students and teachers; set distillation.hidden_weight=0")
-        if teacher.bert.num_prefix_tokens:
-            raise ValueError("hidden-state matching cannot use a prefix-tuned teacher (its layers attend to extra "
+    if tuple(teacher.labels) != tuple(label_names):
+        raise ConfigKeyError(f"the teacher {settings.teacher} predicts labels {list(teacher.labels)}, but the "
+                             f"student's task has {list(label_names)}; distil from a teacher trained on the same "
+                             "labels (in the same order)")
+    if settings.hidden_weight == 0:
+        return None
+    student_config = models.read_config_dict(model_dir)
+    student_class = models.model_class(student_config.get("model_type", ""), "sequence-classification")
+    if not (student_class.returns_hidden_states and type(teacher.model).returns_hidden_states):
+        raise ConfigKeyError("hidden-state matching (distillation.hidden_weight > 0) needs a student and a teacher "
+                             "that return their hidden states (encoders); set distillation.hidden_weight=0")
+    if backbone(teacher.model).num_prefix_tokens:
+        raise ConfigKeyError("hidden-state matching cannot use a prefix-tuned teacher (its layers attend to extra "
                              "keys the student lacks); set distillation.hidden_weight=0")
-        if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"hidden-state matching needs the student ({config.model}) and the teacher "
+    if teacher.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigKeyError(f"hidden-state matching needs the student ({config.model}) and the teacher "
                              f"({settings.teacher}) to share a tokenizer, and theirs differ; set "
                              "distillation.hidden_weight=0 (logit distillation works across tokenizers)")
-        s_layers, t_layers = student.config.num_hidden_layers, teacher.config.num_hidden_layers
-        layer_map = tuple(tuple(pair) for pair in settings.layer_map) if settings.layer_map else \
-            even_layer_map(s_layers, t_layers)
-        bad = [pair for pair in layer_map if len(pair) != 2 or not 0 <= pair[0] <= s_layers or not 0 <= pair[1] <= t_layers]
-        if bad:
-            raise ValueError(f"distillation.layer_map {bad}: each pair is [student layer 0..{s_layers}, teacher "
+    s_layers = len(settings.student_layers) if settings.student_layers else student_config["num_hidden_layers"]
+    t_layers = teacher.model.config.num_hidden_layers
+    layer_map = tuple(tuple(pair) for pair in settings.layer_map) if settings.layer_map else \
+        even_layer_map(s_layers, t_layers)
+    bad = [pair for pair in layer_map if not 0 <= pair[0] <= s_layers or not 0 <= pair[1] <= t_layers]
+    if bad:
+        raise ConfigKeyError(f"distillation.layer_map {bad}: each pair is [student layer 0..{s_layers}, teacher "
                              f"layer 0..{t_layers}] (0 is the embeddings' output)")
-        method = HiddenStateMatching(teacher=teacher, layer_map=layer_map, seed=config.training.seed)
-        method.apply(student, MethodContext())
-        base.adaptation.methods = (*base.adaptation.methods, method)
-        base.adaptation.rules().filter(student)  # every new parameter decided
-    teacher_pad = teacher_tokenizer.pad_token_id if teacher_tokenizer.pad_token_id is not None else 0
-    teacher_max = min(teacher_max, teacher.config.max_position_embeddings)
-    teacher_encoded = {name: encode(texts[name], base.encoded[name].labels, teacher_tokenizer, teacher_max,
-                                    teacher_prefix) for name in ("train", "test")}
+    return HiddenStateMatching(teacher=teacher.model, layer_map=layer_map, seed=config.training.seed)
+
+
+def distillation_objective(config: RunConfig, base: Classification, teacher: Teacher,
+                           texts: dict[str, tuple[str, ...]]) -> Distillation:
+    """Wraps a prepared classification objective with the teacher: its soft targets computed once."""
+    settings: DistillationConfig = config.distillation
+    matching = next((m for m in base.adaptation.methods if isinstance(m, HiddenStateMatching)), None)
+    tokenizer = teacher.tokenizer
+    teacher_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    teacher_max = min(teacher.max_length, teacher.model.config.max_position_embeddings)
+    teacher_encoded = {name: encode(texts[name], base.encoded[name].labels, tokenizer, teacher_max,
+                                    teacher.text_prefix) for name in ("train", "test")}
     train = base.encoded["train"]
     print(f"distillation: the teacher ({settings.teacher}) predicts the {len(train):,} training examples once ...",
           file=sys.stderr, flush=True)
-    soft_targets = predict_logits(teacher, teacher_encoded["train"], teacher_pad, teacher_max)
+    soft_targets = predict_logits(teacher.model, teacher_encoded["train"], teacher_pad, teacher_max)
     encoded = dict(base.encoded)
     encoded["train"] = dataclasses.replace(train, extras={**train.extras, "teacher_logits": soft_targets})
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}
-    return Distillation(**{**fields, "encoded": encoded}, settings=settings, teacher=teacher,
+    return Distillation(**{**fields, "encoded": encoded}, settings=settings, teacher=teacher.model,
                         teacher_encoded=teacher_encoded, teacher_pad_id=teacher_pad, teacher_max_length=teacher_max,
-                        layer_map=layer_map)
+                        layer_map=matching.layer_map if matching else ())

@@ -1,43 +1,96 @@
-"""Feature extraction's fast path: run the frozen backbone once per example, then train only the head
-on the cached features. It trains the same head as running the whole model every step (same seed, same
-batches), because the frozen backbone is deterministic and the head draws the same dropout keys."""
+"""Feature extraction's fast path: the frozen backbone runs once per example, then only the head trains.
+
+When nothing but the task head trains and the backbone is a deterministic feature extractor (the
+`feature-extraction` method switches its dropout off), every step would recompute the same features. So
+`FeatureClassification` computes each example's features once (one forward pass over the data, the first
+time a split is needed) and trains and evaluates the head on them. It trains the same head as running the
+whole model every step: the batches are the same (same iterator, same seed), and `head_loss` gives the
+head the dropout key that `classification_loss` gives it inside the full model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-import jax
-import jax.numpy as jnp
+import dataclasses
+import re
+import sys
+import numpy as np
 from flax import nnx
 
-from tljax.methods.base import Adaptation
-from tljax.train.losses import head_loss
-from tljax.train.optim import OptimizerConfig, build_optimizer
-from tljax.train.step import make_train_step, split
+from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
+from tljax.methods import Adaptation
+from tljax.methods.base import head_pattern
+from tljax.models.transforms import jit_bound
+from tljax.train.losses import classification_loss, head_loss
+from tljax.train.objectives import Classification, MappedBatches
 
-Array = jax.Array
-
-
-def extract_features(model: nnx.Module, batches: Iterable[dict[str, Array]]) -> list[Array]:
-    """The head's input for every batch: a list of [B, H] arrays (one compiled call per batch shape)."""
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def features(state, input_ids, attention_mask):
-        return nnx.merge(graphdef, state).features(input_ids, attention_mask)
-
-    return [features(state, b["input_ids"], b["attention_mask"]) for b in batches]
+TOKEN_KEYS = ("input_ids", "attention_mask")
 
 
-def train_head_on_features(adaptation: Adaptation, features: Sequence[Array], labels: Sequence[Array], *,
-                           steps: int, optimizer: OptimizerConfig, seed: int = 0) -> nnx.Module:
-    """Trains the adaptation's trainable parameters (the head) on cached features, cycling through the
-    batches; step i uses dropout key `jax.random.key(seed + i)`, as the full-model loop does."""
-    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable())
-    tx = build_optimizer(optimizer, steps, adaptation.new_parameter_rules())
-    opt_state = tx.init(trainable)
-    step = make_train_step(graphdef, head_loss, tx)
-    for i in range(steps):
-        batch = {"features": features[i % len(features)], "labels": jnp.asarray(labels[i % len(labels)])}
-        trainable, opt_state, _ = step(trainable, frozen, opt_state, batch, jax.random.key(seed + i))
-    return nnx.merge(graphdef, trainable, frozen)
+def trains_only_the_head(adaptation: Adaptation) -> bool:
+    """Whether the fast path applies: feature extraction, and every trainable parameter is the head's."""
+    if "feature-extraction" not in {m.name for m in adaptation.methods}:
+        return False
+    pattern = head_pattern(adaptation.model)
+    trained = [path for path, _, rule in adaptation.rules().report(adaptation.model) if rule.trainable]
+    return pattern is not None and bool(trained) and all(re.search(pattern, path) for path in trained)
+
+
+def extract_features(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int,
+                     batch_size: int = 64) -> np.ndarray:
+    """The head's input for every example of `encoded`, in example order: [N, H] float32."""
+    features = jit_bound(model, lambda m, ids, mask: m.features(ids, mask))
+    order = np.argsort([len(x) for x in encoded.ids], kind="stable")
+    result = None
+    for start, batch in zip(range(0, len(order), batch_size),
+                            evaluation_batches(encoded, batch_size, pad_id, max_length)):
+        rows = order[start: start + batch_size]
+        values = np.asarray(features(batch["input_ids"], batch["attention_mask"]), np.float32)
+        if result is None:
+            result = np.zeros((len(encoded), values.shape[-1]), np.float32)
+        result[rows] = values[: len(rows)]
+    return result
+
+
+@dataclasses.dataclass
+class FeatureClassification(Classification):
+    """Classification whose batches carry the frozen backbone's features instead of tokens."""
+
+    _with_features: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def featurised(self, encoded: Encoded) -> Encoded:
+        """`encoded` with each example's features as an extra, computed the first time it is asked for."""
+        key = id(encoded)  # the encoded sets live as long as the objective
+        if key not in self._with_features:
+            print(f"feature extraction: the frozen backbone encodes {len(encoded):,} examples once ...",
+                  file=sys.stderr, flush=True)
+            features = extract_features(self.adaptation.model, encoded, self.pad_id, self.max_length)
+            self._with_features[key] = dataclasses.replace(encoded, extras={**encoded.extras, "features": features})
+        return self._with_features[key]
+
+    def loss(self, model, batch, dropout_key):
+        if "features" in batch:
+            return head_loss(model, batch, dropout_key)
+        return classification_loss(model, batch, dropout_key)
+
+    def outputs(self, model, batch):
+        if "features" in batch:
+            return model.classify(batch["features"])
+        return model(batch["input_ids"], batch["attention_mask"])
+
+    def train_batches(self, batch_size, seed, position=None):
+        position = position or {"epoch": 0, "index": 0}
+        # the token batches of the same iterator, the token arrays dropped: features [B, H], labels, weights
+        return MappedBatches(BatchIterator(self.featurised(self.encoded["train"]), batch_size, self.pad_id,
+                                           self.max_length, seed=seed, epoch=position["epoch"],
+                                           index=position["index"]),
+                             lambda batch, _: {k: v for k, v in batch.items() if k not in TOKEN_KEYS})
+
+    def evaluation_batches(self, encoded, batch_size):
+        """Feature batches for the run's own splits (other evaluation sets are read as tokens)."""
+        if not any(encoded is part for part in self.encoded.values()):
+            return super().evaluation_batches(encoded, batch_size)
+        batches = super().evaluation_batches(self.featurised(encoded), batch_size)
+        return [{k: v for k, v in b.items() if k not in TOKEN_KEYS} for b in batches]
+
+    def title(self) -> str:
+        return f"{super().title()} (cached features)"

@@ -13,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tljax.data import DataError, TextDataset, load_source
 from tljax.data.batches import BatchIterator, Encoded
-from tljax.data.sources import DataError, TextDataset
+from tljax.train.config import ConfigKeyError
 from tljax.train.losses import cross_entropy, language_model_loss
-from tljax.train.objectives import Objective
+from tljax.train.objectives import MappedBatches, Objective
 
 MASK_FRACTION, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 
@@ -30,8 +30,6 @@ MASK_FRACTION, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 def load_texts(source: str, text_column: str = "text", label_column: str = "label") -> TextDataset:
     """Unlabelled documents: a .txt file (one document per non-empty line) or any labelled source with its
     labels dropped (a packaged corpus, CSV / JSON Lines, hf:, tfds:)."""
-    from tljax.data.sources import load_source
-
     path = Path(str(source)).expanduser()
     if path.suffix.lower() == ".txt":
         if not path.is_file():
@@ -59,7 +57,7 @@ def encode_windows(texts: tuple[str, ...], tokenizer, max_length: int) -> Encode
     head, tail = special_frame(tokenizer)
     width = max_length - len(head) - len(tail)
     if width < 4:
-        raise ValueError(f"data.max_length {max_length} leaves no room for text between the special tokens")
+        raise ConfigKeyError(f"data.max_length {max_length} leaves no room for text between the special tokens")
     windows = []
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
         for start in range(0, len(ids), width):
@@ -120,24 +118,6 @@ def masked_lm_loss(model, batch: dict, dropout_key=None):
     return loss, {"accuracy": accuracy}
 
 
-class LanguageModelBatches:
-    """Training batches with token labels; the masks depend only on (seed, epoch, index)."""
-
-    def __init__(self, objective: LanguageModelling, batches: BatchIterator):
-        self.objective, self.batches = objective, batches
-        self.batches_per_epoch = batches.batches_per_epoch
-
-    def position(self) -> dict[str, Any]:
-        return self.batches.position()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        seed = (self.batches.seed, self.batches.epoch, self.batches.index)
-        return self.objective.with_labels(next(self.batches), np.random.default_rng(seed))
-
-
 @dataclasses.dataclass
 class LanguageModelling(Objective):
     """Masked (encoders) or causal (decoders) language modelling on windows of unlabelled text."""
@@ -176,9 +156,10 @@ class LanguageModelling(Objective):
 
     def train_batches(self, batch_size, seed, position=None):
         position = position or {"epoch": 0, "index": 0}
-        return LanguageModelBatches(self, BatchIterator(self.encoded["train"], batch_size, self.pad_id,
-                                                        self.max_length, seed=seed, epoch=position["epoch"],
-                                                        index=position["index"]))
+        # training batches with token labels; the masks depend only on (seed, epoch, index)
+        return MappedBatches(BatchIterator(self.encoded["train"], batch_size, self.pad_id, self.max_length,
+                                           seed=seed, epoch=position["epoch"], index=position["index"]),
+                             lambda batch, drawn_at: self.with_labels(batch, np.random.default_rng(drawn_at)))
 
     def evaluate(self, forward, split, batch_size):
         total, tokens, correct = 0.0, 0, 0
@@ -200,7 +181,7 @@ def language_modelling_objective(config, adaptation, tokenizer, splits: dict[str
     """The objective for `config.task` ("masked-lm" or "causal-lm") over split, unlabelled documents."""
     masked = config.task == "masked-lm"
     if masked and tokenizer.mask_token_id is None:
-        raise ValueError(f"{config.model}'s tokenizer has no mask token, so it cannot do masked-LM training; "
+        raise ConfigKeyError(f"{config.model}'s tokenizer has no mask token, so it cannot do masked-LM training; "
                          "use task: causal-lm for decoder models")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     encoded = {name: encode_windows(split.texts, tokenizer, max_length) for name, split in splits.items()}

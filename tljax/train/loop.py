@@ -7,6 +7,7 @@ lines, learning curves and the final test evaluation and export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -20,14 +21,15 @@ import yaml
 from flax import nnx
 from tqdm import tqdm
 
+from tljax.runs import FINAL_STEP
 from tljax.train import curves
 from tljax.train.checkpoints import Checkpoints
-from tljax.train.optim import OptimizerConfig, build_optimizer
+from tljax.train.config import ConfigKeyError, RunConfig
+from tljax.train.optim import OptimizerConfig, build_optimizer, reset_stage
 from tljax.train.run import Prepared
 from tljax.train.sharding import data_mesh, replicate, shard_batch
+from tljax.train.stages import training_stages
 from tljax.train.step import make_train_step, split
-
-FINAL_STAGE = 10**9  # a step beyond every schedule (gradual unfreezing): the largest trainable set
 
 
 class TrainingStopped(RuntimeError):
@@ -49,14 +51,6 @@ def _bound(forward, trainable, frozen, mesh):
     return lambda batch: jax.device_get(forward(trainable, frozen, shard_batch(batch, mesh)))
 
 
-def _update_mask(adaptation, step: int, trainable) -> Any:
-    """1.0 for the leaves training at `step`, 0.0 for those a schedule still holds frozen."""
-    from tljax.methods.rules import tree_paths
-
-    decided = adaptation.rules(step).decide(jax.tree.leaves(tree_paths(trainable)))
-    return jax.tree.map(lambda p: jnp.float32(decided[p].trainable), tree_paths(trainable))
-
-
 def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
     tc = prepared.config.training
@@ -73,9 +67,11 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         warmup_steps=round(tc.warmup_ratio * total_steps), lr_scheduler_type=tc.lr_scheduler_type,
         max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=accumulation)
 
-    scheduled = any(m.name == "gradual-unfreezing" for m in adaptation.methods)
-    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STAGE if scheduled else 0))
-    tx = build_optimizer(optimizer, total_steps, adaptation.new_parameter_rules())
+    # split once, with every leaf that trains at some stage; a stage's mask holds the others still
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STEP))
+    stages = training_stages(adaptation, trainable)
+    tx = build_optimizer(optimizer, total_steps, adaptation.new_parameter_rules(),
+                         stages.stage_of if stages else None)
     opt_state = tx.init(trainable)
     trainable, frozen, opt_state = replicate((trainable, frozen, opt_state), mesh)
     train_step = make_train_step(graphdef, objective.loss, tx)
@@ -92,7 +88,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         trainable, opt_state, state = restored
         changed = _changed_keys(_with_defaults(state.get("config", {})), prepared.config.to_dict())
         if changed:
-            raise ValueError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
+            raise ConfigKeyError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
                              "resume with the same config (or start a new run)")
         trainable, opt_state = replicate((trainable, opt_state), mesh)
         iterator = objective.train_batches(train_batch, tc.seed, state["position"])
@@ -109,18 +105,22 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     previous = {s: signal.signal(s, lambda number, _: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
     log_file = (run_dir / "metrics.jsonl").open("a")
     progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True)
-    mask, mask_rules = None, None
+    stage = stages.stage(max(state["step"] - 1, 0)) if stages else 0  # the stage of the last step taken
     started, seen = time.perf_counter(), 0
     try:
         while state["step"] < total_steps:
             step = state["step"]
-            if scheduled and adaptation.rules(step) != mask_rules:  # leaves not yet unfrozen get no update
-                mask_rules, mask = adaptation.rules(step), _update_mask(adaptation, step, trainable)
+            if stages and stages.stage(step) != stage:  # newly unfrozen leaves start with a fresh Adam state
+                stage = stages.stage(step)
+                opt_state = replicate(reset_stage(opt_state, stage), mesh)
+            micro_metrics = []
             for micro in range(accumulation):
                 key = jax.random.fold_in(jax.random.key(tc.seed), step * accumulation + micro)
                 batch = shard_batch(next(iterator), mesh)
-                args = (trainable, frozen, opt_state, batch, key) + ((mask,) if scheduled else ())
+                args = (trainable, frozen, opt_state, batch, key) + ((stages.masks[stage],) if stages else ())
                 trainable, opt_state, metrics = train_step(*args)
+                micro_metrics.append(metrics)
+            metrics = _mean_metrics(micro_metrics)  # the optimiser step's loss: the mean over its micro-batches
             loss = float(metrics["loss"])
             if not math.isfinite(loss) or not bool(metrics["parameters_finite"]):
                 what = f"the loss became {loss}" if not math.isfinite(loss) else "the parameters became non-finite"
@@ -191,9 +191,9 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
                 run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
     model = nnx.merge(graphdef, jax.device_get(trainable), jax.device_get(frozen))
-    written = objective.export(prepared, nnx.clone(model), run_dir / "export")  # exports change the model (merges)
+    written = prepared.export(nnx.clone(model), run_dir / "export")  # exports change the model (merges)
     report = objective.report(bound, eval_batch, model, test)
-    count, total = objective.count(FINAL_STAGE)
+    count, total = objective.count(FINAL_STEP)
     summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
                "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis,
                **({"before": state["before"]} if "before" in state else {}), **report}
@@ -204,10 +204,6 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
 def _with_defaults(saved: dict) -> dict:
     """A saved run config completed with today's defaults (a run saved before a setting existed had its
     default)."""
-    import dataclasses
-
-    from tljax.train.config import RunConfig
-
     def fill(base: dict, update: dict) -> dict:
         merged = dict(base)
         for key, value in update.items():
@@ -228,6 +224,14 @@ def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             keys.append(prefix + key)
     return keys
+
+
+def _mean_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The micro-batches' metrics averaged (on the device); `parameters_finite` is the last one's."""
+    if len(parts) == 1:
+        return parts[0]
+    mean = {k: jnp.mean(jnp.stack([p[k] for p in parts])) for k in parts[0] if k != "parameters_finite"}
+    return {**mean, "parameters_finite": parts[-1]["parameters_finite"]}
 
 
 def _curve_metric(tc) -> str:

@@ -48,7 +48,7 @@ def language_model_loss(model, batch: dict[str, Array], dropout_key: Array | Non
     Causal models predict the next token (labels are shifted here); masked models the token itself."""
     logits = model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
     labels = batch["labels"]
-    if getattr(model.config, "model_type", "") == "llama":
+    if model.predicts_next_token:
         logits, labels = logits[:, :-1], labels[:, 1:]
     weights = labels != -100
     loss, accuracy = cross_entropy(logits, jnp.where(weights, labels, 0), weights)

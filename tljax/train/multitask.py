@@ -22,6 +22,7 @@ from tljax.data.batches import BatchIterator, Encoded
 from tljax.methods.base import Method, MethodContext, head_pattern
 from tljax.methods.rules import PathRules, Rule
 from tljax.models.layers import Linear, dropout, layer_keys
+from tljax.runs import RunInfo, export_run
 from tljax.train.config import ConfigKeyError, DataConfig, from_dict
 from tljax.train.losses import cross_entropy
 from tljax.train.objectives import Objective, classify_batches
@@ -180,11 +181,9 @@ class MultiTask(Objective):
     def title(self) -> str:
         return f"{super().title()}, {len(self.tasks)} tasks"
 
-    def export(self, prepared, model, directory: Path) -> list[str]:
+    def export(self, model, info: RunInfo, directory: Path, *, model_dir: Path, tokenizer) -> list[str]:
         """One ordinary single-task export per task (`export/<task>/`): the shared backbone with that task's
         head in the model's own head slot, so each loads in `tljax.predict` and Hugging Face alone."""
-        from tljax.train.run import export
-
         heads = dict(model.task_heads.items())
         model.task_heads = None
         written = []
@@ -192,19 +191,16 @@ class MultiTask(Objective):
             single = nnx.clone(model)
             setattr(single, head_attribute(single), heads[name])
             single.config = single.config.replace(id2label=dict(enumerate(labels)))
-            task_prepared = dataclasses.replace(prepared, label_names=labels,
-                                                config=dataclasses.replace(prepared.config, tasks=None, data=data))
-            written += [f"{name}: {item}" for item in export(task_prepared, single, directory / name)]
+            task_info = dataclasses.replace(info, labels=tuple(labels), text_prefix=data.text_prefix)
+            written += [f"{name}: {item}" for item in export_run(directory / name, single, self.adaptation.methods,
+                                                                 task_info, model_dir=model_dir, tokenizer=tokenizer)]
         return written
 
 
 def multitask_objective(config, adaptation, tasks: list[tuple[str, tuple[str, ...], dict[str, Encoded]]],
                         task_data: list[DataConfig], pad_id: int, max_length: int) -> MultiTask:
-    """The objective over prepared tasks: (name, label names, encoded splits) each, and their data settings."""
-    heads = TaskHeads(tasks=tuple((name, len(labels)) for name, labels, _ in tasks), seed=config.training.seed)
-    heads.apply(adaptation.model, MethodContext())
-    adaptation.methods = (*adaptation.methods, heads)
-    adaptation.rules().filter(adaptation.model)  # every new parameter decided
+    """The objective over prepared tasks: (name, label names, encoded splits) each, and their data settings;
+    `adaptation` holds the `TaskHeads` of the same tasks."""
     encoded = {}
     for split in ("train", "validation", "test"):
         encoded[split] = [dataclasses.replace(parts[split], extras={"task": np.full(len(parts[split]), k, np.int32)})

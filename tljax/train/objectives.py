@@ -3,7 +3,8 @@
 An objective holds the adapted model (`adaptation.model` is what the loop splits into trainable and frozen
 parameters), the loss of one batch, the training batches, and the evaluation of a split:
 
-- `Classification`: labelled text (single task), also the base of distillation (`distill.py`);
+- `Classification`: labelled text (single task), also the base of distillation (`distill.py`) and of
+  training a head on cached features (`features.py`);
 - `MultiTask`: one backbone, a head per task (`multitask.py`);
 - `LanguageModelling`: continued pre-training on unlabelled text, masked or causal (`language_modelling.py`).
 
@@ -24,6 +25,8 @@ import numpy as np
 from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
 from tljax.methods import Adaptation
 from tljax.metrics import classification_metrics
+from tljax.runs import RunInfo, export_run
+from tljax.train.config import ConfigKeyError
 from tljax.train.losses import classification_loss
 
 Array = jax.Array
@@ -39,6 +42,26 @@ class TrainBatches(Iterator[Batch]):
     batches_per_epoch: int
 
     def position(self) -> dict[str, Any]: ...
+
+
+class MappedBatches:
+    """The batches of a `BatchIterator`, each changed by `fn(batch, drawn_at)`, where `drawn_at` is the
+    iterator's (seed, epoch, index) before the batch was drawn: a change that depends only on the position
+    (e.g. random masks) is the same again after a resume."""
+
+    def __init__(self, batches: BatchIterator, fn: Callable[[Batch, tuple[int, int, int]], Batch]):
+        self.batches, self.fn = batches, fn
+        self.batches_per_epoch = batches.batches_per_epoch
+
+    def position(self) -> dict[str, Any]:
+        return self.batches.position()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        drawn_at = (self.batches.seed, self.batches.epoch, self.batches.index)
+        return self.fn(next(self.batches), drawn_at)
 
 
 @dataclasses.dataclass
@@ -93,14 +116,13 @@ class Objective:
         `forward` evaluates the trained model (`model`, merged, on the host) whose test metrics are `test`."""
         return {}
 
-    def export(self, prepared, model, directory: Path) -> list[str]:
-        from tljax.train.run import export
-
-        return export(prepared, model, directory)
+    def export(self, model, info: RunInfo, directory: Path, *, model_dir: Path, tokenizer) -> list[str]:
+        """Writes the trained `model` (merged, on the host; exporting may change it) into `directory`."""
+        return export_run(directory, model, self.adaptation.methods, info, model_dir=model_dir, tokenizer=tokenizer)
 
     def check_metric(self, metric: str) -> None:
         if metric not in self.metrics:
-            raise ValueError(f"training.metric_for_best_model {metric!r} does not apply to this run; "
+            raise ConfigKeyError(f"training.metric_for_best_model {metric!r} does not apply to this run; "
                              f"valid: {', '.join(self.metrics)}")
 
 

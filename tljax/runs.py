@@ -1,0 +1,178 @@
+"""A trained run as a thing to build, write and load: the model of a run, its `export/`, and loading it back.
+
+    adaptation = build_model(info, model_dir, tokenizer)            # pre-trained model + head + methods
+    written = export_run(run_dir / "export", model, adaptation.methods, info, model_dir=..., tokenizer=...)
+    model, tokenizer, info = load_exported(find_export(run_dir))    # what `tljax.predict` and the harness use
+
+An export holds `trainable.safetensors` (every trainable parameter, by "/"-joined path) and `run.json`
+(`RunInfo`: enough to rebuild the model those parameters fit), plus a Hugging Face directory (`model/`) when the
+result is an ordinary model of the base architecture (LoRA merged into it), and a PEFT adapter (`adapter/`) for
+LoRA and the soft-prompt methods. Depends only on models, methods and the zoo; the training loop, the harness
+and the app all read runs through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from tljax import models, zoo
+from tljax.errors import InputError
+from tljax.methods import Adaptation, Method, MethodContext, MethodError, adapt, make_method, merge_and_unload, save_peft
+from tljax.methods.rules import parameter_sizes
+from tljax.models.checkpoint import CheckpointError, atomic_directory, path_str
+from tljax.models.transforms import select_layers
+
+log = logging.getLogger(__name__)
+
+# Methods whose trained model is an ordinary Hugging Face model of the base architecture
+HF_EXPORTABLE = frozenset({"full", "partial", "gradual-unfreezing", "feature-extraction", "bitfit"})
+PEFT_EXPORTABLE = frozenset({"lora", "prompt", "p-tuning", "prefix"})
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+FINAL_STEP = 10**9  # a step beyond every schedule (gradual unfreezing): the largest trainable set
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What `export/run.json` records: the base model and how it was adapted, for one classification (or
+    language-modelling) task."""
+
+    model: str  # a packaged name, a Hugging Face id or a directory
+    task: str = "sequence-classification"
+    method: tuple[dict[str, Any], ...] = ()  # method specs, e.g. ({"name": "lora", "rank": 8},)
+    labels: tuple[str, ...] = ()  # class names, in head order; empty for language modelling
+    text_prefix: str = ""  # put before every text (e.g. "query: " for e5)
+    max_length: int = 512  # of the text, in tokens (virtual tokens excluded)
+    seed: int = 42
+    dtype: str = "float32"  # compute dtype; parameters are float32
+    student_layers: tuple[int, ...] | None = None  # the backbone layers kept (a distilled student)
+
+    def __post_init__(self) -> None:
+        for name in ("method", "labels", "student_layers"):  # JSON gives lists
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype {self.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
+
+    def to_json(self) -> str:
+        fields = dataclasses.asdict(self)
+        fields["method"] = [dict(spec) for spec in self.method]
+        return json.dumps(fields, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunInfo:
+        """From a `run.json`; keys it does not know (written by a newer version) are ignored."""
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known and v is not None or k == "student_layers"})
+
+
+def make_methods(specs: Sequence[dict[str, Any]]) -> list[Method]:
+    """Methods from their specs, e.g. [{"name": "lora", "rank": 8}]."""
+    methods = []
+    for spec in specs:
+        spec = dict(spec)
+        if "name" not in spec:
+            raise MethodError(f"method {spec} has no name; e.g. method: {{name: lora, rank: 8}}")
+        methods.append(make_method(spec.pop("name"), spec))
+    return methods
+
+
+def build_model(info: RunInfo, model_dir: Path, tokenizer: Any, internal: Sequence[Method] = ()) -> Adaptation:
+    """The pre-trained model of `info` (with a head for `info.labels` when classifying, cut to its student layers)
+    and its methods, plus `internal` ones (a distillation teacher, multi-task heads), applied in one `adapt`."""
+    head = {"id2label": dict(enumerate(info.labels))} if info.task == "sequence-classification" else {}
+    model = models.from_pretrained(model_dir, info.task, dtype=DTYPES[info.dtype], param_dtype=jnp.float32,
+                                   seed=info.seed, **head)
+    if info.student_layers:
+        select_layers(model, list(info.student_layers))
+    methods = [*make_methods(info.method), *internal]
+    return adapt(model, methods, context=MethodContext(tokenizer=tokenizer, seed=info.seed))
+
+
+def trainable_tensors(model: nnx.Module, filter_: nnx.filterlib.Filter) -> dict[str, np.ndarray]:
+    """"/"-joined path -> float32 array of the parameters `filter_` selects."""
+    state = nnx.state(model, filter_)
+    return {path_str(p): np.asarray(jax.device_get(v.get_value()), np.float32) for p, v in nnx.to_flat_state(state)}
+
+
+def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], info: RunInfo, *, model_dir: Path,
+               tokenizer: Any) -> list[str]:
+    """Writes the trained `model` into `directory` (atomically: all of it or nothing); returns what was written.
+
+    Internal methods (names starting "_") are not part of the result; the model must not hold their modules.
+    Exporting merges LoRA into `model`: pass a copy if it is still needed."""
+    methods = tuple(m for m in methods if not m.name.startswith("_"))
+    adaptation = Adaptation(model, methods)
+    names = {m.name for m in methods}
+    directory = Path(directory)
+    written = [str(directory / "trainable.safetensors")]
+    with atomic_directory(directory) as staging:
+        save_file(trainable_tensors(model, adaptation.trainable(FINAL_STEP)), staging / "trainable.safetensors")
+        (staging / "run.json").write_text(info.to_json())
+        if names & PEFT_EXPORTABLE and info.student_layers:
+            log.warning("no PEFT export: the adapter's base would be the full-depth %s, not the student's %d "
+                        "layers (use export/model or trainable.safetensors)", info.model, len(info.student_layers))
+        elif names & PEFT_EXPORTABLE:
+            try:
+                save_peft(adaptation, staging / "adapter", base_model_name_or_path=str(model_dir))
+                tokenizer.save_pretrained(staging / "adapter")
+                written.append(f"{directory / 'adapter'} (PEFT adapter)")
+            except MethodError as error:
+                log.warning("no PEFT export: %s", error)
+        if names <= HF_EXPORTABLE | {"lora"}:
+            if "lora" in names:
+                merge_and_unload(model)
+            model.save_pretrained(staging / "model", tokenizer_source=model_dir)
+            written.append(f"{directory / 'model'} (Hugging Face directory)")
+    return written
+
+
+def find_export(path: str | Path) -> Path:
+    """The export directory (the one holding `run.json`) of a run directory, or `path` itself if it is one;
+    a multi-task run has one export per task (`export/<task>/`): then name the task's directory."""
+    path = Path(path).expanduser()
+    for candidate in (path, path / "export"):
+        if (candidate / "run.json").is_file():
+            return candidate
+    tasks = sorted(p.name for p in (path / "export").glob("*/run.json")) if (path / "export").is_dir() else []
+    if tasks:
+        raise InputError(f"{path} is a multi-task run with one export per task; name one: "
+                         + ", ".join(str(path / "export" / Path(t).parent) for t in tasks))
+    raise InputError(f"{path} is not a finished tljax run (it has no export/run.json)")
+
+
+def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
+    """(model, tokenizer, run info) of an export directory written by `export_run`."""
+    from transformers import AutoTokenizer  # slow to import: only when a run is loaded
+
+    directory = Path(directory)
+    if not (directory / "run.json").is_file():
+        raise InputError(f"{directory} is not a tljax export (it has no run.json)")
+    info = RunInfo.from_json((directory / "run.json").read_text())
+    model_dir = zoo.resolve(info.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    adaptation = build_model(info, model_dir, tokenizer)
+    saved = load_file(directory / "trainable.safetensors")
+    unknown = sorted(set(saved) - set(parameter_sizes(adaptation.model)))
+    if unknown:
+        raise CheckpointError(f"{directory} does not fit its model {info.model}: unknown parameters {unknown[:5]}")
+    for path, variable in nnx.to_flat_state(nnx.state(adaptation.model, nnx.Param)):
+        name = path_str(path)
+        if name in saved:
+            if saved[name].shape != variable.get_value().shape:
+                raise CheckpointError(f"{directory}: {name} has shape {saved[name].shape}, the model's is "
+                                      f"{variable.get_value().shape}")
+            variable.set_value(jnp.asarray(saved[name], variable.get_value().dtype))
+    return adaptation.model, tokenizer, info

@@ -1,0 +1,109 @@
+"""One run per output folder: a lock held for the whole run, and the checks that a folder may be used.
+
+The lock is an advisory `flock` on `<run_dir>/.lock`: the operating system drops it when the process ends,
+however it ends, so a crashed run never leaves a folder locked. A folder that a run left before its first
+checkpoint (only its config and log) is free to start again; one with a checkpoint or a result is not.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from pathlib import Path
+
+from tljax.errors import InputError
+
+LOCK_NAME = ".lock"
+# what a run writes before its first checkpoint: a folder holding only these holds no run yet
+STARTED_FILES = {"config.yaml", "metrics.jsonl", "checkpoints", LOCK_NAME}
+
+
+class RunDirectoryError(InputError):
+    """An output folder that another run is using, or that does not fit the command (--resume or not)."""
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((Path(run_dir) / "checkpoints" / "latest").glob("[0-9]*"))
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run's checkpoint or result (or anything that is not a run's at all)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    return has_checkpoint(run_dir) or bool(names - STARTED_FILES)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        return f" (process {int(lock_path.read_text().strip())})"
+    except (OSError, ValueError):
+        return ""
+
+
+def _busy(run_dir: Path) -> RunDirectoryError:
+    return RunDirectoryError(f"another run is using {run_dir}{_holder(Path(run_dir) / LOCK_NAME)}; wait for it to "
+                             "finish, or choose another output_dir (--set output_dir=runs/NAME)")
+
+
+def check_usable(run_dir: Path, *, resume: bool) -> None:
+    """Refuses at once a folder that another run holds, that holds a run (without --resume), or that has no
+    checkpoint (with --resume). Nothing is written."""
+    run_dir = Path(run_dir)
+    lock_path = run_dir / LOCK_NAME
+    if lock_path.is_file():
+        with lock_path.open("r") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            except BlockingIOError:
+                raise _busy(run_dir) from None
+    _check_contents(run_dir, resume=resume)
+
+
+def _check_contents(run_dir: Path, *, resume: bool) -> None:
+    if resume and not has_checkpoint(run_dir):
+        raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
+    if not resume and holds_run(run_dir):
+        raise RunDirectoryError(f"{run_dir} already holds a run: continue it with --resume, or choose another "
+                                "output_dir (--set output_dir=runs/NAME)")
+
+
+class RunLock:
+    """The claim on a run folder for as long as the run lasts (use as a context manager)."""
+
+    def __init__(self, run_dir: Path, *, resume: bool):
+        self.run_dir, self.resume = Path(run_dir), resume
+        self._handle = None
+
+    def __enter__(self) -> RunLock:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = (self.run_dir / LOCK_NAME).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise _busy(self.run_dir) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        try:
+            _check_contents(self.run_dir, resume=self.resume)  # again, now that no other run can start here
+        except BaseException:
+            self.__exit__()
+            raise
+        if not self.resume:  # what a run that stopped before its first checkpoint left
+            for name in STARTED_FILES - {LOCK_NAME}:
+                path = self.run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
