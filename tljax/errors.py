@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Input that cannot be used as given; the message says what was wrong and what would be right."""
+
+
+class DownloadError(InputError, RuntimeError):
+    """A package the input names could not be downloaded (no network, or no such release on the index)."""

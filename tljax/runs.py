@@ -75,7 +75,7 @@ class RunInfo:
         """From a `run.json`; keys it does not know (written by a newer version) are ignored."""
         raw = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known and v is not None or k == "student_layers"})
+        return cls(**{k: v for k, v in raw.items() if k in known and v is not None})
 
 
 def make_methods(specs: Sequence[dict[str, Any]]) -> list[Method]:
@@ -146,10 +146,10 @@ def find_export(path: str | Path) -> Path:
     for candidate in (path, path / "export"):
         if (candidate / "run.json").is_file():
             return candidate
-    tasks = sorted(p.name for p in (path / "export").glob("*/run.json")) if (path / "export").is_dir() else []
+    tasks = sorted(p.parent.name for p in (path / "export").glob("*/run.json")) if (path / "export").is_dir() else []
     if tasks:
         raise InputError(f"{path} is a multi-task run with one export per task; name one: "
-                         + ", ".join(str(path / "export" / Path(t).parent) for t in tasks))
+                         + ", ".join(str(path / "export" / task) for task in tasks))
     raise InputError(f"{path} is not a finished tljax run (it has no export/run.json)")
 
 
@@ -160,7 +160,12 @@ def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
     directory = Path(directory)
     if not (directory / "run.json").is_file():
         raise InputError(f"{directory} is not a tljax export (it has no run.json)")
-    info = RunInfo.from_json((directory / "run.json").read_text())
+    try:
+        info = RunInfo.from_json((directory / "run.json").read_text())
+    except (json.JSONDecodeError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{directory}/run.json is damaged ({error}); export the run again") from None
+    if not (directory / "trainable.safetensors").is_file():
+        raise CheckpointError(f"{directory} has no trainable.safetensors; export the run again")
     model_dir = zoo.resolve(info.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     adaptation = build_model(info, model_dir, tokenizer)

@@ -37,6 +37,7 @@ from tljax.methods.base import Adaptation, backbone, head_pattern, linear_module
 from tljax.methods.lora import LoRALinear
 from tljax.methods.prefix import prefix_encoder
 from tljax.methods.prompt import PromptEncoder
+from tljax.methods.rules import MethodError
 from tljax.models.checkpoint import atomic_directory, hf_name, path_str
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,13 @@ def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_
     """Writes `adaptation` as a PEFT adapter directory for the base model `base_model_name_or_path`.
 
     The write is atomic: a reader never sees half an adapter, and an existing directory is replaced whole.
-    Raises ValueError for methods or model classes PEFT has no layout for.
+    Raises `MethodError` for methods or model classes PEFT has no layout for.
     """
     model = adaptation.model
     names = tuple(sorted(m.name for m in adaptation.methods))
     kind = EXPORTABLE.get(names)
     if kind is None:
-        raise ValueError(
+        raise MethodError(
             f"PEFT has no layout for the methods {list(names) or 'none'}; exportable as a PEFT adapter: "
             f"{EXPORTABLE_TEXT}. Save the model as a Hugging Face directory with save_pretrained instead "
             "(after merge_and_unload for LoRA)")
@@ -85,7 +86,7 @@ def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_
 def _task_type(model: nnx.Module) -> str:
     name = type(model).__name__
     if name not in TASK_TYPES:
-        raise ValueError(f"no PEFT task type for {name}; exportable model classes: {', '.join(TASK_TYPES)}")
+        raise MethodError(f"no PEFT task type for {name}; exportable model classes: {', '.join(TASK_TYPES)}")
     return TASK_TYPES[name]
 
 
@@ -119,7 +120,7 @@ def _unexported(adaptation: Adaptation, exported: re.Pattern) -> None:
     missing = [path_str(p) for p in _params(adaptation.model, adaptation.trainable())
                if not exported.search(path_str(p)) and not (pattern and re.search(pattern, path_str(p)))]
     if missing:
-        raise ValueError(f"these trained parameters have no place in the PEFT layout: {', '.join(missing)}")
+        raise MethodError(f"these trained parameters have no place in the PEFT layout: {', '.join(missing)}")
 
 
 def _lora(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -129,11 +130,11 @@ def _lora(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.nd
     bitfit = any(m.name == "bitfit" for m in adaptation.methods)
     modules = {path: module for path, module in linear_modules(model) if isinstance(module, LoRALinear)}
     if not modules:
-        raise ValueError("the model has no LoRA modules (merged and unloaded?): save it with save_pretrained")
+        raise MethodError("the model has no LoRA modules (merged and unloaded?): save it with save_pretrained")
     ranks = {int(m.lora_a.shape[1]) for m in modules.values()}
     scalings = {float(m.scaling) for m in modules.values()}
     if len(ranks) > 1 or len(scalings) > 1:
-        raise ValueError(f"LoRA modules differ in rank {sorted(ranks)} or scaling {sorted(scalings)}")
+        raise MethodError(f"LoRA modules differ in rank {sorted(ranks)} or scaling {sorted(scalings)}")
     rank, scaling = ranks.pop(), scalings.pop()
 
     tensors: dict[str, np.ndarray] = {}
@@ -188,7 +189,7 @@ def _prompt(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
     model = adaptation.model
     prompt = backbone(model).prompt
     if prompt is None:
-        raise ValueError("the model has no soft prompt to export")
+        raise MethodError("the model has no soft prompt to export")
     table = _array(prompt.table())
     config = model.config
     out = {"peft_type": "PROMPT_TUNING", "prompt_tuning_init": "RANDOM"}
@@ -207,7 +208,7 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
     model = adaptation.model
     encoder = prefix_encoder(model)
     if encoder is None:
-        raise ValueError("the model has no prefix to export")
+        raise MethodError("the model has no prefix to export")
     if type(model).__name__.startswith("Bert"):
         _warn_if_bert_prefix_cannot_load()
     table = _array(encoder.table())

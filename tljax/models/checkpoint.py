@@ -182,12 +182,19 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # as a plain mkdir would (mkdtemp makes it private)
     try:
         yield staging
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
             directory.rename(old)
-            staging.rename(directory)
+            try:
+                staging.rename(directory)
+            except BaseException:
+                old.rename(directory)  # the old one stays in place
+                raise
             shutil.rmtree(old)
         else:
             staging.rename(directory)

@@ -27,7 +27,7 @@ def select_layers(model: nnx.Module, indices: list[int]) -> None:
     count = body.num_layers
     if not indices or any(not isinstance(i, int) or not 0 <= i < count for i in indices) \
             or sorted(set(indices)) != list(indices):
-        raise ConfigError(f"student layers {indices} must be increasing layer indices in 0..{count - 1} (the model "
+        raise ConfigError(f"distillation.student_layers {indices} must be increasing layer indices in 0..{count - 1} (the model "
                           f"has {count} layers), e.g. {list(range(0, count, 2))}")
     body.keep_layers(list(indices))
     model.config = body.config

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tljax.models.checkpoint import CheckpointError
+
 
 def _numbered(tree: Any) -> dict[str, Any]:
     return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
@@ -32,6 +34,7 @@ class Checkpoints:
     def save(self, which: str, step: int, trainable: Any, opt_state: Any, meta: dict[str, Any]) -> None:
         manager = self.latest if which == "latest" else self.best
         state = {"trainable": _numbered(trainable), "opt_state": _numbered(opt_state)}
+        meta = {**meta, "leaves": _leaf_counts(trainable, opt_state)}
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    meta=ocp.args.JsonSave(meta)), force=True)
         manager.wait_until_finished()
@@ -42,9 +45,18 @@ class Checkpoints:
         step = manager.latest_step()
         if step is None:
             return None
+        saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        unfit = CheckpointError(f"the checkpoint in {self.directory / which} does not fit this run's parameters and "
+                                "optimiser (it was written by another tljax version or another config); start a "
+                                "new run in another output_dir")
+        if saved.get("leaves", _leaf_counts(trainable, opt_state)) != _leaf_counts(trainable, opt_state):
+            raise unfit
         abstract = {"trainable": _numbered(_abstract(trainable)), "opt_state": _numbered(_abstract(opt_state))}
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 meta=ocp.args.JsonRestore()))
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                     meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError) as error:  # a checkpoint from before the leaf counts were saved
+            raise unfit from error
         state = restored["state"]
 
         def rebuild(template, saved):
@@ -56,6 +68,10 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _leaf_counts(trainable: Any, opt_state: Any) -> list[int]:
+    return [len(jax.tree.leaves(trainable)), len(jax.tree.leaves(opt_state))]
 
 
 def _abstract(tree: Any) -> Any:

@@ -209,7 +209,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return str(value)
     if origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml(value, key)
         if not isinstance(value, list):
             raise ConfigKeyError(f"{key}={value!r} is not a list")
         return value
@@ -218,6 +218,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigKeyError(f"{key}={value!r} is not a mapping")
         return value
     return value
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigKeyError(f"{where}: not valid YAML ({' '.join(str(error).split())})") from None
 
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
@@ -253,7 +260,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigKeyError(f"--set {assignment!r}: expected key=value, e.g. training.learning_rate=1e-3")
     key, text = assignment.split("=", 1)
-    value = yaml.safe_load(text) if text else ""
+    value = _yaml(text, f"--set {key}") if text else ""
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -290,7 +297,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         path = Path(path)
         if not path.is_file():
             raise ConfigKeyError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = _yaml(path.read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigKeyError(f"{path} must hold a mapping of config sections")
         if "method" in loaded:  # a file's method replaces the default one whole

@@ -31,7 +31,8 @@ from tljax.methods.base import Method, MethodContext
 from tljax.methods.rules import PathRules, Rule, parameter_sizes
 from tljax.models.layers import Linear, layer_keys
 from tljax.models.transforms import backbone, jit_bound
-from tljax.runs import RunInfo, export_run, load_exported
+from tljax.errors import InputError
+from tljax.runs import RunInfo, export_run, find_export, load_exported
 from tljax.train.config import ConfigKeyError, DistillationConfig, RunConfig
 from tljax.train.losses import cross_entropy
 from tljax.train.objectives import Classification, classify_batches
@@ -86,13 +87,13 @@ class Teacher:
 def resolve_teacher(spec: str) -> Path:
     """The directory holding the teacher: a run's export, or a Hugging Face directory."""
     path = Path(spec).expanduser()
-    for candidate in (path, path / "export"):
-        if (candidate / "run.json").is_file():
-            return candidate
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() and not (path / "run.json").is_file():
         return path
-    raise ConfigKeyError(f"distillation.teacher {spec!r} is neither a tljax run (a directory with "
-                         "export/run.json) nor a Hugging Face sequence-classification directory (config.json)")
+    try:
+        return find_export(path)
+    except InputError as error:
+        raise ConfigKeyError(f"distillation.teacher {spec!r}: {error} (a teacher is a finished tljax run or a "
+                             "Hugging Face sequence-classification directory with a config.json)") from None
 
 
 def load_teacher(spec: str, seed: int) -> Teacher:

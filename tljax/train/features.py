@@ -78,6 +78,9 @@ class FeatureClassification(Classification):
         return model(batch["input_ids"], batch["attention_mask"])
 
     def train_batches(self, batch_size, seed, position=None):
+        """The loop asks for these first: every split's features are computed now, before training starts."""
+        for encoded in self.encoded.values():
+            self.featurised(encoded)
         position = position or {"epoch": 0, "index": 0}
         # the token batches of the same iterator, the token arrays dropped: features [B, H], labels, weights
         return MappedBatches(BatchIterator(self.featurised(self.encoded["train"]), batch_size, self.pad_id,

@@ -27,6 +27,7 @@ from tljax.train.checkpoints import Checkpoints
 from tljax.train.config import ConfigKeyError, RunConfig
 from tljax.train.optim import OptimizerConfig, build_optimizer, reset_stage
 from tljax.train.run import Prepared
+from tljax.train.rundir import RunDirectoryError
 from tljax.train.sharding import data_mesh, replicate, shard_batch
 from tljax.train.stages import training_stages
 from tljax.train.step import make_train_step, split
@@ -84,7 +85,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     if resume:
         restored = checkpoints.restore("latest", trainable, opt_state)
         if restored is None:
-            raise FileNotFoundError(f"{run_dir} has no checkpoint to resume from")
+            raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
         trainable, opt_state, state = restored
         changed = _changed_keys(_with_defaults(state.get("config", {})), prepared.config.to_dict())
         if changed:

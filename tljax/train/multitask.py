@@ -21,6 +21,7 @@ from flax import nnx
 from tljax.data.batches import BatchIterator, Encoded
 from tljax.methods.base import Method, MethodContext, head_pattern
 from tljax.methods.rules import PathRules, Rule
+from tljax.models.checkpoint import atomic_directory
 from tljax.models.layers import Linear, dropout, layer_keys
 from tljax.runs import RunInfo, export_run
 from tljax.train.config import ConfigKeyError, DataConfig, from_dict
@@ -187,13 +188,15 @@ class MultiTask(Objective):
         heads = dict(model.task_heads.items())
         model.task_heads = None
         written = []
-        for (name, labels), data in zip(self.tasks, self.task_data):
-            single = nnx.clone(model)
-            setattr(single, head_attribute(single), heads[name])
-            single.config = single.config.replace(id2label=dict(enumerate(labels)))
-            task_info = dataclasses.replace(info, labels=tuple(labels), text_prefix=data.text_prefix)
-            written += [f"{name}: {item}" for item in export_run(directory / name, single, self.adaptation.methods,
-                                                                 task_info, model_dir=model_dir, tokenizer=tokenizer)]
+        with atomic_directory(directory) as staging:  # every task's export, or none
+            for (name, labels), data in zip(self.tasks, self.task_data):
+                single = nnx.clone(model)
+                setattr(single, head_attribute(single), heads[name])
+                single.config = single.config.replace(id2label=dict(enumerate(labels)))
+                task_info = dataclasses.replace(info, labels=tuple(labels), text_prefix=data.text_prefix)
+                items = export_run(staging / name, single, self.adaptation.methods, task_info, model_dir=model_dir,
+                                   tokenizer=tokenizer)
+                written += [f"{name}: {item.replace(str(staging), str(directory))}" for item in items]
         return written
 
 

@@ -1,8 +1,10 @@
 """One run per output folder: a lock held for the whole run, and the checks that a folder may be used.
 
 The lock is an advisory `flock` on `<run_dir>/.lock`: the operating system drops it when the process ends,
-however it ends, so a crashed run never leaves a folder locked. A folder that a run left before its first
-checkpoint (only its config and log) is free to start again; one with a checkpoint or a result is not.
+however it ends, so a crashed run never leaves a folder locked. A folder that a run started (it has the
+`.lock` file) but left before its first checkpoint holds only that run's config and log: a new run starts
+there afresh, replacing them. A folder with a checkpoint or a result, or with anything a run did not write,
+is never touched.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ class RunDirectoryError(InputError):
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((Path(run_dir) / "checkpoints" / "latest").glob("[0-9]*"))
+    """Whether a finished checkpoint exists (orbax names it by its step; unfinished ones carry a suffix)."""
+    latest = Path(run_dir) / "checkpoints" / "latest"
+    return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a run's checkpoint or result (or anything that is not a run's at all)."""
+    """Whether `run_dir` holds anything but what a run started there wrote before its first checkpoint."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return False
     names = {p.name for p in run_dir.iterdir()}
-    return has_checkpoint(run_dir) or bool(names - STARTED_FILES)
+    started = LOCK_NAME in names and not any((run_dir / n).is_symlink() for n in names)
+    return has_checkpoint(run_dir) or bool(names - (STARTED_FILES if started else set()))
 
 
 def _holder(lock_path: Path) -> str:
@@ -55,8 +60,8 @@ def check_usable(run_dir: Path, *, resume: bool) -> None:
     lock_path = run_dir / LOCK_NAME
     if lock_path.is_file():
         with lock_path.open("r") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # a shared probe: it fails only while a run holds the folder
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 fcntl.flock(handle, fcntl.LOCK_UN)
             except BlockingIOError:
                 raise _busy(run_dir) from None

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.names:
             print(fetch(name.lower()))
-    except (InputError, RuntimeError) as error:  # RuntimeError: a download that failed
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tljax.models.config import ConfigError
 from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM
 
 Array = jax.Array
@@ -77,15 +78,15 @@ def generate(
     it emits `pad_token_id`.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
     config = model.config
     virtual = model.model.num_virtual_tokens + model.model.num_prefix_tokens
     if virtual + input_ids.shape[1] + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(f"prompt of {input_ids.shape[1]} tokens (+ {virtual} virtual) + {max_new_tokens} new ones "
+        raise ConfigError(f"prompt of {input_ids.shape[1]} tokens (+ {virtual} virtual) + {max_new_tokens} new ones "
                          f"exceeds the model's context of {config.max_position_embeddings}")
     eos = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)
     pad = pad_token_id if pad_token_id is not None else config.pad_token_id
