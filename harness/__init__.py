@@ -1,3 +1,12 @@
-"""The evaluation harness: tasks (data, label verbalisers, English and Portuguese prompt templates) and
-variants (zero-shot, few-shot, fine-tuned with each method, distilled, cross-lingual) evaluated side by side
-on the same split with the same metrics and costs. Not built yet."""
+"""The evaluation harness: tasks (data, label verbalisers, English and Portuguese prompts, label descriptions)
+and variants of one base model (zero-shot, few-shot, free chat, any finished tljax run: fine-tuned with any
+method, distilled, multi-task, cross-lingual) evaluated on the same items with the same metrics and costs.
+
+    python -m harness list                      # built-in tasks, suites and variant kinds
+    python -m harness run ci --limit 50         # a suite: predictions, results table, plots
+
+Modules: `tasks` (task files), `prompts` (chat prompts, few-shot draws), `scoring` (decoder log-likelihoods,
+lm-evaluation-harness's conventions), `encoders` (embeddings, zero-shot by description, few-shot classifiers),
+`variants`, `results` (metrics, intervals, tests), `plots`, `suite` (the runner and its cache). It imports
+tljax; tljax never imports it.
+"""

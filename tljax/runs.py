@@ -56,6 +56,7 @@ class RunInfo:
     seed: int = 42
     dtype: str = "float32"  # compute dtype; parameters are float32
     student_layers: tuple[int, ...] | None = None  # the backbone layers kept (a distilled student)
+    chat: dict[str, Any] | None = None  # a chat-tuned decoder: {instruction, verbalisers} it was taught with
 
     def __post_init__(self) -> None:
         for name in ("method", "labels", "student_layers"):  # JSON gives lists

@@ -6,6 +6,7 @@ With no arguments: the embedded default (LoRA on MiniLM-L6, Rotten Tomatoes sent
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -92,6 +93,11 @@ def _report(summary: dict, run_dir: Path) -> None:
     if "perplexity" in test:
         if (run_dir / "export" / "model").is_dir():
             print(f"\nfine-tune from it: python -m tljax.train --set model={run_dir}/export/model")
+        return
+    if (run_dir / "export" / "run.json").is_file() and \
+            json.loads((run_dir / "export" / "run.json").read_text()).get("task") == "causal-lm":  # chat tuning
+        print(f"\nscore it in the harness beside zero-shot and few-shot: a variant {{kind: run, run: {run_dir}}}")
+        print(f"  in PyTorch: transformers.AutoModelForCausalLM.from_pretrained('{run_dir}/export/model')")
         return
     predictable = run_dir if (run_dir / "export" / "run.json").is_file() else \
         next((p for p in sorted((run_dir / "export").iterdir()) if (p / "run.json").is_file()), run_dir)

@@ -133,6 +133,23 @@ class DistillationConfig:
                                  "[student layer, teacher layer] pairs of integers, e.g. [[1, 2], [2, 4], [3, 6]]")
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatConfig:
+    """Chat tuning of a decoder: each labelled text asked with `instruction` through the tokenizer's chat
+    template, the label's verbaliser as the reply (the loss is on the reply only)."""
+
+    instruction: str  # with {text}, e.g. "Is this review positive or negative?\n\nReview: {text}"
+    verbalisers: dict[str, str]  # label name -> the reply, e.g. {negative: negative, positive: positive}
+
+    def __post_init__(self) -> None:
+        if "{text}" not in self.instruction:
+            raise ConfigKeyError("chat.instruction must contain {text} (where each example's text goes)")
+        words = [str(v).strip().lower() for v in self.verbalisers.values()]
+        if any(not w for w in words) or len(set(words)) != len(words):
+            raise ConfigKeyError(f"chat.verbalisers {self.verbalisers} must give every label its own, non-empty "
+                                 "reply")
+
+
 TASKS = ("sequence-classification", "masked-lm", "causal-lm")
 
 
@@ -153,6 +170,8 @@ class RunConfig:
     # extra labelled sets the final model is evaluated on (cross-lingual / zero-shot transfer):
     # {name: source} or {name: {source: ..., split: all | test, max_examples: N, text_column: ..., label_column: ...}}
     evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # with task: causal-lm, labelled data taught as chat replies (chat tuning) instead of continued pre-training
+    chat: ChatConfig | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

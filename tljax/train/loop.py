@@ -110,7 +110,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     started, seen = time.perf_counter(), 0
     try:
         while state["step"] < total_steps:
-            step = state["step"]
+            step, step_started = state["step"], time.perf_counter()
             if stages and stages.stage(step) != stage:  # newly unfrozen leaves start with a fresh Adam state
                 stage = stages.stage(step)
                 opt_state = replicate(reset_stage(opt_state, stage), mesh)
@@ -129,6 +129,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                 kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint yet"
                 raise TrainingStopped(f"{what} at step {step + 1}; stopped ({kept}); try a lower learning rate.")
             state["step"] = step = step + 1
+            state["training_seconds"] = state.get("training_seconds", 0.0) + time.perf_counter() - step_started
             seen += train_batch * accumulation
             state["train"].append((step, loss))
             progress.update(1)
@@ -196,6 +197,7 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     report = objective.report(bound, eval_batch, model, test)
     count, total = objective.count(FINAL_STEP)
     summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
+               "training_seconds": round(state.get("training_seconds", 0.0), 1),
                "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis,
                **({"before": state["before"]} if "before" in state else {}), **report}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -3,7 +3,7 @@
 `prepare` does all the checking (config, model name, data source, columns, labels, splits, methods, a
 teacher) before anything is written, so that bad input leaves no run directory behind. The model of a run
 and its export live in `tljax.runs`; the objectives (what is trained and how it is judged) in
-`objectives.py`, `features.py`, `distill.py`, `multitask.py` and `language_modelling.py`.
+`objectives.py`, `features.py`, `distill.py`, `multitask.py`, `language_modelling.py` and `chat.py`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from tljax import zoo
-from tljax.data import DataError, describe_splits, load_source, split_dataset
+from tljax.data import DataError, describe_splits, load_source, normalise, split_dataset
 from tljax.data.batches import encode
 from tljax.errors import InputError
 from tljax.methods import Adaptation, Method
 from tljax.models.transforms import backbone
 from tljax.runs import RunInfo, build_model
+from tljax.train.chat import chat_objective
 from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
 from tljax.train.distill import distillation_objective, hidden_state_matching, load_teacher
 from tljax.train.features import FeatureClassification, trains_only_the_head
@@ -62,7 +63,8 @@ def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
     return RunInfo(model=config.model, task=config.task, method=tuple(config.methods()), labels=tuple(label_names),
                    text_prefix=config.data.text_prefix, max_length=config.data.max_length, seed=config.training.seed,
                    dtype=config.training.dtype,
-                   student_layers=config.distillation.student_layers if config.distillation else None)
+                   student_layers=config.distillation.student_layers if config.distillation else None,
+                   chat=dataclasses.asdict(config.chat) if config.chat else None)
 
 
 def _split(dataset, data: DataConfig, seed: int):
@@ -107,6 +109,8 @@ def _check_sections(config: RunConfig) -> None:
                              "sequence-classification")
     if config.evaluation and (config.tasks is not None or not classifying):
         raise ConfigKeyError("evaluation sets are for single-task classification runs")
+    if config.chat is not None and config.task != "causal-lm":
+        raise ConfigKeyError("chat tuning teaches a decoder's replies: set task: causal-lm (with a chat model)")
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -117,7 +121,12 @@ def prepare(config: RunConfig) -> Prepared:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     data, seed = config.data, config.training.seed
 
-    if config.task in ("masked-lm", "causal-lm"):
+    if config.chat is not None:  # labelled text taught as chat replies
+        splits = _split(_load_labelled(data), data, seed)
+        adaptation, info = _build(config, model_dir, tokenizer, tuple(splits["train"].label_names))
+        objective = chat_objective(config, adaptation, tokenizer, splits, info.max_length)
+        report = describe_splits(splits)
+    elif config.task in ("masked-lm", "causal-lm"):
         splits = _split(load_texts(data.source, data.text_column, data.label_column), data, seed)
         adaptation, info = _build(config, model_dir, tokenizer, ())
         objective: Objective = language_modelling_objective(config, adaptation, tokenizer, splits, info.max_length)
@@ -199,3 +208,15 @@ def load_evaluation_sets(config: RunConfig, tokenizer, max_length: int,
         sets.append(EvaluationSet(name, spec["source"], encode(dataset.texts, labels, tokenizer, max_length,
                                                                config.data.text_prefix), dataset.language))
     return tuple(sets)
+
+
+def training_texts(config: RunConfig) -> set[str]:
+    """The normalised texts a run trained on (every task's training split), to check an evaluation set for
+    overlap with them."""
+    if config.task != "sequence-classification":
+        data = config.data
+        return {normalise(t) for t in _split(load_texts(data.source, data.text_column, data.label_column), data,
+                                             config.training.seed)["train"].texts}
+    tasks = [data for _, data in parse_tasks(config.tasks, config.data)] if config.tasks else [config.data]
+    return {normalise(text) for data in tasks
+            for text in _split(_load_labelled(data), data, config.training.seed)["train"].texts}

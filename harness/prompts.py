@@ -1,0 +1,56 @@
+"""Prompts for decoders: the item asked as a chat message, with few-shot demonstrations, and the answers.
+
+Chat prompts go through the tokenizer's own chat template (`add_generation_prompt=True`); the answer is
+scored right after the assistant turn's opening, with no delimiter (lm-evaluation-harness's convention under
+a chat template). Few-shot demonstrations are drawn class-balanced, seeded by (seed, item id), so an item's
+demonstrations do not depend on the order of the items or on a limit, and never include the item itself or
+its translation (items that share its id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from harness.tasks import Item, Template
+
+FORMS = ("multi-turn", "one-message")
+CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al., 2021)
+
+
+def item_rng(seed: int, item_id: str) -> np.random.Generator:
+    """A generator that depends only on (seed, item id)."""
+    digest = hashlib.sha256(f"{seed}\x00{item_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def draw_demonstrations(pool: Sequence[Item], item: Item, k: int, num_labels: int, seed: int) -> list[Item]:
+    """k demonstrations from `pool`, as class-balanced as k allows (k // C per class, the remainder to classes
+    drawn at random), never `item` itself nor an item sharing its id or text; in a random order."""
+    rng = item_rng(seed, item.id)
+    candidates = [[d for d in pool if d.label == label and d.id != item.id and d.text != item.text]
+                  for label in range(num_labels)]
+    counts = np.full(num_labels, k // num_labels)
+    counts[rng.permutation(num_labels)[: k % num_labels]] += 1
+    chosen: list[Item] = []
+    for label, count in enumerate(counts):
+        available = candidates[label]
+        take = min(int(count), len(available))
+        chosen += [available[i] for i in rng.choice(len(available), take, replace=False)] if take else []
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def chat_messages(template: Template, text: str, demonstrations: Sequence[Item] = (),
+                  form: str = "multi-turn") -> list[dict[str, str]]:
+    """The conversation that asks about `text`, after the demonstrations (each a user and an assistant turn in
+    the multi-turn form; all in the one user message otherwise)."""
+    if form == "multi-turn":
+        messages = []
+        for demo in demonstrations:
+            messages += [{"role": "user", "content": template.question(demo.text)},
+                         {"role": "assistant", "content": template.verbalisers[demo.label]}]
+        return messages + [{"role": "user", "content": template.question(text)}]
+    shown = "".join(f"{template.question(d.text)}\n{template.verbalisers[d.label]}\n\n" for d in demonstrations)
+    return [{"role": "user", "content": shown + template.question(text)}]

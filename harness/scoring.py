@@ -1,0 +1,109 @@
+"""Log-likelihood scoring on a decoder: how likely each answer is as the continuation of a prompt.
+
+The context / continuation split follows EleutherAI's lm-evaluation-harness exactly (`tljax.data.chat.encode_pair`):
+trailing spaces of the context move into the continuation, context + continuation are tokenised together and cut
+at the length of the tokenised context (so a continuation that merges with the end of the context in the
+tokenizer is scored as that harness scores it). Each item's context is run once: its keys and values are cached, and every
+answer's tokens are scored against that cache in one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tljax.data.batches import bucket
+from tljax.data.chat import encode_pair
+from tljax.errors import InputError
+from tljax.models import KVCache
+from tljax.models.transforms import backbone
+
+# answer rows (items x answers) per batch: bounds the [rows, answer tokens, vocabulary] logits
+ROWS_PER_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """Per item and answer: the summed log-probability [N, L], and whether greedy decoding gives it [N, L]."""
+
+    logprob: np.ndarray
+    greedy: np.ndarray
+
+
+def _score_fn(graphdef):
+    @jax.jit
+    def score(state, prefix, prefix_mask, answers, answer_mask):
+        """prefix [B, P] (left-padded), answers [B, L, C] (right-padded) -> (log-prob sums, greedy) [B, L]."""
+        model = nnx.merge(graphdef, state)
+        body = backbone(model)
+        batch, labels, width = answers.shape
+        dtype = body.embed_tokens.embedding.dtype
+        cache = KVCache.empty(model.config, batch, body.num_virtual_tokens + prefix.shape[1] + width, dtype)
+        hidden, cache = body(prefix, prefix_mask, cache=cache)
+        first = jax.nn.log_softmax(model.logits(hidden[:, -1]))  # [B, V]: the answers' first token
+        repeat = lambda x: jnp.repeat(x, labels, axis=0)  # noqa: E731 - one copy of the cache per answer
+        cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), repeat(cache.mask),
+                        cache.index)
+        ids, mask = answers.reshape(batch * labels, width), answer_mask.reshape(batch * labels, width)
+        hidden, _ = body(ids, mask, cache=cache, use_prompt=False)
+        rest = jax.nn.log_softmax(model.logits(hidden[:, :-1]))  # [B * L, C - 1, V]: the answers' next tokens
+        predicted = jnp.concatenate([repeat(first)[:, None], rest], axis=1)  # [B * L, C, V]
+        token = jnp.take_along_axis(predicted, ids[..., None], axis=-1)[..., 0]
+        real = mask.astype(bool)
+        sums = jnp.where(real, token, 0.0).sum(-1).reshape(batch, labels)
+        greedy = ((jnp.argmax(predicted, -1) == ids) | ~real).all(-1).reshape(batch, labels)
+        return sums, greedy
+
+    return score
+
+
+class DecoderScorer:
+    """Scores answers after contexts with a causal LM (`LlamaForCausalLM`, any method applied)."""
+
+    def __init__(self, model: nnx.Module, tokenizer, pad_id: int | None = None):
+        self.tokenizer = tokenizer
+        self.pad_id = pad_id if pad_id is not None else (tokenizer.pad_token_id or 0)
+        graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state)
+        self._score = _score_fn(graphdef)
+
+    def __call__(self, requests: Sequence[tuple[str, Sequence[str]]]) -> Scores:
+        """`requests`: (context, answers) per item, every item with the same number of answers."""
+        encoded = []
+        for context, answers in requests:
+            pairs = [encode_pair(self.tokenizer, context, answer) for answer in answers]
+            empty = [answer for answer, (_, ids) in zip(answers, pairs) if not ids]
+            if empty:
+                raise InputError(f"the answers {empty} leave no token of their own after {context[-40:]!r} (the "
+                                 "tokenizer merges them into the prompt); choose verbalisers or a prompt end that "
+                                 "do not merge")
+            encoded.append((pairs[0][0], [ids for _, ids in pairs]))
+        labels = len(encoded[0][1]) if encoded else 0
+        logprob, greedy = np.zeros((len(requests), labels), np.float32), np.zeros((len(requests), labels), bool)
+        order = np.argsort([len(prefix) for prefix, _ in encoded], kind="stable")
+        widest = max((len(ids) for _, answers in encoded for ids in answers), default=1)
+        width = max(4, 1 << (widest - 1).bit_length())  # answers padded to a power of two: few shapes
+        # items per batch (each is `labels` answer rows), no more than there are, in powers of two: few shapes
+        per_batch = min(max(1, ROWS_PER_BATCH // max(labels, 1)), 1 << max(len(requests) - 1, 0).bit_length())
+        for start in range(0, len(order), per_batch):
+            rows = order[start: start + per_batch].tolist()
+            length = bucket(max(len(encoded[i][0]) for i in rows), 1 << 20)
+            prefix = np.full((per_batch, length), self.pad_id, np.int32)
+            prefix_mask = np.zeros((per_batch, length), np.int32)
+            answers = np.full((per_batch, labels, width), self.pad_id, np.int32)
+            answer_mask = np.zeros((per_batch, labels, width), np.int32)
+            for row, index in enumerate(rows):
+                ids, options = encoded[index]
+                prefix[row, length - len(ids):], prefix_mask[row, length - len(ids):] = ids, 1
+                for label, tokens in enumerate(options):
+                    answers[row, label, : len(tokens)], answer_mask[row, label, : len(tokens)] = tokens, 1
+            for row in range(len(rows), per_batch):  # padding rows: one real token, so attention has a key
+                prefix_mask[row, -1] = 1
+            sums, hits = self._score(self._state, prefix, prefix_mask, answers, answer_mask)
+            logprob[rows], greedy[rows] = np.asarray(sums)[: len(rows)], np.asarray(hits)[: len(rows)]
+        return Scores(logprob, greedy)

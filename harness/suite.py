@@ -1,0 +1,166 @@
+"""Suites: tasks x variants (x seeds), run with a cache, written as predictions, a table and plots.
+
+    # harness/suites/ci.yaml
+    name: ci
+    tasks: [sentiment-en, sentiment-pt]
+    variants:
+      - {kind: zero-shot, model: smollm2-135m-instruct}
+      - {kind: few-shot, model: smollm2-135m-instruct, k: 4, seeds: [0, 1]}
+    limit: 200          # optional: N items of each task, a fixed sample (few-shot draws do not depend on it)
+
+`python -m harness run SUITE` writes into `harness-results/<name>/` (or `--out`):
+`predictions/<variant>__<task>__seed<k>.jsonl` (a record per item), `results.json`, `results.md`, `plots/`.
+Each (variant, task, seed, limit) is cached under `cache/` by a hash of its settings, the task file, the
+model's files and the harness code, so a rerun computes only what changed and a long suite can be run over
+several sittings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from harness import plots
+from harness.results import agreement, markdown_table, summarise
+from harness.tasks import TASKS_DIR, Task, load_task
+from harness.variants import Models, Variant, VariantError, evaluate, parse_variant
+
+SUITES_DIR = Path(__file__).parent / "suites"
+SUITE_KEYS = ("name", "description", "tasks", "variants", "limit")
+CODE = [Path(__file__).parent, Path(__file__).parent.parent / "tljax"]  # what the results depend on
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    tasks: tuple[str, ...]
+    variants: tuple[Variant, ...]
+    limit: int | None = None
+    description: str = ""
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise VariantError(f"unknown suite {name_or_path!r}; built-in suites: {', '.join(builtin_suites())} "
+                               "(or give a suite YAML file)")
+    if not path.is_file():
+        raise VariantError(f"suite file {path} does not exist")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise VariantError(f"{path} must hold a mapping with tasks and variants")
+    unknown = sorted(set(raw) - set(SUITE_KEYS))
+    if unknown:
+        raise VariantError(f"{path}: unknown keys {unknown}; valid: {', '.join(SUITE_KEYS)}")
+    for key in ("tasks", "variants"):
+        if not raw.get(key):
+            raise VariantError(f"{path} needs {key}")
+    variants = tuple(parse_variant(v, f"{path}: variants[{i}]") for i, v in enumerate(raw["variants"]))
+    return Suite(str(raw.get("name", path.stem)), tuple(str(t) for t in raw["tasks"]), variants,
+                 raw.get("limit"), str(raw.get("description", "")))
+
+
+def sample(items, limit: int | None) -> list:
+    """The first `limit` items in a fixed pseudo-random order (by a hash of each id): a limit gives a sample
+    of the whole set, not its first rows (which the data may hold grouped, e.g. by film)."""
+    ordered = sorted(items, key=lambda item: hashlib.sha256(item.id.encode()).hexdigest())
+    return ordered[:limit] if limit else list(items)
+
+
+def _task_file(name: str) -> Path:
+    path = Path(name)
+    return path if path.suffix else TASKS_DIR / f"{name}.yaml"
+
+
+def _code_hash() -> str:
+    digest = hashlib.sha256()
+    for root in CODE:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _model_identity(variant: Variant) -> str:
+    """What distinguishes the variant's model: the name, and for directories the files' sizes and times."""
+    target = variant.run or variant.model
+    path = Path(target)
+    if not path.exists():
+        return str(target)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "checkpoints" not in p.parts)
+    return json.dumps([[str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime)] for p in files])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9.=-]+", "-", text).strip("-")[:80]
+
+
+def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print) -> list[dict[str, Any]]:
+    """Runs every (task, variant, seed) not in the cache; writes predictions, results and plots; returns the rows."""
+    limit = limit if limit is not None else suite.limit
+    out = Path(out)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    (out / "cache").mkdir(exist_ok=True)
+    tasks: dict[str, Task] = {name: load_task(name) for name in suite.tasks}  # every task checked before running
+    code = _code_hash()
+    loaded = Models()
+    rows, by_key = [], {}
+    for task_name, task in tasks.items():
+        items = sample(task.items, limit)
+        for variant in suite.variants:
+            seeds = variant.seeds if variant.kind == "few-shot" else (variant.seeds[0],)
+            per_seed = []
+            for seed in seeds:
+                key = hashlib.sha256(json.dumps([variant.settings(), _task_file(task_name).read_text(encoding="utf-8")
+                                                 if _task_file(task_name).is_file() else task_name, limit, seed, code,
+                                                 _model_identity(variant)], sort_keys=True).encode()).hexdigest()[:20]
+                cached = out / "cache" / f"{key}.json"
+                if cached.is_file():
+                    evaluation = json.loads(cached.read_text())
+                    say(f"{variant.label} on {task_name} (seed {seed}): cached")
+                else:
+                    say(f"{variant.label} on {task_name} (seed {seed}): {len(items)} items ...")
+                    result = evaluate(variant, task, items, seed, loaded)
+                    evaluation = {"records": result.records, "costs": result.costs, "notes": result.notes}
+                    cached.write_text(json.dumps(evaluation))
+                name = f"{_slug(variant.label)}__{_slug(task_name)}__seed{seed}.jsonl"
+                (out / "predictions" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                                for r in evaluation["records"]))
+                per_seed.append(evaluation)
+            summaries = [summarise(e["records"], len(task.labels)) for e in per_seed]
+            accuracies = [s["acc"]["accuracy"] for s in summaries if "acc" in s]
+            row = {"variant": variant.label, "kind": variant.kind, "task": task_name, "language": task.language,
+                   "settings": variant.settings(), "seeds": list(seeds), "summary": summaries[0],
+                   "seed_accuracies": accuracies, "seed_mean": float(np.mean(accuracies)) if accuracies else None,
+                   "seed_spread": float(np.std(accuracies)) if len(accuracies) > 1 else None,
+                   "costs": per_seed[0]["costs"], "notes": per_seed[0]["notes"]}
+            if len(accuracies) > 1:  # the table shows the mean over seeds
+                row["summary"] = {**row["summary"], "acc": {**row["summary"]["acc"], "accuracy": row["seed_mean"]}}
+            rows.append(row)
+            by_key[(variant.label, task_name)] = per_seed[0]["records"]
+    _write(out, suite, rows, by_key)
+    return rows
+
+
+def _write(out: Path, suite: Suite, rows: list[dict], by_key: dict) -> None:
+    agreements = {}
+    for (a, task), first in by_key.items():
+        for (b, other_task), second in by_key.items():
+            if task == other_task and a < b:
+                agreements[f"{a} | {b} | {task}"] = agreement(first, second)
+    (out / "results.json").write_text(json.dumps({"suite": suite.name, "rows": rows, "agreement": agreements},
+                                                 indent=2, ensure_ascii=False) + "\n")
+    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n" + markdown_table(rows))
+    plots.write_all(rows, agreements, out / "plots")

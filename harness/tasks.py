@@ -1,0 +1,206 @@
+"""Tasks: labelled items to evaluate on, with what a model is told and asked, per language.
+
+A task is a YAML file (`harness/tasks/*.yaml`, or any path):
+
+    name: sentiment-en
+    data: {source: rotten-tomatoes, split: test}     # any tljax data source; split: all | train | validation | test
+    demonstrations: {source: rotten-tomatoes, split: train}   # few-shot examples (default: the data's train split)
+    labels: [negative, positive]                      # the data's label names, in order
+    templates:
+      en:
+        instruction: "Is this film review positive or negative? ...\\n\\nReview: {text}"   # the chat question
+        verbalisers: {negative: negative, positive: positive}   # the answer word of each label
+        descriptions: {negative: "A negative review.", positive: "A positive review."}   # encoder zero-shot
+      pt: {...}
+
+Items carry a stable id (the source's own id where it has one, as the bundled Portuguese sets do, so that a
+review and its translation share it), the text, the gold label and the language.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tljax.data import TextDataset, load_source, split_dataset
+from tljax.errors import InputError
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+SPLITS = ("all", "train", "validation", "test")
+TASK_KEYS = ("name", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
+DATA_KEYS = ("source", "split", "text_column", "label_column", "validation", "test", "seed")
+TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions")
+
+
+class TaskError(InputError):
+    """A task file that is missing something, or asks for something that does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    id: str
+    text: str
+    label: int  # index into the task's labels
+    language: str  # the data's language ("en", "pt-BR", ...)
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """What a model is told in one language: the question, each label's answer word and description."""
+
+    instruction: str  # with {text}
+    verbalisers: tuple[str, ...]  # one per label, in label order
+    descriptions: tuple[str, ...]  # one per label
+
+    def question(self, text: str) -> str:
+        return self.instruction.format(text=text)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    source: str
+    split: str = "all"
+    text_column: str = "text"
+    label_column: str = "label"
+    validation: float = 0.1  # as tljax.train splits a source (the same defaults, so "test" is a run's test)
+    test: float = 0.1
+    seed: int = 42
+
+    def load(self) -> TextDataset:
+        dataset = load_source(self.source, text_column=self.text_column, label_column=self.label_column)
+        if self.split == "all":
+            return dataset
+        return split_dataset(dataset, validation=self.validation, test=self.test, seed=self.seed)[self.split]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    data: DataSpec
+    demonstrations: DataSpec
+    labels: tuple[str, ...]
+    templates: dict[str, Template]  # language ("en", "pt") -> template
+    description: str = ""
+    prompt_language: str | None = None  # the template used by default; None: the items' own language
+
+    @cached_property
+    def items(self) -> tuple[Item, ...]:
+        return tuple(_items(self.data.load(), self.labels, self.name))
+
+    @cached_property
+    def demonstration_items(self) -> tuple[Item, ...]:
+        return tuple(_items(self.demonstrations.load(), self.labels, self.name))
+
+    @property
+    def language(self) -> str:
+        """The base language of the items (`pt-BR` -> `pt`)."""
+        return self.items[0].language.split("-")[0] if self.items else "und"
+
+    def template(self, language: str | None = None) -> Template:
+        """The template of `language` (default: the task's prompt language, else the items' own language; items
+        of an unknown language, such as a CSV's, take the task's first template)."""
+        language = (language or self.prompt_language or self.language).split("-")[0]
+        if language == "und":
+            language = next(iter(self.templates))
+        if language not in self.templates:
+            raise TaskError(f"task {self.name} has no {language!r} template (it has {', '.join(self.templates)}); "
+                            f"add templates.{language} to its YAML file")
+        return self.templates[language]
+
+
+def _items(dataset: TextDataset, labels: tuple[str, ...], task: str) -> list[Item]:
+    if set(dataset.label_names) != set(labels):
+        raise TaskError(f"task {task}: the data {dataset.name} has labels {list(dataset.label_names)}, the task "
+                        f"declares {list(labels)}; make the task's labels the data's")
+    to_task = [labels.index(name) for name in dataset.label_names]
+    ids = dataset.groups if dataset.groups and len(set(dataset.groups)) == len(dataset) else None
+    return [Item(ids[i] if ids else f"{dataset.name}#{i}", text, to_task[label], dataset.language)
+            for i, (text, label) in enumerate(zip(dataset.texts, dataset.labels))]
+
+
+def builtin_tasks() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def load_task(name_or_path: str | Path) -> Task:
+    """A built-in task by name (`python -m harness list`) or a task YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TASKS_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise TaskError(f"unknown task {name_or_path!r}; built-in tasks: {', '.join(builtin_tasks())} "
+                            "(or give a task YAML file)")
+    if not path.is_file():
+        raise TaskError(f"task file {path} does not exist")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return parse_task(raw, str(path))
+
+
+def _check_keys(raw: Any, valid: tuple[str, ...], where: str) -> dict:
+    if not isinstance(raw, dict):
+        raise TaskError(f"{where} must be a mapping, got {raw!r}")
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise TaskError(f"{where}: unknown keys {unknown}; valid: {', '.join(valid)}")
+    return raw
+
+
+def _data(raw: Any, where: str) -> DataSpec:
+    raw = {"source": raw} if isinstance(raw, str) else _check_keys(raw, DATA_KEYS, where)
+    if "source" not in raw:
+        raise TaskError(f"{where} needs a source (a tljax data source, e.g. rotten-tomatoes or a CSV file)")
+    spec = DataSpec(**raw)
+    if spec.split not in SPLITS:
+        raise TaskError(f"{where}.split {spec.split!r} is unknown; valid: {', '.join(SPLITS)}")
+    return spec
+
+
+def parse_task(raw: Any, where: str = "task") -> Task:
+    """A task from its YAML mapping; every problem is a `TaskError` naming the key."""
+    raw = _check_keys(raw, TASK_KEYS, where)
+    for key in ("name", "data", "labels", "templates"):
+        if key not in raw:
+            raise TaskError(f"{where} needs {key}")
+    labels = tuple(str(label) for label in raw["labels"])
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise TaskError(f"{where}: labels must be two or more distinct names, got {list(labels)}")
+    data = _data(raw["data"], f"{where}: data")
+    demonstrations = _data(raw["demonstrations"], f"{where}: demonstrations") if "demonstrations" in raw else \
+        dataclasses.replace(data, split="train" if data.split != "all" else "all")
+    templates = {}
+    if not isinstance(raw["templates"], dict):
+        raise TaskError(f"{where}: templates must map languages to templates, e.g. {{en: {{instruction: ...}}}}")
+    for language, spec in raw["templates"].items():
+        at = f"{where}: templates.{language}"
+        spec = _check_keys(spec, TEMPLATE_KEYS, at)
+        missing = [key for key in TEMPLATE_KEYS if key not in spec]
+        if missing:
+            raise TaskError(f"{at} needs {', '.join(missing)}")
+        if "{text}" not in spec["instruction"]:
+            raise TaskError(f"{at}.instruction must contain {{text}} (where the item's text goes)")
+        words = []
+        for key in ("verbalisers", "descriptions"):
+            given = _check_keys(spec[key], labels, f"{at}.{key}")
+            if set(given) != set(labels):
+                raise TaskError(f"{at}.{key} must name every label ({', '.join(labels)}); missing: "
+                                f"{', '.join(sorted(set(labels) - set(given)))}")
+            words.append(tuple(str(given[label]) for label in labels))
+        verbalisers, descriptions = words
+        if any(not v.strip() for v in verbalisers):
+            raise TaskError(f"{at}.verbalisers: a verbaliser is empty ({dict(zip(labels, verbalisers))}); give "
+                            "each label the word a model should answer")
+        if len({v.strip().lower() for v in verbalisers}) != len(verbalisers):
+            raise TaskError(f"{at}.verbalisers: two labels have the same verbaliser ({dict(zip(labels, verbalisers))});"
+                            " a model's answer must tell the labels apart")
+        templates[str(language)] = Template(str(spec["instruction"]), verbalisers, descriptions)
+    if not templates:
+        raise TaskError(f"{where}: templates needs at least one language (e.g. en)")
+    prompt_language = raw.get("prompt_language")
+    if prompt_language is not None and prompt_language not in templates:
+        raise TaskError(f"{where}: prompt_language {prompt_language!r} has no template; templates: {', '.join(templates)}")
+    return Task(str(raw["name"]), data, demonstrations, labels, templates, str(raw.get("description", "")),
+                prompt_language)

@@ -1,0 +1,325 @@
+"""Variants: the ways to get a prediction for a task's items from a base model, all reporting the same record.
+
+    {kind: zero-shot, model: smollm2-135m-instruct}      # decoder: each answer's log-likelihood after the chat prompt
+    {kind: zero-shot, model: e5-small}                   # encoder: similarity to each label's description
+    {kind: few-shot, model: smollm2-135m-instruct, k: 4, seeds: [0, 1, 2], form: multi-turn}
+    {kind: few-shot, model: minilm-l6, k: 8, classifier: logistic}   # encoder: a classifier on k examples per class
+    {kind: chat, model: smollm2-135m-instruct}           # the decoder answers freely; the reply is parsed
+    {kind: run, run: runs/lora}                          # a finished `python -m tljax.train` run
+
+A record per item: id, text, gold, each label's scores under each rule (`acc`: the summed log-probability;
+`acc_norm`: per character of the answer; `calibrated`: divided by the probabilities of a content-free input),
+the prediction by each rule (-1: none could be read), the prompt (or transcript) and the latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import tljax
+from harness.encoders import CLASSIFIERS, Embedder, logistic_regression, nearest_centroid
+from harness.prompts import CONTENT_FREE, FORMS, chat_messages, draw_demonstrations, item_rng
+from harness.scoring import DecoderScorer
+from harness.tasks import Item, Task, load_task
+from tljax import models, zoo
+from tljax.data import normalise
+from tljax.data.chat import chat_context
+from tljax.errors import InputError
+from tljax.predict import Predictor
+from tljax.runs import find_export, load_exported
+from tljax.train.config import load_config
+from tljax.train.run import training_texts
+
+KINDS = ("zero-shot", "few-shot", "chat", "run")
+KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "form", "demonstrations", "classifier",
+        "max_new_tokens", "allow_overlap", "text_prefix", "description_prefix", "calibrate")
+# the input prefixes an encoder was trained with (e5: "query: " for what is searched for, "passage: " for the rest)
+ENCODER_PREFIXES = {"e5-small": ("query: ", "passage: "), "e5-small-enpt": ("query: ", "passage: ")}
+
+
+class VariantError(InputError):
+    """A variant that is unknown, incomplete, or cannot be used on the task."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    kind: str
+    model: str | None = None  # a packaged name, Hugging Face id or directory (zero-shot, few-shot, chat)
+    run: str | None = None  # a finished run directory (kind run)
+    name: str | None = None  # shown in tables; default: derived from the settings
+    language: str | None = None  # the prompt's language (a task template); default: the task's
+    k: int = 4  # few-shot: demonstrations in all (decoders), examples per class (encoders)
+    seeds: tuple[int, ...] = (0,)
+    form: str = "multi-turn"  # few-shot on a decoder: multi-turn | one-message
+    demonstrations: str | None = None  # few-shot: another task to draw them from (cross-lingual); default: the task
+    classifier: str = "logistic"  # few-shot on an encoder: logistic | centroid
+    max_new_tokens: int = 8  # chat
+    allow_overlap: bool = False  # run: evaluate even where the run trained on some of the items (flagged)
+    text_prefix: str | None = None  # encoders: before each text / each description (default: the model's own)
+    description_prefix: str | None = None
+    # decoders: also score a content-free input for the calibrated rule (few-shot: one per item, twice the cost)
+    calibrate: bool = True
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.kind == "run":
+            return f"run {Path(self.run).name}"
+        parts = [self.kind, self.model]
+        if self.kind == "few-shot":
+            parts.append(f"k={self.k}")
+            if self.demonstrations:
+                parts.append(f"demos={self.demonstrations}")
+        if self.language:
+            parts.append(f"prompt={self.language}")
+        return " ".join(str(p) for p in parts)
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def parse_variant(raw: Any, where: str = "variant") -> Variant:
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise VariantError(f"{where} must be a mapping with a kind ({', '.join(KINDS)}), got {raw!r}")
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise VariantError(f"{where}: unknown keys {unknown}; valid: {', '.join(KEYS)}")
+    if raw["kind"] not in KINDS:
+        raise VariantError(f"{where}: unknown variant kind {raw['kind']!r}; valid: {', '.join(KINDS)}")
+    values = dict(raw)
+    if "seeds" in values:
+        values["seeds"] = tuple(int(s) for s in (values["seeds"] if isinstance(values["seeds"], list)
+                                                  else [values["seeds"]]))
+    variant = Variant(**values)
+    if variant.kind == "run" and not variant.run:
+        raise VariantError(f"{where}: a run variant needs run: a finished run directory")
+    if variant.kind != "run" and not variant.model:
+        raise VariantError(f"{where}: a {variant.kind} variant needs model: a packaged name or a directory")
+    if variant.form not in FORMS:
+        raise VariantError(f"{where}: form {variant.form!r} is unknown; valid: {', '.join(FORMS)}")
+    if variant.classifier not in CLASSIFIERS:
+        raise VariantError(f"{where}: classifier {variant.classifier!r} is unknown; valid: {', '.join(CLASSIFIERS)}")
+    if variant.kind == "few-shot" and not 1 <= variant.k <= 64:
+        raise VariantError(f"{where}: k must be between 1 and 64, got {variant.k}")
+    return variant
+
+
+@dataclasses.dataclass
+class Evaluation:
+    records: list[dict[str, Any]]
+    costs: dict[str, Any]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+class Models:
+    """Loaded base models, kept for the whole suite: (model, tokenizer, is_decoder, directory)."""
+
+    def __init__(self):
+        self._loaded: dict[str, tuple] = {}
+
+    def get(self, name: str):
+        if name not in self._loaded:
+            directory = zoo.resolve(name)
+            model_type = models.read_config_dict(directory).get("model_type", "")
+            model, tokenizer = tljax.load(str(directory))
+            self._loaded[name] = (model, tokenizer, model_type == "llama", directory)
+        return self._loaded[name]
+
+
+def _size_mb(path: Path) -> float:
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return round(sum(p.stat().st_size for p in files) / 2**20, 1)
+
+
+def _rule_records(items: Sequence[Item], scores: dict[str, np.ndarray], prompts: Sequence[str],
+                  latency: float) -> list[dict[str, Any]]:
+    per_item = latency / max(len(items), 1)
+    records = []
+    for i, item in enumerate(items):
+        rules = {rule: values[i] for rule, values in scores.items()}
+        records.append({"id": item.id, "text": item.text, "language": item.language, "gold": item.label,
+                        "scores": {r: [round(float(x), 6) for x in v] for r, v in rules.items()},
+                        "prediction": {r: int(np.argmax(v)) for r, v in rules.items()},
+                        "prompt": prompts[i], "latency_s": round(per_item, 5)})
+    return records
+
+
+def _decoder_scores(logprob: np.ndarray, content_free: np.ndarray | None,
+                    verbalisers: Sequence[str]) -> dict[str, np.ndarray]:
+    """The rules from the answers' log-probabilities [N, L] and the content-free ones [N or 1, L] (if scored)."""
+    lengths = np.asarray([max(len(v), 1) for v in verbalisers], np.float64)
+    scores = {"acc": logprob, "acc_norm": logprob / lengths}
+    if content_free is not None:
+        normalised = jax.nn.log_softmax(logprob.astype(np.float64), -1)
+        scores["calibrated"] = np.asarray(normalised - jax.nn.log_softmax(content_free.astype(np.float64), -1))
+    return scores
+
+
+def decoder_prompts(variant: Variant, task: Task, items: Sequence[Item], tokenizer, seed: int,
+                    pool: Sequence[Item] = ()) -> tuple[list[str], list[str]]:
+    """(context, content-free context) per item: the chat prompt, after the item's demonstrations if any."""
+    template = task.template(variant.language)
+    contexts, free = [], []
+    for item in items:
+        demos = draw_demonstrations(pool, item, variant.k, len(task.labels), seed) if variant.kind == "few-shot" else []
+        contexts.append(chat_context(tokenizer, chat_messages(template, item.text, demos, variant.form)))
+        free.append(chat_context(tokenizer, chat_messages(template, CONTENT_FREE, demos, variant.form)))
+    return contexts, free
+
+
+def _demonstration_pool(variant: Variant, task: Task) -> list[Item]:
+    source = load_task(variant.demonstrations) if variant.demonstrations else task
+    if source.labels != task.labels:
+        raise VariantError(f"demonstrations {variant.demonstrations}: labels {list(source.labels)} differ from the "
+                           f"task's {list(task.labels)}")
+    return list(source.demonstration_items)
+
+
+def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loaded: Models) -> Evaluation:
+    """Every item's record under `variant` (seed: the few-shot draw)."""
+    if variant.kind == "run":
+        return _evaluate_run(variant, task, items)
+    model, tokenizer, is_decoder, directory = loaded.get(variant.model)
+    costs: dict[str, Any] = {"trainable_parameters": 0, "training_seconds": 0.0,
+                             "size_mb": _size_mb(directory / "model.safetensors")}
+    template = task.template(variant.language)
+    started = time.perf_counter()
+    if is_decoder and variant.kind in ("zero-shot", "few-shot"):
+        pool = _demonstration_pool(variant, task) if variant.kind == "few-shot" else []
+        contexts, free = decoder_prompts(variant, task, items, tokenizer, seed, pool)
+        scorer = DecoderScorer(model, tokenizer)
+        answers = template.verbalisers
+        logprob = scorer([(c, answers) for c in contexts]).logprob
+        # zero-shot: one content-free prompt serves every item; few-shot: each item's demonstrations have their own
+        free_requests = [(free[0], answers)] if variant.kind == "zero-shot" else [(c, answers) for c in free]
+        scores = _decoder_scores(logprob, scorer(free_requests).logprob if variant.calibrate else None, answers)
+        records = _rule_records(items, scores, contexts, time.perf_counter() - started)
+    elif is_decoder and variant.kind == "chat":
+        records = _chat(variant, task, items, model, tokenizer)
+    elif variant.kind == "zero-shot":
+        text_prefix, description_prefix = _prefixes(variant)
+        embed = Embedder(model, tokenizer)
+        texts = embed([i.text for i in items], text_prefix)
+        descriptions = embed(list(template.descriptions), description_prefix)
+        records = _rule_records(items, {"acc": texts @ descriptions.T}, [""] * len(items),
+                                time.perf_counter() - started)
+    elif variant.kind == "few-shot":
+        records, classifier_size = _encoder_few_shot(variant, task, items, seed, model, tokenizer)
+        costs["trainable_parameters"] = classifier_size
+    else:
+        raise VariantError(f"a {variant.kind} variant needs a chat decoder; {variant.model} is an encoder")
+    costs["examples_per_second"] = round(len(items) / max(time.perf_counter() - started, 1e-9), 2)
+    return Evaluation(records, costs)
+
+
+def _prefixes(variant: Variant) -> tuple[str, str]:
+    default = ENCODER_PREFIXES.get(variant.model, ("", ""))
+    return (variant.text_prefix if variant.text_prefix is not None else default[0],
+            variant.description_prefix if variant.description_prefix is not None else default[1])
+
+
+def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed: int, model, tokenizer):
+    """k examples per class (drawn with `seed`, none of them an evaluated item), a classifier on their frozen
+    embeddings; items used as examples are left out of the evaluation."""
+    pool = _demonstration_pool(variant, task)
+    rng = item_rng(seed, f"{task.name}/encoder-few-shot")
+    chosen = []
+    for label in range(len(task.labels)):
+        of_label = [d for d in pool if d.label == label]
+        chosen += [of_label[i] for i in rng.choice(len(of_label), min(variant.k, len(of_label)), replace=False)]
+    used = {d.id for d in chosen} | {d.text for d in chosen}
+    items = [i for i in items if i.id not in used and i.text not in used]
+    prefix = _prefixes(variant)[0]
+    embed = Embedder(model, tokenizer)
+    started = time.perf_counter()
+    train = embed([d.text for d in chosen], prefix)
+    labels = np.asarray([d.label for d in chosen])
+    texts = embed([i.text for i in items], prefix)
+    if variant.classifier == "centroid":
+        centroids = nearest_centroid(train, labels, len(task.labels))
+        scores, size = texts @ centroids.T, 0
+    else:
+        weights, bias = logistic_regression(train, labels, len(task.labels))
+        scores, size = texts @ weights + bias, weights.size + bias.size
+    examples = "; ".join(f"{task.labels[d.label]}: {d.text[:60]}" for d in chosen)
+    return _rule_records(items, {"acc": scores}, [examples] * len(items), time.perf_counter() - started), size
+
+
+def parse_reply(reply: str, verbalisers: Sequence[str]) -> int:
+    """The label whose answer word occurs first in `reply` (whole words, any case); -1 if none does."""
+    found = []
+    for label, word in enumerate(verbalisers):
+        match = re.search(rf"(?<!\w){re.escape(word.strip().lower())}(?!\w)", reply.lower())
+        if match:
+            found.append((match.start(), label))
+    return min(found)[1] if found else -1
+
+
+def _chat(variant: Variant, task: Task, items: Sequence[Item], model, tokenizer) -> list[dict[str, Any]]:
+    template = task.template(variant.language)
+    records = []
+    for start in range(0, len(items), 16):
+        batch = items[start: start + 16]
+        began = time.perf_counter()
+        replies = models.chat(model, tokenizer, [chat_messages(template, i.text) for i in batch],
+                              max_new_tokens=variant.max_new_tokens)
+        latency = (time.perf_counter() - began) / len(batch)
+        for item, reply in zip(batch, replies):
+            label = parse_reply(reply, template.verbalisers)
+            records.append({"id": item.id, "text": item.text, "language": item.language, "gold": item.label,
+                            "scores": {}, "prediction": {"acc": label}, "prompt": template.question(item.text),
+                            "reply": reply, "latency_s": round(latency, 5)})
+    return records
+
+
+def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item]) -> Evaluation:
+    export = find_export(variant.run)
+    model, tokenizer, info = load_exported(export)
+    if set(info.labels) != set(task.labels):
+        raise VariantError(f"run {variant.run} predicts labels {list(info.labels)}, the task {task.name} has "
+                           f"{list(task.labels)}; evaluate a run trained for the task's labels")
+    run_dir = export.parent if export.name == "export" else export.parent.parent
+    notes, overlap = [], 0
+    if (run_dir / "config.yaml").is_file():
+        trained = training_texts(load_config(run_dir / "config.yaml"))
+        overlap = sum(normalise(i.text) in trained for i in items)
+        if overlap and not variant.allow_overlap:
+            raise VariantError(f"run {variant.run} trained on {overlap} of the {len(items)} items of {task.name}; "
+                               "evaluate it on held-out items (e.g. the test split), or set allow_overlap: true to "
+                               "report it flagged")
+        if overlap:
+            notes.append(f"trained on {overlap} of the {len(items)} items")
+    started = time.perf_counter()
+    if info.task == "causal-lm":  # a chat-tuned decoder: scored in the same chat form as zero-shot
+        if not info.chat:
+            raise VariantError(f"run {variant.run} is continued pre-training, not a classifier")
+        zero_shot = Variant(kind="zero-shot", model=variant.run, language=variant.language)
+        contexts, free = decoder_prompts(zero_shot, task, items, tokenizer, 0)
+        scorer = DecoderScorer(model, tokenizer)
+        answers = task.template(variant.language).verbalisers
+        scores = _decoder_scores(scorer([(c, answers) for c in contexts]).logprob,
+                                 scorer([(free[0], answers)]).logprob, answers)
+        prompts = contexts
+    else:
+        predictor = Predictor(model, tokenizer, info)
+        order = [predictor.labels.index(name) for name in task.labels]
+        predicted = predictor([i.text for i in items])
+        scores = {"acc": np.log(np.asarray([[p[predictor.labels[j]] for j in order] for _, p in predicted]) + 1e-12)}
+        prompts = [""] * len(items)
+    latency = time.perf_counter() - started
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    costs = {"trainable_parameters": summary.get("trainable_parameters"),
+             "training_seconds": summary.get("training_seconds"), "size_mb": _size_mb(export),
+             "examples_per_second": round(len(items) / max(latency, 1e-9), 2), "overlap": overlap}
+    return Evaluation(_rule_records(items, scores, prompts, latency), costs, notes)

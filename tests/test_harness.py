@@ -1,0 +1,256 @@
+"""The evaluation harness on tiny models: tasks, prompts and few-shot draws, decoder scoring (against a direct
+computation and against lm-evaluation-harness), metrics, variants, the run variant's checks, the command."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+
+from conftest import WORDS, save_word_tokenizer, write_reviews
+from harness.prompts import chat_messages, draw_demonstrations
+from harness.results import binomial_p_value, markdown_table, summarise
+from harness.scoring import DecoderScorer
+from tljax.data.chat import encode_pair
+from harness.tasks import Item, TaskError, builtin_tasks, load_task, parse_task
+from harness.variants import VariantError, parse_reply, parse_variant
+
+
+SENTIMENT = {
+    "name": "tiny", "data": {"source": "x.csv"}, "labels": ["neg", "pos"],
+    "templates": {"en": {"instruction": "the film was {text}", "verbalisers": {"neg": "bad", "pos": "good"},
+                         "descriptions": {"neg": "bad awful", "pos": "good great"}}},
+}
+
+
+def test_every_builtin_task_parses_with_english_and_portuguese_templates():
+    names = builtin_tasks()
+    assert {"sentiment-en", "sentiment-pt", "sentiment-fr", "sentiment-nl", "sentiment-de", "sentiment-pt-parallel",
+            "sentiment-en-parallel", "subjectivity-en", "topics-en"} <= set(names)
+    for name in names:
+        task = load_task(name)
+        assert {"en", "pt"} <= set(task.templates), name
+        assert all(len(t.verbalisers) == len(task.labels) for t in task.templates.values())
+    assert len(load_task("topics-en").labels) == 20
+
+
+def test_bad_tasks_are_refused_with_what_would_be_right():
+    with pytest.raises(TaskError, match="unknown task 'sentimnet-en'; built-in tasks: .*sentiment-en"):
+        load_task("sentimnet-en")
+    bad = json.loads(json.dumps(SENTIMENT))
+    bad["templates"]["en"]["verbalisers"] = {"neg": "good", "pos": "Good"}
+    with pytest.raises(TaskError, match="two labels have the same verbaliser"):
+        parse_task(bad)
+    bad["templates"]["en"]["verbalisers"] = {"neg": " ", "pos": "good"}
+    with pytest.raises(TaskError, match="a verbaliser is empty"):
+        parse_task(bad)
+    bad["templates"]["en"]["verbalisers"] = {"neg": "bad"}
+    with pytest.raises(TaskError, match="must name every label .*missing: pos"):
+        parse_task(bad)
+    with pytest.raises(TaskError, match=r"unknown keys \['verbaliser'\]"):
+        parse_task({**SENTIMENT, "templates": {"en": {"verbaliser": {}}}})
+    task = parse_task(SENTIMENT)
+    with pytest.raises(TaskError, match="task tiny has no 'pt' template .*add templates.pt"):
+        task.template("pt")
+
+
+def items(n: int, labels: int = 2) -> list[Item]:
+    return [Item(f"i{k}", f"text {k}", k % labels, "en") for k in range(n)]
+
+
+@pytest.mark.parametrize("labels", [2, 3])
+def test_demonstrations_are_class_balanced_seeded_per_item_and_never_the_item(labels):
+    pool = items(60, labels)
+    item = pool[7]
+    translation = Item(item.id, "its translation", item.label, "pt")  # a parallel set shares the id
+    for k in range(1, 9):
+        demos = draw_demonstrations([*pool, translation], item, k, labels, seed=3)
+        counts = np.bincount([d.label for d in demos], minlength=labels)
+        assert len(demos) == k and counts.max() - counts.min() <= 1, (k, counts)
+        assert all(d.id != item.id for d in demos)
+        assert demos == draw_demonstrations([*pool, translation], item, k, labels, seed=3)  # reproducible
+    assert draw_demonstrations(pool, item, 4, labels, seed=3) != draw_demonstrations(pool, item, 4, labels, seed=4)
+    messages = chat_messages(parse_task(SENTIMENT).template("en"), "x", demos[:2])
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory):
+    """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
+    import transformers
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    save_word_tokenizer(directory, bert=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
+                              "{% if add_generation_prompt %}assistant {% endif %}"
+    tokenizer.save_pretrained(directory)
+    config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                      max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+REQUESTS = [("the film was good and", [" great", " awful boring dull"]),
+            ("it was a movie", [" fine", " poor really"]),
+            ("the plot the actors the story was quite ", ["lovely", "bad"])]  # a trailing space moves
+
+
+@pytest.mark.parametrize("method", [None, "prompt"])
+def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method):
+    import tljax
+    from tljax.methods import adapt, make_method
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    if method:  # virtual tokens take cache slots too
+        model = adapt(model, [make_method(method, {"num_virtual_tokens": 3})]).model
+    scores = DecoderScorer(model, tokenizer)(REQUESTS)
+    for row, (context, answers) in enumerate(REQUESTS):
+        for label, answer in enumerate(answers):
+            context_ids, answer_ids = encode_pair(tokenizer, context, answer)
+            logits = jax.nn.log_softmax(model(jnp.asarray([context_ids + answer_ids])))[0]
+            expected = sum(float(logits[len(context_ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
+            np.testing.assert_allclose(scores.logprob[row, label], expected, atol=1e-5)
+
+
+def test_decoder_scoring_equals_lm_evaluation_harness(tiny_decoder):
+    pytest.importorskip("lm_eval")
+    import tljax
+    from lm_eval_reference import encode_pair as reference_pair
+    from lm_eval_reference import loglikelihoods
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    ours = DecoderScorer(model, tokenizer)(REQUESTS).logprob
+    theirs = loglikelihoods(tiny_decoder, [(c, a) for c, answers in REQUESTS for a in answers])
+    np.testing.assert_allclose(ours.ravel(), [value for value, _ in theirs], atol=1e-4)
+    for context, answers in REQUESTS:
+        for answer in answers:
+            assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
+
+
+def test_binomial_test_and_summary():
+    assert binomial_p_value(8, 10, 0.5) == pytest.approx(56 / 1024)
+    assert binomial_p_value(0, 10, 0.5) == pytest.approx(1.0)
+    assert binomial_p_value(127, 200, 0.5) < 0.01
+    records = [{"id": str(i), "gold": i % 2, "prediction": {"acc": i % 2 if i < 8 else -1}} for i in range(10)]
+    summary = summarise(records, 2)
+    assert summary["unread"] == 2 and summary["acc"]["accuracy"] == pytest.approx(0.8)  # unread counts as wrong
+    low, high = summary["acc"]["accuracy_ci"]
+    assert low <= 0.8 <= high
+    table = markdown_table([{"variant": "v", "task": "t", "language": "en", "summary": summary, "costs": {}}])
+    assert "| v | t | en | 10 | 0.800" in table
+
+
+def test_variants_are_checked_and_replies_parsed():
+    with pytest.raises(VariantError, match="unknown variant kind 'zero_shot'; valid: zero-shot, few-shot, chat, run"):
+        parse_variant({"kind": "zero_shot", "model": "m"})
+    with pytest.raises(VariantError, match=r"unknown keys \['shots'\]"):
+        parse_variant({"kind": "few-shot", "model": "m", "shots": 4})
+    with pytest.raises(VariantError, match="needs run"):
+        parse_variant({"kind": "run"})
+    assert parse_variant({"kind": "few-shot", "model": "m", "seeds": [1, 2]}).seeds == (1, 2)
+    assert parse_reply("Positive.", ["negative", "positive"]) == 1
+    assert parse_reply("It is negative, not positive", ["negative", "positive"]) == 0
+    assert parse_reply("I cannot tell", ["negative", "positive"]) == -1
+    assert parse_reply("unpositive", ["negative", "positive"]) == -1
+
+
+def test_the_command_lists_runs_and_refuses_bad_input(tmp_path, capsys):
+    from harness.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "python -m harness" in capsys.readouterr().out
+    assert main(["list"]) == 0 and "sentiment-pt" in capsys.readouterr().out
+    assert main(["run", "no-such-suite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown suite 'no-such-suite'; built-in suites:") and "\n" not in err
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"tasks": ["sentiment-en"], "variants": [{"kind": "few_shot", "model": "m"}]}))
+    assert main(["run", str(suite)]) == 2 and "valid: zero-shot" in capsys.readouterr().err
+
+
+def write_task(tmp_path: Path, data: dict, labels=("neg", "pos")) -> Path:
+    path = tmp_path / f"task-{len(list(tmp_path.glob('task-*')))}.yaml"
+    template = {"instruction": "the film was {text}", "verbalisers": dict(zip(labels, ("bad", "good"))),
+                "descriptions": dict(zip(labels, ("bad awful", "good great")))}
+    path.write_text(yaml.safe_dump({"name": "tiny", "data": data, "labels": list(labels), "templates": {"en": template}}))
+    return path
+
+
+def test_a_run_variant_predicts_through_its_export_and_refuses_overlap_and_other_labels(tmp_path, tiny_model):
+    from harness.suite import load_suite, run_suite
+    from harness.tasks import load_task as task_from
+    from harness.variants import Models, evaluate
+    from tljax.train.__main__ import main as train
+
+    reviews = write_reviews(tmp_path / "reviews.csv")
+    data = {"source": str(reviews), "text_column": "review", "label_column": "sentiment"}
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_model), "data": {**data, "labels": ["neg", "pos"]},
+                                      "method": {"name": "full"}, "output_dir": str(tmp_path / "run"),
+                                      "training": {"learning_rate": 1e-2, "max_steps": 24, "eval_steps": 12,
+                                                   "per_device_train_batch_size": 16}}))
+    assert train(["--config", str(config)]) == 0
+    variant = parse_variant({"kind": "run", "run": str(tmp_path / "run")})
+    held_out = task_from(write_task(tmp_path, {**data, "split": "test"}))
+    result = evaluate(variant, held_out, held_out.items, 0, Models())
+    accuracy = np.mean([r["prediction"]["acc"] == r["gold"] for r in result.records])
+    assert accuracy > 0.75 and result.costs["overlap"] == 0 and result.costs["trainable_parameters"] > 0
+    everything = task_from(write_task(tmp_path, {**data, "split": "all"}))
+    with pytest.raises(VariantError, match=r"trained on \d+ of the 240 items of tiny"):
+        evaluate(variant, everything, everything.items, 0, Models())
+    flagged = evaluate(parse_variant({"kind": "run", "run": str(tmp_path / "run"), "allow_overlap": True}),
+                       everything, everything.items, 0, Models())
+    assert flagged.notes and flagged.notes[0].startswith("trained on")
+    write_reviews(tmp_path / "other.csv", label_names=("bad", "good"))
+    other = task_from(write_task(tmp_path, {**data, "source": str(tmp_path / "other.csv")}, labels=("bad", "good")))
+    with pytest.raises(VariantError, match=r"predicts labels \['neg', 'pos'\], the task tiny has \['bad', 'good'\]"):
+        evaluate(variant, other, other.items, 0, Models())
+
+    # a suite of it: results, table and plots written; a rerun is served from the cache
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "tiny", "tasks": [str(write_task(tmp_path, {**data, "split": "test"}))],
+                                     "variants": [{"kind": "run", "run": str(tmp_path / "run")}]}))
+    lines = []
+    rows = run_suite(load_suite(suite), tmp_path / "out", say=lines.append)
+    assert rows[0]["summary"]["acc"]["accuracy"] == pytest.approx(accuracy)
+    for name in ("results.json", "results.md", "plots/accuracy_vs_parameters.png", "plots/language_matrix.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    assert len(list((tmp_path / "out" / "predictions").glob("*.jsonl"))) == 1
+    run_suite(load_suite(suite), tmp_path / "out", say=lines.append)
+    assert lines[-1].endswith("cached")
+
+
+def test_chat_tuning_teaches_a_decoder_the_replies_and_the_harness_scores_it_in_the_same_form(tmp_path,
+                                                                                              tiny_decoder):
+    from harness.tasks import load_task as task_from
+    from harness.variants import Models, evaluate
+    from tljax.train.__main__ import main as train
+
+    reviews = write_reviews(tmp_path / "reviews.csv")
+    data = {"source": str(reviews), "text_column": "review", "label_column": "sentiment"}
+    instruction = "the film was {text}"  # the template write_task gives the harness task
+    config = tmp_path / "chat.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_decoder), "task": "causal-lm", "data": {**data, "labels": ["neg", "pos"], "max_length": 32},
+        "chat": {"instruction": instruction, "verbalisers": {"neg": "bad", "pos": "good"}},
+        "method": {"name": "lora", "rank": 4}, "output_dir": str(tmp_path / "chat"),
+        "training": {"learning_rate": 3e-2, "max_steps": 80, "eval_steps": 40, "per_device_train_batch_size": 16,
+                     "warmup_ratio": 0.0}}))
+    assert train(["--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "chat" / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.75, summary["test"]
+    info = json.loads((tmp_path / "chat" / "export" / "run.json").read_text())
+    assert info["task"] == "causal-lm" and info["labels"] == ["neg", "pos"] and info["chat"]["instruction"] == instruction
+    task = task_from(write_task(tmp_path, {**data, "split": "test"}))
+    tuned = evaluate(parse_variant({"kind": "run", "run": str(tmp_path / "chat")}), task, task.items, 0, Models())
+    before = evaluate(parse_variant({"kind": "zero-shot", "model": str(tiny_decoder)}), task, task.items, 0, Models())
+    accuracy = {name: np.mean([r["prediction"]["acc"] == r["gold"] for r in e.records])
+                for name, e in (("tuned", tuned), ("zero-shot", before))}
+    assert accuracy["tuned"] > 0.75 and accuracy["tuned"] > accuracy["zero-shot"] + 0.15, accuracy
+    assert tuned.records[0]["prompt"] == before.records[0]["prompt"]  # the same chat form

@@ -1,0 +1,85 @@
+"""The harness on the real packaged models: SmolLM2's log-likelihoods against lm-evaluation-harness, and the
+CI suite end to end with the effect each variant exists for (one-sided binomial tests on 200 items)."""
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from harness.prompts import chat_messages
+from harness.scoring import DecoderScorer
+from tljax.data.chat import encode_pair
+from harness.suite import load_suite, run_suite, sample
+from harness.tasks import load_task
+from harness.variants import Variant, decoder_prompts
+
+pytestmark = pytest.mark.real
+SMOLLM2 = "smollm2-135m-instruct"
+
+
+def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
+    """Zero-shot and few-shot chat prompts (lm-eval's chat convention: no target delimiter) and plain prompts
+    (a " " delimiter), including an answer whose first token merges with the end of the prompt."""
+    pytest.importorskip("lm_eval")
+    import tljax
+    from lm_eval_reference import chat_context, encode_pair as reference_pair, loglikelihoods
+    from tljax import zoo
+
+    directory = zoo.resolve(SMOLLM2)
+    model, tokenizer = tljax.load(SMOLLM2)
+    task = load_task("sentiment-en")
+    items = sample(task.items, 3)
+    answers = list(task.template().verbalisers)
+    zero, _ = decoder_prompts(Variant(kind="zero-shot", model=SMOLLM2), task, items, tokenizer, 0)
+    few, _ = decoder_prompts(Variant(kind="few-shot", model=SMOLLM2, k=2), task, items, tokenizer, 0,
+                             task.demonstration_items)
+    assert zero[0] == chat_context(directory, chat_messages(task.template(), items[0].text))  # lm-eval's prompt
+    requests = [(context, answers) for context in zero + few]
+    requests += [("Review: a dull film\nSentiment:", [" positive", " negative"]),
+                 ("The review is", ["n't good", " good"])]  # "is" + "n't" merge: " isn" + "'t"
+    merged = encode_pair(tokenizer, "The review is", "n't good")
+    assert tokenizer("The review isn't good", add_special_tokens=False)["input_ids"][: len(merged[0])] != merged[0]
+    ours = DecoderScorer(model, tokenizer)(requests).logprob
+    theirs = np.asarray([v for v, _ in loglikelihoods(directory, [(c, a) for c, options in requests
+                                                                   for a in options])]).reshape(ours.shape)
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+    assert (ours.argmax(1) == theirs.argmax(1)).all()
+    for context, options in requests:
+        for answer in options:
+            assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
+
+
+def test_the_ci_suite_runs_every_variant_kind_with_its_effect(tmp_path):
+    suite = load_suite("ci")
+    rows = run_suite(suite, tmp_path, say=print)
+    by_variant = {row["variant"]: row for row in rows}
+    # above chance (one-sided binomial, p < 0.01) and with skill beyond the majority label (MCC > 0.1: the test
+    # split is 60% positive). SmolLM2-135M few-shot is reported, not asserted: at k = 2 and 4 it measured
+    # 0.585 / 0.580 with MCC 0.08 / 0.02 on these items, no better than always answering the majority label.
+    for name in ("zero-shot smollm2-135m-instruct", "chat smollm2-135m-instruct", "zero-shot minilm-l6",
+                 "few-shot minilm-l6 k=8"):
+        summary = by_variant[name]["summary"]
+        assert summary["items"] >= 190, name
+        assert summary["acc"]["p_above_chance"] < 0.01 and summary["acc"]["mcc"] > 0.1, (name, summary["acc"])
+    assert by_variant["chat smollm2-135m-instruct"]["summary"]["unread"] < 100  # a reply was read for most items
+    few_shot = by_variant["few-shot smollm2-135m-instruct k=2"]["summary"]
+    assert few_shot["items"] == 200 and 0 <= few_shot["acc"]["accuracy"] <= 1
+    # few-shot demonstrations: class-balanced, never the item itself, identical on a rerun with the same seed
+    task = load_task("sentiment-en")
+    records = [json.loads(line) for line in (tmp_path / "predictions" /
+               "few-shot-smollm2-135m-instruct-k=2__sentiment-en__seed0.jsonl").read_text().splitlines()]
+    for record in records[:20]:
+        assert record["prompt"].count("<|im_start|>assistant\n") == 3  # two demonstrations, then the item
+        assert record["prompt"].count(record["text"]) == 1
+        assert record["prompt"].count("\npositive<|im_end|>") == record["prompt"].count("\nnegative<|im_end|>") == 1
+    again = decoder_prompts(Variant(kind="few-shot", model=SMOLLM2, k=2), task,
+                            [i for i in task.items if i.id == records[0]["id"]], __import__("tljax").load(SMOLLM2)[1],
+                            0, task.demonstration_items)[0]
+    assert again[0] == records[0]["prompt"]
+    for name in ("results.json", "results.md"):
+        assert (tmp_path / name).read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["rows"]
+    for png in (tmp_path / "plots").glob("*.png"):
+        assert matplotlib.image.imread(png).ndim == 3
+    assert len(list((tmp_path / "plots").glob("*.png"))) >= 4

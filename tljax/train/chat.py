@@ -1,0 +1,126 @@
+"""Chat tuning: a decoder taught a classification task in its own chat form, the label's word as the reply.
+
+Each labelled text is asked with the config's instruction through the tokenizer's chat template; the
+reply is the label's verbaliser, split from the prompt as lm-evaluation-harness splits a continuation
+(`tljax.data.chat.encode_pair`). Training takes the causal-LM loss on the reply's tokens only; evaluation
+scores every label's reply by its summed log-probability and predicts the likeliest, which is how the
+harness scores a decoder zero-shot, few-shot, or after this tuning: the three compare in the same form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tljax.data import DataError, TextDataset
+from tljax.data.batches import BatchIterator, Encoded
+from tljax.data.chat import chat_context, encode_pair
+from tljax.metrics import classification_metrics
+from tljax.train.config import ChatConfig, ConfigKeyError
+from tljax.train.losses import language_model_loss
+from tljax.train.objectives import MappedBatches, Objective
+
+
+def encode_chat(dataset: TextDataset, settings: ChatConfig, tokenizer, max_length: int) -> Encoded:
+    """One row per (example, label): the prompt's tokens then that label's reply; extras `reply_start` (where
+    the reply begins), `example` and `label` (the row's), `gold` (the example's label). Prompts longer than
+    `max_length` minus the longest reply keep their end (the question and the text's last words)."""
+    verbalisers = [settings.verbalisers[name] for name in dataset.label_names]
+    rows, starts, examples, labels, gold = [], [], [], [], []
+    for index, (text, label) in enumerate(zip(dataset.texts, dataset.labels)):
+        context = chat_context(tokenizer, [{"role": "user", "content": settings.instruction.format(text=text)}])
+        pairs = [encode_pair(tokenizer, context, reply) for reply in verbalisers]
+        for choice, (prompt, reply) in enumerate(pairs):
+            if not reply:
+                raise ConfigKeyError(f"chat.verbalisers: {verbalisers[choice]!r} leaves no token after the prompt")
+            prompt = prompt[-(max_length - len(reply)):]
+            rows.append(np.asarray(prompt + reply, np.int32))
+            starts.append(len(prompt))
+            examples.append(index)
+            labels.append(choice)
+            gold.append(label)
+    extras = {"reply_start": np.asarray(starts, np.int32), "example": np.asarray(examples, np.int32),
+              "label": np.asarray(labels, np.int32), "gold": np.asarray(gold, np.int32)}
+    return Encoded(tuple(rows), np.asarray(labels, np.int32), 0, extras)
+
+
+def reply_labels(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Token labels [B, T]: the reply's own ids, -100 on the prompt and the padding."""
+    positions = np.arange(batch["input_ids"].shape[1])[None]
+    reply = (positions >= batch["reply_start"][:, None]) & (batch["attention_mask"] > 0) & \
+        (batch["weights"][:, None] > 0)
+    return {**batch, "labels": np.where(reply, batch["input_ids"], -100).astype(np.int32)}
+
+
+@dataclasses.dataclass
+class ChatTuning(Objective):
+    """`encoded[split]`: the rows of `encode_chat`; training uses the rows of each example's own label."""
+
+    label_names: tuple[str, ...] = ()
+    settings: ChatConfig | None = None
+
+    def loss(self, model, batch, dropout_key):
+        return language_model_loss(model, batch, dropout_key)
+
+    def outputs(self, model, batch):
+        """Each row's reply log-probability [B]: the sum over the reply's tokens."""
+        logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
+        targets = batch["labels"][:, 1:]
+        scored = targets != -100
+        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+        token = jnp.take_along_axis(log_probs, jnp.where(scored, targets, 0)[..., None], axis=-1)[..., 0]
+        return jnp.where(scored, token, 0.0).sum(-1)
+
+    def train_batches(self, batch_size, seed, position=None):
+        position = position or {"epoch": 0, "index": 0}
+        train = self.encoded["train"]
+        own = np.flatnonzero(train.extras["label"] == train.extras["gold"])  # each example with its own reply
+        rows = Encoded(tuple(train.ids[i] for i in own), train.labels[own], 0,
+                       {k: v[own] for k, v in train.extras.items()})
+        return MappedBatches(BatchIterator(rows, batch_size, self.pad_id, self.max_length, seed=seed,
+                                           epoch=position["epoch"], index=position["index"]),
+                             lambda batch, _: reply_labels(batch))
+
+    def evaluate(self, forward, split, batch_size):
+        encoded = self.encoded[split]
+        count = int(encoded.extras["example"].max()) + 1
+        scores = np.full((count, len(self.label_names)), -np.inf)
+        gold = np.zeros(count, np.int64)
+        for batch in self.evaluation_batches(encoded, batch_size):
+            batch = reply_labels(batch)
+            values = np.asarray(forward(batch), np.float64)
+            real = batch["weights"] > 0
+            scores[batch["example"][real], batch["label"][real]] = values[real]
+            gold[batch["example"][real]] = batch["gold"][real]
+        log_probs = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+        metrics = classification_metrics(gold, scores.argmax(1), len(self.label_names))
+        return {"loss": float(-log_probs[np.arange(count), gold].mean()), **metrics}
+
+    def chance(self):
+        gold = self.encoded["validation"].extras["gold"][self.encoded["validation"].extras["label"] == 0]
+        counts = np.bincount(gold, minlength=len(self.label_names))
+        return float(counts.max() / counts.sum())
+
+    def title(self) -> str:
+        return f"chat tuning, {super().title()}"
+
+
+def chat_objective(config, adaptation, tokenizer, splits: dict[str, TextDataset], max_length: int) -> ChatTuning:
+    """The objective for `task: causal-lm` with a `chat` section, over labelled splits."""
+    settings: ChatConfig = config.chat
+    labels = tuple(splits["train"].label_names)
+    if set(settings.verbalisers) != set(labels):
+        raise ConfigKeyError(f"chat.verbalisers name {sorted(settings.verbalisers)}, the data's labels are "
+                             f"{list(labels)}; give each label its reply")
+    encoded = {name: encode_chat(split, settings, tokenizer, max_length) for name, split in splits.items()}
+    for name, rows in encoded.items():
+        if not len(rows):
+            raise DataError(f"the {name} split has no examples")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return ChatTuning(adaptation, encoded, pad_id, max_length, label_names=labels, settings=settings)
+
+
+__all__ = ["ChatTuning", "chat_objective", "encode_chat", "reply_labels"]
