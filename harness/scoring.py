@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tljax.data.batches import bucket
 from tljax.data.chat import encode_pair
 from tljax.errors import InputError
 from tljax.models import KVCache
@@ -25,6 +24,7 @@ from tljax.models.transforms import backbone
 
 # answer rows (items x answers) per batch: bounds the [rows, answer tokens, vocabulary] logits
 ROWS_PER_BATCH = 64
+PREFIX_STEP = 32  # prompt lengths are padded to multiples of this: a few compiled shapes, little padding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +87,13 @@ class DecoderScorer:
         logprob, greedy = np.zeros((len(requests), labels), np.float32), np.zeros((len(requests), labels), bool)
         order = np.argsort([len(prefix) for prefix, _ in encoded], kind="stable")
         widest = max((len(ids) for _, answers in encoded for ids in answers), default=1)
-        width = max(4, 1 << (widest - 1).bit_length())  # answers padded to a power of two: few shapes
+        width = widest + widest % 2  # answers padded to an even length: few shapes, little padding
         # items per batch (each is `labels` answer rows), no more than there are, in powers of two: few shapes
         per_batch = min(max(1, ROWS_PER_BATCH // max(labels, 1)), 1 << max(len(requests) - 1, 0).bit_length())
         for start in range(0, len(order), per_batch):
             rows = order[start: start + per_batch].tolist()
-            length = bucket(max(len(encoded[i][0]) for i in rows), 1 << 20)
+            longest = max(len(encoded[i][0]) for i in rows)
+            length = -(-longest // PREFIX_STEP) * PREFIX_STEP  # prompts padded to a multiple of PREFIX_STEP
             prefix = np.full((per_batch, length), self.pad_id, np.int32)
             prefix_mask = np.zeros((per_batch, length), np.int32)
             answers = np.full((per_batch, labels, width), self.pad_id, np.int32)
