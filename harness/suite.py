@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from harness import plots
 from harness.results import agreement, markdown_table, summarise
-from harness.tasks import TASKS_DIR, Task, load_task
+from harness.tasks import TASKS_DIR, Task, load_task, read_spec, spec_path
 from harness.variants import Models, Variant, VariantError, evaluate, parse_variant
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -51,15 +50,7 @@ def builtin_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = SUITES_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise VariantError(f"unknown suite {name_or_path!r}; built-in suites: {', '.join(builtin_suites())} "
-                               "(or give a suite YAML file)")
-    if not path.is_file():
-        raise VariantError(f"suite file {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    path, raw = read_spec(name_or_path, SUITES_DIR, "suite")
     if not isinstance(raw, dict):
         raise VariantError(f"{path} must hold a mapping with tasks and variants")
     unknown = sorted(set(raw) - set(SUITE_KEYS))
@@ -78,11 +69,6 @@ def sample(items, limit: int | None) -> list:
     of the whole set, not its first rows (which the data may hold grouped, e.g. by film)."""
     ordered = sorted(items, key=lambda item: hashlib.sha256(item.id.encode()).hexdigest())
     return ordered[:limit] if limit else list(items)
-
-
-def _task_file(name: str) -> Path:
-    path = Path(name)
-    return path if path.suffix else TASKS_DIR / f"{name}.yaml"
 
 
 def _code_hash() -> str:
@@ -114,6 +100,7 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print) -> l
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     (out / "cache").mkdir(exist_ok=True)
     tasks: dict[str, Task] = {name: load_task(name) for name in suite.tasks}  # every task checked before running
+    task_text = {name: spec_path(name, TASKS_DIR).read_text(encoding="utf-8") for name in suite.tasks}
     code = _code_hash()
     loaded = Models()
     rows, by_key = [], {}
@@ -123,8 +110,7 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print) -> l
             seeds = variant.seeds if variant.kind == "few-shot" else (variant.seeds[0],)
             per_seed = []
             for seed in seeds:
-                key = hashlib.sha256(json.dumps([variant.settings(), _task_file(task_name).read_text(encoding="utf-8")
-                                                 if _task_file(task_name).is_file() else task_name, limit, seed, code,
+                key = hashlib.sha256(json.dumps([variant.settings(), task_text[task_name], limit, seed, code,
                                                  _model_identity(variant)], sort_keys=True).encode()).hexdigest()[:20]
                 cached = out / "cache" / f"{key}.json"
                 if cached.is_file():

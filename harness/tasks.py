@@ -126,17 +126,30 @@ def builtin_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
+def spec_path(name_or_path: str | Path, directory: Path) -> Path:
+    """A built-in name's file in `directory` (a name has no suffix), else the path as given."""
+    path = Path(name_or_path)
+    return directory / f"{name_or_path}.yaml" if not path.suffix else path
+
+
+def read_spec(name_or_path: str | Path, directory: Path, kind: str) -> tuple[Path, Any]:
+    """(path, parsed YAML) of a built-in `kind` ("task", "suite") by name, or of a YAML file."""
+    path = spec_path(name_or_path, directory)
+    if not path.is_file():
+        if Path(name_or_path).suffix:
+            raise TaskError(f"{kind} file {path} does not exist")
+        builtin = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise TaskError(f"unknown {kind} {name_or_path!r}; built-in {kind}s: {', '.join(builtin)} "
+                        f"(or give a {kind} YAML file)")
+    try:
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise TaskError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
 def load_task(name_or_path: str | Path) -> Task:
     """A built-in task by name (`python -m harness list`) or a task YAML file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = TASKS_DIR / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise TaskError(f"unknown task {name_or_path!r}; built-in tasks: {', '.join(builtin_tasks())} "
-                            "(or give a task YAML file)")
-    if not path.is_file():
-        raise TaskError(f"task file {path} does not exist")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    path, raw = read_spec(name_or_path, TASKS_DIR, "task")
     return parse_task(raw, str(path))
 
 
