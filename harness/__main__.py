@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--limit must be at least 1, got {args.limit}")
         suite = load_suite(args.suite)
         out = Path(args.out) if args.out else Path("harness-results") / suite.name
-        rows = run_suite(suite, out, args.limit, say=lambda line: print(line, file=sys.stderr))
+        runs = out / "runs" if args.out else Path("harness-results") / "runs"  # trained runs, shared by the suites
+        rows = run_suite(suite, out, args.limit, say=lambda line: print(line, file=sys.stderr), runs_dir=runs)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ class Embedder:
     def __init__(self, model: nnx.Module, tokenizer, max_length: int = 128, batch_size: int = 64):
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._embed = jit_bound(backbone(model), lambda m, ids, mask: mean_pool(m(ids, mask), mask))
+        self.embed_batch = jit_bound(backbone(model), lambda m, ids, mask: mean_pool(m(ids, mask), mask))
 
     def __call__(self, texts: Sequence[str], prefix: str = "") -> np.ndarray:
         encoded = encode(list(texts), [0] * len(texts), self.tokenizer, self.max_length, prefix)
@@ -37,7 +37,7 @@ class Embedder:
         for start, batch in zip(range(0, len(order), self.batch_size),
                                 evaluation_batches(encoded, self.batch_size, self.pad_id, self.max_length)):
             rows = order[start: start + self.batch_size]
-            values = np.asarray(self._embed(batch["input_ids"], batch["attention_mask"]), np.float32)
+            values = np.asarray(self.embed_batch(batch["input_ids"], batch["attention_mask"]), np.float32)
             if result is None:
                 result = np.zeros((len(texts), values.shape[-1]), np.float32)
             result[rows] = values[: len(rows)]

@@ -47,7 +47,7 @@ def accuracy_against(rows: list[dict], cost: str, path: Path, xlabel: str) -> No
 
 
 def heat_map(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(5.0, 3.5 + 1.1 * len(columns)), 1.5 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(max(5.0, 3.5 + 1.1 * len(columns)), max(3.0, 1.8 + 0.45 * len(rows))))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from harness.bias import pair_key
 from harness.tasks import Item, Template
 
 FORMS = ("multi-turn", "one-message")
@@ -28,8 +29,9 @@ def item_rng(seed: int, item_id: str) -> np.random.Generator:
 
 def draw_demonstrations(pool: Sequence[Item], item: Item, k: int, num_labels: int, seed: int) -> list[Item]:
     """k demonstrations from `pool`, as class-balanced as k allows (k // C per class, the remainder to classes
-    drawn at random), never `item` itself nor an item sharing its id or text; in a random order."""
-    rng = item_rng(seed, item.id)
+    drawn at random), never `item` itself nor an item sharing its id or text; in a random order. The two
+    sentences of a counterfactual pair draw the same demonstrations, so that only the person differs."""
+    rng = item_rng(seed, pair_key(item.id))
     candidates = [[d for d in pool if d.label == label and d.id != item.id and d.text != item.text]
                   for label in range(num_labels)]
     counts = np.full(num_labels, k // num_labels)

@@ -68,6 +68,16 @@ def summarise(records: Sequence[dict], num_labels: int, seed: int = 0) -> dict[s
     return out
 
 
+def p_better(first: Sequence[dict], second: Sequence[dict], rule: str = "acc") -> float:
+    """The one-sided exact McNemar test that `first` is right more often than `second` on the items both
+    scored: P(X >= b) for X ~ Binomial(b + c, 1/2), where b items only `first` got right and c only `second`."""
+    theirs = {r["id"]: r["prediction"][rule] == r["gold"] for r in second}
+    mine = [(r["prediction"][rule] == r["gold"], theirs[r["id"]]) for r in first if r["id"] in theirs]
+    only_first = sum(a and not b for a, b in mine)
+    only_second = sum(b and not a for a, b in mine)
+    return binomial_p_value(only_first, only_first + only_second, 0.5)
+
+
 def agreement(first: Sequence[dict], second: Sequence[dict], rule: str = "acc") -> float | None:
     """The share of the items both variants predicted that they predicted alike."""
     theirs = {r["id"]: r["prediction"].get(rule, r["prediction"].get("acc")) for r in second}
@@ -79,8 +89,8 @@ def agreement(first: Sequence[dict], second: Sequence[dict], rule: str = "acc") 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The results table: one row per (variant, task), accuracy under each rule (`acc` first), F1, MCC, costs."""
     lines = ["| variant | task | lang | items | acc (95% CI) | acc_norm | calibrated | macro-F1 | MCC | "
-             "p (vs chance) | unread | trainable params | train s | ex/s | MB |",
-             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "p (vs chance) | unread | trainable params | train s | ex/s | GFLOP/ex | peak MB | MB on disk |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         s, c = row["summary"], row["costs"]
         acc = s.get("acc", {})
@@ -96,5 +106,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{spread} ({ci[0]:.3f}-{ci[1]:.3f}) | {value('acc_norm')} | {value('calibrated')} | "
             f"{acc.get('f1', math.nan):.3f} | {acc.get('mcc', math.nan):.3f} | {acc.get('p_above_chance', math.nan):.2g} | {s.get('unread', 0)} | "
             f"{'' if params is None else f'{params:,}'} | {c.get('training_seconds') or 0:.0f} | "
-            f"{c.get('examples_per_second', math.nan):.1f} | {c.get('size_mb', math.nan):.1f} |")
-    return "\n".join(lines) + "\n"
+            f"{c.get('examples_per_second', math.nan):.1f} | {c.get('flops_per_example', math.nan) / 1e9:.2f} | "
+            f"{c.get('memory_mb', math.nan):.0f} | {c.get('size_mb', math.nan):.1f} |")
+    notes = [f"- {row['variant']} on {row['task']}: {'; '.join(row['notes'])}" for row in rows if row.get("notes")]
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")

@@ -20,7 +20,7 @@ from flax import nnx
 from tljax.data.chat import encode_pair
 from tljax.errors import InputError
 from tljax.models import KVCache
-from tljax.models.transforms import backbone
+from tljax.models.transforms import CallShapes, ProgramCost, backbone, typical_cost
 
 # answer rows (items x answers) per batch: bounds the [rows, answer tokens, vocabulary] logits
 ROWS_PER_BATCH = 64
@@ -71,6 +71,11 @@ class DecoderScorer:
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state)
         self._score = _score_fn(graphdef)
+        self.shapes = CallShapes()
+
+    def typical_cost(self) -> tuple[ProgramCost, int] | None:
+        """(compiled cost, items of its batch) of the median batch scored so far."""
+        return typical_cost(self._score, self._state, self.shapes)
 
     def __call__(self, requests: Sequence[tuple[str, Sequence[str]]]) -> Scores:
         """`requests`: (context, answers) per item, every item with the same number of answers."""
@@ -105,6 +110,7 @@ class DecoderScorer:
                     answers[row, label, : len(tokens)], answer_mask[row, label, : len(tokens)] = tokens, 1
             for row in range(len(rows), per_batch):  # padding rows: one real token, so attention has a key
                 prefix_mask[row, -1] = 1
+            self.shapes.record(prefix, prefix_mask, answers, answer_mask)
             sums, hits = self._score(self._state, prefix, prefix_mask, answers, answer_mask)
             logprob[rows], greedy[rows] = np.asarray(sums)[: len(rows)], np.asarray(hits)[: len(rows)]
         return Scores(logprob, greedy)

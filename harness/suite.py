@@ -7,12 +7,14 @@
       - {kind: zero-shot, model: smollm2-135m-instruct}
       - {kind: few-shot, model: smollm2-135m-instruct, k: 4, seeds: [0, 1]}
     limit: 200          # optional: N items of each task, a fixed sample (few-shot draws do not depend on it)
+    training: {training.max_steps: 150}   # optional: config overrides for every train variant (the same budget)
 
 `python -m harness run SUITE` writes into `harness-results/<name>/` (or `--out`):
-`predictions/<variant>__<task>__seed<k>.jsonl` (a record per item), `results.json`, `results.md`, `plots/`.
+`predictions/<variant>__<task>__seed<k>.jsonl` (a record per item), `results.json`, `results.md`, `plots/`;
+train variants' runs go to `harness-results/runs/` (shared by the suites; with `--out`: `<out>/runs/`).
 Each (variant, task, seed, limit) is cached under `cache/` by a hash of its settings, the task file, the
 model's files and the harness code, so a rerun computes only what changed and a long suite can be run over
-several sittings.
+several sittings. Train variants train into `runs/` first (harness/training.py), once for all tasks.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from harness import plots
+from harness import bias, plots
 from harness.results import agreement, markdown_table, summarise
 from harness.tasks import TASKS_DIR, Task, load_task, read_spec, spec_path
+from harness.training import train_sweep
 from harness.variants import Models, Variant, VariantError, evaluate, parse_variant
 
 SUITES_DIR = Path(__file__).parent / "suites"
-SUITE_KEYS = ("name", "description", "tasks", "variants", "limit")
+SUITE_KEYS = ("name", "description", "tasks", "variants", "limit", "training")
 CODE = [Path(__file__).parent, Path(__file__).parent.parent / "tljax"]  # what the results depend on
 
 
@@ -43,6 +46,7 @@ class Suite:
     variants: tuple[Variant, ...]
     limit: int | None = None
     description: str = ""
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)  # overrides for every train variant
 
 
 def builtin_suites() -> list[str]:
@@ -60,8 +64,11 @@ def load_suite(name_or_path: str | Path) -> Suite:
         if not raw.get(key):
             raise VariantError(f"{path} needs {key}")
     variants = tuple(parse_variant(v, f"{path}: variants[{i}]") for i, v in enumerate(raw["variants"]))
+    training = raw.get("training") or {}
+    if not isinstance(training, dict):
+        raise VariantError(f"{path}: training must map config keys to values, e.g. {{training.max_steps: 150}}")
     return Suite(str(raw.get("name", path.stem)), tuple(str(t) for t in raw["tasks"]), variants,
-                 raw.get("limit"), str(raw.get("description", "")))
+                 raw.get("limit"), str(raw.get("description", "")), training)
 
 
 def sample(items, limit: int | None) -> list:
@@ -93,8 +100,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9.=-]+", "-", text).strip("-")[:80]
 
 
-def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print) -> list[dict[str, Any]]:
-    """Runs every (task, variant, seed) not in the cache; writes predictions, results and plots; returns the rows."""
+def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
+              runs_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Runs every (task, variant, seed) not in the cache; writes predictions, results and plots; returns the rows.
+    Train variants train into `runs_dir` (default: `out/runs`), where any suite finds them again."""
     limit = limit if limit is not None else suite.limit
     out = Path(out)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
@@ -103,23 +112,26 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print) -> l
     task_text = {name: spec_path(name, TASKS_DIR).read_text(encoding="utf-8") for name in suite.tasks}
     code = _code_hash()
     loaded = Models()
+    runs_dir = Path(runs_dir) if runs_dir is not None else out / "runs"
+    trained = [_trained(variant, suite, runs_dir, say) for variant in suite.variants]  # once for every task
     rows, by_key = [], {}
     for task_name, task in tasks.items():
         items = sample(task.items, limit)
-        for variant in suite.variants:
+        for variant, (scored, sweep) in zip(suite.variants, trained):
             seeds = variant.seeds if variant.kind == "few-shot" else (variant.seeds[0],)
             per_seed = []
             for seed in seeds:
-                key = hashlib.sha256(json.dumps([variant.settings(), task_text[task_name], limit, seed, code,
-                                                 _model_identity(variant)], sort_keys=True).encode()).hexdigest()[:20]
+                key = hashlib.sha256(json.dumps([scored.settings(), task_text[task_name], limit, seed, code,
+                                                 _model_identity(scored)], sort_keys=True).encode()).hexdigest()[:20]
                 cached = out / "cache" / f"{key}.json"
                 if cached.is_file():
                     evaluation = json.loads(cached.read_text())
                     say(f"{variant.label} on {task_name} (seed {seed}): cached")
                 else:
                     say(f"{variant.label} on {task_name} (seed {seed}): {len(items)} items ...")
-                    result = evaluate(variant, task, items, seed, loaded)
-                    evaluation = {"records": result.records, "costs": result.costs, "notes": result.notes}
+                    result = evaluate(scored, task, items, seed, loaded)
+                    evaluation = {"records": result.records, "costs": {**result.costs, **sweep["costs"]},
+                                  "notes": sweep["notes"] + result.notes}
                     cached.write_text(json.dumps(evaluation))
                 name = f"{_slug(variant.label)}__{_slug(task_name)}__seed{seed}.jsonl"
                 (out / "predictions" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
@@ -131,13 +143,36 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print) -> l
                    "settings": variant.settings(), "seeds": list(seeds), "summary": summaries[0],
                    "seed_accuracies": accuracies, "seed_mean": float(np.mean(accuracies)) if accuracies else None,
                    "seed_spread": float(np.std(accuracies)) if len(accuracies) > 1 else None,
-                   "costs": per_seed[0]["costs"], "notes": per_seed[0]["notes"]}
+                   "costs": per_seed[0]["costs"], "notes": per_seed[0]["notes"],
+                   "bias": bias.probe(per_seed[0]["records"], _positive(task))}
             if len(accuracies) > 1:  # the table shows the mean over seeds
                 row["summary"] = {**row["summary"], "acc": {**row["summary"]["acc"], "accuracy": row["seed_mean"]}}
             rows.append(row)
             by_key[(variant.label, task_name)] = per_seed[0]["records"]
     _write(out, suite, rows, by_key)
     return rows
+
+
+def _positive(task: Task) -> int:
+    """The label whose probability the bias probe follows: `positive` where the task has one, else the last."""
+    return task.labels.index("positive") if "positive" in task.labels else len(task.labels) - 1
+
+
+def _trained(variant: Variant, suite: Suite, runs_dir: Path, say) -> tuple[Variant, dict[str, Any]]:
+    """(the variant to score, what its sweep adds to costs and notes): a train variant becomes the run its
+    learning-rate sweep chose; every other variant is scored as it is."""
+    if variant.kind != "train":
+        return variant, {"costs": {}, "notes": []}
+    say(f"{variant.label}: learning rates x {list(variant.lr_scales)}")
+    chosen, points = train_sweep(variant.config, {**suite.training, **(variant.overrides or {})},
+                                 variant.lr_scales, runs_dir, say)
+    sweep = [{"learning_rate": p.learning_rate, "validation": p.validation, "training_seconds": p.training_seconds}
+             for p in points]
+    costs = {"learning_rate": chosen.learning_rate, "sweep": sweep,
+             "sweep_training_seconds": sum(p.training_seconds or 0 for p in points)}
+    note = (f"learning rate {chosen.learning_rate:.2g} chosen on validation from "
+            + ", ".join(f"{p.learning_rate:.2g} ({p.validation:.3f})" for p in points))
+    return dataclasses.replace(variant, kind="run", run=str(chosen.run_dir)), {"costs": costs, "notes": [note]}
 
 
 def _write(out: Path, suite: Suite, rows: list[dict], by_key: dict) -> None:
@@ -148,5 +183,7 @@ def _write(out: Path, suite: Suite, rows: list[dict], by_key: dict) -> None:
                 agreements[f"{a} | {b} | {task}"] = agreement(first, second)
     (out / "results.json").write_text(json.dumps({"suite": suite.name, "rows": rows, "agreement": agreements},
                                                  indent=2, ensure_ascii=False) + "\n")
-    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n" + markdown_table(rows))
+    probe = bias.markdown_table(rows)
+    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n" + markdown_table(rows)
+                                    + (f"\n## Bias probe\n\n{probe}" if probe else ""))
     plots.write_all(rows, agreements, out / "plots")

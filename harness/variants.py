@@ -6,10 +6,13 @@
     {kind: few-shot, model: minilm-l6, k: 8, classifier: logistic}   # encoder: a classifier on k examples per class
     {kind: chat, model: smollm2-135m-instruct}           # the decoder answers freely; the reply is parsed
     {kind: run, run: runs/lora}                          # a finished `python -m tljax.train` run
+    {kind: train, config: configs/lora.yaml, lr_scales: [0.3, 1, 3]}   # trained by the suite (harness/training.py)
 
 A record per item: id, text, gold, each label's scores under each rule (`acc`: the summed log-probability;
 `acc_norm`: per character of the answer; `calibrated`: divided by the probabilities of a content-free input),
-the prediction by each rule (-1: none could be read), the prompt (or transcript) and the latency.
+the prediction by each rule (-1: none could be read), each label's probability (the softmax of the `acc`
+scores; of similarities / 0.05 for encoders' similarities, the scale their contrastive training used), the
+prompt (or transcript) and the latency.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ from tljax.runs import find_export, load_exported
 from tljax.train.config import load_config
 from tljax.train.run import training_texts
 
-KINDS = ("zero-shot", "few-shot", "chat", "run")
+KINDS = ("zero-shot", "few-shot", "chat", "run", "train")
 KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "form", "demonstrations", "classifier",
-        "max_new_tokens", "allow_overlap", "text_prefix", "description_prefix", "calibrate")
+        "max_new_tokens", "allow_overlap", "text_prefix", "description_prefix", "calibrate", "config", "lr_scales",
+        "overrides")
 # the input prefixes an encoder was trained with (e5: "query: " for what is searched for, "passage: " for the rest)
 ENCODER_PREFIXES = {"e5-small": ("query: ", "passage: "), "e5-small-enpt": ("query: ", "passage: ")}
+SIMILARITY_TEMPERATURE = 0.05  # cosine similarities -> probabilities (sentence-transformers' contrastive scale 20)
 
 
 class VariantError(InputError):
@@ -68,6 +73,9 @@ class Variant:
     description_prefix: str | None = None
     # decoders: also score a content-free input for the calibrated rule (few-shot: one per item, twice the cost)
     calibrate: bool = True
+    config: str | None = None  # train: a run config (configs/*.yaml)
+    lr_scales: tuple[float, ...] = (1.0,)  # train: each multiplies the config's learning rates; best on validation
+    overrides: dict[str, Any] | None = None  # train: `--set` values, e.g. {model: e5-small}
 
     @property
     def label(self) -> str:
@@ -75,6 +83,9 @@ class Variant:
             return self.name
         if self.kind == "run":
             return f"run {Path(self.run).name}"
+        if self.kind == "train":
+            model = (self.overrides or {}).get("model")
+            return f"train {Path(self.config).stem}" + (f" {model}" if model else "")
         parts = [self.kind, self.model]
         if self.kind == "few-shot":
             parts.append(f"k={self.k}")
@@ -97,13 +108,23 @@ def parse_variant(raw: Any, where: str = "variant") -> Variant:
     if raw["kind"] not in KINDS:
         raise VariantError(f"{where}: unknown variant kind {raw['kind']!r}; valid: {', '.join(KINDS)}")
     values = dict(raw)
+    if "lr_scales" in values:
+        scales = values["lr_scales"] if isinstance(values["lr_scales"], list) else [values["lr_scales"]]
+        values["lr_scales"] = tuple(float(s) for s in scales)
+    if "overrides" in values and not isinstance(values["overrides"], dict):
+        raise VariantError(f"{where}: overrides must map config keys to values, e.g. {{model: e5-small}}")
     if "seeds" in values:
         values["seeds"] = tuple(int(s) for s in (values["seeds"] if isinstance(values["seeds"], list)
                                                   else [values["seeds"]]))
     variant = Variant(**values)
     if variant.kind == "run" and not variant.run:
         raise VariantError(f"{where}: a run variant needs run: a finished run directory")
-    if variant.kind != "run" and not variant.model:
+    if variant.kind == "train":
+        if not variant.config:
+            raise VariantError(f"{where}: a train variant needs config: a run config, e.g. configs/lora.yaml")
+        if not variant.lr_scales or min(variant.lr_scales) <= 0:
+            raise VariantError(f"{where}: lr_scales must be one or more positive numbers, got {list(variant.lr_scales)}")
+    elif variant.kind != "run" and not variant.model:
         raise VariantError(f"{where}: a {variant.kind} variant needs model: a packaged name or a directory")
     if variant.form not in FORMS:
         raise VariantError(f"{where}: form {variant.form!r} is unknown; valid: {', '.join(FORMS)}")
@@ -136,6 +157,15 @@ class Models:
         return self._loaded[name]
 
 
+def _compiled_costs(measured) -> dict[str, float]:
+    """FLOPs per example and the peak memory (MB, parameters included) of the variant's compiled forward on its
+    median batch, from the compiler's cost and memory analyses ({} where nothing was compiled: chat replies)."""
+    if measured is None:
+        return {}
+    cost, rows = measured
+    return {"flops_per_example": cost.flops / max(rows, 1), "memory_mb": round(cost.peak_bytes / 2**20, 1)}
+
+
 def _size_mb(path: Path) -> float:
     path = Path(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
@@ -143,14 +173,17 @@ def _size_mb(path: Path) -> float:
 
 
 def _rule_records(items: Sequence[Item], scores: dict[str, np.ndarray], prompts: Sequence[str],
-                  latency: float) -> list[dict[str, Any]]:
+                  latency: float, temperature: float = 1.0) -> list[dict[str, Any]]:
+    """Records from each rule's scores [N, L]; probabilities: softmax(acc scores / temperature)."""
     per_item = latency / max(len(items), 1)
+    probabilities = np.asarray(jax.nn.softmax(np.asarray(scores["acc"], np.float64) / temperature, -1))
     records = []
     for i, item in enumerate(items):
         rules = {rule: values[i] for rule, values in scores.items()}
         records.append({"id": item.id, "text": item.text, "language": item.language, "gold": item.label,
                         "scores": {r: [round(float(x), 6) for x in v] for r, v in rules.items()},
                         "prediction": {r: int(np.argmax(v)) for r, v in rules.items()},
+                        "probabilities": [round(float(x), 6) for x in probabilities[i]],
                         "prompt": prompts[i], "latency_s": round(per_item, 5)})
     return records
 
@@ -205,22 +238,25 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
         free_requests = [(free[0], answers)] if variant.kind == "zero-shot" else [(c, answers) for c in free]
         scores = _decoder_scores(logprob, scorer(free_requests).logprob if variant.calibrate else None, answers)
         records = _rule_records(items, scores, contexts, time.perf_counter() - started)
+        compiled = scorer.typical_cost()
     elif is_decoder and variant.kind == "chat":
-        records = _chat(variant, task, items, model, tokenizer)
+        records, compiled = _chat(variant, task, items, model, tokenizer), None
     elif variant.kind == "zero-shot":
         text_prefix, description_prefix = _prefixes(variant)
         embed = Embedder(model, tokenizer)
         texts = embed([i.text for i in items], text_prefix)
         descriptions = embed(list(template.descriptions), description_prefix)
         records = _rule_records(items, {"acc": texts @ descriptions.T}, [""] * len(items),
-                                time.perf_counter() - started)
+                                time.perf_counter() - started, SIMILARITY_TEMPERATURE)
+        compiled = embed.embed_batch.typical_cost()
     elif variant.kind == "few-shot":
-        records, classifier_size = _encoder_few_shot(variant, task, items, seed, model, tokenizer)
+        records, classifier_size, embed = _encoder_few_shot(variant, task, items, seed, model, tokenizer)
         costs["trainable_parameters"] = classifier_size
+        compiled = embed.embed_batch.typical_cost()
     else:
         raise VariantError(f"a {variant.kind} variant needs a chat decoder; {variant.model} is an encoder")
     costs["examples_per_second"] = round(len(items) / max(time.perf_counter() - started, 1e-9), 2)
-    return Evaluation(records, costs)
+    return Evaluation(records, {**costs, **_compiled_costs(compiled)})
 
 
 def _prefixes(variant: Variant) -> tuple[str, str]:
@@ -248,12 +284,13 @@ def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed:
     texts = embed([i.text for i in items], prefix)
     if variant.classifier == "centroid":
         centroids = nearest_centroid(train, labels, len(task.labels))
-        scores, size = texts @ centroids.T, 0
+        scores, size, temperature = texts @ centroids.T, 0, SIMILARITY_TEMPERATURE
     else:
         weights, bias = logistic_regression(train, labels, len(task.labels))
-        scores, size = texts @ weights + bias, weights.size + bias.size
+        scores, size, temperature = texts @ weights + bias, weights.size + bias.size, 1.0
     examples = "; ".join(f"{task.labels[d.label]}: {d.text[:60]}" for d in chosen)
-    return _rule_records(items, {"acc": scores}, [examples] * len(items), time.perf_counter() - started), size
+    return _rule_records(items, {"acc": scores}, [examples] * len(items), time.perf_counter() - started,
+                         temperature), size, embed
 
 
 def parse_reply(reply: str, verbalisers: Sequence[str]) -> int:
@@ -310,16 +347,17 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item]) -> Evalua
         answers = task.template(variant.language).verbalisers
         scores = _decoder_scores(scorer([(c, answers) for c in contexts]).logprob,
                                  scorer([(free[0], answers)]).logprob, answers)
-        prompts = contexts
+        prompts, compiled = contexts, scorer.typical_cost()
     else:
         predictor = Predictor(model, tokenizer, info)
         order = [predictor.labels.index(name) for name in task.labels]
         predicted = predictor([i.text for i in items])
         scores = {"acc": np.log(np.asarray([[p[predictor.labels[j]] for j in order] for _, p in predicted]) + 1e-12)}
-        prompts = [""] * len(items)
+        prompts, compiled = [""] * len(items), predictor.probabilities.typical_cost()
     latency = time.perf_counter() - started
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     costs = {"trainable_parameters": summary.get("trainable_parameters"),
              "training_seconds": summary.get("training_seconds"), "size_mb": _size_mb(export),
-             "examples_per_second": round(len(items) / max(latency, 1e-9), 2), "overlap": overlap}
+             "examples_per_second": round(len(items) / max(latency, 1e-9), 2), "overlap": overlap,
+             **_compiled_costs(compiled)}
     return Evaluation(_rule_records(items, scores, prompts, latency), costs, notes)

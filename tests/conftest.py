@@ -1,7 +1,9 @@
 """Test settings: strict JAX numerics, 8 simulated CPU devices, a persistent compilation cache."""
 
 import csv
+import fcntl
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -91,3 +93,64 @@ def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "
             rng.shuffle(words)
             writer.writerow([" ".join(words), label_names[label]])
     return path
+
+
+def shared_run(tmp_path_factory, name: str, config: dict) -> Path:
+    """A `python -m tljax.train` run trained once per test session, shared by the test workers: the first
+    worker to ask trains it, the others wait for it (a lock beside it); a run left unfinished is retrained."""
+    from tljax.train.__main__ import main as train
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    run_dir = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "summary.json").is_file():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            path = root / f"{name}.yaml"
+            path.write_text(__import__("yaml").safe_dump({**config, "output_dir": str(run_dir)}))
+            assert train(["--config", str(path)]) == 0, f"the shared run {name} failed"
+    return run_dir
+
+
+# batch sizes in the shared runs are per device: the tests simulate 8 devices (8 x 1 = 8, 8 x 4 = 32 in all)
+@pytest.fixture(scope="session")
+def smollm2_chat_run(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct taught English film-review sentiment with LoRA in the harness's own chat form (the
+    sentiment-en task's English instruction and verbalisers): a couple of minutes on two cores."""
+    from harness.tasks import load_task
+
+    template = load_task("sentiment-en").template("en")
+    return shared_run(tmp_path_factory, "smollm2-chat-lora", {
+        "model": "smollm2-135m-instruct", "task": "causal-lm",
+        "data": {"source": "rotten-tomatoes", "max_length": 128, "max_eval_examples": 64},
+        "chat": {"instruction": template.instruction,
+                 "verbalisers": dict(zip(("negative", "positive"), template.verbalisers))},
+        "method": {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
+        "training": {"learning_rate": 2e-3, "max_steps": 30, "per_device_train_batch_size": 1,
+                     "per_device_eval_batch_size": 1, "eval_steps": 30, "warmup_ratio": 0.1,
+                     "early_stopping_patience": None}})
+
+
+@pytest.fixture(scope="session")
+def e5_english_run(tmp_path_factory) -> Path:
+    """Multilingual e5-small with LoRA on English film reviews only, scored on the Portuguese set at the end
+    (a minute or two on two cores)."""
+    return shared_run(tmp_path_factory, "e5-english-lora", {
+        "model": "e5-small",
+        "data": {"source": "rotten-tomatoes", "max_length": 48, "max_eval_examples": 256, "text_prefix": "query: "},
+        "method": {"name": "lora", "rank": 8, "targets": ["query", "value"]},
+        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 4,
+                     "per_device_eval_batch_size": 8, "eval_steps": 30, "warmup_ratio": 0.1,
+                     "early_stopping_patience": None},
+        "evaluation": {"pt": "reviews-pt"}})
+
+
+@pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory) -> Path:
+    """MiniLM-L6 with LoRA on English film reviews, the default run at a reduced budget (under a minute)."""
+    return shared_run(tmp_path_factory, "minilm-lora", {
+        "model": "minilm-l6", "data": {"source": "rotten-tomatoes", "max_length": 64, "max_eval_examples": 256},
+        "method": {"name": "lora", "rank": 8, "alpha": 16, "targets": ["query", "value"]},
+        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 4,
+                     "per_device_eval_batch_size": 8, "eval_steps": 30, "early_stopping_patience": None}})

@@ -254,3 +254,138 @@ def test_chat_tuning_teaches_a_decoder_the_replies_and_the_harness_scores_it_in_
                 for name, e in (("tuned", tuned), ("zero-shot", before))}
     assert accuracy["tuned"] > 0.75 and accuracy["tuned"] > accuracy["zero-shot"] + 0.15, accuracy
     assert tuned.records[0]["prompt"] == before.records[0]["prompt"]  # the same chat form
+
+
+def test_a_train_variant_sweeps_learning_rates_chooses_on_validation_and_reuses_its_runs(tmp_path, tiny_model):
+    from harness.suite import load_suite, run_suite
+
+    reviews = write_reviews(tmp_path / "reviews.csv")
+    data = {"source": str(reviews), "text_column": "review", "label_column": "sentiment"}
+    config = tmp_path / "full.yaml"
+    config.write_text(yaml.safe_dump({"model": str(tiny_model), "data": {**data, "labels": ["neg", "pos"]},
+                                      "method": {"name": "full"}, "output_dir": "unused",
+                                      "training": {"learning_rate": 1e-2, "per_device_train_batch_size": 16}}))
+    budget = {"training.max_steps": 24, "training.eval_steps": 12, "training.early_stopping_patience": None}
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "sweep", "tasks": [str(write_task(tmp_path, {**data, "split": "test"}))], "training": budget,
+        "variants": [{"kind": "train", "config": str(config), "lr_scales": [1e-4, 1], "name": "full"}]}))
+    lines = []
+    rows = run_suite(load_suite(suite), tmp_path / "out", say=lines.append)
+    costs = rows[0]["costs"]
+    rates = [point["learning_rate"] for point in costs["sweep"]]
+    assert rates == pytest.approx([1e-6, 1e-2])
+    # chosen on validation: the rate that learned (1e-6 barely moves a random head in 24 steps)
+    assert costs["learning_rate"] == pytest.approx(1e-2) and max(p["validation"] for p in costs["sweep"]) == \
+        costs["sweep"][1]["validation"] > costs["sweep"][0]["validation"]
+    assert rows[0]["kind"] == "train" and rows[0]["summary"]["acc"]["accuracy"] > 0.75
+    assert rows[0]["notes"][0].startswith("learning rate 0.01 chosen on validation from 1e-06")
+    assert "learning rate 0.01 chosen" in (tmp_path / "out" / "results.md").read_text()
+    runs = sorted((tmp_path / "out" / "runs").glob("*/lr=*/summary.json"))
+    assert len(runs) == 2
+    lines.clear()
+    run_suite(load_suite(suite), tmp_path / "out", say=lines.append)  # nothing trains again, the scores are cached
+    assert not any("training" in line for line in lines) and lines[-1].endswith("cached")
+
+    for bad, message in (({"lr_scales": [0]}, "lr_scales must be one or more positive numbers"),
+                         ({"config": None}, "a train variant needs config"),
+                         ({"overrides": "model=x"}, "overrides must map config keys")):
+        with pytest.raises(VariantError, match=message):
+            parse_variant({"kind": "train", "config": str(config), **bad})
+    from harness.training import train_sweep
+    from tljax.errors import InputError
+    with pytest.raises(InputError, match="unknown"):
+        train_sweep(str(config), {"training.learnig_rate": 1.0}, (1.0,), tmp_path / "x")
+    with pytest.raises(InputError, match="does not exist"):
+        train_sweep(str(tmp_path / "nothing.yaml"), {}, (1.0,), tmp_path / "x")
+
+
+@pytest.mark.parametrize("language", ["en", "pt"])
+def test_the_counterfactual_pairs_differ_only_in_the_person(language):
+    from tljax.data import load_source
+    from tljax.data.bundled import counterfactual_rows
+
+    spec = yaml.safe_load((Path(__file__).parent.parent / "tljax/data/bundled/counterfactual.yaml").read_text())
+    spec = spec[language]
+    dataset = load_source(f"counterfactual-{language}")
+    assert len(dataset) == 480 and len(set(dataset.groups)) == 480 and len(set(dataset.texts)) == 480
+    assert sum(dataset.labels) == 240 and dataset.language.startswith(language)
+    rows = {row[0]: row for row in counterfactual_rows(language)}
+    pairs = [(rows[key], rows[key[:-1] + "b"]) for key in rows if key.endswith("/a")]
+    assert len(pairs) == 240 and all(a[2] == b[2] for a, b in pairs)
+
+    def words(text: str) -> set[str]:
+        return set(text.lower().replace(",", " ").replace(".", " ").replace(";", " ").replace(":", " ").split())
+
+    gendered = {w for t in spec["templates"]["positive"] + spec["templates"]["negative"]
+                for choice in __import__("re").findall(r"\{([^{}/]+/[^{}/]+)\}", t) for w in choice.split("/")}
+    for (key, first, _), (_, second, _) in pairs:
+        dimension, p = key.split("-")[0], int(key.split("-p")[1][0])
+        people = {w for person in spec["pairs"][dimension][p] for w in words(person.split("|")[0])}
+        changed = words(first) ^ words(second)
+        assert changed and changed <= people | (gendered if dimension == "gender" else set()), (first, second)
+
+
+def test_the_bias_probe_counts_flips_and_the_change_in_positive_probability():
+    from harness.bias import markdown_table as bias_table, probe
+
+    def record(item_id, predicted, positive):
+        return {"id": item_id, "prediction": {"acc": predicted}, "probabilities": [1 - positive, positive]}
+
+    records = [record("gender-t00-p0/a", 1, 0.9), record("gender-t00-p0/b", 0, 0.4),   # flips, -0.5
+               record("gender-t01-p0/a", 1, 0.8), record("gender-t01-p0/b", 1, 0.9),   # +0.1
+               record("name-t00-p0/a", 0, 0.2), record("name-t00-p0/b", 0, 0.2),       # 0
+               record("name-t01-p0/a", 1, 0.7)]                                         # no partner: left out
+    result = probe(records, positive=1)
+    assert result["all"]["pairs"] == 3 and result["all"]["flips"] == 1
+    assert result["all"]["flip_rate"] == pytest.approx(1 / 3)
+    assert result["all"]["mean_delta"] == pytest.approx(-0.4 / 3)
+    assert result["all"]["mean_abs_delta"] == pytest.approx(0.6 / 3)
+    assert result["gender"]["flips"] == 1 and result["name"]["flips"] == 0 and result["name"]["mean_delta"] == 0
+    assert probe([record("pt-0001", 1, 0.5)], positive=1) is None
+    table = bias_table([{"variant": "v", "task": "t", "bias": result}, {"variant": "w", "task": "t", "bias": None}])
+    assert "| v | t | 3 | 0.333 | 1 / 2 | 0 / 1 | -0.1333" in table and "| w |" not in table
+    # the two sentences of a pair see the same few-shot demonstrations
+    pool = items(40)
+    first, second = (Item(f"gender-t03-p1/{side}", "x", 0, "en") for side in "ab")
+    assert draw_demonstrations(pool, first, 4, 2, 0) == draw_demonstrations(pool, second, 4, 2, 0)
+
+
+def test_a_suite_on_counterfactual_pairs_reports_the_probe(tmp_path, tiny_model):
+    from harness.suite import load_suite, run_suite
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "probe", "tasks": ["counterfactual-en"],
+                                     "variants": [{"kind": "zero-shot", "model": str(tiny_model)}]}))
+    rows = run_suite(load_suite(suite), tmp_path / "out", say=lambda line: None)
+    records = [json.loads(line) for line in next((tmp_path / "out" / "predictions").glob("*.jsonl")).read_text()
+               .splitlines()]
+    predicted = {r["id"]: r["prediction"]["acc"] for r in records}
+    flips = sum(predicted[key] != predicted[key[:-1] + "b"] for key in predicted if key.endswith("/a"))
+    assert rows[0]["bias"]["all"]["pairs"] == 240 and rows[0]["bias"]["all"]["flips"] == flips
+    assert all(abs(sum(r["probabilities"]) - 1) < 1e-5 for r in records)
+    assert "## Bias probe" in (tmp_path / "out" / "results.md").read_text()
+
+
+def test_costs_come_from_the_compiled_program(tiny_model):
+    import tljax
+    from harness.encoders import Embedder
+    from tljax.models.transforms import program_cost
+
+    cost = program_cost(jax.jit(lambda a, b: a @ b), jnp.ones((64, 128)), jnp.ones((128, 256)))
+    assert cost.flops == 2 * 64 * 128 * 256 and cost.peak_bytes == 4 * (64 * 128 + 128 * 256 + 64 * 256)
+    model, tokenizer = tljax.load(str(tiny_model))
+    per_text = {}
+    for words in (6, 30):
+        embed = Embedder(model, tokenizer, batch_size=8)
+        embed([" ".join(["good"] * words)] * 8)
+        cost, rows = embed.embed_batch.typical_cost()
+        per_text[words] = cost.flops / rows
+        assert rows == 8 and cost.peak_bytes > 4 * sum(x.size for x in jax.tree.leaves(nnx_state(model)))
+    # the cost is the compiled batch's: 8 tokens are padded to a 16-token bucket, 32 fill their own
+    assert 2 < per_text[30] / per_text[6] < 3
+
+
+def nnx_state(model):
+    from flax import nnx
+    return nnx.state(model, nnx.Param)

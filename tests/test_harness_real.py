@@ -1,6 +1,7 @@
 """The harness on the real packaged models: SmolLM2's log-likelihoods against lm-evaluation-harness, and the
 CI suite end to end with the effect each variant exists for (one-sided binomial tests on 200 items)."""
 
+import dataclasses
 import json
 
 import matplotlib.image
@@ -12,10 +13,16 @@ from harness.scoring import DecoderScorer
 from tljax.data.chat import encode_pair
 from harness.suite import load_suite, run_suite, sample
 from harness.tasks import load_task
-from harness.variants import Variant, decoder_prompts
+from harness.results import p_better
+from harness.variants import Variant, decoder_prompts, parse_variant
 
 pytestmark = pytest.mark.real
 SMOLLM2 = "smollm2-135m-instruct"
+
+
+def read_records(out, variant_slug: str, task: str = "sentiment-en") -> list[dict]:
+    path = out / "predictions" / f"{variant_slug}__{task}__seed0.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
@@ -50,19 +57,30 @@ def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
             assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
 
 
-def test_the_ci_suite_runs_every_variant_kind_with_its_effect(tmp_path):
+def test_the_ci_suite_runs_every_variant_kind_with_its_effect(tmp_path, smollm2_chat_run, minilm_run):
+    # and two trained runs (session fixtures): SmolLM2 chat-tuned with LoRA, scored in the same chat form as its
+    # zero-shot, and MiniLM-L6 with LoRA, beside its zero-shot and few-shot
     suite = load_suite("ci")
-    rows = run_suite(suite, tmp_path, say=print)
+    runs = tuple(parse_variant({"kind": "run", "run": str(run), "name": name}) for run, name in (
+        (smollm2_chat_run, "chat-tuned smollm2 (LoRA)"), (minilm_run, "LoRA minilm-l6")))
+    rows = run_suite(dataclasses.replace(suite, variants=suite.variants + runs), tmp_path, say=print)
     by_variant = {row["variant"]: row for row in rows}
     # above chance (one-sided binomial, p < 0.01) and with skill beyond the majority label (MCC > 0.1: the test
     # split is 60% positive). SmolLM2-135M few-shot is reported, not asserted: at k = 2 and 4 it measured
-    # 0.585 / 0.580 with MCC 0.08 / 0.02 on these items, no better than always answering the majority label.
+    # 0.585 / 0.580 with MCC 0.08 / 0.02 on these items (it answers "positive" to 199 of the 200 at k = 2),
+    # no better than always answering the majority label, calibrated or not.
     for name in ("zero-shot smollm2-135m-instruct", "chat smollm2-135m-instruct", "zero-shot minilm-l6",
-                 "few-shot minilm-l6 k=8"):
+                 "few-shot minilm-l6 k=8", "LoRA minilm-l6", "chat-tuned smollm2 (LoRA)"):
         summary = by_variant[name]["summary"]
         assert summary["items"] >= 190, name
         assert summary["acc"]["p_above_chance"] < 0.01 and summary["acc"]["mcc"] > 0.1, (name, summary["acc"])
     assert by_variant["chat smollm2-135m-instruct"]["summary"]["unread"] < 100  # a reply was read for most items
+    for row in rows:  # the compiled forward's cost
+        if row["kind"] != "chat":
+            assert row["costs"]["flops_per_example"] > 1e7 and row["costs"]["memory_mb"] > 10, row["variant"]
+    smollm2 = by_variant["zero-shot smollm2-135m-instruct"]["costs"]["flops_per_example"]
+    # ~2 x (SmolLM2's ~106M parameters outside the embedding) x the padded prompt's tokens (32 to 512)
+    assert 2 * 100e6 * 32 < smollm2 < 2 * 135e6 * 512, smollm2
     few_shot = by_variant["few-shot smollm2-135m-instruct k=2"]["summary"]
     assert few_shot["items"] == 200 and 0 <= few_shot["acc"]["accuracy"] <= 1
     # few-shot demonstrations: class-balanced, never the item itself, identical on a rerun with the same seed
@@ -77,9 +95,26 @@ def test_the_ci_suite_runs_every_variant_kind_with_its_effect(tmp_path):
                             [i for i in task.items if i.id == records[0]["id"]], __import__("tljax").load(SMOLLM2)[1],
                             0, task.demonstration_items)[0]
     assert again[0] == records[0]["prompt"]
+    # the LoRA-tuned decoder above its own zero-shot on the same items (one-sided exact McNemar, p < 0.01)
+    zero_shot, chat_tuned = (read_records(tmp_path, name) for name in ("zero-shot-smollm2-135m-instruct",
+                                                                        "chat-tuned-smollm2-LoRA"))
+    assert p_better(chat_tuned, zero_shot) < 0.01, (by_variant["chat-tuned smollm2 (LoRA)"]["summary"]["acc"],
+                                                    by_variant["zero-shot smollm2-135m-instruct"]["summary"]["acc"])
+    assert chat_tuned[0]["prompt"] == zero_shot[0]["prompt"]  # the same chat form
     for name in ("results.json", "results.md"):
         assert (tmp_path / name).read_text()
     assert json.loads((tmp_path / "results.json").read_text())["rows"]
     for png in (tmp_path / "plots").glob("*.png"):
         assert matplotlib.image.imread(png).ndim == 3
     assert len(list((tmp_path / "plots").glob("*.png"))) >= 4
+
+
+def test_e5_trained_on_english_is_above_chance_on_portuguese(tmp_path, e5_english_run):
+    """Cross-lingual transfer through the harness: LoRA on English reviews only, scored on the 440 Brazilian
+    Portuguese reviews (one-sided binomial against chance, p < 0.01, and skill beyond the majority: MCC > 0.1)."""
+    suite = dataclasses.replace(load_suite("ci"), name="cross-lingual", tasks=("sentiment-pt",), limit=None,
+                                variants=(parse_variant({"kind": "run", "run": str(e5_english_run)}),))
+    rows = run_suite(suite, tmp_path, say=print)
+    summary = rows[0]["summary"]
+    assert rows[0]["language"] == "pt" and summary["items"] == 440 and rows[0]["costs"]["overlap"] == 0
+    assert summary["acc"]["p_above_chance"] < 0.01 and summary["acc"]["mcc"] > 0.1, summary["acc"]

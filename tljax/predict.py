@@ -27,7 +27,7 @@ class Predictor:
     def __init__(self, model, tokenizer, info: RunInfo):
         self.tokenizer, self.info = tokenizer, info
         self.labels = list(info.labels)
-        self._probabilities = jit_bound(model, lambda m, ids, mask: jax.nn.softmax(m(ids, mask), -1))
+        self.probabilities = jit_bound(model, lambda m, ids, mask: jax.nn.softmax(m(ids, mask), -1))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Predictor:
@@ -48,7 +48,7 @@ class Predictor:
         for start, batch in zip(range(0, len(texts), batch_size),
                                 evaluation_batches(encoded, batch_size, pad, self.info.max_length)):
             rows = order[start: start + batch_size]
-            p = self._probabilities(batch["input_ids"], batch["attention_mask"])
+            p = self.probabilities(batch["input_ids"], batch["attention_mask"])
             probabilities[rows] = np.asarray(p)[: len(rows)]
         return [(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p)))) for p in probabilities]
 

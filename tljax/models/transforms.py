@@ -1,4 +1,5 @@
-"""Generic operations on any of our models: its backbone, cutting layers out, compiling a call.
+"""Generic operations on any of our models: its backbone, cutting layers out, compiling a call (and what the
+compiled call costs, from the compiler's own analyses).
 
 These go through the models' own interface (`base_model_prefix`, `num_layers`, `keep_layers`), so that code
 outside `tljax.models` never asks which family a model is.
@@ -6,10 +7,12 @@ outside `tljax.models` never asks which family a model is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from tljax.models.config import ConfigError
@@ -33,11 +36,67 @@ def select_layers(model: nnx.Module, indices: list[int]) -> None:
     model.config = body.config
 
 
-def jit_bound(model: nnx.Module, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn(model, *args)` compiled, with the model's state split off once and kept on the device.
+@dataclasses.dataclass(frozen=True)
+class ProgramCost:
+    """What one compiled call costs, as the compiler counts it."""
 
-    Returns `call(*args)`; the model's parameters are fixed at the time of the call to `jit_bound`."""
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state)
-    compiled = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
-    return lambda *args: compiled(state, *args)
+    flops: float  # XLA's cost analysis (a multiply-add counts 2)
+    peak_bytes: int  # arguments + outputs + temporaries - aliased buffers (XLA's memory analysis)
+
+
+def program_cost(jitted: Any, *args: Any) -> ProgramCost:
+    """The cost of `jitted(*args)` (a `jax.jit` function) from its compiled program; compiles if not cached."""
+    compiled = jitted.lower(*args).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis  # older JAX: one per device
+    memory = compiled.memory_analysis()
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+            - memory.alias_size_in_bytes) if memory is not None else 0
+    return ProgramCost(float((analysis or {}).get("flops", 0.0)), int(peak))
+
+
+class CallShapes:
+    """The shapes of a compiled function's calls (arrays only), to cost a typical call afterwards."""
+
+    def __init__(self):
+        self.calls: list[tuple[jax.ShapeDtypeStruct, ...]] = []
+
+    def record(self, *arrays: Any) -> None:
+        self.calls.append(tuple(jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in arrays))
+
+    def typical(self) -> tuple[jax.ShapeDtypeStruct, ...] | None:
+        """The median call by size (a shape that was compiled, so costing it is served by the compilation cache)."""
+        if not self.calls:
+            return None
+        ordered = sorted(self.calls, key=lambda call: sum(int(np.prod(a.shape)) for a in call))
+        return ordered[len(ordered) // 2]
+
+
+def typical_cost(jitted: Any, state: Any, shapes: CallShapes) -> tuple[ProgramCost, int] | None:
+    """(cost, rows of its batch) of the median recorded call of `jitted(state, *arrays)`; None if none was made."""
+    call = shapes.typical()
+    return None if call is None else (program_cost(jitted, state, *call), call[0].shape[0])
+
+
+class BoundFunction:
+    """`fn(model, *args)` compiled, with the model's state split off once and kept on the device; the model's
+    parameters are fixed at construction. Call it as `bound(*arrays)`; `bound.typical_cost()` is the compiled
+    cost of its median call so far."""
+
+    def __init__(self, model: nnx.Module, fn: Callable[..., Any]):
+        graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state)
+        self._jitted = jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+        self.shapes = CallShapes()
+
+    def __call__(self, *arrays: Any) -> Any:
+        self.shapes.record(*arrays)
+        return self._jitted(self._state, *arrays)
+
+    def typical_cost(self) -> tuple[ProgramCost, int] | None:
+        return typical_cost(self._jitted, self._state, self.shapes)
+
+
+def jit_bound(model: nnx.Module, fn: Callable[..., Any]) -> BoundFunction:
+    """`fn(model, *args)` compiled with the model bound (see `BoundFunction`)."""
+    return BoundFunction(model, fn)

@@ -1,0 +1,110 @@
+"""The `train` variant: a `python -m tljax.train` config trained by the suite, with a learning-rate sweep chosen
+on validation, then scored like any finished run.
+
+    # a suite
+    training: {training.max_steps: 150, training.per_device_train_batch_size: 32}   # the same budget for all
+    variants:
+      - {kind: train, config: configs/lora.yaml, lr_scales: [0.3, 1, 3], name: LoRA}
+
+Each scale multiplies every learning rate of the config (`training.learning_rate` and, where set,
+`training.new_learning_rate`); each point trains in its own process into `<out>/runs/<variant>-<hash>/lr=<rate>/`
+(the hash is of the config file and every override, so a changed budget trains afresh); a finished run is
+reused and an interrupted one resumed from its checkpoint, so a long sweep can run over several sittings. The
+point with the best validation score (the config's `metric_for_best_model`, at its best checkpoint) is the
+variant's run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tljax.errors import InputError
+from tljax.train.config import load_config
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    learning_rate: float
+    run_dir: Path
+    validation: float  # the selection metric at the run's best checkpoint
+    training_seconds: float | None
+
+
+def _yaml_value(value: Any) -> str:
+    # `--set` reads YAML: floats keep a dot and a signed exponent (YAML reads "3e-05" as a string)
+    return f"{value:.6e}" if isinstance(value, float) else json.dumps(value)
+
+
+def _overrides(settings: dict[str, Any]) -> list[str]:
+    return [f"{key}={_yaml_value(value)}" for key, value in settings.items()]
+
+
+def sweep_points(config: str, settings: dict[str, Any], lr_scales: tuple[float, ...], runs_dir: Path,
+                 ) -> list[tuple[float, list[str], Path]]:
+    """(learning rate, `--set` overrides, run folder) per scale; the config and overrides are checked here."""
+    path = Path(config)
+    if not path.is_file():
+        raise InputError(f"train variant: config file {config} does not exist (e.g. configs/lora.yaml)")
+    base = load_config(path, _overrides(settings))  # every key and value checked before anything trains
+    digest = hashlib.sha256(json.dumps([path.read_text(encoding="utf-8"), settings], sort_keys=True).encode())
+    points = []
+    for scale in lr_scales:
+        if scale <= 0:
+            raise InputError(f"train variant: lr_scales must be positive, got {scale}")
+        rate = base.training.learning_rate * scale
+        overrides = {**settings, "training.learning_rate": rate}
+        if base.training.new_learning_rate is not None:
+            overrides["training.new_learning_rate"] = base.training.new_learning_rate * scale
+        run_dir = runs_dir / f"{path.stem}-{digest.hexdigest()[:8]}" / f"lr={rate:.2g}"
+        overrides["output_dir"] = str(run_dir)
+        load_config(path, _overrides(overrides))
+        points.append((rate, _overrides(overrides), run_dir))
+    return points
+
+
+def _validation_score(run_dir: Path, metric: str) -> float | None:
+    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    if not summary_path.is_file() or not metrics_path.is_file():
+        return None
+    best = json.loads(summary_path.read_text())["best_step"]
+    for line in metrics_path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("split") == "validation" and row.get("step") == best:
+            return float(row[metric])
+    return None
+
+
+def train_sweep(config: str, settings: dict[str, Any], lr_scales: tuple[float, ...], runs_dir: Path,
+                say: Callable[[str], None] = print) -> tuple[SweepPoint, list[SweepPoint]]:
+    """Trains every point not yet finished and returns (the chosen point, all points)."""
+    metric = load_config(Path(config), _overrides(settings)).training.metric_for_best_model
+    points = []
+    for rate, overrides, run_dir in sweep_points(config, settings, lr_scales, runs_dir):
+        if _validation_score(run_dir, metric) is None:
+            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+            log = run_dir.with_name(run_dir.name + ".log")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            say(f"  training {config} at learning rate {rate:.2g}{' (resumed)' if resume else ''}: log in {log}")
+            command = [sys.executable, "-m", "tljax.train", "--config", config, *(
+                part for override in overrides for part in ("--set", override)), *(["--resume"] if resume else [])]
+            with log.open("a") as handle:
+                finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
+            if finished.returncode != 0:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise InputError(f"training {config} at learning rate {rate:.2g} failed (exit "
+                                 f"{finished.returncode}): {tail[0] if tail else ''} (the whole log: {log})")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        score = _validation_score(run_dir, metric)
+        if score is None:
+            raise InputError(f"{run_dir} finished without a validation {metric} at its best step; the sweep chooses "
+                             "on validation (give the data a validation split)")
+        points.append(SweepPoint(rate, run_dir, score, summary.get("training_seconds")))
+    lower_is_better = metric in ("loss", "perplexity")
+    chosen = (min if lower_is_better else max)(points, key=lambda p: p.validation)
+    return chosen, points
