@@ -46,17 +46,16 @@ def _overrides(settings: dict[str, Any]) -> list[str]:
 
 
 def sweep_points(config: str, settings: dict[str, Any], lr_scales: tuple[float, ...], runs_dir: Path,
-                 ) -> list[tuple[float, list[str], Path]]:
-    """(learning rate, `--set` overrides, run folder) per scale; the config and overrides are checked here."""
+                 ) -> tuple[str, list[tuple[float, list[str], Path]]]:
+    """(the selection metric, [(learning rate, `--set` overrides, run folder) per scale]); the config and
+    overrides are checked here, before anything trains."""
     path = Path(config)
     if not path.is_file():
         raise InputError(f"train variant: config file {config} does not exist (e.g. configs/lora.yaml)")
-    base = load_config(path, _overrides(settings))  # every key and value checked before anything trains
+    base = load_config(path, _overrides(settings))
     digest = hashlib.sha256(json.dumps([path.read_text(encoding="utf-8"), settings], sort_keys=True).encode())
     points = []
-    for scale in lr_scales:
-        if scale <= 0:
-            raise InputError(f"train variant: lr_scales must be positive, got {scale}")
+    for scale in lr_scales:  # positive: checked with the variant
         rate = base.training.learning_rate * scale
         overrides = {**settings, "training.learning_rate": rate}
         if base.training.new_learning_rate is not None:
@@ -65,7 +64,7 @@ def sweep_points(config: str, settings: dict[str, Any], lr_scales: tuple[float, 
         overrides["output_dir"] = str(run_dir)
         load_config(path, _overrides(overrides))
         points.append((rate, _overrides(overrides), run_dir))
-    return points
+    return base.training.metric_for_best_model, points
 
 
 def _validation_score(run_dir: Path, metric: str) -> float | None:
@@ -83,10 +82,10 @@ def _validation_score(run_dir: Path, metric: str) -> float | None:
 def train_sweep(config: str, settings: dict[str, Any], lr_scales: tuple[float, ...], runs_dir: Path,
                 say: Callable[[str], None] = print) -> tuple[SweepPoint, list[SweepPoint]]:
     """Trains every point not yet finished and returns (the chosen point, all points)."""
-    metric = load_config(Path(config), _overrides(settings)).training.metric_for_best_model
+    metric, planned = sweep_points(config, settings, lr_scales, runs_dir)
     points = []
-    for rate, overrides, run_dir in sweep_points(config, settings, lr_scales, runs_dir):
-        if _validation_score(run_dir, metric) is None:
+    for rate, overrides, run_dir in planned:
+        if not (run_dir / "summary.json").is_file():  # not finished: train it, or resume it
             resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
             log = run_dir.with_name(run_dir.name + ".log")
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -108,7 +109,7 @@ def shared_run(tmp_path_factory, name: str, config: dict) -> Path:
         if not (run_dir / "summary.json").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
             path = root / f"{name}.yaml"
-            path.write_text(__import__("yaml").safe_dump({**config, "output_dir": str(run_dir)}))
+            path.write_text(yaml.safe_dump({**config, "output_dir": str(run_dir)}))
             assert train(["--config", str(path)]) == 0, f"the shared run {name} failed"
     return run_dir
 

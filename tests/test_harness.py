@@ -2,6 +2,7 @@
 computation and against lm-evaluation-harness), metrics, variants, the run variant's checks, the command."""
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from flax import nnx
 
 from conftest import WORDS, save_word_tokenizer, write_reviews
 from harness.prompts import chat_messages, draw_demonstrations
@@ -318,7 +320,7 @@ def test_the_counterfactual_pairs_differ_only_in_the_person(language):
         return set(text.lower().replace(",", " ").replace(".", " ").replace(";", " ").replace(":", " ").split())
 
     gendered = {w for t in spec["templates"]["positive"] + spec["templates"]["negative"]
-                for choice in __import__("re").findall(r"\{([^{}/]+/[^{}/]+)\}", t) for w in choice.split("/")}
+                for choice in re.findall(r"\{([^{}/]+/[^{}/]+)\}", t) for w in choice.split("/")}
     for (key, first, _), (_, second, _) in pairs:
         dimension, p = key.split("-")[0], int(key.split("-p")[1][0])
         people = {w for person in spec["pairs"][dimension][p] for w in words(person.split("|")[0])}
@@ -381,11 +383,6 @@ def test_costs_come_from_the_compiled_program(tiny_model):
         embed([" ".join(["good"] * words)] * 8)
         cost, rows = embed.embed_batch.typical_cost()
         per_text[words] = cost.flops / rows
-        assert rows == 8 and cost.peak_bytes > 4 * sum(x.size for x in jax.tree.leaves(nnx_state(model)))
+        assert rows == 8 and cost.peak_bytes > 4 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     # the cost is the compiled batch's: 8 tokens are padded to a 16-token bucket, 32 fill their own
     assert 2 < per_text[30] / per_text[6] < 3
-
-
-def nnx_state(model):
-    from flax import nnx
-    return nnx.state(model, nnx.Param)

@@ -7,6 +7,7 @@ outside `tljax.models` never asks which family a model is.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -56,20 +57,27 @@ def program_cost(jitted: Any, *args: Any) -> ProgramCost:
 
 
 class CallShapes:
-    """The shapes of a compiled function's calls (arrays only), to cost a typical call afterwards."""
+    """How often a compiled function was called with each input shape (arrays only), to cost a typical call."""
 
     def __init__(self):
-        self.calls: list[tuple[jax.ShapeDtypeStruct, ...]] = []
+        self.counts: collections.Counter[tuple[jax.ShapeDtypeStruct, ...]] = collections.Counter()
 
     def record(self, *arrays: Any) -> None:
-        self.calls.append(tuple(jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in arrays))
+        # the array's own dtype: np.asarray on a device array would copy it to the host on every call
+        self.counts[tuple(jax.ShapeDtypeStruct(np.shape(a), getattr(a, "dtype", None) or np.asarray(a).dtype)
+                          for a in arrays)] += 1
 
     def typical(self) -> tuple[jax.ShapeDtypeStruct, ...] | None:
         """The median call by size (a shape that was compiled, so costing it is served by the compilation cache)."""
-        if not self.calls:
+        if not self.counts:
             return None
-        ordered = sorted(self.calls, key=lambda call: sum(int(np.prod(a.shape)) for a in call))
-        return ordered[len(ordered) // 2]
+        ordered = sorted(self.counts, key=lambda call: sum(int(np.prod(a.shape)) for a in call))
+        middle, seen = sum(self.counts.values()) // 2, 0
+        for call in ordered:
+            seen += self.counts[call]
+            if seen > middle:
+                return call
+        return ordered[-1]
 
 
 def typical_cost(jitted: Any, state: Any, shapes: CallShapes) -> tuple[ProgramCost, int] | None:
