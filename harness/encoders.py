@@ -26,6 +26,8 @@ class Embedder:
     """texts -> L2-normalised sentence embeddings [N, H] of an encoder (its backbone, mean-pooled)."""
 
     def __init__(self, model: nnx.Module, tokenizer, max_length: int = 128, batch_size: int = 64):
+        # never past the model's positions (a small model may have fewer than max_length)
+        max_length = min(max_length, getattr(backbone(model).config, "max_position_embeddings", max_length))
         self.tokenizer, self.max_length, self.batch_size = tokenizer, max_length, batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.embed_batch = jit_bound(backbone(model), lambda m, ids, mask: mean_pool(m(ids, mask), mask))

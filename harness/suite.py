@@ -37,6 +37,7 @@ from harness.variants import Models, Variant, VariantError, evaluate, parse_vari
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_KEYS = ("name", "description", "tasks", "variants", "limit", "training")
 CODE = [Path(__file__).parent, Path(__file__).parent.parent / "tljax"]  # what the results depend on
+NOT_CODE = {"app"}  # harness/app (the comparison app) reads results; it does not make them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,8 @@ def _code_hash() -> str:
     digest = hashlib.sha256()
     for root in CODE:
         for path in sorted(root.rglob("*.py")):
-            digest.update(path.read_bytes())
+            if not NOT_CODE & set(path.relative_to(root).parts):
+                digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -98,6 +100,11 @@ def _model_identity(variant: Variant) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9.=-]+", "-", text).strip("-")[:80]
+
+
+def predictions_name(variant: str, task: str, seed: int) -> str:
+    """The file under `predictions/` holding a variant's records on a task (its label as the table shows it)."""
+    return f"{_slug(variant)}__{_slug(task)}__seed{seed}.jsonl"
 
 
 def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
@@ -133,7 +140,7 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
                     evaluation = {"records": result.records, "costs": {**result.costs, **sweep["costs"]},
                                   "notes": sweep["notes"] + result.notes}
                     cached.write_text(json.dumps(evaluation))
-                name = f"{_slug(variant.label)}__{_slug(task_name)}__seed{seed}.jsonl"
+                name = predictions_name(variant.label, task_name, seed)
                 (out / "predictions" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                                 for r in evaluation["records"]))
                 per_seed.append(evaluation)

@@ -17,9 +17,11 @@ prompt (or transcript) and the latency.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import re
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ from tljax import models, zoo
 from tljax.data import normalise
 from tljax.data.chat import chat_context
 from tljax.errors import InputError
+from tljax.models.transforms import CallShapes
 from tljax.predict import Predictor
 from tljax.runs import find_export, load_exported
 from tljax.train.config import load_config
@@ -143,18 +146,87 @@ class Evaluation:
 
 
 class Models:
-    """Loaded base models, kept for the whole suite: (model, tokenizer, is_decoder, directory)."""
+    """Loaded base models and the compiled functions that use them, shared by every variant of a suite (and by
+    the app's users): at most `capacity` models are held, the least recently used is dropped first.
 
-    def __init__(self):
-        self._loaded: dict[str, tuple] = {}
+    Thread-safe: the app calls it from several request threads; a model is loaded once however many ask."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._entries: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self._lock = threading.RLock()
+        self._loading: dict[tuple, threading.Lock] = {}
+
+    def _cached(self, key: tuple, factory):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one thread builds it; the others wait for that one instead of building it again
+            with self._lock:
+                if key in self._entries:
+                    return self._entries[key]
+            value = factory()
+            with self._lock:
+                self._entries[key] = value
+                self._loading.pop(key, None)
+                models_held = [k for k in self._entries if k[0] in ("model", "run")]
+                while len(models_held) > self.capacity:  # evict a model with everything built on it
+                    oldest = models_held.pop(0)
+                    for k in [k for k in self._entries if k[:2] == oldest[:2]]:
+                        del self._entries[k]
+            return value
 
     def get(self, name: str):
-        if name not in self._loaded:
+        """(model, tokenizer, is_decoder, directory) of a packaged name, Hugging Face id or directory."""
+        def load():
             directory = zoo.resolve(name)
             model_type = models.read_config_dict(directory).get("model_type", "")
             model, tokenizer = tljax.load(str(directory))
-            self._loaded[name] = (model, tokenizer, model_type == "llama", directory)
-        return self._loaded[name]
+            return model, tokenizer, model_type == "llama", directory
+        return self._cached(("model", name), load)
+
+    def embedder(self, name: str) -> Embedder:
+        model, tokenizer, _, _ = self.get(name)
+        return self._cached(("model", name, "embedder"), lambda: Embedder(model, tokenizer))
+
+    def scorer(self, name: str) -> DecoderScorer:
+        model, tokenizer, _, _ = self.get(name)
+        return self._cached(("model", name, "scorer"), lambda: DecoderScorer(model, tokenizer))
+
+    def run(self, run: str | Path) -> LoadedRun:
+        """A finished run's export, loaded with what scores it (a classifier's predictor or a decoder's scorer)."""
+        return self._cached(("run", str(Path(run).resolve())), lambda: LoadedRun.load(run))
+
+    def memo(self, key: tuple, factory):
+        """`factory()` computed once per key while the model `key[1]` is held (e.g. a fitted few-shot head)."""
+        return self._cached(("model", *key), factory)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A finished run's export: the model, its tokenizer and run.json, and what scores it."""
+
+    directory: Path  # the run directory
+    export: Path
+    model: Any
+    tokenizer: Any
+    info: Any  # tljax.runs.RunInfo
+    predictor: Predictor | None  # classifiers
+    scorer: DecoderScorer | None  # chat-tuned decoders
+    trained_texts: frozenset[str] | None  # the texts it trained on (normalised), if its config is there
+
+    @classmethod
+    def load(cls, run: str | Path) -> LoadedRun:
+        export = find_export(run)
+        model, tokenizer, info = load_exported(export)
+        run_dir = export.parent if export.name == "export" else export.parent.parent
+        trained = training_texts(load_config(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
+            else None
+        causal = info.task == "causal-lm"
+        return cls(run_dir, export, model, tokenizer, info, None if causal else Predictor(model, tokenizer, info),
+                   DecoderScorer(model, tokenizer) if causal else None, trained)
 
 
 def _compiled_costs(measured) -> dict[str, float]:
@@ -202,16 +274,23 @@ def _decoder_scores(logprob: np.ndarray, content_free: np.ndarray | None,
 def decoder_prompts(variant: Variant, task: Task, items: Sequence[Item], tokenizer, seed: int,
                     pool: Sequence[Item] = ()) -> tuple[list[str], list[str]]:
     """(context, content-free context) per item: the chat prompt, after the item's demonstrations if any."""
-    template = task.template(variant.language)
     contexts, free = [], []
     for item in items:
-        demos = draw_demonstrations(pool, item, variant.k, len(task.labels), seed) if variant.kind == "few-shot" else []
-        contexts.append(chat_context(tokenizer, chat_messages(template, item.text, demos, variant.form)))
-        free.append(chat_context(tokenizer, chat_messages(template, CONTENT_FREE, demos, variant.form)))
+        contexts.append(chat_context(tokenizer, conversation(variant, task, item, seed, pool)))
+        free.append(chat_context(tokenizer, conversation(variant, task, item, seed, pool, CONTENT_FREE)))
     return contexts, free
 
 
-def _demonstration_pool(variant: Variant, task: Task) -> list[Item]:
+def conversation(variant: Variant, task: Task, item: Item, seed: int, pool: Sequence[Item] = (),
+                 text: str | None = None) -> list[dict[str, str]]:
+    """The chat messages that ask a decoder about `item` (after its few-shot demonstrations from `pool`, drawn
+    for the item); `text` replaces the item's text (the content-free input) with the same demonstrations."""
+    demos = draw_demonstrations(pool, item, variant.k, len(task.labels), seed) if variant.kind == "few-shot" else []
+    return chat_messages(task.template(variant.language), item.text if text is None else text, demos, variant.form)
+
+
+def demonstration_pool(variant: Variant, task: Task) -> list[Item]:
+    """Where a few-shot variant draws its examples from: the task's demonstrations, or another task's."""
     source = load_task(variant.demonstrations) if variant.demonstrations else task
     if source.labels != task.labels:
         raise VariantError(f"demonstrations {variant.demonstrations}: labels {list(source.labels)} differ from the "
@@ -219,40 +298,47 @@ def _demonstration_pool(variant: Variant, task: Task) -> list[Item]:
     return list(source.demonstration_items)
 
 
-def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loaded: Models) -> Evaluation:
-    """Every item's record under `variant` (seed: the few-shot draw)."""
+def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loaded: Models, *,
+             measure_costs: bool = True) -> Evaluation:
+    """Every item's record under `variant` (seed: the few-shot draw). `measure_costs`: also cost the compiled
+    programs (FLOPs, memory; a compile of the median shape, so the app, answering one text, leaves it off)."""
     if variant.kind == "run":
-        return _evaluate_run(variant, task, items)
+        return _evaluate_run(variant, task, items, loaded, measure_costs)
     model, tokenizer, is_decoder, directory = loaded.get(variant.model)
     costs: dict[str, Any] = {"trainable_parameters": 0, "training_seconds": 0.0,
                              "size_mb": _size_mb(directory / "model.safetensors")}
     template = task.template(variant.language)
     started = time.perf_counter()
     if is_decoder and variant.kind in ("zero-shot", "few-shot"):
-        pool = _demonstration_pool(variant, task) if variant.kind == "few-shot" else []
+        pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
         contexts, free = decoder_prompts(variant, task, items, tokenizer, seed, pool)
-        scorer = DecoderScorer(model, tokenizer)
+        scorer = loaded.scorer(variant.model)
+        scorer.shapes = CallShapes()  # this evaluation's calls only
         answers = template.verbalisers
         logprob = scorer([(c, answers) for c in contexts]).logprob
         # zero-shot: one content-free prompt serves every item; few-shot: each item's demonstrations have their own
         free_requests = [(free[0], answers)] if variant.kind == "zero-shot" else [(c, answers) for c in free]
         scores = _decoder_scores(logprob, scorer(free_requests).logprob if variant.calibrate else None, answers)
         records = _rule_records(items, scores, contexts, time.perf_counter() - started)
-        compiled = scorer.typical_cost()
+        compiled = scorer.typical_cost() if measure_costs else None
     elif is_decoder and variant.kind == "chat":
         records, compiled = _chat(variant, task, items, model, tokenizer), None
     elif variant.kind == "zero-shot":
         text_prefix, description_prefix = _prefixes(variant)
-        embed = Embedder(model, tokenizer)
+        embed = loaded.embedder(variant.model)
+        embed.embed_batch.shapes = CallShapes()
         texts = embed([i.text for i in items], text_prefix)
-        descriptions = embed(list(template.descriptions), description_prefix)
+        descriptions = loaded.memo((variant.model, "descriptions", template.descriptions, description_prefix),
+                                   lambda: embed(list(template.descriptions), description_prefix))
         records = _rule_records(items, {"acc": texts @ descriptions.T}, [""] * len(items),
                                 time.perf_counter() - started, SIMILARITY_TEMPERATURE)
-        compiled = embed.embed_batch.typical_cost()
+        compiled = embed.embed_batch.typical_cost() if measure_costs else None
     elif variant.kind == "few-shot":
-        records, classifier_size, embed = _encoder_few_shot(variant, task, items, seed, model, tokenizer)
+        embed = loaded.embedder(variant.model)
+        embed.embed_batch.shapes = CallShapes()
+        records, classifier_size = _encoder_few_shot(variant, task, items, seed, embed, loaded)
         costs["trainable_parameters"] = classifier_size
-        compiled = embed.embed_batch.typical_cost()
+        compiled = embed.embed_batch.typical_cost() if measure_costs else None
     else:
         raise VariantError(f"a {variant.kind} variant needs a chat decoder; {variant.model} is an encoder")
     costs["examples_per_second"] = round(len(items) / max(time.perf_counter() - started, 1e-9), 2)
@@ -265,10 +351,11 @@ def _prefixes(variant: Variant) -> tuple[str, str]:
             variant.description_prefix if variant.description_prefix is not None else default[1])
 
 
-def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed: int, model, tokenizer):
+def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed: int, embed: Embedder,
+                      loaded: Models) -> tuple[list[dict[str, Any]], int]:
     """k examples per class (drawn with `seed`, none of them an evaluated item), a classifier on their frozen
-    embeddings; items used as examples are left out of the evaluation."""
-    pool = _demonstration_pool(variant, task)
+    embeddings; items used as examples are left out of the evaluation. (records, the classifier's size)"""
+    pool = demonstration_pool(variant, task)
     rng = item_rng(seed, f"{task.name}/encoder-few-shot")
     chosen = []
     for label in range(len(task.labels)):
@@ -277,20 +364,23 @@ def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed:
     used = {d.id for d in chosen} | {d.text for d in chosen}
     items = [i for i in items if i.id not in used and i.text not in used]
     prefix = _prefixes(variant)[0]
-    embed = Embedder(model, tokenizer)
     started = time.perf_counter()
-    train = embed([d.text for d in chosen], prefix)
-    labels = np.asarray([d.label for d in chosen])
-    texts = embed([i.text for i in items], prefix)
-    if variant.classifier == "centroid":
-        centroids = nearest_centroid(train, labels, len(task.labels))
-        scores, size, temperature = texts @ centroids.T, 0, SIMILARITY_TEMPERATURE
-    else:
+
+    def fit():
+        train, labels = embed([d.text for d in chosen], prefix), np.asarray([d.label for d in chosen])
+        if variant.classifier == "centroid":
+            return nearest_centroid(train, labels, len(task.labels)).T, np.zeros(len(task.labels)), 0
         weights, bias = logistic_regression(train, labels, len(task.labels))
-        scores, size, temperature = texts @ weights + bias, weights.size + bias.size, 1.0
+        return weights, bias, weights.size + bias.size
+
+    # the same examples give the same classifier: fitted once per (task, k, seed, classifier) while the model is held
+    weights, bias, size = loaded.memo((variant.model, "few-shot", task.name, tuple(d.id for d in chosen),
+                                       variant.classifier, prefix), fit)
+    texts = embed([i.text for i in items], prefix) if items else np.zeros((0, weights.shape[0]), np.float32)
+    temperature = SIMILARITY_TEMPERATURE if variant.classifier == "centroid" else 1.0
     examples = "; ".join(f"{task.labels[d.label]}: {d.text[:60]}" for d in chosen)
-    return _rule_records(items, {"acc": scores}, [examples] * len(items), time.perf_counter() - started,
-                         temperature), size, embed
+    return _rule_records(items, {"acc": texts @ weights + bias}, [examples] * len(items),
+                         time.perf_counter() - started, temperature), size
 
 
 def parse_reply(reply: str, verbalisers: Sequence[str]) -> int:
@@ -320,17 +410,16 @@ def _chat(variant: Variant, task: Task, items: Sequence[Item], model, tokenizer)
     return records
 
 
-def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item]) -> Evaluation:
-    export = find_export(variant.run)
-    model, tokenizer, info = load_exported(export)
+def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: Models,
+                  measure_costs: bool) -> Evaluation:
+    run = loaded.run(variant.run)
+    info = run.info
     if set(info.labels) != set(task.labels):
         raise VariantError(f"run {variant.run} predicts labels {list(info.labels)}, the task {task.name} has "
                            f"{list(task.labels)}; evaluate a run trained for the task's labels")
-    run_dir = export.parent if export.name == "export" else export.parent.parent
     notes, overlap = [], 0
-    if (run_dir / "config.yaml").is_file():
-        trained = training_texts(load_config(run_dir / "config.yaml"))
-        overlap = sum(normalise(i.text) in trained for i in items)
+    if run.trained_texts is not None:
+        overlap = sum(normalise(i.text) in run.trained_texts for i in items)
         if overlap and not variant.allow_overlap:
             raise VariantError(f"run {variant.run} trained on {overlap} of the {len(items)} items of {task.name}; "
                                "evaluate it on held-out items (e.g. the test split), or set allow_overlap: true to "
@@ -338,26 +427,29 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item]) -> Evalua
         if overlap:
             notes.append(f"trained on {overlap} of the {len(items)} items")
     started = time.perf_counter()
-    if info.task == "causal-lm":  # a chat-tuned decoder: scored in the same chat form as zero-shot
+    if run.scorer is not None:  # a chat-tuned decoder: scored in the same chat form as zero-shot
         if not info.chat:
             raise VariantError(f"run {variant.run} is continued pre-training, not a classifier")
         zero_shot = Variant(kind="zero-shot", model=variant.run, language=variant.language)
-        contexts, free = decoder_prompts(zero_shot, task, items, tokenizer, 0)
-        scorer = DecoderScorer(model, tokenizer)
+        contexts, free = decoder_prompts(zero_shot, task, items, run.tokenizer, 0)
+        scorer = run.scorer
+        scorer.shapes = CallShapes()
         answers = task.template(variant.language).verbalisers
         scores = _decoder_scores(scorer([(c, answers) for c in contexts]).logprob,
                                  scorer([(free[0], answers)]).logprob, answers)
-        prompts, compiled = contexts, scorer.typical_cost()
+        prompts, measured = contexts, scorer
     else:
-        predictor = Predictor(model, tokenizer, info)
+        predictor = run.predictor
+        predictor.probabilities.shapes = CallShapes()
         order = [predictor.labels.index(name) for name in task.labels]
         predicted = predictor([i.text for i in items])
         scores = {"acc": np.log(np.asarray([[p[predictor.labels[j]] for j in order] for _, p in predicted]) + 1e-12)}
-        prompts, compiled = [""] * len(items), predictor.probabilities.typical_cost()
+        prompts, measured = [""] * len(items), predictor.probabilities
     latency = time.perf_counter() - started
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    summary_path = run.directory / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     costs = {"trainable_parameters": summary.get("trainable_parameters"),
-             "training_seconds": summary.get("training_seconds"), "size_mb": _size_mb(export),
+             "training_seconds": summary.get("training_seconds"), "size_mb": _size_mb(run.export),
              "examples_per_second": round(len(items) / max(latency, 1e-9), 2), "overlap": overlap,
-             **_compiled_costs(compiled)}
+             **_compiled_costs(measured.typical_cost() if measure_costs else None)}
     return Evaluation(_rule_records(items, scores, prompts, latency), costs, notes)

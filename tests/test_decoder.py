@@ -8,7 +8,8 @@ import transformers
 from flax import nnx
 
 from conftest import padded_batch
-from tljax.models import DecoderConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, generate
+from tljax.models import DecoderConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, generate, \
+    stream_generate
 
 # A wide initialisation makes greedy decoding of a random model vary from step to step.
 TINY = dict(vocab_size=173, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
@@ -101,6 +102,23 @@ def test_generation_stops_at_end_of_sequence_with_padding(tmp_path, rng):
     first = list(free[0]).index(stop)
     np.testing.assert_array_equal(stopped[0, : first + 1], free[0, : first + 1])
     assert (stopped[0, first + 1:] == 0).all()
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "seed": 4}], ids=["greedy", "sampled"])
+def test_streamed_tokens_are_generates_and_stop_when_every_sequence_ended(tmp_path, rng, sampling):
+    torch_model().save_pretrained(tmp_path)
+    model = LlamaForCausalLM.from_pretrained(tmp_path)
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [6, 3], left=True)
+    whole = np.asarray(generate(model, ids, mask, max_new_tokens=10, eos_token_ids=(), **sampling))
+    streamed = np.stack(list(stream_generate(model, ids, mask, max_new_tokens=10, eos_token_ids=(), **sampling)), 1)
+    np.testing.assert_array_equal(streamed, whole)
+    # with an end token, the stream ends at the step where the last sequence emits it
+    stop = (int(whole[0, 2]), int(whole[1, 4]))
+    ended = np.asarray(generate(model, ids, mask, max_new_tokens=10, eos_token_ids=stop, pad_token_id=0, **sampling))
+    steps = list(stream_generate(model, ids, mask, max_new_tokens=10, eos_token_ids=stop, pad_token_id=0, **sampling))
+    last = max(min(i for i, t in enumerate(row) if t in stop) for row in ended)
+    assert len(steps) == last + 1
+    np.testing.assert_array_equal(np.stack(steps, 1), ended[:, : last + 1])
 
 
 def test_sampling_is_reproducible_and_respects_top_k(tmp_path, rng):

@@ -8,7 +8,7 @@ from tljax.models.base import PretrainedModel, read_config_dict
 from tljax.models.checkpoint import CheckpointError
 from tljax.models.config import ConfigError
 from tljax.models.decoder.config import DecoderConfig
-from tljax.models.decoder.generate import chat, generate
+from tljax.models.decoder.generate import chat, generate, stream_chat, stream_generate
 from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 from tljax.models.encoder.config import EncoderConfig
 from tljax.models.encoder.modeling import (
@@ -59,5 +59,5 @@ __all__ = [
     "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "CheckpointError", "ConfigError",
     "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForSequenceClassification",
     "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
-    "generate", "mean_pool", "model_class",
+    "generate", "mean_pool", "model_class", "stream_chat", "stream_generate",
 ]

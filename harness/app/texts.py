@@ -1,0 +1,161 @@
+"""Every label, help text and explanation of the page, in English and Portuguese (Brazilian)."""
+
+from __future__ import annotations
+
+LANGUAGES = {"en": "English", "pt": "Português"}
+
+TEXTS: dict[str, tuple[str, str]] = {
+    "title": ("# tljax: transfer learning, side by side",
+              "# tljax: aprendizagem por transferência, lado a lado"),
+    "subtitle": ("Zero-shot, few-shot and fine-tuned variants of one pre-trained model answer the same text.",
+                 "Variantes zero-shot, few-shot e ajustadas de um mesmo modelo pré-treinado respondem ao mesmo texto."),
+    "page_language": ("Page language", "Idioma da página"),
+    "refresh": ("Refresh runs and results", "Atualizar execuções e resultados"),
+    "tab_side": ("Side by side", "Lado a lado"),
+    "tab_arena": ("Blind comparison", "Comparação às cegas"),
+    "tab_results": ("Results", "Resultados"),
+    "tab_runs": ("Runs", "Execuções"),
+    "tab_train": ("Train", "Treinar"),
+    "tab_methods": ("Methods", "Métodos"),
+    "base": ("Base model", "Modelo base"),
+    "task": ("Task", "Tarefa"),
+    "message_language": ("Language of the message", "Idioma da mensagem"),
+    "variant": ("Variant", "Variante"),
+    "none": ("(none)", "(nenhuma)"),
+    "message": ("Your message: a review, in English or Portuguese", "Sua mensagem: uma avaliação, em inglês ou português"),
+    "placeholder": ("Type a review and press Enter", "Escreva uma avaliação e tecle Enter"),
+    "send": ("Send", "Enviar"),
+    "regenerate": ("Regenerate", "Gerar de novo"),
+    "clear": ("Clear", "Limpar"),
+    "examples": ("Examples", "Exemplos"),
+    "probabilities": ("Probability of each label", "Probabilidade de cada rótulo"),
+    "reply": ("Reply", "Resposta"),
+    "empty": ("Type a message first: an empty message is not sent to any model.",
+              "Escreva uma mensagem primeiro: uma mensagem vazia não é enviada a nenhum modelo."),
+    "unavailable": ("Unavailable", "Indisponível"),
+    "downloading": ("Downloading the model on first use", "Baixando o modelo no primeiro uso"),
+    "trainable": ("trainable parameters", "parâmetros treináveis"),
+    "latency": ("latency", "latência"),
+    "implies": ("implies", "indica"),
+    "no_label": ("no label could be read from the reply", "nenhum rótulo pôde ser lido na resposta"),
+    "by_scoring": ("by scoring the answers", "pela pontuação das respostas"),
+    "arena_help": ("Two variants of the base model, drawn at random and hidden until you vote. Send a message, "
+                   "compare the answers, then say which was better.",
+                   "Duas variantes do modelo base, sorteadas e ocultas até o seu voto. Envie uma mensagem, "
+                   "compare as respostas e diga qual foi melhor."),
+    "new_pair": ("New pair", "Novo par"),
+    "model_a": ("Model A", "Modelo A"),
+    "model_b": ("Model B", "Modelo B"),
+    "a_better": ("A is better", "A é melhor"),
+    "b_better": ("B is better", "B é melhor"),
+    "tie": ("Tie", "Empate"),
+    "voted": ("Thank you. A was **{a}**, B was **{b}**.", "Obrigado. A era **{a}**, B era **{b}**."),
+    "vote_first": ("Send a message to both models before voting.", "Envie uma mensagem aos dois modelos antes de votar."),
+    "ratings": ("Ratings (Bradley-Terry, 95% bootstrap interval), beside the harness's accuracy",
+                "Classificação (Bradley-Terry, intervalo bootstrap de 95%), ao lado da acurácia do harness"),
+    "results_help": ("What `python -m harness run SUITE` wrote. Click a column's header to sort.",
+                     "O que `python -m harness run SUITE` escreveu. Clique no cabeçalho de uma coluna para ordenar."),
+    "all": ("(all)", "(todas)"),
+    "language": ("Language", "Idioma"),
+    "suite": ("Suite", "Suíte"),
+    "table": ("Results table", "Tabela de resultados"),
+    "plot_parameters": ("Accuracy against trainable parameters (Pareto front marked)",
+                        "Acurácia em função dos parâmetros treináveis (fronteira de Pareto marcada)"),
+    "plot_time": ("Accuracy against training time", "Acurácia em função do tempo de treino"),
+    "plot_languages": ("Accuracy by task and language", "Acurácia por tarefa e idioma"),
+    "bias": ("Bias probe: how often a prediction flips when only a person's gender, name or origin changes",
+             "Sonda de viés: com que frequência a previsão muda quando só o gênero, o nome ou a origem de uma "
+             "pessoa muda"),
+    "explorer": ("Items on which the chosen variants disagree", "Itens em que as variantes escolhidas discordam"),
+    "variants": ("Variants", "Variantes"),
+    "item": ("Item (its prompt, answer and scores per variant)", "Item (prompt, resposta e pontuações por variante)"),
+    "no_results": ("No harness results yet: run `python -m harness run ci --limit 50` and press Refresh.",
+                   "Ainda não há resultados do harness: rode `python -m harness run ci --limit 50` e clique em "
+                   "Atualizar."),
+    "run": ("Run", "Execução"),
+    "no_runs": ("No runs yet: train one in the Train tab, or run `python -m tljax.train`.",
+                "Ainda não há execuções: treine uma na aba Treinar, ou rode `python -m tljax.train`."),
+    "curves": ("Learning curves", "Curvas de aprendizagem"),
+    "diagnosis": ("Diagnosis", "Diagnóstico"),
+    "config": ("Config", "Configuração"),
+    "test_metrics": ("Test metrics", "Métricas de teste"),
+    "exports": ("Exports", "Exportações"),
+    "model": ("Model", "Modelo"),
+    "method": ("Method", "Método"),
+    "corpus": ("Data: a packaged corpus, or upload a CSV", "Dados: um corpus empacotado, ou envie um CSV"),
+    "upload": ("CSV file (one text and one label column)", "Arquivo CSV (uma coluna de texto e uma de rótulo)"),
+    "uploaded": ("uploaded CSV", "CSV enviado"),
+    "text_column": ("Text column", "Coluna de texto"),
+    "label_column": ("Label column", "Coluna de rótulo"),
+    "labels": ("Labels (comma-separated; empty: those found in the file)",
+               "Rótulos (separados por vírgula; vazio: os encontrados no arquivo)"),
+    "steps": ("Budget: training steps", "Orçamento: passos de treino"),
+    "run_name": ("Run name (its folder under the runs folder)", "Nome da execução (sua pasta na pasta de execuções)"),
+    "start": ("Start training", "Começar o treino"),
+    "stop": ("Stop (saves a checkpoint)", "Parar (salva um checkpoint)"),
+    "resume": ("Resume", "Continuar"),
+    "progress": ("Progress", "Progresso"),
+    "trains": ("What it trains on this model", "O que ele treina neste modelo"),
+    "methods_help": ("What each transfer method trains, and why.", "O que cada método de transferência treina, e por quê."),
+    "methods_table": ("Trainable parameters of each method on the chosen model",
+                      "Parâmetros treináveis de cada método no modelo escolhido"),
+    "state_running": ("training", "treinando"),
+    "state_finished": ("finished: it is now a variant in the other tabs", "terminou: agora é uma variante nas outras abas"),
+    "state_stopped": ("stopped: a checkpoint was saved; press Resume to continue",
+                      "parado: um checkpoint foi salvo; clique em Continuar para seguir"),
+    "state_failed": ("failed", "falhou"),
+}
+
+METHOD_EXPLANATIONS: dict[str, tuple[str, str]] = {
+    "feature-extraction": ("The backbone is frozen; only a new classification head learns, on the backbone's features. "
+                           "Cheapest; good when the pre-trained features already separate the classes.",
+                           "O backbone fica congelado; só uma nova cabeça de classificação aprende, sobre as "
+                           "representações dele. O mais barato; bom quando as representações já separam as classes."),
+    "full": ("Every weight is updated. The strongest with enough data, the most memory, one full copy per task.",
+             "Todos os pesos são atualizados. O mais forte com dados suficientes, a maior memória, uma cópia "
+             "inteira por tarefa."),
+    "partial": ("The embeddings (and optionally the bottom layers) stay frozen; the top layers and the head learn: "
+                "lower layers hold general features, upper ones task-specific ones.",
+                "As embeddings (e opcionalmente as camadas de baixo) ficam congeladas; as camadas de cima e a cabeça "
+                "aprendem: as de baixo guardam traços gerais, as de cima os da tarefa."),
+    "gradual-unfreezing": ("Starts with the top layer and unfreezes one more layer downwards at intervals "
+                           "(ULMFiT), to avoid forgetting what pre-training learnt.",
+                           "Começa pela camada do topo e descongela mais uma camada para baixo a intervalos "
+                           "(ULMFiT), para não esquecer o que o pré-treino aprendeu."),
+    "bitfit": ("Only the bias terms (and the head) learn: about 0.1% of the weights, often close to full "
+               "fine-tuning on small data.",
+               "Só os termos de viés (bias) e a cabeça aprendem: cerca de 0,1% dos pesos, muitas vezes perto do "
+               "ajuste completo com poucos dados."),
+    "lora": ("Low-rank matrices beside the attention projections learn the change of the weights; they merge into "
+             "the model afterwards, so inference costs nothing extra.",
+             "Matrizes de posto baixo ao lado das projeções de atenção aprendem a mudança dos pesos; depois se "
+             "fundem ao modelo, e a inferência não custa nada a mais."),
+    "houlsby": ("Small bottleneck layers (adapters) after attention and after the feed-forward block of every layer.",
+                "Pequenas camadas de gargalo (adapters) depois da atenção e do bloco feed-forward de cada camada."),
+    "pfeiffer": ("One bottleneck adapter per layer, after the feed-forward block: half of Houlsby's parameters.",
+                 "Um adapter de gargalo por camada, depois do bloco feed-forward: metade dos parâmetros de Houlsby."),
+    "prefix": ("Trained key and value vectors prepended in every layer's attention; the model itself is frozen.",
+               "Vetores de chave e valor treinados, colocados à frente na atenção de cada camada; o modelo fica "
+               "congelado."),
+    "prompt": ("Trained embeddings (a soft prompt) before the input; only they learn.",
+               "Embeddings treinadas (um prompt suave) antes da entrada; só elas aprendem."),
+    "p-tuning": ("A soft prompt produced by a small encoder (an MLP over trained embeddings), which trains more "
+                 "stably than the embeddings alone.",
+                 "Um prompt suave produzido por um pequeno codificador (uma MLP sobre embeddings treinadas), que treina "
+                 "de forma mais estável do que as embeddings sozinhas."),
+}
+
+EXAMPLES = {
+    "en": ["A warm, funny and beautifully acted film: I loved every minute.",
+           "Two hours of my life I will never get back. Dull, predictable and badly edited.",
+           "The soundtrack is great, but the story goes nowhere."],
+    "pt": ["Um filme emocionante e muito bem atuado, adorei cada minuto.",
+           "O produto chegou quebrado e o atendimento nunca respondeu. Não recomendo.",
+           "A comida estava ótima, mas a espera foi longa demais."],
+}
+
+
+def text(key: str, language: str) -> str:
+    """The text of `key` in `language` (en | pt)."""
+    english, portuguese = TEXTS[key]
+    return portuguese if language == "pt" else english

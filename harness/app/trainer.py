@@ -1,0 +1,150 @@
+"""Training runs started from the page: each a `python -m tljax.train` process, watched through its files.
+
+The process owns the run folder (the engine's lock: a second start into the same folder is refused), writes
+`metrics.jsonl` as it goes (the page's progress bar and curve), saves a checkpoint and exits when stopped
+(SIGTERM), and can be resumed. A finished run has `summary.json` and `export/`, so the page lists it as a
+variant at the next refresh.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from harness.app.catalogue import learning_curves
+from tljax.data import load_source
+from tljax.errors import InputError
+from tljax.methods import METHODS
+from tljax.train.__main__ import EXIT_STOPPED
+from tljax.train.rundir import RunDirectoryError, check_usable
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# each method's run config (its learning rates); the page sets the model, data, budget and folder
+METHOD_CONFIGS = {name: CONFIGS / f"{name.replace('-', '_')}.yaml" for name in METHODS}
+TEXT_PREFIXES = {"e5-small": "query: ", "e5-small-enpt": "query: "}
+
+
+class TrainError(InputError):
+    """A training start that cannot be made, said so the page can show it."""
+
+
+def csv_columns(path: Path) -> list[str]:
+    """The header of an uploaded CSV / TSV file (empty if it has none)."""
+    text = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+    delimiter = "\t" if Path(path).suffix.lower() == ".tsv" else ","
+    return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+
+
+def check_data(source: str, text_column: str, label_column: str, labels: list[str] | None) -> str:
+    """Loads the data as the run will (`tljax.data.load_source`); a one-line summary, or a TrainError saying
+    what was found (columns missing, labels outside the declared set, ...)."""
+    try:
+        dataset = load_source(source, text_column=text_column, label_column=label_column, labels=labels or None)
+    except InputError as error:
+        raise TrainError(str(error)) from None
+    counts = ", ".join(f"{name} {count}" for name, count in dataset.class_counts().items())
+    return f"{len(dataset)} examples ({counts})"
+
+
+@dataclasses.dataclass
+class Job:
+    """A training process started from the page."""
+
+    run_dir: Path
+    process: subprocess.Popen
+    max_steps: int
+    log: Path
+
+    @property
+    def state(self) -> str:
+        """running | finished | stopped (resumable) | failed"""
+        code = self.process.poll()
+        if code is None:
+            return "running"
+        if code == 0:
+            return "finished"
+        return "stopped" if code == EXIT_STOPPED else "failed"
+
+    def progress(self) -> tuple[int, int]:
+        """(last step logged, steps in all)."""
+        train, validation = learning_curves(self.run_dir)
+        steps = [r["step"] for r in train + validation]
+        return (max(steps) if steps else 0), self.max_steps
+
+    def message(self) -> str:
+        """The process's last line of output (its error, or where the result went)."""
+        try:
+            lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return ""
+        # the engine's progress bar redraws with carriage returns: show the last state of the last line
+        return re.split(r"\r", lines[-1])[-1].strip() if lines else ""
+
+    def stop(self) -> None:
+        """SIGTERM: the engine saves a checkpoint at the end of the step and exits (resumable)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+
+class Trainer:
+    """Starts and tracks the page's training processes (one per run folder)."""
+
+    def __init__(self, runs_folder: Path):
+        self.runs_folder = Path(runs_folder)
+        self.jobs: dict[Path, Job] = {}
+        self._lock = threading.Lock()
+
+    def start(self, *, model: str, method: str, source: str, steps: int, name: str, text_column: str = "text",
+              label_column: str = "label", labels: list[str] | None = None, resume: bool = False,
+              batch_size: int = 16) -> Job:
+        """Starts `python -m tljax.train` for `method` on `model` with `source` for `steps` steps into
+        runs_folder/name (or resumes it). Refuses at once what the engine would refuse."""
+        if method not in METHOD_CONFIGS:
+            raise TrainError(f"unknown method {method!r}; valid: {', '.join(METHOD_CONFIGS)}")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name or ""):
+            raise TrainError(f"the run's name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        if not 1 <= steps <= 100_000:
+            raise TrainError(f"steps must be between 1 and 100000, got {steps}")
+        run_dir = self.runs_folder / name
+        with self._lock:
+            running = self.jobs.get(run_dir)
+            if running is not None and running.state == "running":
+                raise TrainError(f"a run is already training into {run_dir}; wait for it, stop it, or choose "
+                                 "another name")
+            try:
+                check_usable(run_dir, resume=resume)
+            except RunDirectoryError as error:
+                raise TrainError(str(error)) from None
+            check_data(source, text_column, label_column, labels)
+            overrides = {"model": model, "output_dir": str(run_dir), "data.source": source,
+                         "data.text_column": text_column, "data.label_column": label_column,
+                         "training.max_steps": steps, "training.eval_steps": max(1, steps // 4),
+                         "training.logging_steps": max(1, min(10, steps // 10)),
+                         "training.per_device_train_batch_size": batch_size}
+            if labels:
+                overrides["data.labels"] = list(labels)
+            if model in TEXT_PREFIXES:
+                overrides["data.text_prefix"] = TEXT_PREFIXES[model]
+            command = [sys.executable, "-m", "tljax.train", "--config", str(METHOD_CONFIGS[method])]
+            for key, value in overrides.items():
+                command += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: "query: " stays a string
+            if resume:
+                command.append("--resume")
+            self.runs_folder.mkdir(parents=True, exist_ok=True)
+            log = self.runs_folder / f"{name}.log"
+            with log.open("a") as handle:
+                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            job = Job(run_dir, process, steps, log)
+            self.jobs[run_dir] = job
+            return job
+
+    def job(self, name: str) -> Job | None:
+        return self.jobs.get(self.runs_folder / name)

@@ -1,0 +1,240 @@
+"""The comparison app on tiny models: its answers are the harness's, its ratings, its catalogue of runs and
+results, its training starts, and its HTTP endpoints (gradio_client against a locally launched page)."""
+
+import json
+import random
+import shutil
+import time
+
+import numpy as np
+import pytest
+import yaml
+from gradio_client import Client
+
+from conftest import write_reviews
+from harness.app import arena
+from harness.app.catalogue import describe_method, disagreements, find_results, find_runs, read_run, table_rows
+from harness.app.service import AppError, Service, item_for
+from harness.app.trainer import Trainer, TrainError, check_data
+from harness.app.ui import Settings, build
+from harness.variants import Models, Variant, evaluate
+from tljax.train.__main__ import main as train
+
+
+# -- ratings ---------------------------------------------------------------------------------------------------
+def votes_from(results):
+    return [{"a": a, "b": b, "outcome": outcome} for a, b, outcome in results]
+
+
+def test_bradley_terry_orders_by_strength_counts_ties_half_and_brackets_the_estimate():
+    rng = random.Random(0)
+    strength = {"strong": 2.0, "middle": 0.0, "weak": -2.0}
+    results = []
+    for _ in range(300):
+        a, b = rng.sample(list(strength), 2)
+        p = 1 / (1 + np.exp(strength[b] - strength[a]))
+        results.append((a, b, "a" if rng.random() < p else "b"))
+    table = arena.ratings(votes_from(results), rounds=30)
+    assert [r.name for r in table] == ["strong", "middle", "weak"]
+    for r in table:
+        assert r.low <= r.rating <= r.high
+    # natural-log strengths of 2 apart are 2 * 400 / ln 10 = 347 Elo points: the fit is near it
+    assert abs((table[0].rating - table[1].rating) - 347) < 120
+    ties = arena.ratings(votes_from([("x", "y", "tie")] * 10), rounds=5)
+    assert abs(ties[0].rating - ties[1].rating) < 1e-6 and ties[0].wins == 5
+    # one side never won: its rating stays finite (the prior)
+    lopsided = arena.ratings(votes_from([("x", "y", "a")] * 5), rounds=5)
+    assert np.isfinite([r.rating for r in lopsided]).all() and lopsided[0].name == "x"
+
+
+def test_votes_are_appended_as_json_lines_and_damaged_lines_skipped(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    pair = arena.draw_pair(["a1", "b1", "c1"], random.Random(1))
+    assert pair.a != pair.b
+    arena.record_vote(path, pair, "tie", base="minilm-l6")
+    with path.open("a") as handle:
+        handle.write("{not json\n")
+    arena.record_vote(path, pair, "a")
+    votes = arena.read_votes(path)
+    assert [v["outcome"] for v in votes] == ["tie", "a"] and votes[0]["base"] == "minilm-l6"
+    with pytest.raises(ValueError, match="a, b, tie"):
+        arena.record_vote(path, pair, "both")
+    with pytest.raises(ValueError, match="two variants"):
+        arena.draw_pair(["only"], random.Random(0))
+
+
+# -- a tiny run, shared by the tests below -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, tiny_model):
+    """A runs folder with one finished LoRA run of the tiny BERT (labels neg / pos) and its CSV."""
+    root = tmp_path_factory.mktemp("app")
+    data = write_reviews(root / "reviews.csv")
+    config = {"model": str(tiny_model),
+              "data": {"source": str(data), "text_column": "review", "label_column": "sentiment", "max_length": 32},
+              "method": {"name": "lora", "rank": 4, "targets": ["query", "value"]},
+              "training": {"learning_rate": 1e-2, "max_steps": 6, "per_device_train_batch_size": 2, "eval_steps": 6},
+              "output_dir": str(root / "runs" / "tiny-lora")}
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    assert train(["--config", str(root / "tiny.yaml")]) == 0
+    task = {"name": "tiny-reviews", "data": {"source": str(data), "text_column": "review", "label_column": "sentiment"},
+            "labels": ["neg", "pos"],
+            "templates": {lang: {"instruction": "Review: {text}", "verbalisers": {"neg": "bad", "pos": "good"},
+                                 "descriptions": {"neg": "A bad review.", "pos": "A good review."}}
+                          for lang in ("en", "pt")}}
+    (root / "tiny-reviews.yaml").write_text(yaml.safe_dump(task))
+    return root
+
+
+def test_the_catalogue_lists_runs_with_their_state_and_a_deleted_one_as_unavailable(tiny_runs, tmp_path):
+    [run] = find_runs([tiny_runs / "runs"])
+    assert run.status == "finished" and run.method == "LoRA r4" and run.labels == ("neg", "pos")
+    assert run.trainable and run.test["accuracy"] >= 0
+    copy = tmp_path / "runs" / "copy"
+    shutil.copytree(run.path, copy)
+    shutil.rmtree(copy / "export")
+    assert read_run(copy).status == "unavailable" and "export" in read_run(copy).reason
+    shutil.rmtree(copy)
+    gone = read_run(copy)
+    assert gone.status == "unavailable" and "no longer exists" in gone.reason
+    assert describe_method({"method": [{"name": "houlsby"}], "distillation": {"teacher": "x"}}) == \
+        "distilled + Houlsby adapters"
+
+
+def test_the_catalogue_reads_a_harness_results_folder(tmp_path):
+    out = tmp_path / "results" / "demo"
+    (out / "predictions").mkdir(parents=True)
+    rows = [{"variant": name, "kind": "zero-shot", "task": "sentiment-en", "language": "en",
+             "settings": {"kind": "zero-shot", "model": "minilm-l6"},
+             "summary": {"items": 2, "acc": {"accuracy": acc, "f1": acc, "mcc": 0.0, "accuracy_ci": [0.1, 0.9]}},
+             "costs": {"trainable_parameters": 0}} for name, acc in (("zero-shot minilm-l6", 0.5), ("other", 1.0))]
+    (out / "results.json").write_text(json.dumps({"suite": "demo", "rows": rows, "agreement": {}}))
+    for name, predictions in (("zero-shot-minilm-l6", [0, 1]), ("other", [1, 1])):
+        (out / "predictions" / f"{name}__sentiment-en__seed0.jsonl").write_text("".join(
+            json.dumps({"id": f"i{i}", "text": f"text {i}", "gold": 1, "prediction": {"acc": p}}) + "\n"
+            for i, p in enumerate(predictions)))
+    [result] = find_results([tmp_path / "results"])
+    assert result.name == "demo" and len(table_rows([result])) == 2
+    assert table_rows([result], language="pt") == [] and table_rows([result], base="minilm-l6")[0][6] == 0.5
+    [item] = disagreements(result, "sentiment-en", ["zero-shot minilm-l6", "other"])
+    assert item["id"] == "i0" and item["labels"] == ["negative", "positive"]
+
+
+# -- answers: the harness's own records -------------------------------------------------------------------------
+def test_an_answer_is_the_harness_record_for_the_same_text(tiny_runs, tiny_model):
+    service = Service([tiny_runs / "runs"])
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    names = [c.name for c in service.choices(str(tiny_model))]
+    assert names[:2] == ["zero-shot", "few-shot k=8"] and any("tiny-lora" in n for n in names)
+    for choice in service.choices(str(tiny_model)):
+        answer = service.answer(choice, task, "en", "great lovely film")
+        variant = Variant(**{**choice.variant.settings(), "language": "en"})
+        direct = evaluate(variant, service.task(task), [item_for("great lovely film", "en")], 0, Models())
+        np.testing.assert_allclose(list(answer.probabilities.values()), direct.records[0]["probabilities"], atol=1e-6)
+        assert answer.label == ["neg", "pos"][direct.records[0]["prediction"]["acc"]]
+
+
+def test_bad_messages_and_vanished_runs_are_told_not_crashed(tiny_runs, tiny_model, tmp_path):
+    service = Service([tiny_runs / "runs"])
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    zero = service.choice(str(tiny_model), "zero-shot")
+    with pytest.raises(AppError, match="empty"):
+        service.answer(zero, task, "en", "   ")
+    long = service.answer(zero, task, "en", "great " * 2000)
+    # the tiny model has 64 positions: 62 words and its two special tokens
+    assert "11,999 characters (2,000 tokens)" in long.notice and "reads 62 tokens" in long.notice
+    assert long.text == ("great " * 62).strip() and np.isfinite(list(long.probabilities.values())).all()
+    with pytest.raises(AppError, match="not a variant"):
+        service.choice(str(tiny_model), "no such variant")
+    moved = tmp_path / "runs"
+    shutil.copytree(tiny_runs / "runs", moved)
+    service = Service([moved])
+    [run] = [c for c in service.choices(str(tiny_model)) if c.run]
+    shutil.rmtree(moved / "tiny-lora")
+    [gone] = [c for c in service.choices(str(tiny_model)) if c.run] or [None]
+    assert gone is None or not gone.available  # a deleted folder is no longer listed
+    with pytest.raises(AppError, match="unavailable"):
+        service.answer(type(run)(**{**run.__dict__, "run": read_run(moved / "tiny-lora")}), task, "en", "good")
+
+
+# -- training from the page --------------------------------------------------------------------------------------
+def test_training_refuses_bad_data_and_a_second_start_into_a_folder_in_use(tiny_runs, tiny_model, tmp_path):
+    data = tiny_runs / "reviews.csv"
+    with pytest.raises(TrainError, match="review"):  # what was found is named
+        check_data(str(data), "text", "sentiment", None)
+    with pytest.raises(TrainError, match="outside the declared set"):
+        check_data(str(data), "review", "sentiment", ["neg", "neutral"])
+    trainer = Trainer(tmp_path / "runs")
+    with pytest.raises(TrainError, match="unknown method"):
+        trainer.start(model=str(tiny_model), method="magic", source=str(data), steps=2, name="x")
+    with pytest.raises(TrainError, match="already holds a run"):
+        Trainer(tiny_runs / "runs").start(model=str(tiny_model), method="lora", source=str(data), steps=2,
+                                          name="tiny-lora", text_column="review", label_column="sentiment")
+    job = trainer.start(model=str(tiny_model), method="bitfit", source=str(data), steps=200, name="busy",
+                        text_column="review", label_column="sentiment")
+    with pytest.raises(TrainError, match="already training|another run is using"):
+        trainer.start(model=str(tiny_model), method="bitfit", source=str(data), steps=2, name="busy",
+                      text_column="review", label_column="sentiment")
+    deadline = time.time() + 120
+    while job.progress()[0] == 0 and job.state == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    job.stop()  # saves a checkpoint and exits: resumable
+    job.process.wait(timeout=120)
+    assert job.state in ("stopped", "finished"), job.message()
+
+
+# -- the page's HTTP endpoints ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_page(tiny_runs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("page")
+    runs = folder / "runs"
+    shutil.copytree(tiny_runs / "runs", runs)
+    settings = Settings([runs], [folder / "results"], folder / "votes.jsonl")
+    service = Service(settings.runs)
+    page = build(service, settings)
+    page.launch(prevent_thread_lock=True, quiet=True, server_port=None)
+    yield Client(page.local_url, verbose=False), service, settings
+    page.close()
+
+
+def test_the_side_by_side_endpoint_returns_the_harness_probabilities(tiny_page, tiny_model, tiny_runs):
+    client, service, _ = tiny_page
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    for i, name in enumerate(("zero-shot", "LoRA r4 · tiny-lora")):
+        history, label, tag = client.predict(str(tiny_model), task, "en", name, "great lovely film", [],
+                                             api_name=f"/answer_{i + 1}")
+        choice = service.choice(str(tiny_model), name)
+        direct = evaluate(Variant(**{**choice.variant.settings(), "language": "en"}), service.task(task),
+                          [item_for("great lovely film", "en")], 0, Models())
+        shown = {c["label"]: c["confidence"] for c in label["confidences"]}
+        np.testing.assert_allclose([shown["neg"], shown["pos"]], direct.records[0]["probabilities"], atol=1e-6)
+        assert "trainable parameters" in tag and "latency" in tag and history[-1]["role"] == "assistant"
+
+
+def test_an_empty_message_gets_a_notice_and_no_model_call(tiny_page, tiny_model, monkeypatch):
+    client, service, _ = tiny_page
+    calls = []
+    monkeypatch.setattr(service, "answer", lambda *a, **k: calls.append(a))
+    history, label, tag = client.predict(str(tiny_model), "sentiment-en", "en", "zero-shot", "  ", [],
+                                         api_name="/answer_1")
+    assert "empty message" in tag and not label and calls == []
+    assert "empty message" in client.predict("", api_name="/check_message")
+
+
+def test_the_train_endpoint_starts_a_run_that_finishes_and_becomes_a_variant(tiny_page, tiny_model, tiny_runs):
+    client, service, settings = tiny_page
+    status, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment",
+                               "", 4, "from-page", api_name="/train_start")
+    assert "from-page" in status
+    again, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment",
+                              "", 4, "from-page", api_name="/train_start")
+    assert "already training" in again or "another run is using" in again
+    deadline = time.time() + 300
+    state = client.predict("from-page", api_name="/train_state")
+    while state["state"] == "running" and time.time() < deadline:
+        time.sleep(1)
+        state = client.predict("from-page", api_name="/train_state")
+    assert state["state"] == "finished", state
+    assert any("from-page" in c.name and c.available for c in service.choices(str(tiny_model)))
+    bad, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "text", "sentiment",
+                            "", 4, "bad-columns", api_name="/train_start")
+    assert "review" in bad and "⚠️" in bad

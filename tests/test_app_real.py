@@ -1,0 +1,159 @@
+"""The comparison app on the packaged models and the session's shared runs: a classifier's probabilities and a
+decoder's label scores equal the harness's, a streamed reply is `tljax.models.chat`'s token for token, users
+under load get their own answers, and a real browser (Debian's chromium, driven by Playwright) uses the page."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from gradio_client import Client
+
+from harness.app.load import Column, run_load
+from harness.app.service import REPLY_TOKENS, Service, item_for
+from harness.app.ui import Settings, build
+from harness.suite import load_suite, run_suite
+from harness.variants import Models, Variant, conversation, demonstration_pool, evaluate
+from tljax import models
+
+CHROMIUM = os.environ.get("TLJAX_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("TLJAX_SCREENSHOTS", Path(__file__).parent.parent / "harness-results" / "screenshots"))
+REVIEW_PT = "Um filme emocionante e muito bem atuado, adorei cada minuto."
+
+
+@pytest.fixture(scope="module")
+def real_page(tmp_path_factory, minilm_run, smollm2_chat_run):
+    """The page over a runs folder holding the shared MiniLM LoRA and chat-tuned SmolLM2 runs, and a small
+    harness result (MiniLM zero-shot and its LoRA run, 40 items per language)."""
+    folder = tmp_path_factory.mktemp("real-page")
+    (folder / "runs").mkdir()
+    (folder / "runs" / "minilm-lora").symlink_to(minilm_run)
+    (folder / "runs" / "smollm2-chat").symlink_to(smollm2_chat_run)
+    suite = {"name": "app-demo", "tasks": ["sentiment-en", "sentiment-pt"],
+             "variants": [{"kind": "zero-shot", "model": "minilm-l6"}, {"kind": "run", "run": str(minilm_run)}]}
+    (folder / "suite.yaml").write_text(yaml.safe_dump(suite))
+    run_suite(load_suite(folder / "suite.yaml"), folder / "results" / "app-demo", limit=40, say=lambda _: None)
+    settings = Settings([folder / "runs"], [folder / "results"], folder / "votes.jsonl")
+    service = Service(settings.runs)
+    page = build(service, settings)
+    page.launch(prevent_thread_lock=True, quiet=True)
+    yield page.local_url, service
+    page.close()
+
+
+def harness_record(service: Service, base: str, name: str, task: str, language: str, text: str) -> dict:
+    choice = service.choice(base, name)
+    variant = Variant(**{**choice.variant.settings(), "language": language})
+    return evaluate(variant, service.task(task), [item_for(text, language)], 0, Models()).records[0]
+
+
+def test_classifier_and_decoder_answers_equal_the_harness_and_the_reply_streams_as_chat(real_page):
+    url, service = real_page
+    client = Client(url, verbose=False)
+    for base, name in (("minilm-l6", "zero-shot"), ("minilm-l6", "LoRA r8 · minilm-lora"),
+                       ("smollm2-135m-instruct", "zero-shot"), ("smollm2-135m-instruct", "few-shot k=2"),
+                       ("smollm2-135m-instruct", "chat-tuned LoRA r8 · smollm2-chat")):
+        job = client.submit(base, "sentiment-pt", "pt", name, REVIEW_PT, [], api_name="/answer_1")
+        job.result(timeout=600)
+        outputs = job.outputs()  # every update the page streamed
+        history, label, tag = outputs[-1]
+        expected = harness_record(service, base, name, "sentiment-pt", "pt", REVIEW_PT)
+        shown = {c["label"]: c["confidence"] for c in label["confidences"]}
+        np.testing.assert_allclose([shown["negative"], shown["positive"]], expected["probabilities"], atol=1e-6)
+        assert "latency" in tag, tag
+        if base.startswith("smollm2"):  # the streamed reply: tljax's generation, one token per update
+            growing = [said(o[0][-1]) for o in outputs if o and o[0] and o[0][-1]["role"] == "assistant"][1:-1]
+            tokens = reply_tokens(service, base, name, REVIEW_PT)
+            # (the chatbot drops a message's trailing whitespace, so a token that is only a newline shows later)
+            expected_growth = [tokens[1].decode(tokens[0][: i + 1], skip_special_tokens=True).rstrip()
+                               for i in range(len(tokens[0]))]
+            assert growing == expected_growth, [(a, b) for a, b in zip(growing, expected_growth) if a != b][:3]
+            [whole] = models.chat(*reply_model(service, base, name), [reply_messages(service, base, name, REVIEW_PT)],
+                                  max_new_tokens=REPLY_TOKENS)
+            assert growing[-1] == whole.rstrip() and said(history[-1]).startswith(whole.rstrip())
+
+
+def said(message: dict) -> str:
+    """A chat message's text (Gradio sends the content as a list of parts)."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def reply_model(service: Service, base: str, name: str):
+    choice = service.choice(base, name)
+    if choice.run:
+        loaded = service.models.run(choice.variant.run)
+        return loaded.model, loaded.tokenizer
+    return service.models.get(base)[:2]
+
+
+def reply_messages(service: Service, base: str, name: str, text: str) -> list[dict]:
+    choice = service.choice(base, name)
+    task = service.task("sentiment-pt")
+    variant = Variant(**{**choice.variant.settings(), "language": "pt"})
+    pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
+    return conversation(variant, task, item_for(text, "pt"), 0, pool)
+
+
+def reply_tokens(service: Service, base: str, name: str, text: str) -> tuple[list[int], object]:
+    """The greedy reply's tokens (up to and with the end token) by `tljax.models.generate`, and the tokenizer."""
+    model, tokenizer = reply_model(service, base, name)
+    prompt = tokenizer.apply_chat_template(reply_messages(service, base, name, text), add_generation_prompt=True,
+                                           tokenize=False)
+    encoded = tokenizer([prompt], return_tensors="np", add_special_tokens=False)
+    tokens = np.asarray(models.generate(model, encoded["input_ids"], encoded["attention_mask"],
+                                        max_new_tokens=REPLY_TOKENS, pad_token_id=tokenizer.pad_token_id))[0].tolist()
+    ends = [i for i, t in enumerate(tokens) if t in model.config.eos_token_ids]
+    return tokens[: ends[0] + 1] if ends else tokens, tokenizer
+
+
+def test_users_under_load_get_their_own_answers(real_page):
+    url, _ = real_page
+    columns = [Column("/answer_1", "minilm-l6", "zero-shot"), Column("/answer_2", "minilm-l6", "LoRA r8 · minilm-lora"),
+               Column("/answer_3", "smollm2-135m-instruct", "zero-shot")]
+    report = run_load(url, columns, users=4, seconds=15)
+    assert not report.errors and not report.mismatches, report.summary()
+    assert report.requests >= 8, report.summary()
+
+
+def test_a_real_browser_sends_a_portuguese_review_switches_language_and_opens_the_results(real_page):
+    url, _ = real_page
+    if not Path(CHROMIUM).is_file():
+        message = f"no browser at {CHROMIUM}: apt-get install -y chromium (or set TLJAX_CHROMIUM)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+            page.goto(url)
+            page.wait_for_selector("#send", timeout=60_000)
+            page.locator("#variant-2 input").fill("LoRA r8 · minilm-lora")
+            page.locator("#variant-2 input").press("Enter")
+            page.locator("#message-language").get_by_text("Português").click()
+            page.locator("#message textarea").fill(REVIEW_PT)
+            page.locator("#send").click()
+            for i in range(3):
+                page.wait_for_function(f"document.querySelector('#tag-{i}').innerText.includes('ms')",
+                                       timeout=120_000)
+                assert page.locator(f"#label-{i}").inner_text().strip(), f"column {i + 1} shows no label"
+            page.screenshot(path=str(SCREENSHOTS / "side-by-side.png"), full_page=True)
+            page.locator("#page-language").get_by_text("Português").click()
+            page.wait_for_function("document.querySelector('#send').innerText.includes('Enviar')", timeout=30_000)
+            page.screenshot(path=str(SCREENSHOTS / "side-by-side-pt.png"), full_page=True)
+            page.get_by_role("tab", name="Resultados").click()
+            page.wait_for_selector("#results-table", timeout=30_000)
+            page.wait_for_function("document.querySelector('#results-table').innerText.includes('zero-shot')",
+                                   timeout=30_000)
+            page.screenshot(path=str(SCREENSHOTS / "results-pt.png"), full_page=True)
+        finally:
+            browser.close()
+    for name in ("side-by-side.png", "side-by-side-pt.png", "results-pt.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 10_000
