@@ -153,29 +153,36 @@ class Models:
 
     def __init__(self, capacity: int = 8):
         self.capacity = capacity
-        self._entries: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        # (kind, name) of a model or run -> {key: value}: the model and everything built on it, dropped together
+        self._held: collections.OrderedDict[tuple, dict[tuple, Any]] = collections.OrderedDict()
         self._lock = threading.RLock()
         self._loading: dict[tuple, threading.Lock] = {}
 
+    def _lookup(self, key: tuple) -> tuple[bool, Any]:
+        entries = self._held.get(key[:2])
+        if entries is None or key not in entries:
+            return False, None
+        self._held.move_to_end(key[:2])  # a use of anything built on a model is a use of the model
+        return True, entries[key]
+
     def _cached(self, key: tuple, factory):
         with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
+            found, value = self._lookup(key)
+            if found:
+                return value
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:  # one thread builds it; the others wait for that one instead of building it again
             with self._lock:
-                if key in self._entries:
-                    return self._entries[key]
+                found, value = self._lookup(key)
+                if found:
+                    return value
             value = factory()
             with self._lock:
-                self._entries[key] = value
+                self._held.setdefault(key[:2], {})[key] = value
+                self._held.move_to_end(key[:2])
                 self._loading.pop(key, None)
-                models_held = [k for k in self._entries if k[0] in ("model", "run")]
-                while len(models_held) > self.capacity:  # evict a model with everything built on it
-                    oldest = models_held.pop(0)
-                    for k in [k for k in self._entries if k[:2] == oldest[:2]]:
-                        del self._entries[k]
+                while len(self._held) > self.capacity:  # the least recently used model, never the one just used
+                    self._held.popitem(last=False)
             return value
 
     def get(self, name: str):
@@ -374,8 +381,9 @@ def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed:
         return weights, bias, weights.size + bias.size
 
     # the same examples give the same classifier: fitted once per (task, k, seed, classifier) while the model is held
-    weights, bias, size = loaded.memo((variant.model, "few-shot", task.name, tuple(d.id for d in chosen),
-                                       variant.classifier, prefix), fit)
+    weights, bias, size = loaded.memo((variant.model, "few-shot", task.name, variant.demonstrations,
+                                       tuple((d.id, d.text, d.label) for d in chosen), variant.classifier, prefix),
+                                      fit)
     texts = embed([i.text for i in items], prefix) if items else np.zeros((0, weights.shape[0]), np.float32)
     temperature = SIMILARITY_TEMPERATURE if variant.classifier == "centroid" else 1.0
     examples = "; ".join(f"{task.labels[d.label]}: {d.text[:60]}" for d in chosen)

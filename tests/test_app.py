@@ -5,6 +5,7 @@ import json
 import random
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,7 +142,8 @@ def test_bad_messages_and_vanished_runs_are_told_not_crashed(tiny_runs, tiny_mod
         service.answer(zero, task, "en", "   ")
     long = service.answer(zero, task, "en", "great " * 2000)
     # the tiny model has 64 positions: 62 words and its two special tokens
-    assert "11,999 characters (2,000 tokens)" in long.notice and "reads 62 tokens" in long.notice
+    assert "11,999 characters (2,000 tokens)" in long.notice() and "reads 62 tokens" in long.notice()
+    assert "11.999 caracteres" in long.notice("pt") or "11,999 caracteres" in long.notice("pt")
     assert long.text == ("great " * 62).strip() and np.isfinite(list(long.probabilities.values())).all()
     with pytest.raises(AppError, match="not a variant"):
         service.choice(str(tiny_model), "no such variant")
@@ -179,7 +181,12 @@ def test_training_refuses_bad_data_and_a_second_start_into_a_folder_in_use(tiny_
         time.sleep(0.5)
     job.stop()  # saves a checkpoint and exits: resumable
     job.process.wait(timeout=120)
-    assert job.state in ("stopped", "finished"), job.message()
+    assert job.state == "stopped", job.message()
+    resumed = trainer.start(model=str(tiny_model), method="bitfit", source=str(data), steps=200, name="busy",
+                            text_column="review", label_column="sentiment", resume=True)
+    resumed.process.wait(timeout=300)
+    assert resumed.state == "finished", resumed.message()
+    assert read_run(resumed.run_dir).status == "finished"
 
 
 # -- the page's HTTP endpoints ------------------------------------------------------------------------------------
@@ -238,3 +245,56 @@ def test_the_train_endpoint_starts_a_run_that_finishes_and_becomes_a_variant(tin
     bad, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "text", "sentiment",
                             "", 4, "bad-columns", api_name="/train_start")
     assert "review" in bad and "⚠️" in bad
+
+
+def test_the_page_cuts_a_long_message_says_so_and_shows_a_deleted_run_as_unavailable(tiny_page, tiny_model,
+                                                                                       tiny_runs):
+    client, service, settings = tiny_page
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    _, label, tag = client.predict(str(tiny_model), task, "en", "zero-shot", "great " * 2000, [],
+                                   api_name="/answer_1")
+    assert "reads 62 tokens" in tag and label["confidences"]
+    copy = settings.runs[0] / "doomed"
+    shutil.copytree(settings.runs[0] / "tiny-lora", copy)
+    name = next(c.name for c in service.choices(str(tiny_model)) if c.run and c.run.path == copy)
+    shutil.rmtree(copy / "export")  # deleted while listed: its summary is still there
+    _, label, tag = client.predict(str(tiny_model), task, "en", name, "good", [], api_name="/answer_2")
+    assert not label and "unavailable" in tag.lower() and "export" in tag
+    shutil.rmtree(copy)
+    _, label, tag = client.predict(str(tiny_model), task, "en", name, "good", [], api_name="/answer_2")
+    assert not label and "not a variant" in tag
+
+
+def test_the_blind_comparison_hides_names_until_the_vote_and_rates_from_the_votes(tiny_page, tiny_model):
+    client, service, settings = tiny_page
+    before = len(arena.read_votes(settings.votes))
+    notice, _ = client.predict("", api_name="/vote_a")  # nothing answered yet: no vote
+    assert "before voting" in notice and len(arena.read_votes(settings.votes)) == before
+    client.predict(str(tiny_model), api_name="/draw")
+    a, b, label_a, label_b, _ = client.predict(str(tiny_model), "great lovely film", api_name="/arena_answer")
+    assert label_a["confidences"] and label_b["confidences"]
+    shown = json.dumps([a, b])
+    assert not any(c.name in shown for c in service.choices(str(tiny_model)) if c.name != "zero-shot")
+    notice, ratings = client.predict("great lovely film", api_name="/vote_b")
+    [vote] = arena.read_votes(settings.votes)[before:]
+    assert vote["outcome"] == "b" and vote["a"] in notice and vote["b"] in notice and vote["base"] == str(tiny_model)
+    assert {row[0] for row in ratings["data"]} == {vote["a"], vote["b"]}
+
+
+def test_the_results_and_runs_endpoints_show_what_the_files_hold(tiny_page, tiny_runs):
+    client, _, settings = tiny_page
+    out = settings.results[0] / "demo"
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    row = {"variant": "zero-shot tiny", "kind": "zero-shot", "task": "sentiment-en", "language": "en",
+           "settings": {"kind": "zero-shot", "model": "tiny"},
+           "summary": {"items": 9, "acc": {"accuracy": 0.777, "f1": 0.7, "mcc": 0.5, "accuracy_ci": [0.6, 0.9]}},
+           "costs": {"trainable_parameters": 0}}
+    (out / "results.json").write_text(json.dumps({"suite": "demo", "rows": [row], "agreement": {}}))
+    outputs = client.predict(None, None, None, None, api_name="/results_view")
+    table = outputs[4]
+    assert table["data"][0][:7] == ["demo", "zero-shot tiny", "tiny", "sentiment-en", "en", 9, 0.777]
+    run_dir = str(settings.runs[0] / "tiny-lora")
+    head, _, metrics, _, config, exports = client.predict(run_dir, api_name="/run_view")
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    assert "LoRA r4" in head and metrics["accuracy"] == summary["test"]["accuracy"]
+    assert yaml.safe_load(config)["method"]["name"] == "lora" and exports == summary["export"]

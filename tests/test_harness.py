@@ -386,3 +386,19 @@ def test_costs_come_from_the_compiled_program(tiny_model):
         assert rows == 8 and cost.peak_bytes > 4 * sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     # the cost is the compiled batch's: 8 tokens are padded to a 16-token bucket, 32 fill their own
     assert 2 < per_text[30] / per_text[6] < 3
+
+
+def test_models_holds_at_most_its_capacity_and_drops_the_least_recently_used_with_what_was_built_on_it():
+    from harness.variants import Models
+
+    held = Models(capacity=2)
+    built = []
+    for name in ("a", "b"):
+        held._cached(("model", name), lambda n=name: built.append(n) or n)
+        for derived in range(5):  # many things built on one model do not count as models
+            held._cached(("model", name, derived), lambda: derived)
+    held._cached(("model", "a", 0), lambda: "again")  # a use of "a": now "b" is the least recently used
+    held._cached(("model", "c"), lambda: built.append("c") or "c")
+    assert held._cached(("model", "a"), lambda: "reloaded") == "a"
+    assert held._cached(("model", "b", 1), lambda: "rebuilt") == "rebuilt"  # "b" was dropped with its parts
+    assert built == ["a", "b", "c"]

@@ -90,7 +90,9 @@ def read_run(path: Path, root: Path | None = None) -> RunEntry:
     name = str(path.relative_to(root)) if root and path.is_relative_to(root) else str(path)
     config = _read_yaml(path / "config.yaml")
     summary = _read_json(path / "summary.json")
-    info = _read_json(path / "export" / "run.json")
+    # one export, or one per task (multi-task runs: export/<task>/run.json)
+    exported = [path / "export" / "run.json", *sorted((path / "export").glob("*/run.json"))]
+    info = next((_read_json(p) for p in exported if p.is_file()), {})
     entry = dict(path=path, name=name, model=str(config.get("model") or info.get("model") or DEFAULT_MODEL),
                  method=describe_method(config), task=str(config.get("task") or info.get("task")
                                                           or "sequence-classification"),

@@ -58,9 +58,12 @@ class Report:
 
 
 def _ask(client, column: Column, text: str):
-    _, label, _ = client.predict(column.base, column.task, column.language, column.variant, text, [],
-                                 api_name=column.endpoint)
-    return {c["label"]: round(c["confidence"], 6) for c in (label or {}).get("confidences", [])}
+    _, label, tag = client.predict(column.base, column.task, column.language, column.variant, text, [],
+                                   api_name=column.endpoint)
+    shown = {c["label"]: round(c["confidence"], 6) for c in (label or {}).get("confidences", [])}
+    if not shown:  # the page answered with a notice instead of a label
+        raise RuntimeError(f"no answer from {column.variant}: {tag}")
+    return shown
 
 
 def run_load(url: str, columns: Sequence[Column], users: int, seconds: float, check: bool = True) -> Report:

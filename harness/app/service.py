@@ -1,8 +1,8 @@
 """The variants of a base model, answering one text as the harness would score it as an item.
 
 A `Service` is shared by every user of the page: models load once (least recently used dropped beyond its
-capacity), tasks are parsed once, and every answer is `harness.variants.evaluate` on a one-item list, so the
-page shows exactly what the harness reports for the same text. Decoders also reply in words, streamed
+capacity), tasks are parsed once, and every answer is `harness.variants.evaluate` on a one-item list: what the
+harness reports for the text as an item (its id a hash of the text, which seeds a decoder's few-shot draw). Decoders also reply in words, streamed
 token by token by `tljax.models.stream_chat` (greedy: the same reply `tljax.models.chat` gives).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.app.catalogue import RunEntry, find_runs
+from harness.app.texts import text
 from harness.tasks import Item, Task, builtin_tasks, load_task
 from harness.variants import ENCODER_PREFIXES, Models, Variant, conversation, demonstration_pool, evaluate, parse_reply
 from tljax import models, zoo
@@ -62,7 +63,24 @@ class Answer:
     latency_s: float
     text: str  # what the model read (the message, truncated to what it reads)
     trainable: int | None  # parameters trained for the variant (a few-shot classifier's, once fitted)
-    notice: str = ""  # e.g. that the message was truncated
+    cut: Cut | None = None  # how the message was cut to what the model reads, if it was
+
+    def notice(self, language: str = "en") -> str:
+        return self.cut.notice(language) if self.cut else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """A message longer than the model reads: its size, and what was kept."""
+
+    characters: int
+    tokens: int
+    limit: int  # tokens the model reads
+    kept: int  # characters kept
+
+    def notice(self, language: str = "en") -> str:
+        return text("truncated", language).format(characters=self.characters, tokens=self.tokens, limit=self.limit,
+                                                  kept=self.kept)
 
 
 def item_for(text: str, language: str) -> Item:
@@ -121,6 +139,10 @@ class Service:
                                     run.method, run.trainable, run.task == "causal-lm", run))
         return found
 
+    def fits(self, choice: Choice, task_name: str) -> bool:
+        """Whether the variant can answer the task (a run trained for other labels cannot)."""
+        return choice.run is None or set(choice.run.labels) == set(self.task(task_name).labels)
+
     def choice(self, base: str, name: str) -> Choice:
         for choice in self.choices(base):
             if choice.name == name:
@@ -131,7 +153,7 @@ class Service:
         """A notice if answering needs a model that is not downloaded yet (empty otherwise)."""
         model = choice.variant.model or (choice.run.model if choice.run else None)
         if model in zoo.PACKAGED and not zoo.is_cached(model):
-            return f"downloading {model} ({zoo.PACKAGED[model].download_mb} MB, once)..."
+            return f"{model} ({zoo.PACKAGED[model].download_mb} MB)"
         return ""
 
     # -- answering ------------------------------------------------------------------------------------------
@@ -147,18 +169,17 @@ class Service:
             tokenizer, limit = embedder.tokenizer, embedder.max_length
         return tokenizer, limit - (0 if choice.decoder else tokenizer.num_special_tokens_to_add())
 
-    def fit(self, choice: Choice, text: str) -> tuple[str, str]:
-        """(the text cut to what the variant reads, a notice saying so if it was cut)."""
+    def fit(self, choice: Choice, text: str) -> tuple[str, Cut | None]:
+        """(the text cut to what the variant reads, how it was cut if it was)."""
         tokenizer, limit = self._limit(choice)
         if choice.variant.model in ENCODER_PREFIXES:
             limit -= 2  # the "query: " prefix
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = encoded["offset_mapping"]
         if len(offsets) <= limit:
-            return text, ""
-        cut = text[: offsets[limit - 1][1]]
-        return cut, (f"The message has {len(text):,} characters ({len(offsets):,} tokens); this model reads "
-                     f"{limit} tokens, so it answered the first {len(cut):,} characters.")
+            return text, None
+        kept = text[: offsets[limit - 1][1]]
+        return kept, Cut(len(text), len(offsets), limit, len(kept))
 
     def answer(self, choice: Choice, task_name: str, language: str, text: str) -> Answer:
         """The variant's answer to `text` in `language` (a template of the task): the harness's record."""
@@ -168,23 +189,24 @@ class Service:
         if not text:
             raise AppError("empty message")
         task = self.task(task_name)
-        fitted, notice = self.fit(choice, text)
+        fitted, cut = self.fit(choice, text)
         variant = dataclasses.replace(choice.variant, language=language)
         started = time.perf_counter()
         evaluation = evaluate(variant, task, [item_for(fitted, language)], 0, self.models, measure_costs=False)
         latency = time.perf_counter() - started
+        if not evaluation.records:  # the harness leaves out a text that is one of its few-shot examples
+            raise AppError("this text is one of the few-shot variant's own labelled examples; try another")
         record = evaluation.records[0]
         probabilities = dict(zip(task.labels, record["probabilities"]))
         trainable = choice.trainable if choice.trainable is not None else evaluation.costs.get("trainable_parameters")
-        return Answer(task.labels[record["prediction"]["acc"]], probabilities, record, latency, fitted, trainable,
-                      notice)
+        return Answer(task.labels[record["prediction"]["acc"]], probabilities, record, latency, fitted, trainable, cut)
 
     def reply(self, choice: Choice, task_name: str, language: str, text: str,
               max_new_tokens: int = REPLY_TOKENS) -> Iterator[str]:
         """A decoder's free reply to the task's question about `text` (after the same demonstrations as its
         scored answer), streamed: the reply so far after each token."""
         task = self.task(task_name)
-        fitted, _ = self.fit(choice, text.strip())
+        fitted, _ = self.fit(choice, text.strip())  # what the scored answer read
         variant = dataclasses.replace(choice.variant, language=language)
         pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
         messages = conversation(variant, task, item_for(fitted, language), 0, pool)

@@ -6,7 +6,7 @@ LANGUAGES = {"en": "English", "pt": "Português"}
 
 TEXTS: dict[str, tuple[str, str]] = {
     "title": ("# tljax: transfer learning, side by side",
-              "# tljax: aprendizagem por transferência, lado a lado"),
+              "# tljax: aprendizado por transferência, lado a lado"),
     "subtitle": ("Zero-shot, few-shot and fine-tuned variants of one pre-trained model answer the same text.",
                  "Variantes zero-shot, few-shot e ajustadas de um mesmo modelo pré-treinado respondem ao mesmo texto."),
     "page_language": ("Page language", "Idioma da página"),
@@ -33,7 +33,12 @@ TEXTS: dict[str, tuple[str, str]] = {
     "empty": ("Type a message first: an empty message is not sent to any model.",
               "Escreva uma mensagem primeiro: uma mensagem vazia não é enviada a nenhum modelo."),
     "unavailable": ("Unavailable", "Indisponível"),
-    "downloading": ("Downloading the model on first use", "Baixando o modelo no primeiro uso"),
+    "downloading": ("Downloading the model on first use (once)", "Baixando o modelo no primeiro uso (uma vez só)"),
+    "truncated": ("The message has {characters:,} characters ({tokens:,} tokens); this model reads {limit} tokens, "
+                  "so it answered the first {kept:,} characters.",
+                  "A mensagem tem {characters:,} caracteres ({tokens:,} tokens); este modelo lê {limit} tokens, "
+                  "então respondeu aos primeiros {kept:,} caracteres."),
+    "upload_first": ("Upload a CSV file first.", "Envie um arquivo CSV primeiro."),
     "trainable": ("trainable parameters", "parâmetros treináveis"),
     "latency": ("latency", "latência"),
     "implies": ("implies", "indica"),
@@ -52,10 +57,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "voted": ("Thank you. A was **{a}**, B was **{b}**.", "Obrigado. A era **{a}**, B era **{b}**."),
     "vote_first": ("Send a message to both models before voting.", "Envie uma mensagem aos dois modelos antes de votar."),
     "ratings": ("Ratings (Bradley-Terry, 95% bootstrap interval), beside the harness's accuracy",
-                "Classificação (Bradley-Terry, intervalo bootstrap de 95%), ao lado da acurácia do harness"),
+                "Ranking (Bradley-Terry, intervalo bootstrap de 95%), ao lado da acurácia do harness"),
     "results_help": ("What `python -m harness run SUITE` wrote. Click a column's header to sort.",
                      "O que `python -m harness run SUITE` escreveu. Clique no cabeçalho de uma coluna para ordenar."),
-    "all": ("(all)", "(todas)"),
+    "all": ("(all)", "(todos)"),
     "language": ("Language", "Idioma"),
     "suite": ("Suite", "Suíte"),
     "table": ("Results table", "Tabela de resultados"),
@@ -91,7 +96,7 @@ TEXTS: dict[str, tuple[str, str]] = {
                "Rótulos (separados por vírgula; vazio: os encontrados no arquivo)"),
     "steps": ("Budget: training steps", "Orçamento: passos de treino"),
     "run_name": ("Run name (its folder under the runs folder)", "Nome da execução (sua pasta na pasta de execuções)"),
-    "start": ("Start training", "Começar o treino"),
+    "start": ("Start training", "Iniciar o treino"),
     "stop": ("Stop (saves a checkpoint)", "Parar (salva um checkpoint)"),
     "resume": ("Resume", "Continuar"),
     "progress": ("Progress", "Progresso"),
@@ -101,8 +106,8 @@ TEXTS: dict[str, tuple[str, str]] = {
                       "Parâmetros treináveis de cada método no modelo escolhido"),
     "state_running": ("training", "treinando"),
     "state_finished": ("finished: it is now a variant in the other tabs", "terminou: agora é uma variante nas outras abas"),
-    "state_stopped": ("stopped: a checkpoint was saved; press Resume to continue",
-                      "parado: um checkpoint foi salvo; clique em Continuar para seguir"),
+    "state_stopped": ("stopped at its last checkpoint; press Resume to continue",
+                      "parado no último checkpoint; clique em Continuar para seguir"),
     "state_failed": ("failed", "falhou"),
 }
 

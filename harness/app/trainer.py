@@ -24,7 +24,7 @@ from tljax.data import load_source
 from tljax.errors import InputError
 from tljax.methods import METHODS
 from tljax.train.__main__ import EXIT_STOPPED
-from tljax.train.rundir import RunDirectoryError, check_usable
+from tljax.train.rundir import RunDirectoryError, check_usable, has_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # each method's run config (its learning rates); the page sets the model, data, budget and folder
@@ -71,7 +71,10 @@ class Job:
             return "running"
         if code == 0:
             return "finished"
-        return "stopped" if code == EXIT_STOPPED else "failed"
+        # stopped from the page (the engine exits 3, or dies of the SIGTERM before its handler is in place), with
+        # a checkpoint to resume from; a stop for a non-finite loss, or before any checkpoint, is a failure
+        stopped = code in (EXIT_STOPPED, -signal.SIGTERM) and "non-finite" not in self.message().lower()
+        return "stopped" if stopped and has_checkpoint(self.run_dir) else "failed"
 
     def progress(self) -> tuple[int, int]:
         """(last step logged, steps in all)."""

@@ -31,6 +31,7 @@ MODEL_CONCURRENCY = 2  # model events at once (two CPU cores); the rest wait in 
 QUEUE_SIZE = 200  # waiting events held (20 users x 4 columns, and room): beyond it Gradio asks users to wait
 DEFAULT_BASE = "minilm-l6"
 UPLOADED = "upload"  # the corpus choice that means the uploaded file
+NONE, ALL = "-", "*"  # the values behind "(none)" and "(all)", whatever the page's language
 
 
 @dataclasses.dataclass
@@ -47,16 +48,17 @@ class Translated:
         self.language = language
         self.items: list[tuple[Any, str, str]] = []
 
-    def __call__(self, component, **keys: str):
+    def __call__(self, component, fmt: str = "{}", **keys: str):
+        """Registers `component`'s attributes (label=key, ...) to follow the language, each shown as fmt."""
         for attribute, key in keys.items():
-            self.items.append((component, attribute, key))
+            self.items.append((component, attribute, key, fmt))
         return component
 
     def t(self, key: str) -> str:
         return text(key, self.language)
 
     def updates(self, language: str) -> list[Any]:
-        return [gr.update(**{attribute: text(key, language)}) for _, attribute, key in self.items]
+        return [gr.update(**{attribute: fmt.format(text(key, language))}) for _, attribute, key, fmt in self.items]
 
 
 def _tag(choice: Choice, language: str, latency: float | None = None, notice: str = "",
@@ -108,12 +110,12 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
             with gr.Row():
                 for i in range(COLUMNS):
                     with gr.Column(min_width=220):
-                        options = names if i < 2 else [tr.t("none"), *names]
+                        options = names if i < 2 else [(tr.t("none"), NONE), *names]
                         # the service checks a variant's name (the list changes with the runs on disk)
-                        selectors.append(tr(gr.Dropdown(options, value=defaults[i] or tr.t("none"),
+                        selectors.append(tr(gr.Dropdown(options, value=defaults[i] or NONE,
                                                         label=f"{tr.t('variant')} {i + 1}", elem_id=f"variant-{i}",
                                                         allow_custom_value=True),
-                                            label="variant"))
+                                            fmt=f"{{}} {i + 1}", label="variant"))
                         tags.append(gr.Markdown(elem_id=f"tag-{i}"))
                         labels.append(tr(gr.Label(label=tr.t("probabilities"), elem_id=f"label-{i}"),
                                          label="probabilities"))
@@ -133,7 +135,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
         def column_answer(base_name, task_name, lang, variant_name, text_in, history, page_lang) -> Iterator:
             """One column's answer: the label and its probabilities, then (decoders) the streamed reply."""
             history = list(history or [])
-            if not variant_name or variant_name == text("none", page_lang):
+            if not variant_name or variant_name == NONE:
                 yield history, None, ""
                 return
             if not (text_in or "").strip():
@@ -154,7 +156,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
             summary = f"{answer.label} ({answer.probabilities[answer.label]:.2f}, {text('by_scoring', page_lang)})"
             history = history + [{"role": "user", "content": answer.text},
                                  {"role": "assistant", "content": summary}]
-            tag = _tag(choice, page_lang, answer.latency_s, answer.notice, answer.trainable)
+            tag = _tag(choice, page_lang, answer.latency_s, answer.notice(page_lang), answer.trainable)
             yield history, answer.probabilities, tag
             if choice.decoder:
                 reply = ""
@@ -187,8 +189,8 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
         def switch_base(base_name, page_lang):
             names = choice_names(base_name)
             values = (names + [None] * COLUMNS)[:COLUMNS]
-            return [gr.update(choices=names if i < 2 else [text("none", page_lang), *names],
-                              value=values[i] or text("none", page_lang)) for i in range(COLUMNS)]
+            return [gr.update(choices=names if i < 2 else [(text("none", page_lang), NONE), *names],
+                              value=values[i] or NONE) for i in range(COLUMNS)]
 
         base.change(switch_base, [base, ui_language], selectors, queue=False)
         sentiment = {"en": "sentiment-en", "pt": "sentiment-pt"}
@@ -200,7 +202,8 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
             tr(gr.Markdown(tr.t("arena_help")), value="arena_help")
             pair_state = gr.State(None)
             with gr.Row():
-                arena_base = tr(gr.Dropdown(bases, value=DEFAULT_BASE, label=tr.t("base"), elem_id="arena-base"),
+                arena_base = tr(gr.Dropdown(bases, value=DEFAULT_BASE, label=tr.t("base"), elem_id="arena-base",
+                                     allow_custom_value=True),
                                 label="base")
                 new_pair = tr(gr.Button(tr.t("new_pair"), elem_id="new-pair"), value="new_pair")
             with gr.Row():
@@ -216,39 +219,44 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
                 vote_buttons = [tr(gr.Button(tr.t(key), elem_id=f"vote-{outcome}"), value=key)
                                 for key, outcome in (("a_better", "a"), ("b_better", "b"), ("tie", "tie"))]
             arena_notice = gr.Markdown(elem_id="arena-notice")
-            tr(gr.Markdown(f"### {tr.t('ratings')}"), value="ratings")
+            tr(gr.Markdown(f"### {tr.t('ratings')}"), fmt="### {}", value="ratings")
             ratings_table = gr.Dataframe(headers=["variant", "rating", "95% CI", "votes", "wins", "harness accuracy"],
                                          interactive=False, elem_id="ratings")
 
         def draw(base_name):
-            usable = [c.name for c in service.choices(base_name) if c.available]
+            # variants that can answer the sentiment tasks the comparison asks (a run for other labels cannot)
+            usable = [c.name for c in service.choices(base_name) if c.available and service.fits(c, "sentiment-en")]
             pair = arena.draw_pair(usable, random.Random())
             return {"base": base_name, "a": pair.a, "b": pair.b, "answered": False}, [], [], None, None, ""
 
-        def arena_answer(pair, text_in, page_lang):
-            if not pair:
-                pair = draw(DEFAULT_BASE)[0]
+        def arena_answer(pair, base_name, text_in, page_lang):
+            if not pair or pair["base"] != base_name:
+                pair = draw(base_name)[0]
             if not (text_in or "").strip():
                 return pair, gr.update(), gr.update(), None, None, text("empty", page_lang)
             outputs = []
             lang = "pt" if _looks_portuguese(text_in) else "en"
             task_name = f"sentiment-{lang}"
             for side in ("a", "b"):
-                choice = service.choice(pair["base"], pair[side])
-                answer = service.answer(choice, task_name, lang, text_in)
-                reply = answer.label
-                if choice.decoder:
-                    reply = list(service.reply(choice, task_name, lang, text_in))[-1] or answer.label
+                try:
+                    choice = service.choice(pair["base"], pair[side])
+                    answer = service.answer(choice, task_name, lang, text_in)
+                    reply = answer.label
+                    if choice.decoder:
+                        reply = list(service.reply(choice, task_name, lang, text_in))[-1] or answer.label
+                except InputError as error:
+                    return pair, gr.update(), gr.update(), None, None, f"⚠️ {error}"
                 outputs.append(([{"role": "user", "content": answer.text}, {"role": "assistant", "content": reply}],
                                 answer.probabilities))
             return {**pair, "answered": True}, outputs[0][0], outputs[1][0], outputs[0][1], outputs[1][1], ""
 
         def vote(outcome, pair, text_in, page_lang):
             if not pair or not pair.get("answered"):
-                return pair, text("vote_first", page_lang), ratings_frame()
+                return pair, text("vote_first", page_lang), ratings_frame(pair["base"]) if pair else gr.update()
             arena.record_vote(settings.votes, arena.Pair(pair["a"], pair["b"]), outcome, base=pair["base"],
                               text=text_in)
-            return ({**pair, "answered": False}, text("voted", page_lang).format(a=pair["a"], b=pair["b"]),
+            # the names are shown now: the next votes are on a new pair, drawn blind
+            return (draw(pair["base"])[0], text("voted", page_lang).format(a=pair["a"], b=pair["b"]),
                     ratings_frame(pair["base"]))
 
         def ratings_frame(base_name):
@@ -260,7 +268,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         new_pair.click(draw, [arena_base], [pair_state, *arena_chats, *arena_labels, arena_notice], queue=False)
         arena_base.change(lambda b: ratings_frame(b), [arena_base], [ratings_table], queue=False)
-        arena_message.submit(arena_answer, [pair_state, arena_message, ui_language],
+        arena_message.submit(arena_answer, [pair_state, arena_base, arena_message, ui_language],
                              [pair_state, *arena_chats, *arena_labels, arena_notice], concurrency_id="models",
                              api_name="arena_answer")
         for button, outcome in zip(vote_buttons, arena.OUTCOMES):
@@ -272,21 +280,26 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
             tr(gr.Markdown(tr.t("results_help")), value="results_help")
             results_notice = gr.Markdown(elem_id="results-notice")
             with gr.Row():
-                filter_task = tr(gr.Dropdown(label=tr.t("task"), elem_id="filter-task"), label="task")
-                filter_language = tr(gr.Dropdown(label=tr.t("language"), elem_id="filter-language"), label="language")
-                filter_base = tr(gr.Dropdown(label=tr.t("base"), elem_id="filter-base"), label="base")
+                filter_task = tr(gr.Dropdown(label=tr.t("task"), elem_id="filter-task",
+                                     allow_custom_value=True), label="task")
+                filter_language = tr(gr.Dropdown(label=tr.t("language"), elem_id="filter-language",
+                                     allow_custom_value=True), label="language")
+                filter_base = tr(gr.Dropdown(label=tr.t("base"), elem_id="filter-base",
+                                     allow_custom_value=True), label="base")
             results_table = tr(gr.Dataframe(headers=list(TABLE_COLUMNS), interactive=False, label=tr.t("table"),
                                             elem_id="results-table", wrap=True), label="table")
-            suite_choice = tr(gr.Dropdown(label=tr.t("suite"), elem_id="suite"), label="suite")
+            suite_choice = tr(gr.Dropdown(label=tr.t("suite"), elem_id="suite",
+                                     allow_custom_value=True), label="suite")
             with gr.Row():
                 plot_parameters = tr(gr.Image(label=tr.t("plot_parameters"), type="filepath"), label="plot_parameters")
                 plot_time = tr(gr.Image(label=tr.t("plot_time"), type="filepath"), label="plot_time")
                 plot_languages = tr(gr.Image(label=tr.t("plot_languages"), type="filepath"), label="plot_languages")
-            tr(gr.Markdown(f"### {tr.t('bias')}"), value="bias")
+            tr(gr.Markdown(f"### {tr.t('bias')}"), fmt="### {}", value="bias")
             bias_table = gr.Dataframe(headers=list(BIAS_COLUMNS), interactive=False, elem_id="bias-table")
-            tr(gr.Markdown(f"### {tr.t('explorer')}"), value="explorer")
+            tr(gr.Markdown(f"### {tr.t('explorer')}"), fmt="### {}", value="explorer")
             with gr.Row():
-                explorer_task = tr(gr.Dropdown(label=tr.t("task"), elem_id="explorer-task"), label="task")
+                explorer_task = tr(gr.Dropdown(label=tr.t("task"), elem_id="explorer-task",
+                                     allow_custom_value=True), label="task")
                 explorer_variants = tr(gr.Dropdown(multiselect=True, label=tr.t("variants"),
                                                    elem_id="explorer-variants"), label="variants")
             explorer_table = gr.Dataframe(interactive=False, wrap=True, elem_id="explorer-table")
@@ -295,18 +308,18 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         def results_view(task_name, lang, base_name, suite_name, page_lang):
             sets = find_results(settings.results)
-            every = lambda values: [text("all", page_lang), *sorted({v for v in values if v})]  # noqa: E731
+            every = lambda values: [(text("all", page_lang), ALL), *sorted({v for v in values if v})]  # noqa: E731
             rows = [r for s in sets for r in s.rows]
-            pick = lambda v: None if not v or v == text("all", page_lang) else v  # noqa: E731
+            pick = lambda v: None if not v or v == ALL else v  # noqa: E731
             table = table_rows(sets, pick(task_name), pick(lang), pick(base_name))
             suites = [s.name for s in sets]
             chosen = next((s for s in sets if s.name == suite_name), sets[0] if sets else None)
             plots = chosen.plots if chosen else {}
             tasks = sorted({r["task"] for r in chosen.rows}) if chosen else []
             return (text("no_results", page_lang) if not sets else "",
-                    gr.update(choices=every(r["task"] for r in rows), value=task_name or text("all", page_lang)),
-                    gr.update(choices=every(r.get("language") for r in rows), value=lang or text("all", page_lang)),
-                    gr.update(choices=every(base_model(r) for r in rows), value=base_name or text("all", page_lang)),
+                    gr.update(choices=every(r["task"] for r in rows), value=task_name or ALL),
+                    gr.update(choices=every(r.get("language") for r in rows), value=lang or ALL),
+                    gr.update(choices=every(base_model(r) for r in rows), value=base_name or ALL),
                     table, gr.update(choices=suites, value=chosen.name if chosen else None),
                     plots.get("accuracy_vs_parameters"), plots.get("accuracy_vs_training_time"),
                     plots.get("language_matrix"), bias_rows(sets),
@@ -346,7 +359,8 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         # -- runs -------------------------------------------------------------------------------------------------
         with tr(gr.Tab(tr.t("tab_runs"), id="runs"), label="tab_runs"):
-            run_choice = tr(gr.Dropdown(label=tr.t("run"), elem_id="run-choice"), label="run")
+            run_choice = tr(gr.Dropdown(label=tr.t("run"), elem_id="run-choice",
+                                     allow_custom_value=True), label="run")
             run_summary = gr.Markdown(elem_id="run-summary")
             with gr.Row():
                 run_curves = tr(gr.Image(label=tr.t("curves"), type="filepath"), label="curves")
@@ -438,7 +452,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
                       resuming=False):
             if source == UPLOADED:
                 if not uploaded:
-                    return f"⚠️ {text('upload', page_lang)}", gr.update(active=False)
+                    return f"⚠️ {text('upload_first', page_lang)}", gr.update(active=False)
                 source = str(uploaded)
             labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()] or None
             try:
@@ -510,7 +524,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
         refresh.click(refresh_all, refresh_inputs, refresh_outputs, queue=False, api_name="refresh")
         page.load(refresh_all, refresh_inputs, refresh_outputs, queue=False)
 
-        translated = [component for component, _, _ in tr.items]
+        translated = [component for component, *_ in tr.items]
 
         def switch_language(lang):
             return [lang, *tr.updates(lang), _methods_markdown(lang)]
@@ -564,8 +578,8 @@ def _harness_accuracy(sets, base: str, choices: list[Choice], task: str = "senti
 def _looks_portuguese(message: str) -> bool:
     """A rough guess for the blind comparison, which asks no language: common Portuguese words or letters."""
     words = set(message.lower().replace(",", " ").replace(".", " ").split())
-    return bool(words & {"não", "um", "uma", "muito", "é", "o", "os", "as", "de", "que", "com", "filme", "mas"}) or \
-        any(c in message for c in "ãõçêâ")
+    return bool(words & {"não", "uma", "muito", "é", "está", "foi", "que", "com", "filme", "mas", "eu", "isso",
+                         "ótimo", "péssimo", "adorei", "gostei"}) or any(c in message for c in "ãõçêâ")
 
 
 def load_settings(runs: list[str], results: list[str], votes: str) -> Settings:

@@ -14,6 +14,7 @@ from tljax.models.config import ConfigError
 from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM
 
 Array = jax.Array
+PROMPT_STEP = 32  # stream_chat pads prompts to multiples of this
 
 
 def sample_token(logits: Array, key: Array | None, temperature: float, top_k: int | None,
@@ -197,9 +198,16 @@ def stream_chat(
     """The reply to one conversation as it is generated: yields the decoded reply so far after each token (the
     last value is `chat`'s reply with the same arguments)."""
     prompt = tokenizer.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
-    encoded = tokenizer([prompt], return_tensors="np", add_special_tokens=False)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # left-padded to a multiple of PROMPT_STEP: a few compiled shapes serve every prompt (as `chat`'s batches pad)
+    width = -(-len(ids) // PROMPT_STEP) * PROMPT_STEP
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = np.asarray([[pad] * (width - len(ids)) + ids], np.int32)
+    mask = np.asarray([[0] * (width - len(ids)) + [1] * len(ids)], np.int32)
     tokens: list[int] = []
-    for token in stream_generate(model, encoded["input_ids"], encoded["attention_mask"],
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling):
+    for token in stream_generate(model, input_ids, mask, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, **sampling):
         tokens.append(int(token[0]))
-        yield tokenizer.decode(tokens, skip_special_tokens=True)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            yield text
