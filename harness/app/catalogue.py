@@ -17,7 +17,7 @@ import yaml
 
 from harness.suite import predictions_name
 from harness.tasks import TaskError, load_task
-from tljax.train.rundir import LOCK_NAME, RunDirectoryError, check_usable
+from tljax.train.rundir import is_held
 
 METHOD_NAMES = {"feature-extraction": "feature extraction", "full": "full fine-tuning", "partial": "partial",
                 "gradual-unfreezing": "gradual unfreezing", "bitfit": "BitFit", "lora": "LoRA",
@@ -100,12 +100,8 @@ def read_run(path: Path, root: Path | None = None) -> RunEntry:
                  trainable=summary.get("trainable_parameters"), test=summary.get("test") or {})
     if not path.is_dir():
         return RunEntry(**entry, status="unavailable", reason=f"{path} no longer exists (deleted or moved)")
-    if (path / LOCK_NAME).is_file():
-        try:
-            check_usable(path, resume=True)
-        except RunDirectoryError as error:
-            if "another run is using" in str(error):
-                return RunEntry(**entry, status="running", reason="training now")
+    if is_held(path):
+        return RunEntry(**entry, status="running", reason="training now")
     if summary and info:
         return RunEntry(**entry, status="finished")
     if summary and not info:

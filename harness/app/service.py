@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.app.catalogue import RunEntry, find_runs
+from harness.app.catalogue import RunEntry, find_runs, read_run
 from harness.app.texts import text
 from harness.tasks import Item, Task, builtin_tasks, load_task
 from harness.variants import ENCODER_PREFIXES, Models, Variant, conversation, demonstration_pool, evaluate, parse_reply
@@ -89,6 +89,30 @@ def item_for(text: str, language: str) -> Item:
     return Item(f"app:{hashlib.sha256(text.encode()).hexdigest()[:16]}", text, 0, language)
 
 
+RUN_SEPARATOR = " · "  # between a run's method and its folder in its choice's name
+
+
+def _untrained_choices(base: str) -> list[Choice]:
+    """Zero-shot and few-shot of `base`: they need no training."""
+    decoder = is_decoder(base)
+    found = [Choice("zero-shot", Variant(kind="zero-shot", model=base), "zero-shot", 0, decoder)]
+    for k in DECODER_FEW_SHOT if decoder else ENCODER_FEW_SHOT:
+        how = f"{k} demonstrations in the prompt" if decoder else f"logistic regression on {k} examples per class"
+        found.append(Choice(f"few-shot k={k}", Variant(kind="few-shot", model=base, k=k), f"few-shot ({how})",
+                            0 if decoder else None, decoder))
+    return found
+
+
+def _answers_for(run: RunEntry, base: str) -> bool:
+    """Whether `run` is a variant of `base` that answers a task: a classifier or a chat-tuned decoder."""
+    return run.model == base and (run.task != "causal-lm" or run.chat)
+
+
+def _run_choice(run: RunEntry) -> Choice:
+    return Choice(f"{run.method}{RUN_SEPARATOR}{run.name}", Variant(kind="run", run=str(run.path), allow_overlap=True),
+                  run.method, run.trainable, run.task == "causal-lm", run)
+
+
 def is_decoder(model: str) -> bool:
     """Whether a packaged name or model directory is a chat decoder, without downloading anything."""
     if model in zoo.PACKAGED:
@@ -125,28 +149,24 @@ class Service:
 
     def choices(self, base: str) -> list[Choice]:
         """Zero-shot and few-shot of `base` (no training needed), then every run found of that base."""
-        decoder = is_decoder(base)
-        found = [Choice("zero-shot", Variant(kind="zero-shot", model=base), "zero-shot", 0, decoder)]
-        for k in DECODER_FEW_SHOT if decoder else ENCODER_FEW_SHOT:
-            name = f"few-shot k={k}"
-            how = f"{k} demonstrations in the prompt" if decoder else f"logistic regression on {k} examples per class"
-            found.append(Choice(name, Variant(kind="few-shot", model=base, k=k), f"few-shot ({how})", 0 if decoder
-                                else None, decoder))
-        for run in find_runs(self.run_folders):
-            if run.model == base and run.task != "causal-lm" or run.model == base and run.chat:
-                found.append(Choice(f"{run.method} · {run.name}", Variant(kind="run", run=str(run.path),
-                                                                          allow_overlap=True),
-                                    run.method, run.trainable, run.task == "causal-lm", run))
-        return found
+        runs = [_run_choice(run) for run in find_runs(self.run_folders) if _answers_for(run, base)]
+        return _untrained_choices(base) + runs
 
     def fits(self, choice: Choice, task_name: str) -> bool:
         """Whether the variant can answer the task (a run trained for other labels cannot)."""
         return choice.run is None or set(choice.run.labels) == set(self.task(task_name).labels)
 
     def choice(self, base: str, name: str) -> Choice:
-        for choice in self.choices(base):
+        """The variant `name` of `base` as it is now (a run is read again: it may have gone since it was listed)."""
+        for choice in _untrained_choices(base):
             if choice.name == name:
                 return choice
+        run_name = name.split(RUN_SEPARATOR, 1)[-1]
+        for folder in self.run_folders:  # a run's choice is named after its folder: read that one only
+            if (folder / run_name / "config.yaml").is_file():
+                run = read_run(folder / run_name, folder)
+                if _answers_for(run, base) and _run_choice(run).name == name:
+                    return _run_choice(run)
         raise AppError(f"{name!r} is not a variant of {base} (any more); refresh the list")
 
     def needs_download(self, choice: Choice) -> str:

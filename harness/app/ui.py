@@ -7,6 +7,7 @@ the catalogue, the arena and the trainer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from harness.app import arena
 from harness.app.catalogue import (BIAS_COLUMNS, TABLE_COLUMNS, base_model, bias_rows, disagreements, find_results,
@@ -25,6 +27,7 @@ from tljax import zoo
 from tljax.data import PACKAGED_CORPORA
 from tljax.errors import InputError
 from tljax.methods import METHODS
+from tljax.methods.__main__ import trainable_table
 
 COLUMNS = 4  # variants side by side at most
 MODEL_CONCURRENCY = 2  # model events at once (two CPU cores); the rest wait in the queue
@@ -432,11 +435,9 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         def trains(model, method):
             try:
-                from tljax.methods.__main__ import trainable_table
-                rows = {name: (count, share) for name, count, share in trainable_table(zoo.resolve(model))}
+                count, share = _trainable(model)[method]
             except (InputError, OSError) as error:
                 return f"⚠️ {error}"
-            count, share = rows[method]
             return f"{count:,} ({share:.2f}%)"
 
         def columns_of(path):
@@ -474,7 +475,6 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
             message = f"{text('state_' + state, page_lang)}: {job.run_dir}"
             if state == "failed":
                 message += f"\n\n⚠️ {job.message()}"
-            import pandas as pd
             return (message, gr.update(value=100.0 * min(step, total) / max(total, 1)), pd.DataFrame(points or
                     {"step": [], "loss": [], "split": []}), gr.update(active=state == "running"))
 
@@ -501,9 +501,8 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
                                label="methods_table")
 
         def method_rows(model):
-            from tljax.methods.__main__ import trainable_table
             try:
-                return [[name, f"{count:,}", f"{share:.3f}"] for name, count, share in trainable_table(zoo.resolve(model))]
+                return [[name, f"{count:,}", f"{share:.3f}"] for name, (count, share) in _trainable(model).items()]
             except (InputError, OSError) as error:
                 raise gr.Error(str(error)) from None
 
@@ -541,6 +540,12 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
                   js="() => (navigator.language || 'en').toLowerCase().startsWith('pt') ? 'pt' : 'en'")
     page.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=QUEUE_SIZE)
     return page
+
+
+@functools.lru_cache(maxsize=16)
+def _trainable(model: str) -> dict[str, tuple[int, float]]:
+    """method -> (trainable parameters, % of the model) on `model` (its config only; computed once per model)."""
+    return {name: (count, share) for name, count, share in trainable_table(zoo.resolve(model))}
 
 
 def _job_state(trainer: Trainer, name: str) -> dict[str, Any]:

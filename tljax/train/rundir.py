@@ -53,19 +53,26 @@ def _busy(run_dir: Path) -> RunDirectoryError:
                              "finish, or choose another output_dir (--set output_dir=runs/NAME)")
 
 
+def is_held(run_dir: Path) -> bool:
+    """Whether a run holds `run_dir` now (its process is alive and has the lock)."""
+    lock_path = Path(run_dir) / LOCK_NAME
+    if not lock_path.is_file():
+        return False
+    with lock_path.open("r") as handle:
+        try:  # a shared probe: it fails only while a run holds the folder
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        except BlockingIOError:
+            return True
+    return False
+
+
 def check_usable(run_dir: Path, *, resume: bool) -> None:
     """Refuses at once a folder that another run holds, that holds a run (without --resume), or that has no
     checkpoint (with --resume). Nothing is written."""
-    run_dir = Path(run_dir)
-    lock_path = run_dir / LOCK_NAME
-    if lock_path.is_file():
-        with lock_path.open("r") as handle:
-            try:  # a shared probe: it fails only while a run holds the folder
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            except BlockingIOError:
-                raise _busy(run_dir) from None
-    _check_contents(run_dir, resume=resume)
+    if is_held(run_dir):
+        raise _busy(Path(run_dir))
+    _check_contents(Path(run_dir), resume=resume)
 
 
 def _check_contents(run_dir: Path, *, resume: bool) -> None:

@@ -36,23 +36,37 @@ def sample_token(logits: Array, key: Array | None, temperature: float, top_k: in
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k", "top_p", "eos", "pad"))
+def _first_token(model: LlamaForCausalLM, input_ids, attention_mask, key, total: int, sampling: dict):
+    """The prompt [B, T] run into a fresh cache of `total` positions -> (first new token [B], cache)."""
+    dtype = model.model.embed_tokens.embedding.dtype
+    cache = KVCache.empty(model.config, input_ids.shape[0], total, dtype)
+    hidden, cache = model.model(input_ids, attention_mask, cache=cache)
+    return sample_token(model.logits(hidden[:, -1]), key, **sampling), cache
+
+
+def _next_token(model: LlamaForCausalLM, token, cache, key, sampling: dict):
+    """One decoding step: the last token [B] through the cache -> (next token [B], cache)."""
+    ones = jnp.ones((token.shape[0], 1), jnp.int32)
+    hidden, cache = model.model(token[:, None], ones, cache=cache, use_prompt=False)
+    return sample_token(model.logits(hidden[:, 0]), key, **sampling), cache
+
+
+SAMPLING = ("temperature", "top_k", "top_p")
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad"))
 def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k, top_p,
               eos, pad):
     model: LlamaForCausalLM = nnx.merge(graphdef, state)
-    batch, length = input_ids.shape
-    dtype = model.model.embed_tokens.embedding.dtype
-    virtual = model.model.num_virtual_tokens
-    cache = KVCache.empty(model.config, batch, virtual + length + max_new_tokens, dtype)
-    hidden, cache = model.model(input_ids, attention_mask, cache=cache)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    total = model.model.num_virtual_tokens + input_ids.shape[1] + max_new_tokens
     keys = jax.random.split(key, max_new_tokens)
-    first = sample_token(model.logits(hidden[:, -1]), keys[0], temperature, top_k, top_p)
+    first, cache = _first_token(model, input_ids, attention_mask, keys[0], total, sampling)
     is_eos = lambda token: jnp.isin(token, jnp.asarray(eos or (-1,), jnp.int32))  # noqa: E731
 
     def step(carry, step_key):
         token, cache, done = carry
-        hidden, cache = model.model(token[:, None], jnp.ones((batch, 1), jnp.int32), cache=cache, use_prompt=False)
-        nxt = sample_token(model.logits(hidden[:, 0]), step_key, temperature, top_k, top_p)
+        nxt, cache = _next_token(model, token, cache, step_key, sampling)
         nxt = jnp.where(done, pad, nxt)
         return (nxt, cache, done | is_eos(nxt)), nxt
 
@@ -60,21 +74,15 @@ def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "total", "temperature", "top_k", "top_p"))
-def _prefill(graphdef, state, input_ids, attention_mask, key, *, total, temperature, top_k, top_p):
-    model: LlamaForCausalLM = nnx.merge(graphdef, state)
-    dtype = model.model.embed_tokens.embedding.dtype
-    cache = KVCache.empty(model.config, input_ids.shape[0], total, dtype)
-    hidden, cache = model.model(input_ids, attention_mask, cache=cache)
-    return sample_token(model.logits(hidden[:, -1]), key, temperature, top_k, top_p), cache
+# the same two functions, each compiled on its own, for generation one token at a time
+@partial(jax.jit, static_argnames=("graphdef", "total", *SAMPLING))
+def _stream_first(graphdef, state, input_ids, attention_mask, key, *, total, **sampling):
+    return _first_token(nnx.merge(graphdef, state), input_ids, attention_mask, key, total, sampling)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "temperature", "top_k", "top_p"))
-def _next_token(graphdef, state, token, cache, key, *, temperature, top_k, top_p):
-    model: LlamaForCausalLM = nnx.merge(graphdef, state)
-    ones = jnp.ones((token.shape[0], 1), jnp.int32)
-    hidden, cache = model.model(token[:, None], ones, cache=cache, use_prompt=False)
-    return sample_token(model.logits(hidden[:, 0]), key, temperature, top_k, top_p), cache
+@partial(jax.jit, static_argnames=("graphdef", *SAMPLING))
+def _stream_next(graphdef, state, token, cache, key, **sampling):
+    return _next_token(nnx.merge(graphdef, state), token, cache, key, sampling)
 
 
 def _check_generation(model: LlamaForCausalLM, prompt_length: int, max_new_tokens: int, top_k, top_p) -> None:
@@ -149,12 +157,12 @@ def stream_generate(
     sampling = {"temperature": float(temperature), "top_k": top_k, "top_p": top_p}
     keys = jax.random.split(jax.random.key(seed), max_new_tokens)
     total = model.model.num_virtual_tokens + input_ids.shape[1] + max_new_tokens
-    token, cache = _prefill(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-                            keys[0], total=total, **sampling)
+    token, cache = _stream_first(graphdef, state, jnp.asarray(input_ids, jnp.int32),
+                                 jnp.asarray(attention_mask, jnp.int32), keys[0], total=total, **sampling)
     done = np.zeros(input_ids.shape[0], bool)
     for step in range(max_new_tokens):
         if step:
-            token, cache = _next_token(graphdef, state, token, cache, keys[step], **sampling)
+            token, cache = _stream_next(graphdef, state, token, cache, keys[step], **sampling)
         chosen = np.where(done, pad, np.asarray(token))
         done |= np.isin(chosen, eos)
         yield chosen
