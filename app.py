@@ -29,14 +29,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the page's language before the browser's is known")
     args = parser.parse_args(argv)
 
-    import jax
-
     from harness.app.service import Service
     from harness.app.ui import build, load_settings
-    from tljax.cache import cache_dir
+    from tljax.cache import enable_compilation_cache
 
-    # compiled programs are kept between launches: a variant's first answer is then seconds, not tens of seconds
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax-compilation"))
+    enable_compilation_cache()  # a variant's first answer after a relaunch is then seconds, not tens of seconds
     settings = load_settings(args.runs or ["runs", "harness-results/runs"], args.results or ["harness-results"],
                              args.votes)
     page = build(Service(settings.runs), settings, args.language)

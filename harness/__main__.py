@@ -23,17 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("list", help="built-in tasks, suites and variant kinds")
     args = parser.parse_args(argv)
 
-    import jax
-
     from harness.suite import builtin_suites, load_suite, run_suite
-    from tljax.cache import cache_dir
+    from tljax.cache import enable_compilation_cache
     from harness.tasks import builtin_tasks
     from harness.variants import KINDS
     from tljax.errors import InputError
 
-    # compiled scoring programs are kept between runs (most of a small suite's time on a CPU is compiling)
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax-compilation"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    enable_compilation_cache()  # most of a small suite's time on a CPU is compiling
     if args.command == "list":
         print("tasks:   " + ", ".join(builtin_tasks()))
         print("suites:  " + ", ".join(builtin_suites()))

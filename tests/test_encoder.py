@@ -120,3 +120,24 @@ def test_dropout_key_switches_dropout_on(tmp_path, rng):
     b = model(ids, mask, dropout_key=jax.random.key(1))
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(model(ids, mask), model(ids, mask))
+
+
+def test_dropout_drops_at_its_rate_independently_and_reproducibly():
+    from tljax.models.layers import dropout, hash_bits
+
+    x = jnp.ones((400, 500))
+    for rate in (0.1, 0.5):
+        out = np.asarray(dropout(x, rate, jax.random.key(3)))
+        dropped = out == 0
+        # 200,000 Bernoulli(rate) draws: the share lies within 5 standard deviations of the rate
+        assert abs(dropped.mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / dropped.size)
+        np.testing.assert_allclose(out[~dropped], 1 / (1 - rate), rtol=1e-6)  # inverted: the mean is kept
+        assert abs(out.mean() - 1) < 0.01
+    np.testing.assert_array_equal(dropout(x, 0.1, jax.random.key(3)), dropout(x, 0.1, jax.random.key(3)))
+    a, b = (np.asarray(hash_bits(jax.random.key(k), (400, 500)), np.float64) for k in (0, 1))
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01  # another key, other bits
+    assert abs(np.corrcoef(a.ravel()[:-1], a.ravel()[1:])[0, 1]) < 0.01  # neighbours uncorrelated
+    assert abs(np.corrcoef(a[:-1].ravel(), a[1:].ravel())[0, 1]) < 0.01  # rows too
+    both = (np.asarray(dropout(x, 0.5, jax.random.key(0))) == 0) & (np.asarray(dropout(x, 0.5, jax.random.key(1))) == 0)
+    assert abs(both.mean() - 0.25) < 0.01  # two keys' masks are independent
+    np.testing.assert_array_equal(dropout(x, 0.1, None), x)

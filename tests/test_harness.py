@@ -267,7 +267,7 @@ def test_a_train_variant_sweeps_learning_rates_chooses_on_validation_and_reuses_
     config.write_text(yaml.safe_dump({"model": str(tiny_model), "data": {**data, "labels": ["neg", "pos"]},
                                       "method": {"name": "full"}, "output_dir": "unused",
                                       "training": {"learning_rate": 1e-2, "per_device_train_batch_size": 16}}))
-    budget = {"training.max_steps": 24, "training.eval_steps": 12, "training.early_stopping_patience": None}
+    budget = {"training.max_steps": 36, "training.eval_steps": 12, "training.early_stopping_patience": None}
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({
         "name": "sweep", "tasks": [str(write_task(tmp_path, {**data, "split": "test"}))], "training": budget,
@@ -277,7 +277,7 @@ def test_a_train_variant_sweeps_learning_rates_chooses_on_validation_and_reuses_
     costs = rows[0]["costs"]
     rates = [point["learning_rate"] for point in costs["sweep"]]
     assert rates == pytest.approx([1e-6, 1e-2])
-    # chosen on validation: the rate that learned (1e-6 barely moves a random head in 24 steps)
+    # chosen on validation: the rate that learned (1e-6 barely moves a random head in 36 steps)
     assert costs["learning_rate"] == pytest.approx(1e-2) and max(p["validation"] for p in costs["sweep"]) == \
         costs["sweep"][1]["validation"] > costs["sweep"][0]["validation"]
     assert rows[0]["kind"] == "train" and rows[0]["summary"]["acc"]["accuracy"] > 0.75

