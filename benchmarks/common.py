@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 RESULT_PREFIX = "BENCHMARK-RESULT "
-TRAIN_METHODS = ("full", "lora", "bitfit", "prefix", "prompt")
+TRAIN_METHODS = ("full", "lora", "bitfit", "prefix", "prompt", "partial")
 DECODER = "smollm2-135m-instruct"
 
 
@@ -86,8 +86,9 @@ def step_times(step: Callable[[int], None], batches: int, warmup: int, repeats: 
 
 
 def report(result: dict[str, Any]) -> None:
-    """The result line the driver reads (last line of stdout)."""
-    result = {**result, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    """The result line the driver reads (last line of stdout); the peak memory is this process' unless the
+    workload measured another's (a training process it started)."""
+    result = {"peak_rss_mb": round(peak_rss_mb(), 1), **result}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 

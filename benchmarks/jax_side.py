@@ -30,6 +30,7 @@ def _prepared(method: str, max_length: int | None, overrides: list[str] = ()):
 def train(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds per train step of `spec["method"]` on the prepared batches (dropout on, AdamW, clipping)."""
     from tljax.runs import FINAL_STEP
+    from tljax.train.features import FrozenBottomClassification
     from tljax.train.loop import build_engine
     from tljax.train.sharding import data_mesh, shard_batch
 
@@ -37,6 +38,10 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     prepared = _prepared(spec["method"], max(b["input_ids"].shape[1] for b in batches))
     mesh = data_mesh()
     engine = build_engine(prepared, total_steps=1000, mesh=mesh)
+    if isinstance(prepared.objective, FrozenBottomClassification):  # its frozen bottom computed once, not timed
+        bottom = jax.jit(lambda ids, mask: prepared.adaptation.model.bert.hidden_before(ids, mask,
+                                                                                        prepared.objective.layers))
+        batches = [{**b, "hidden": np.asarray(bottom(b["input_ids"], b["attention_mask"]))} for b in batches]
     placed = [shard_batch(b, mesh) for b in batches]
     state = {"trainable": engine.trainable, "opt_state": engine.opt_state}
 

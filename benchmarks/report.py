@@ -1,11 +1,13 @@
 """The benchmark's report: a markdown table of every workload, the machine and the command.
 
 The generated part is everything above `NOTES_MARKER`; what follows the marker in an existing report (the
-written analysis) is kept when the report is regenerated.
+written analysis) is kept when the report is regenerated. With `update`, the existing tables' rows that were
+not measured again are kept as they were, and the header names every command that measured them.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -58,40 +60,62 @@ def summarise(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| workload | tljax | PyTorch | tljax / PyTorch | peak memory (MB) | first step (s) | |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        s = summarise(row)
-        if row["workload"] == "sweep":
-            continue
-        first = f"{s['first'][0]:.1f} / {s['first'][1]:.1f}" if "first" in s else ""
-        lines.append(f"| {s['name']} | {s['a']:.3f} {s['unit']} | {s['b']:.3f} {s['unit']} | **{s['ratio']:.2f}** | "
-                     f"{s['rss_a']:.0f} / {s['rss_b']:.0f} ({s['rss_a'] / s['rss_b']:.2f}x) | {first} | {s['extra']} |")
-    return "\n".join(lines)
+TABLE_HEADER = ["| workload | tljax | PyTorch | tljax / PyTorch | peak memory (MB) | first step (s) | |",
+                "|---|---:|---:|---:|---:|---:|---|"]
+SWEEP_HEADER = ["| workload | one program | separate runs, one after another | one program / separate | "
+                "peak memory (MB) | |", "|---|---:|---:|---:|---:|---|"]
 
 
-def sweep_table(rows: list[dict[str, Any]]) -> str:
-    found = [summarise(row) for row in rows if row["workload"] == "sweep"]
-    if not found:
-        return ""
-    lines = ["| workload | one program | separate runs, one after another | one program / separate | "
-             "peak memory (MB) | |", "|---|---:|---:|---:|---:|---|"]
-    for s in found:
-        lines.append(f"| {s['name']} | {s['a']:.1f} s | {s['b']:.1f} s | **{s['ratio']:.2f}** | "
-                     f"{s['rss_a']:.0f} / {s['rss_b']:.0f} | {s['extra']} |")
-    return "\n".join(lines)
+def row_line(row: dict[str, Any]) -> str:
+    """One measured row as a line of its table."""
+    s = summarise(row)
+    if row["workload"] == "sweep":
+        return (f"| {s['name']} | {s['a']:.1f} s | {s['b']:.1f} s | **{s['ratio']:.2f}** | "
+                f"{s['rss_a']:.0f} / {s['rss_b']:.0f} | {s['extra']} |")
+    first = f"{s['first'][0]:.1f} / {s['first'][1]:.1f}" if "first" in s else ""
+    return (f"| {s['name']} | {s['a']:.3f} {s['unit']} | {s['b']:.3f} {s['unit']} | **{s['ratio']:.2f}** | "
+            f"{s['rss_a']:.0f} / {s['rss_b']:.0f} ({s['rss_a'] / s['rss_b']:.2f}x) | {first} | {s['extra']} |")
 
 
-def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+def _name(line: str) -> str:
+    return line.split("|")[1].strip()
+
+
+def _old_rows(text: str, header: list[str]) -> list[str]:
+    """The rows (markdown lines) of the table that starts with `header` in an existing report."""
+    if header[0] not in text:
+        return []
+    return [line for line in text.split(header[0], 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+            if line.startswith("| ")]
+
+
+def _table(header: list[str], kept: list[str], lines: list[str]) -> str:
+    """`kept` rows with `lines` replacing their namesakes (the rest appended), under `header`."""
+    new = {_name(line): line for line in lines}
+    rows = [new.pop(_name(line), line) for line in kept] + list(new.values())
+    return "\n".join(header + rows) if rows else ""
+
+
+def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], *, update: bool = False) -> None:
     """Writes (or rewrites the generated part of) the report at `path`."""
+    old = path.read_text() if path.is_file() else ""
+    commands, minutes = list(meta["commands"]), meta["minutes"]
+    kept, kept_sweep = [], []
+    if update and old:
+        kept, kept_sweep = _old_rows(old, TABLE_HEADER), _old_rows(old, SWEEP_HEADER)
+        found = re.search(r"^Measured by (.*) \((\d+) min\) on", old, re.M)
+        if found:
+            commands = re.findall(r"`([^`]*)`", found.group(1)) + commands
+            minutes += int(found.group(2))
+    main = _table(TABLE_HEADER, kept, [row_line(r) for r in rows if r["workload"] != "sweep"])
+    sweep = _table(SWEEP_HEADER, kept_sweep, [row_line(r) for r in rows if r["workload"] == "sweep"])
     m = meta["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     widths = ", ".join(f"{count} x {width}" for width, count in meta["default_widths"].items())
     generated = f"""# Performance: tljax against PyTorch
 
-Measured by `{meta['command']}` ({meta['minutes']:.0f} min) on {m['cores']} cores ({m['processor']}), {m['memory_gb']} GB,
-{m['platform']}, Python {m['python']}; {packages}; load average {m['load_average']:.1f} at the start.
+Measured by {' then '.join(f"`{c}`" for c in commands)} ({minutes:.0f} min) on {m['cores']} cores ({m['processor']}),
+{m['memory_gb']} GB, {m['platform']}, Python {m['python']}; {packages}; load average {m['load_average']:.1f} at the start.
 
 Every figure is the median of {meta['rounds']} round(s); each round runs both sides, each in its own process, one
 after the other (the order alternates between rounds), and **tljax / PyTorch** is the median of the rounds' own
@@ -102,13 +126,11 @@ with a linear warm-up schedule, gradient clipping), reading the same run configs
 "Default shapes": {sum(meta['default_widths'].values())} batches of 32 spread over the default run's first epoch
 as tljax batches it (length buckets: {widths} tokens); "32 x 128": 32 sequences of 128 tokens.
 
-{table(rows)}
+{main}
 
-{sweep_table(rows)}
+{sweep}
 
 """
-    notes = ""
-    if path.is_file() and NOTES_MARKER in path.read_text():
-        notes = path.read_text().split(NOTES_MARKER, 1)[1]
+    notes = old.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in old else "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(generated + NOTES_MARKER + (notes or "\n"))
+    path.write_text(generated + NOTES_MARKER + notes)

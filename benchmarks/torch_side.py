@@ -40,6 +40,11 @@ def classifier(config, num_labels: int = 2) -> tuple[torch.nn.Module, int]:
     name = method.pop("name")
     if name == "full":
         pass
+    elif name == "partial":  # as PyTorch users freeze: requires_grad off below the first trained layer
+        frozen = tuple(f"bert.encoder.layer.{i}." for i in range(method["freeze_layers"]))
+        for path, parameter in model.named_parameters():
+            parameter.requires_grad = not (path.startswith(frozen) or
+                                           (method.get("freeze_embeddings", True) and path.startswith("bert.embeddings.")))
     elif name == "bitfit":
         for path, parameter in model.named_parameters():
             parameter.requires_grad = path.endswith("bias") or path.startswith("classifier")

@@ -39,16 +39,23 @@ def test_both_sides_train_the_same_parameters(method):
     assert ours == theirs
 
 
-def test_the_driver_measures_and_writes_its_report(work, tmp_path):
+def test_the_driver_measures_and_updates_its_report(work, tmp_path):
+    from benchmarks.report import NOTES_MARKER, TABLE_HEADER
+
     report = tmp_path / "performance.md"
-    report.write_text("old table\n<!-- notes: everything below this line is kept when the benchmark rewrites the file -->"
-                      "\nwritten analysis\n")
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "forward", "--output", str(report),
-                           "--work", str(work)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    kept = "| train step, lora, 32 x 128 | 1.000 s/step | 1.000 s/step | **1.00** | 1 / 1 (1.00x) | 1.0 / 1.0 | |"
+    replaced = "| inference forward, 32 x 128 | 9.000 s/batch | 1.000 s/batch | **9.00** | 1 / 1 (1.00x) | | |"
+    report.write_text("# old\n\nMeasured by `python -m benchmarks --only train` (7 min) on 2 cores\n\n"
+                      + "\n".join(TABLE_HEADER + [kept, replaced]) + f"\n\n{NOTES_MARKER}\nwritten analysis\n")
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "forward", "--update",
+                           "--output", str(report), "--work", str(work)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     text = report.read_text()
+    assert kept in text and replaced not in text  # only what was measured again is rewritten
     assert "| inference forward, default shapes |" in text and "| inference forward, 32 x 128 |" in text
-    assert "old table" not in text and text.endswith("written analysis\n")  # the notes survive a rewrite
+    assert "`python -m benchmarks --only train` then `python -m benchmarks --quick --only forward --update" in text
+    assert text.endswith("written analysis\n")  # the notes survive a rewrite
     ratio = float(text.split("| inference forward, 32 x 128 |")[1].split("**")[1])
     assert 0 < ratio < 100
 
@@ -88,5 +95,5 @@ def test_the_sweep_workload_trains_every_point(work):
 
     spec = {"workload": "sweep", "batches": str(work / "default.npz"), "steps": 2, "scales": [0.3, 3.0]}
     together = jax_side.sweep(spec)["final_loss"]
-    alone = [jax_side.sweep({**spec, "scale": scale})["final_loss"][0] for scale in spec["scales"]]
+    alone = [jax_side.sweep({**spec, "scale": scale})["final_loss"] for scale in spec["scales"]]
     np.testing.assert_allclose(together, alone, rtol=1e-4)

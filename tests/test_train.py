@@ -346,3 +346,60 @@ def test_virtual_tokens_take_positions_from_the_text(tmp_path, tiny_model):
                              ({"name": "prefix", "num_virtual_tokens": 6, "projection_size": None}, 58)):
         config = load_config(run_config(tmp_path, tiny_model, method), ["data.max_length=512"])
         assert prepare(config).max_length == expected  # the tiny model has 64 positions
+
+
+def test_partial_fine_tuning_computes_its_frozen_bottom_once_and_trains_the_same(tmp_path, tiny_model):
+    import shutil
+
+    from tljax.train.features import FrozenBottomClassification, frozen_bottom
+    from tljax.train.loop import build_engine
+    from tljax.train.run import prepare
+    from tljax.train.sharding import data_mesh, shard_batch
+
+    # with dropout off everywhere, caching the frozen bottom (which turns dropout off there) changes nothing:
+    # the cached and the uncached run are the same computation, ordered differently
+    model_dir = tmp_path / "no-dropout"
+    shutil.copytree(tiny_model, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    mesh, runs = data_mesh(), {}
+    for cache in (True, False):
+        folder = tmp_path / f"cache-{cache}"
+        folder.mkdir()
+        method = {"name": "partial", "freeze_layers": 1, "cache_frozen": cache}
+        prepared = prepare(load_config(run_config(folder, model_dir, method)))
+        assert isinstance(prepared.objective, FrozenBottomClassification) == cache
+        engine = build_engine(prepared, 6, mesh)
+        frozen_before = jax.tree.map(np.array, engine.frozen)
+        batches = prepared.objective.train_batches(16, 0)
+        params, opt, losses = engine.trainable, engine.opt_state, []
+        for i in range(6):
+            batch = next(batches)
+            assert ("hidden" in batch) == cache
+            params, opt, metrics = engine.train_step(params, engine.frozen, opt, shard_batch(batch, mesh),
+                                                     jax.random.key(i))
+            losses.append(float(metrics["loss"]))
+        jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, engine.frozen), frozen_before)
+        runs[cache] = losses, jax.tree.map(np.asarray, params)
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), runs[True][1], runs[False][1])
+
+    # where it does not apply: rules given by path, the embeddings training, prompts below the layers
+    for method in ({"name": "partial", "path_rules": [["embeddings", "freeze"], [".*", "train"]]},
+                   {"name": "partial", "freeze_layers": 1, "freeze_embeddings": False},
+                   {"name": "partial", "freeze_layers": 0}):
+        assert frozen_bottom(prepare(load_config(run_config(tmp_path, model_dir, method))).adaptation) == 0
+
+
+def test_a_partial_run_with_a_cached_bottom_trains_evaluates_and_exports(tmp_path, tiny_model):
+    from tljax.predict import Predictor
+
+    # the tiny model's embeddings and bottom layer are random: the top layer needs some steps to find the words
+    config = run_config(tmp_path, tiny_model, {"name": "partial", "freeze_layers": 1}, learning_rate=1e-2,
+                        max_steps=60, eval_steps=10)
+    assert main(["--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.75 and summary["steps"] == 60  # 24 test reviews: chance is 0.5
+    labels = [label for label, _ in Predictor.load(tmp_path / "run")(["a great film", "an awful film"])]
+    assert set(labels) <= {"neg", "pos"}

@@ -51,6 +51,11 @@ class PartialFineTuning(Method):
 
     Or, with `path_rules` given (e.g. [["embeddings", "freeze"], ["layer/[0-3]/", "freeze"], [".*", "train"]]),
     exactly what the rules say: first match wins, and every parameter must match one.
+
+    With `cache_frozen` (the default), an encoder classifier whose embeddings and bottom layers are frozen
+    computes their output once per example, with dropout off in them (they are a fixed feature extractor
+    then), and each step runs only the layers that train: `tljax.train.features.FrozenBottomClassification`.
+    `cache_frozen: false` runs the whole model every step, dropout in every layer.
     """
 
     name: ClassVar[str] = "partial"
@@ -58,6 +63,7 @@ class PartialFineTuning(Method):
     freeze_embeddings: bool = True
     freeze_layers: int = 0
     path_rules: Sequence[Sequence[str]] | None = None
+    cache_frozen: bool = True
 
     def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
         if self.path_rules is not None:

@@ -1,4 +1,6 @@
-"""Feature extraction's fast path: the frozen backbone runs once per example, then only the head trains.
+"""Fast paths for frozen parts: what does not change is computed once per example, not at every step.
+
+Feature extraction: the frozen backbone runs once per example, then only the head trains.
 
 When nothing but the task head trains and the backbone is a deterministic feature extractor (the
 `feature-extraction` method switches its dropout off), every step would recompute the same features. So
@@ -6,6 +8,10 @@ When nothing but the task head trains and the backbone is a deterministic featur
 time a split is needed) and trains and evaluates the head on them. It trains the same head as running the
 whole model every step: the batches are the same (same iterator, same seed), and `head_loss` gives the
 head the dropout key that `classification_loss` gives it inside the full model.
+
+Partial fine-tuning with frozen embeddings and bottom layers (`FrozenBottomClassification`): the input of
+the first trained layer is computed once per example, dropout off in the frozen layers, and each step runs
+only the layers above it; they get the dropout keys the whole model's pass would give them.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+
 import numpy as np
 from flax import nnx
 
@@ -20,7 +27,7 @@ from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
 from tljax.methods import Adaptation
 from tljax.methods.base import head_pattern
 from tljax.models.transforms import jit_bound
-from tljax.train.losses import classification_loss, head_loss
+from tljax.train.losses import classification_loss, cross_entropy, head_loss
 from tljax.train.objectives import Classification, MappedBatches
 
 TOKEN_KEYS = ("input_ids", "attention_mask")
@@ -97,3 +104,100 @@ class FeatureClassification(Classification):
 
     def title(self) -> str:
         return f"{super().title()} (cached features)"
+
+
+# Above this many bytes of cached hidden states (train, validation and test together), a partial run computes
+# its frozen layers every step instead.
+FROZEN_CACHE_LIMIT = 4 * 2**30
+
+
+def frozen_bottom(adaptation: Adaptation) -> int:
+    """How many bottom layers (with the embeddings) a run can compute once per example: partial fine-tuning's
+    `freeze_layers` where `cache_frozen` is on, the embeddings are frozen, the model is an encoder classifier
+    with neither prompt nor prefix, and nothing below that layer trains; 0 where this does not apply."""
+    methods = [m for m in adaptation.methods if not m.name.startswith("_")]
+    if len(methods) != 1 or methods[0].name != "partial":
+        return 0
+    method, model = methods[0], adaptation.model
+    if not method.cache_frozen or method.path_rules is not None or not method.freeze_embeddings \
+            or method.freeze_layers < 1 or not hasattr(model, "logits_from_layer"):
+        return 0
+    if model.bert.num_virtual_tokens or model.bert.num_prefix_tokens:
+        return 0
+    below = re.compile(r"embeddings/|encoder/layer/(" + "|".join(map(str, range(method.freeze_layers))) + r")/")
+    trained = [path for path, _, rule in adaptation.rules().report(model) if rule.trainable]
+    return 0 if any(below.search(path) for path in trained) else method.freeze_layers
+
+
+def cached_bytes(adaptation: Adaptation, encoded: dict[str, Encoded], max_length: int) -> int:
+    """The memory the frozen bottom's outputs of every split take: examples x max_length x hidden x 4."""
+    return sum(len(e) for e in encoded.values()) * max_length * adaptation.model.config.hidden_size * 4
+
+
+def extract_hidden(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int, layer: int,
+                   batch_size: int = 64) -> np.ndarray:
+    """The input of layer `layer` for every example of `encoded` (dropout off), in example order, padded with
+    zeros: [N, max_length, H] float32."""
+    hidden = jit_bound(model, lambda m, ids, mask: m.bert.hidden_before(ids, mask, layer))
+    order = np.argsort([len(x) for x in encoded.ids], kind="stable")
+    result = np.zeros((len(encoded), max_length, model.config.hidden_size), np.float32)
+    for start, batch in zip(range(0, len(order), batch_size),
+                            evaluation_batches(encoded, batch_size, pad_id, max_length)):
+        rows = order[start: start + batch_size]
+        values = np.asarray(hidden(batch["input_ids"], batch["attention_mask"]), np.float32)
+        result[rows, : values.shape[1]] = values[: len(rows)]
+    return result
+
+
+def _trimmed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch whose cached `hidden` [B, max_length, H] is cut to its tokens' width [B, T, H]."""
+    return {**batch, "hidden": batch["hidden"][:, : batch["input_ids"].shape[1]]}
+
+
+@dataclasses.dataclass
+class FrozenBottomClassification(Classification):
+    """Classification whose batches carry the frozen bottom's output (`hidden`): each step runs the top only."""
+
+    layers: int = 0  # the frozen bottom layers (with the embeddings)
+    _with_hidden: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def cached(self, encoded: Encoded) -> Encoded:
+        """`encoded` with each example's hidden states after the frozen bottom, computed the first time."""
+        key = id(encoded)  # the encoded sets live as long as the objective
+        if key not in self._with_hidden:
+            print(f"partial fine-tuning: the frozen embeddings and bottom {self.layers} layers encode "
+                  f"{len(encoded):,} examples once ...", file=sys.stderr, flush=True)
+            hidden = extract_hidden(self.adaptation.model, encoded, self.pad_id, self.max_length, self.layers)
+            self._with_hidden[key] = dataclasses.replace(encoded, extras={**encoded.extras, "hidden": hidden})
+        return self._with_hidden[key]
+
+    def loss(self, model, batch, dropout_key):
+        if "hidden" not in batch:
+            return classification_loss(model, batch, dropout_key)
+        logits = model.logits_from_layer(batch["hidden"], batch["attention_mask"], self.layers, dropout_key=dropout_key)
+        loss, accuracy = cross_entropy(logits, batch["labels"], batch.get("weights"))
+        return loss, {"accuracy": accuracy}
+
+    def outputs(self, model, batch):
+        if "hidden" in batch:
+            return model.logits_from_layer(batch["hidden"], batch["attention_mask"], self.layers)
+        return model(batch["input_ids"], batch["attention_mask"])
+
+    def train_batches(self, batch_size, seed, position=None):
+        """The same batches as without the cache (same iterator and seed), each with its hidden states."""
+        for encoded in self.encoded.values():
+            self.cached(encoded)
+        position = position or {"epoch": 0, "index": 0}
+        return MappedBatches(BatchIterator(self.cached(self.encoded["train"]), batch_size, self.pad_id,
+                                           self.max_length, seed=seed, epoch=position["epoch"],
+                                           index=position["index"]),
+                             lambda batch, _: _trimmed(batch))
+
+    def evaluation_batches(self, encoded, batch_size):
+        """Cached batches for the run's own splits (other evaluation sets are read as tokens)."""
+        if not any(encoded is part for part in self.encoded.values()):
+            return super().evaluation_batches(encoded, batch_size)
+        return [_trimmed(b) for b in super().evaluation_batches(self.cached(encoded), batch_size)]
+
+    def title(self) -> str:
+        return f"{super().title()} (bottom {self.layers} layers cached)"

@@ -9,6 +9,7 @@ and its export live in `tljax.runs`; the objectives (what is trained and how it 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,13 @@ from tljax.runs import RunInfo, build_model
 from tljax.train.chat import chat_objective
 from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
 from tljax.train.distill import distillation_objective, hidden_state_matching, load_teacher
-from tljax.train.features import FeatureClassification, trains_only_the_head
+from tljax.train.features import (FROZEN_CACHE_LIMIT, FeatureClassification, FrozenBottomClassification, cached_bytes,
+                                  frozen_bottom, trains_only_the_head)
 from tljax.train.language_modelling import language_modelling_objective, load_texts
 from tljax.train.multitask import TaskHeads, multitask_objective, parse_tasks
 from tljax.train.objectives import Classification, EvaluationSet, Objective
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -164,13 +168,31 @@ def prepare(config: RunConfig) -> Prepared:
                 config, Classification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
                                        evaluation_sets=evaluation_sets),
                 teacher, {name: split.texts for name, split in splits.items()})
-        else:  # a frozen backbone's features are computed once, and only the head trains on them
-            kind = FeatureClassification if trains_only_the_head(adaptation) else Classification
-            objective = kind(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
-                             evaluation_sets=evaluation_sets)
+        elif trains_only_the_head(adaptation):  # a frozen backbone's features are computed once
+            objective = FeatureClassification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
+                                              evaluation_sets=evaluation_sets)
+        elif _cache_frozen_bottom(adaptation, encoded, info.max_length):  # so are frozen bottom layers'
+            objective = FrozenBottomClassification(adaptation, encoded, pad_id, info.max_length,
+                                                   label_names=label_names, evaluation_sets=evaluation_sets,
+                                                   layers=frozen_bottom(adaptation))
+        else:
+            objective = Classification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
+                                       evaluation_sets=evaluation_sets)
         report = describe_splits(splits)
     objective.check_metric(config.training.metric_for_best_model)
     return Prepared(config, model_dir, tokenizer, info, report, objective, pad_id)
+
+
+def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:
+    """Whether a partial run computes its frozen bottom once per example (it applies, and fits in memory)."""
+    if not frozen_bottom(adaptation):
+        return False
+    size = cached_bytes(adaptation, encoded, max_length)
+    if size > FROZEN_CACHE_LIMIT:
+        log.warning("partial fine-tuning: the frozen layers' outputs would take %.1f GB (more than %.0f GB); they "
+                    "are computed at every step instead", size / 2**30, FROZEN_CACHE_LIMIT / 2**30)
+        return False
+    return True
 
 
 EVALUATION_KEYS = ("source", "split", "max_examples", "text_column", "label_column")

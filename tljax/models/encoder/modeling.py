@@ -214,6 +214,25 @@ class BertModel(PretrainedModel):
         states = self.encoder(x, mask, k2)
         return (states[-1], states) if output_hidden_states else states[-1]
 
+    def hidden_before(self, input_ids: Array, attention_mask: Array, layer: int) -> Array:
+        """The input of layer `layer` [B, T, H] (the embeddings, then layers 0 .. layer - 1), dropout off: what
+        a frozen bottom of the model computes, the same at every step."""
+        x = self.embeddings(input_ids, jnp.zeros_like(input_ids), None)
+        mask = attention_mask.astype(bool)[:, None, None, :]
+        for block in self.encoder.layer[:layer]:
+            x = block(x, mask, None)
+        return x
+
+    def from_layer(self, x: Array, attention_mask: Array, layer: int, dropout_key: Array | None = None) -> Array:
+        """Layers `layer` .. L - 1 on their input `x` [B, T, H] -> the last hidden state [B, T, H], with the
+        dropout keys that the whole model's pass (`__call__`) gives those layers."""
+        encoder_key = layer_keys(dropout_key, 3)[1]
+        keys = layer_keys(encoder_key, len(self.encoder.layer))[layer:]
+        mask = attention_mask.astype(bool)[:, None, None, :]
+        for block, key in zip(self.encoder.layer[layer:], keys):
+            x = block(x, mask, key)
+        return x
+
 
 def mean_pool(hidden: Array, attention_mask: Array) -> Array:
     """Average of the real tokens' states (sentence-transformers' pooling): [B, T, H], [B, T] -> [B, H]."""
@@ -254,6 +273,15 @@ class BertForSequenceClassification(PretrainedModel):
         """Pooled features [B, H] -> logits [B, L] (dropout, then the linear classifier)."""
         k1, k2 = layer_keys(dropout_key, 2)
         return self.classifier(dropout(features, self.dropout_rate, k1), k2)
+
+    def logits_from_layer(self, hidden: Array, attention_mask: Array, layer: int, *,
+                          dropout_key: Array | None = None) -> Array:
+        """Logits [B, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`): only the top of
+        the model runs, with the dropout keys the whole model's pass gives it."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        k_body, k_pool = layer_keys(k1, 2)  # as __call__ splits its key
+        last = self.bert.from_layer(hidden, attention_mask, layer, k_body)
+        return self.classify(self.bert.pooler(last, k_pool), dropout_key=k2)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None,
