@@ -164,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         command = "python -m benchmarks" + (" " + " ".join(sys.argv[1:] if argv is None else argv)).rstrip()
         rows: list[dict[str, Any]] = []
+        before = output.read_text() if args.update and output.is_file() else None  # read once: rows are added
 
         def write() -> None:  # after every row: an interrupted benchmark keeps what it measured
             meta = {"machine": machine(), "commands": [command], "rounds": rounds, "default_widths": widths,
                     "minutes": (time.perf_counter() - started) / 60}
-            write_report(output, rows, meta, update=args.update)
+            write_report(output, rows, meta, update_of=before)
 
         headline, others = plan(work, args.quick, kinds, methods)
         for name, spec in headline + ([("sweep", None)] if "sweep" in kinds else []) + others:

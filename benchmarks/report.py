@@ -96,14 +96,15 @@ def _table(header: list[str], kept: list[str], lines: list[str]) -> str:
     return "\n".join(header + rows) if rows else ""
 
 
-def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], *, update: bool = False) -> None:
-    """Writes (or rewrites the generated part of) the report at `path`."""
+def write_report(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any], *, update_of: str | None = None) -> None:
+    """Writes (or rewrites the generated part of) the report at `path`; `update_of` is the report as it was
+    before this benchmark run, whose rows not measured now are kept."""
     old = path.read_text() if path.is_file() else ""
     commands, minutes = list(meta["commands"]), meta["minutes"]
     kept, kept_sweep = [], []
-    if update and old:
-        kept, kept_sweep = _old_rows(old, TABLE_HEADER), _old_rows(old, SWEEP_HEADER)
-        found = re.search(r"^Measured by (.*) \((\d+) min\) on", old, re.M)
+    if update_of:
+        kept, kept_sweep = _old_rows(update_of, TABLE_HEADER), _old_rows(update_of, SWEEP_HEADER)
+        found = re.search(r"^Measured by (.*) \((\d+) min\) on", update_of, re.M)
         if found:
             commands = re.findall(r"`([^`]*)`", found.group(1)) + commands
             minutes += int(found.group(2))

@@ -172,11 +172,12 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             pending = (step + 1, _mean_metrics(micro_metrics))
             state["step"] = step = step + 1
             finished = step == total_steps
-            if step % tc.eval_steps == 0 or finished:
+            evaluating = step % tc.eval_steps == 0 or finished
+            if evaluating:  # the parameters are read next: the pending step's metrics first
                 record(*pending)
                 pending = None
             state["training_seconds"] = state.get("training_seconds", 0.0) + time.perf_counter() - step_started
-            if step % tc.eval_steps == 0 or finished:
+            if evaluating:
                 result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
                 _log(log_file, {"step": step, "split": "validation", **result})
                 score = result[tc.metric_for_best_model]
