@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import (DECODER, ROOT, load_batches, offline_environment, prompt_ids, read_json, report,
+from benchmarks.common import (DECODER, children_peak_mb, ROOT, load_batches, offline_environment, prompt_ids, read_json, report,
                                run_config, spec_from_argv, step_times, timed)
 
 offline_environment()
@@ -98,13 +98,7 @@ def time_to_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     summary = read_json(os.path.join(spec["output_dir"], "summary.json"))
     return {"seconds": seconds, "accuracy": summary["test"]["accuracy"], "f1": summary["test"]["f1"],
             "steps": summary["steps"], "training_seconds": summary["training_seconds"],
-            "peak_rss_mb": _child_peak_mb()}
-
-
-def _child_peak_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            "peak_rss_mb": children_peak_mb()}
 
 
 def generate(spec: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.common import (DECODER, load_batches, offline_environment, prompt_ids, read_json, report, run_config,
+from benchmarks.common import (DECODER, children_peak_mb, load_batches, offline_environment, prompt_ids, read_json, report, run_config,
                                spec_from_argv, step_times, threads, timed)
 
 offline_environment()
@@ -126,7 +126,6 @@ def predict(spec: dict[str, Any]) -> dict[str, Any]:
 
 def time_to_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     """The default run as a Hugging Face `Trainer` + PEFT script (`benchmarks.hf_trainer`), in its own process."""
-    import resource
     import subprocess
     import sys
     import time
@@ -143,7 +142,7 @@ def time_to_accuracy(spec: dict[str, Any]) -> dict[str, Any]:
     summary = read_json(f"{spec['output_dir']}/summary.json")
     return {"seconds": seconds, "accuracy": summary["test"]["accuracy"], "f1": summary["test"]["f1"],
             "steps": summary["steps"], "training_seconds": summary["training_seconds"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "peak_rss_mb": children_peak_mb()}
 
 
 def _decoder():

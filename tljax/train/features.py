@@ -59,20 +59,53 @@ def extract_features(model: nnx.Module, encoded: Encoded, pad_id: int, max_lengt
 
 
 @dataclasses.dataclass
-class FeatureClassification(Classification):
+class _CachedClassification(Classification):
+    """Classification whose own splits carry, per example, what a frozen part of the model computes: computed
+    once (the first time a split is asked for) by `_compute`, shaped into each batch by `_shaped`."""
+
+    _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def _compute(self, encoded: Encoded) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _shaped(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def cached(self, encoded: Encoded) -> Encoded:
+        key = id(encoded)  # the encoded sets live as long as the objective
+        if key not in self._cache:
+            self._cache[key] = dataclasses.replace(encoded, extras={**encoded.extras, **self._compute(encoded)})
+        return self._cache[key]
+
+    def train_batches(self, batch_size, seed, position=None):
+        """The loop asks for these first: every split is computed now, before training starts. The batches are
+        those of the same iterator and seed as without the cache."""
+        for encoded in self.encoded.values():
+            self.cached(encoded)
+        position = position or {"epoch": 0, "index": 0}
+        return MappedBatches(BatchIterator(self.cached(self.encoded["train"]), batch_size, self.pad_id,
+                                           self.max_length, seed=seed, epoch=position["epoch"],
+                                           index=position["index"]),
+                             lambda batch, _: self._shaped(batch))
+
+    def evaluation_batches(self, encoded, batch_size):
+        """Cached batches for the run's own splits (other evaluation sets are read as tokens)."""
+        if not any(encoded is part for part in self.encoded.values()):
+            return super().evaluation_batches(encoded, batch_size)
+        return [self._shaped(b) for b in super().evaluation_batches(self.cached(encoded), batch_size)]
+
+
+@dataclasses.dataclass
+class FeatureClassification(_CachedClassification):
     """Classification whose batches carry the frozen backbone's features instead of tokens."""
 
-    _with_features: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+    def _compute(self, encoded):
+        print(f"feature extraction: the frozen backbone encodes {len(encoded):,} examples once ...",
+              file=sys.stderr, flush=True)
+        return {"features": extract_features(self.adaptation.model, encoded, self.pad_id, self.max_length)}
 
-    def featurised(self, encoded: Encoded) -> Encoded:
-        """`encoded` with each example's features as an extra, computed the first time it is asked for."""
-        key = id(encoded)  # the encoded sets live as long as the objective
-        if key not in self._with_features:
-            print(f"feature extraction: the frozen backbone encodes {len(encoded):,} examples once ...",
-                  file=sys.stderr, flush=True)
-            features = extract_features(self.adaptation.model, encoded, self.pad_id, self.max_length)
-            self._with_features[key] = dataclasses.replace(encoded, extras={**encoded.extras, "features": features})
-        return self._with_features[key]
+    def _shaped(self, batch):  # features [B, H], labels, weights: the token arrays dropped
+        return {k: v for k, v in batch.items() if k not in TOKEN_KEYS}
 
     def loss(self, model, batch, dropout_key):
         if "features" in batch:
@@ -83,24 +116,6 @@ class FeatureClassification(Classification):
         if "features" in batch:
             return model.classify(batch["features"])
         return model(batch["input_ids"], batch["attention_mask"])
-
-    def train_batches(self, batch_size, seed, position=None):
-        """The loop asks for these first: every split's features are computed now, before training starts."""
-        for encoded in self.encoded.values():
-            self.featurised(encoded)
-        position = position or {"epoch": 0, "index": 0}
-        # the token batches of the same iterator, the token arrays dropped: features [B, H], labels, weights
-        return MappedBatches(BatchIterator(self.featurised(self.encoded["train"]), batch_size, self.pad_id,
-                                           self.max_length, seed=seed, epoch=position["epoch"],
-                                           index=position["index"]),
-                             lambda batch, _: {k: v for k, v in batch.items() if k not in TOKEN_KEYS})
-
-    def evaluation_batches(self, encoded, batch_size):
-        """Feature batches for the run's own splits (other evaluation sets are read as tokens)."""
-        if not any(encoded is part for part in self.encoded.values()):
-            return super().evaluation_batches(encoded, batch_size)
-        batches = super().evaluation_batches(self.featurised(encoded), batch_size)
-        return [{k: v for k, v in b.items() if k not in TOKEN_KEYS} for b in batches]
 
     def title(self) -> str:
         return f"{super().title()} (cached features)"
@@ -149,27 +164,19 @@ def extract_hidden(model: nnx.Module, encoded: Encoded, pad_id: int, max_length:
     return result
 
 
-def _trimmed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A batch whose cached `hidden` [B, max_length, H] is cut to its tokens' width [B, T, H]."""
-    return {**batch, "hidden": batch["hidden"][:, : batch["input_ids"].shape[1]]}
-
-
 @dataclasses.dataclass
-class FrozenBottomClassification(Classification):
+class FrozenBottomClassification(_CachedClassification):
     """Classification whose batches carry the frozen bottom's output (`hidden`): each step runs the top only."""
 
     layers: int = 0  # the frozen bottom layers (with the embeddings)
-    _with_hidden: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
-    def cached(self, encoded: Encoded) -> Encoded:
-        """`encoded` with each example's hidden states after the frozen bottom, computed the first time."""
-        key = id(encoded)  # the encoded sets live as long as the objective
-        if key not in self._with_hidden:
-            print(f"partial fine-tuning: the frozen embeddings and bottom {self.layers} layers encode "
-                  f"{len(encoded):,} examples once ...", file=sys.stderr, flush=True)
-            hidden = extract_hidden(self.adaptation.model, encoded, self.pad_id, self.max_length, self.layers)
-            self._with_hidden[key] = dataclasses.replace(encoded, extras={**encoded.extras, "hidden": hidden})
-        return self._with_hidden[key]
+    def _compute(self, encoded):
+        print(f"partial fine-tuning: the frozen embeddings and bottom {self.layers} layers encode "
+              f"{len(encoded):,} examples once ...", file=sys.stderr, flush=True)
+        return {"hidden": extract_hidden(self.adaptation.model, encoded, self.pad_id, self.max_length, self.layers)}
+
+    def _shaped(self, batch):  # the cached hidden [B, max_length, H] cut to the tokens' width [B, T, H]
+        return {**batch, "hidden": batch["hidden"][:, : batch["input_ids"].shape[1]]}
 
     def loss(self, model, batch, dropout_key):
         if "hidden" not in batch:
@@ -182,22 +189,6 @@ class FrozenBottomClassification(Classification):
         if "hidden" in batch:
             return model.logits_from_layer(batch["hidden"], batch["attention_mask"], self.layers)
         return model(batch["input_ids"], batch["attention_mask"])
-
-    def train_batches(self, batch_size, seed, position=None):
-        """The same batches as without the cache (same iterator and seed), each with its hidden states."""
-        for encoded in self.encoded.values():
-            self.cached(encoded)
-        position = position or {"epoch": 0, "index": 0}
-        return MappedBatches(BatchIterator(self.cached(self.encoded["train"]), batch_size, self.pad_id,
-                                           self.max_length, seed=seed, epoch=position["epoch"],
-                                           index=position["index"]),
-                             lambda batch, _: _trimmed(batch))
-
-    def evaluation_batches(self, encoded, batch_size):
-        """Cached batches for the run's own splits (other evaluation sets are read as tokens)."""
-        if not any(encoded is part for part in self.encoded.values()):
-            return super().evaluation_batches(encoded, batch_size)
-        return [_trimmed(b) for b in super().evaluation_batches(self.cached(encoded), batch_size)]
 
     def title(self) -> str:
         return f"{super().title()} (bottom {self.layers} layers cached)"
