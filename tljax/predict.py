@@ -42,6 +42,7 @@ class Predictor:
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> list[tuple[str, dict[str, float]]]:
         """(label, {label: probability}) for each text."""
+        check_texts_to_classify(texts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         encoded = encode(texts, [0] * len(texts), self.tokenizer, self.info.max_length, self.info.text_prefix)
         order = np.argsort([len(x) for x in encoded.ids], kind="stable")
@@ -54,6 +55,20 @@ class Predictor:
         return [(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p)))) for p in probabilities]
 
 
+def check_texts_to_classify(texts: list[str]) -> None:
+    """Refuses empty or blank texts, as training does (`check_texts`): the model would answer from nothing."""
+    empty = [number for number, text in enumerate(texts, 1) if not isinstance(text, str) or not text.strip()]
+    if empty:
+        if len(texts) == 1:
+            which = "the text is"
+        elif len(empty) == 1:
+            which = f"text {empty[0]} of {len(texts)} is"
+        else:
+            which = f"texts {', '.join(map(str, empty))} of {len(texts)} are"
+        raise InputError(f"{which} empty or blank; give each TEXT some words to classify, e.g. "
+                         'python -m tljax.predict RUN_DIR "a fine film"')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tljax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     enable_compilation_cache()
     try:
+        check_texts_to_classify(args.texts)  # before the model is loaded: that takes a while
         predictor = Predictor.load(args.run_dir)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -24,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from tljax import models, zoo
 from tljax.errors import InputError
 from tljax.methods import Adaptation, Method, MethodContext, MethodError, adapt, make_method, merge_and_unload, save_peft
 from tljax.methods.rules import parameter_sizes
-from tljax.models.checkpoint import CheckpointError, atomic_directory, path_str
+from tljax.models.checkpoint import CheckpointError, atomic_directory, path_str, read_safetensors, safetensors_problem
 from tljax.models.transforms import select_layers
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,47 @@ def find_export(path: str | Path) -> Path:
     if tasks:
         raise InputError(f"{path} is a multi-task run with one export per task; name one: "
                          + ", ".join(str(path / "export" / task) for task in tasks))
+    for candidate in (path, path / "export"):  # the rest of an export is there: its run.json was lost
+        if (candidate / "trainable.safetensors").is_file():
+            raise CheckpointError(f"{candidate} is incomplete: its run.json is missing; {_export_remedy(candidate)}")
     raise InputError(f"{path} is not a finished tljax run (it has no export/run.json)")
+
+
+def _export_remedy(directory: Path) -> str:
+    """What to do about a damaged export: an export is written whole, so the damage came later (a copy, an edit)."""
+    run_dir = directory.parent if (directory.parent / "config.yaml").is_file() else directory.parent.parent
+    retrain = (f" (python -m tljax.train --config {run_dir / 'config.yaml'} --set output_dir=NEW_DIR)"
+               if (run_dir / "config.yaml").is_file() else "")
+    return f"copy the export again from where it was made, or train the run again{retrain}"
+
+
+def _read_run_info(directory: Path) -> RunInfo:
+    """The `RunInfo` of an export's run.json; an empty or garbled one is reported as damaged."""
+    path = directory / "run.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is damaged: it is not UTF-8 text; {_export_remedy(directory)}") from None
+    if not text.strip():
+        raise CheckpointError(f"{path} is damaged: it is empty; {_export_remedy(directory)}")
+    try:
+        return RunInfo.from_json(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path} is damaged: it is not valid JSON ({error.msg} at line {error.lineno}, column "
+                              f"{error.colno}); {_export_remedy(directory)}") from None
+    except (TypeError, AttributeError) as error:  # JSON, but not the fields a run.json holds
+        raise CheckpointError(f"{path} is damaged: it does not hold a run's record ({error}); "
+                              f"{_export_remedy(directory)}") from None
+
+
+def _warn_about_damaged_copies(directory: Path) -> None:
+    """The Hugging Face model and PEFT adapter of an export are copies for other tools; loading does not read
+    them, but a damaged one is worth knowing about before someone does."""
+    for path in sorted(directory.glob("*/*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            log.warning("%s; loading this export is not affected (it reads trainable.safetensors), but that copy "
+                        "cannot be used: %s", problem, _export_remedy(directory))
 
 
 def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
@@ -161,19 +201,17 @@ def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
     directory = Path(directory)
     if not (directory / "run.json").is_file():
         raise InputError(f"{directory} is not a tljax export (it has no run.json)")
-    try:
-        info = RunInfo.from_json((directory / "run.json").read_text())
-    except (json.JSONDecodeError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{directory}/run.json is damaged ({error}); export the run again") from None
-    if not (directory / "trainable.safetensors").is_file():
-        raise CheckpointError(f"{directory} has no trainable.safetensors; export the run again")
+    info = _read_run_info(directory)
+    trainable = directory / "trainable.safetensors"
+    saved = read_safetensors(trainable, _export_remedy(directory))  # before the model is built: that takes a while
+    _warn_about_damaged_copies(directory)
     model_dir = zoo.resolve(info.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     adaptation = build_model(info, model_dir, tokenizer)
-    saved = load_file(directory / "trainable.safetensors")
     unknown = sorted(set(saved) - set(parameter_sizes(adaptation.model)))
     if unknown:
-        raise CheckpointError(f"{directory} does not fit its model {info.model}: unknown parameters {unknown[:5]}")
+        raise CheckpointError(f"{trainable} does not fit its model {info.model}: unknown parameters {unknown[:5]}; "
+                              f"the file is damaged or comes from another run: {_export_remedy(directory)}")
     for path, variable in nnx.to_flat_state(nnx.state(adaptation.model, nnx.Param)):
         name = path_str(path)
         if name in saved:

@@ -55,10 +55,11 @@ def bucket(length: int, limit: int) -> int:
 
 
 def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id: int, max_length: int,
-               *, left_pad: bool = False) -> dict[str, np.ndarray]:
-    """Rows `indices` (at most `batch_size`) as arrays [batch_size, bucket]: input_ids, attention_mask,
-    labels, weights (0 for padding rows), and the rows of each of `encoded.extras`."""
-    width = bucket(max((len(encoded.ids[i]) for i in indices), default=1), max_length)
+               *, left_pad: bool = False, width: int | None = None) -> dict[str, np.ndarray]:
+    """Rows `indices` (at most `batch_size`) as arrays [batch_size, width]: input_ids, attention_mask,
+    labels, weights (0 for padding rows), and the rows of each of `encoded.extras`. `width` defaults to the
+    bucket of the longest row."""
+    width = width or batch_width(encoded, indices, max_length)
     ids = np.full((batch_size, width), pad_id, np.int32)
     mask = np.zeros((batch_size, width), np.int32)
     for row, index in enumerate(indices):
@@ -79,6 +80,11 @@ def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id
     return batch
 
 
+def batch_width(encoded: Encoded, indices: Sequence[int], max_length: int) -> int:
+    """The padded length of a batch of rows `indices`: the bucket of the longest."""
+    return bucket(max((len(encoded.ids[i]) for i in indices), default=1), max_length)
+
+
 def epoch_order(encoded: Encoded, batch_size: int, seed: int, epoch: int, chunk_batches: int = 50) -> list[list[int]]:
     """The batches (lists of example indices) of one epoch: shuffled, length-grouped, deterministic."""
     rng = np.random.default_rng([seed, epoch])
@@ -95,7 +101,11 @@ def epoch_order(encoded: Encoded, batch_size: int, seed: int, epoch: int, chunk_
 
 @dataclasses.dataclass
 class BatchIterator:
-    """Endless training batches; `position` (epoch, batch within it) is all a checkpoint needs."""
+    """Endless training batches; `position` (epoch, batch within it) is all a checkpoint needs.
+
+    `share` (i, n): this iterator reads only the i-th of n equal blocks of rows of every batch of
+    `batch_size` rows (process i of a run of n processes), padded to the whole batch's width: the n shares
+    together are exactly the unshared batches. The order of batches is the same in every share."""
 
     encoded: Encoded
     batch_size: int
@@ -105,8 +115,12 @@ class BatchIterator:
     epoch: int = 0
     index: int = 0
     left_pad: bool = False
+    share: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
+        part, parts = self.share
+        if self.batch_size % parts or not 0 <= part < parts:
+            raise ValueError(f"a batch of {self.batch_size} rows does not split into {parts} equal shares")
         self._order = epoch_order(self.encoded, self.batch_size, self.seed, self.epoch)
 
     @property
@@ -123,8 +137,11 @@ class BatchIterator:
         if self.index >= len(self._order):
             self.epoch, self.index = self.epoch + 1, 0
             self._order = epoch_order(self.encoded, self.batch_size, self.seed, self.epoch)
-        batch = make_batch(self.encoded, self._order[self.index], self.batch_size, self.pad_id, self.max_length,
-                           left_pad=self.left_pad)
+        indices = self._order[self.index]
+        part, parts = self.share
+        rows = self.batch_size // parts
+        batch = make_batch(self.encoded, indices[part * rows: (part + 1) * rows], rows, self.pad_id, self.max_length,
+                           left_pad=self.left_pad, width=batch_width(self.encoded, indices, self.max_length))
         self.index += 1
         return batch
 

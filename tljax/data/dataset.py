@@ -19,6 +19,7 @@ SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation",
                   "test": "test"}
 _INT = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class DataError(InputError):
@@ -73,12 +74,13 @@ class TextDataset:
         return {name: counts.get(i, 0) for i, name in enumerate(self.label_names)}
 
 
-def encode_labels(values: Sequence[object], declared: Sequence[object] | None,
-                  where: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def encode_labels(values: Sequence[object], declared: Sequence[object] | None, where: str, *,
+                  lines: Sequence[int] | None = None) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Label values (strings or ints) -> (indices, label names).
 
     With `declared`, the names are exactly those, in that order; otherwise the sorted distinct values (numerically
-    when every value is an integer, so that "2" comes before "10").
+    when every value is an integer, so that "2" comes before "10"), and values that mix numbers and words are
+    refused. `lines` (the file line of each value, the header being line 1) lets errors point into the file.
     """
     names = [str(v).strip() for v in values]
     empty = [row for row, name in enumerate(names, 1) if not name or name == "None"]
@@ -95,11 +97,31 @@ def encode_labels(values: Sequence[object], declared: Sequence[object] | None,
             raise DataError(f"{where}: {len(bad)} labels are outside the declared set {list(label_names)} ({shown}"
                             f"{'; ...' if len(bad) > 5 else ''}); add them to labels= or fix those rows")
     else:
+        _refuse_mixed_labels(names, where, lines)
         distinct = set(names)
         numeric = all(_INT.fullmatch(name) for name in distinct)
         label_names = tuple(sorted(distinct, key=int if numeric else None))
         index = {name: i for i, name in enumerate(label_names)}
     return tuple(index[name] for name in names), label_names
+
+
+def _refuse_mixed_labels(names: Sequence[str], where: str, lines: Sequence[int] | None) -> None:
+    """Numbers and words in one label column are most often two codings of the same classes (1 and "positive"),
+    which would silently become separate classes."""
+    numeric = [bool(_NUMBER.fullmatch(name)) for name in names]
+    if all(numeric) or not any(numeric):
+        return
+    place = (lambda i: f"line {lines[i]}") if lines is not None else (lambda i: f"row {i + 1}")  # noqa: E731
+
+    def some(kind: bool) -> str:
+        found = [i for i, is_number in enumerate(numeric) if is_number == kind]
+        shown = ", ".join(f"{place(i)}: {names[i]!r}" for i in found[:3])
+        noun = ("number" if kind else "word") + ("s" if len(found) > 1 else "")
+        return f"{len(found)} {noun} ({shown}{', ...' if len(found) > 3 else ''})"
+
+    raise DataError(f"{where}: the labels mix numbers and words: {some(True)} and {some(False)}; write every label "
+                    "the same way (all words or all numbers), or declare the label set (labels= / data.labels) if "
+                    "each value is a class of its own")
 
 
 def _rows(rows: list[int]) -> str:

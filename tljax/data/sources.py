@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
@@ -26,24 +27,90 @@ from tljax.data.packaged import PACKAGED_CORPORA, load_packaged
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
 
-def _read_file(path: Path, fmt: str) -> tuple[list[dict], list[str]]:
-    """Records and column names of a CSV / TSV / JSON Lines file (a JSON array of objects is accepted too)."""
-    text = path.read_text(encoding="utf-8-sig")  # tolerate the byte-order mark spreadsheets write
-    if not text.strip():
-        raise DataError(f"{path} is empty; it needs a header (or JSON objects) and at least one example")
-    if fmt in ("csv", "tsv"):
-        # csv wants newline="": quoted fields may hold line breaks, and str.splitlines would cut at more than \n.
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
-        records = list(reader)
-        return records, list(reader.fieldnames or [])
+# A field may be a whole document; the csv module's default limit (131,072 characters) would refuse it.
+_CSV_FIELD_LIMIT = 2**31 - 1  # the largest the C reader accepts on every platform (a C long)
+_SAVE_AS_UTF8 = "save it as UTF-8 (in a spreadsheet: Save As, CSV UTF-8; in an editor: save with encoding UTF-8)"
+
+
+def _decode(path: Path) -> str:
+    """The text of a data file, which must be UTF-8 (a byte-order mark, as spreadsheets write, is dropped)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_start = raw.rfind(b"\n", 0, error.start) + 1
+        line = raw.count(b"\n", 0, line_start) + 1
+        column = len(raw[line_start:error.start].decode("utf-8-sig")) + 1  # the bytes before the bad one decode
+        utf16 = " (it starts with a UTF-16 byte-order mark)" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise DataError(f"{path} is not UTF-8 text{utf16}: line {line}, column {column} (byte offset {error.start}) "
+                        f"holds byte 0x{raw[error.start]:02x}, which UTF-8 cannot decode; {_SAVE_AS_UTF8}") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as Path.read_text reads them
+    if "\0" in text:  # UTF-16 without a byte-order mark decodes as UTF-8 with a NUL after every ASCII letter
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise DataError(f"{path} holds NUL characters (first on line {line}): it is probably UTF-16, not UTF-8; "
+                        f"{_SAVE_AS_UTF8}")
+    return text
+
+
+@contextlib.contextmanager
+def _wide_csv_fields() -> Iterator[None]:
+    """Lifts the csv module's field size limit while a file is read, then restores it (the limit is global)."""
+    saved = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(saved)
+
+
+def _rows_with_lines(reader) -> Iterator[tuple[int, list[str]]]:
+    """(the line a row starts on, the row) for every non-blank row; a quoted field may span several lines."""
+    start = 1
+    for row in reader:
+        if row:
+            yield start, row
+        start = reader.line_num + 1
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[dict], list[str], list[int]]:
+    """Records, column names and the line of each record of a CSV / TSV file whose first row is the header."""
+    # csv wants newline="": quoted fields may hold line breaks, and str.splitlines would cut at more than \n.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    with _wide_csv_fields():
+        try:
+            rows = list(_rows_with_lines(reader))
+        except csv.Error as error:
+            raise DataError(f"{path} line {reader.line_num} is not valid CSV ({error}); quote fields that hold "
+                            "the delimiter, quotes or line breaks") from None
+    if not rows:
+        raise DataError(f"{path} has no header; its first row must name the columns (e.g. text,label)")
+    (_, header), body = rows[0], rows[1:]
+    _check_header(path, header)
+    return [dict(zip(header, row)) for _, row in body], header, [line for line, _ in body]
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """Every column needs its own name: with two of the same, one column's values would silently win."""
+    positions: dict[str, list[int]] = {}
+    for position, name in enumerate(header, 1):
+        positions.setdefault(name, []).append(position)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
+    if repeated:
+        shown = "; ".join(f"{name!r} at columns {', '.join(map(str, where[:-1]))} and {where[-1]}"
+                          for name, where in repeated.items())
+        raise DataError(f"{path}: the header names a column more than once ({shown}); give each column its own "
+                        "name (rename or remove the repeats)")
+
+
+def _read_json(path: Path, text: str) -> tuple[list[dict], list[str], list[int] | None]:
+    """Records, column names and (for JSON Lines) the line of each record of a JSON Lines file or JSON array."""
     if text.lstrip().startswith("["):
         try:
-            records = json.loads(text)
+            records, lines = json.loads(text), None
         except json.JSONDecodeError as error:
             raise DataError(f"{path} starts like a JSON array but is not valid JSON ({error.msg} at line "
                             f"{error.lineno}); write JSON Lines or one valid array of objects") from None
     else:
-        records = []
+        records, lines = [], []
         for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if line.strip():
                 try:
@@ -51,10 +118,22 @@ def _read_file(path: Path, fmt: str) -> tuple[list[dict], list[str]]:
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path} line {number} is not valid JSON ({error.msg}); JSON Lines needs "
                                     "one object per line") from None
-    if not all(isinstance(record, dict) for record in records):
+                lines.append(number)
+    if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
         raise DataError(f"{path} must hold JSON objects (one per line), not other JSON values")
     columns = list(dict.fromkeys(key for record in records for key in record))
-    return records, columns
+    return records, columns, lines
+
+
+def _read_file(path: Path, fmt: str) -> tuple[list[dict], list[str], list[int] | None]:
+    """Records, column names and the line of each record (None when unknown) of a CSV / TSV / JSON Lines file
+    (a JSON array of objects is accepted too)."""
+    text = _decode(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty; it needs a header (or JSON objects) and at least one example")
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
+    return _read_json(path, text)
 
 
 def load_file(path: Path, *, text_column: str = "text", label_column: str = "label",
@@ -67,11 +146,11 @@ def load_file(path: Path, *, text_column: str = "text", label_column: str = "lab
     if fmt not in ("csv", "tsv", "jsonl"):
         raise DataError(f"cannot tell the format of {path}: name it .csv, .tsv or .jsonl, or pass "
                         "format='csv' / 'tsv' / 'jsonl'")
-    records, columns = _read_file(path, fmt)
+    records, columns, lines = _read_file(path, fmt)
     texts, values, groups = columns_of(records, columns, {"text": text_column, "label": label_column,
                                                         "group": group_column}, str(path))
     texts = check_texts(texts, str(path))
-    indices, names = encode_labels(values, labels, str(path))
+    indices, names = encode_labels(values, labels, str(path), lines=lines)
     return TextDataset(path.stem, texts, indices, names, groups=None if groups is None else tuple(map(str, groups)))
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from tljax import faults
 from tljax.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -74,17 +76,48 @@ def model_to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
     return tensors
 
 
+# What to do about a damaged or missing file of a Hugging Face model directory.
+MODEL_REMEDY = ("copy or download the model directory again (an export of a tljax run: copy the export again, or "
+                "train the run again)")
+
+
+def read_safetensors(path: Path, remedy: str) -> dict[str, np.ndarray]:
+    """The tensors of one .safetensors file; a missing, cut-short or altered file is a `CheckpointError` that
+    says so and what to do (`remedy`)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {remedy}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{_damaged(path, error)}; {remedy}") from None
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be read, from its header alone (nothing is loaded); None when it can."""
+    try:
+        with safe_open(path, "numpy"):
+            return None
+    except (SafetensorError, OSError) as error:
+        return _damaged(path, error)
+
+
+def _damaged(path: Path, error: Exception) -> str:
+    # safetensors checks the header and that the tensors it lists fill the file exactly: a cut-short copy or
+    # edited bytes fail that check
+    reason = str(error).removeprefix("Error while deserializing header: ")
+    return f"{path} is damaged or incomplete ({reason}): it was cut short or altered, e.g. by an interrupted copy"
+
+
 def read_tensors(directory: Path) -> dict[str, np.ndarray]:
     """Every tensor of a Hugging Face directory (`model.safetensors` or its sharded index)."""
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(single)
+        return read_safetensors(single, MODEL_REMEDY)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         tensors: dict[str, np.ndarray] = {}
-        for shard in shards:
-            tensors.update(load_file(directory / shard))
+        for shard in _shards(index):
+            tensors.update(read_safetensors(directory / shard, MODEL_REMEDY))
         return tensors
     found = sorted(p.name for p in directory.iterdir())
     hint = " (PyTorch .bin checkpoints are not read: re-save them with safe_serialization=True)"
@@ -92,6 +125,17 @@ def read_tensors(directory: Path) -> dict[str, np.ndarray]:
         f"{directory} has no model.safetensors or model.safetensors.index.json; it holds {found}"
         + (hint if any(name.endswith(".bin") for name in found) else "")
     )
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard files a `model.safetensors.index.json` names."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # not JSON, or not an index's layout
+        raise CheckpointError(f"{index} is damaged: it is not a safetensors index ({type(error).__name__}: "
+                              f"{error}; expected JSON with a weight_map of tensor name -> shard file); "
+                              f"{MODEL_REMEDY}") from None
 
 
 def fill_parameters(
@@ -187,6 +231,7 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     staging.chmod(0o777 & ~umask)  # as a plain mkdir would (mkdtemp makes it private)
     try:
         yield staging
+        faults.point("export")  # every file written, none in place yet
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
             directory.rename(old)

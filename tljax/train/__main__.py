@@ -1,11 +1,14 @@
 """`python -m tljax.train [--config configs/X.yaml] [--set section.key=value ...] [--resume]`
 
 With no arguments: the embedded default (LoRA on MiniLM-L6, Rotten Tomatoes sentiment).
+Several processes (hosts) train one run together when started with --coordinator / --num-processes /
+--process-id, the JAX_* variables, or under SLURM / Open MPI with several tasks (see the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. training.learning_rate=1e-3 (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir from its checkpoint")
+    group = parser.add_argument_group("several processes (hosts) training one run")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1 (JAX_PROCESS_ID)")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run that JAX detects (e.g. a multi-host Cloud TPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
@@ -30,31 +39,65 @@ def main(argv: list[str] | None = None) -> int:
     from tljax.runs import FINAL_STEP
     from tljax.train.config import load_config
     from tljax.train.loop import TrainingStopped, train, write_config
-    from tljax.train.rundir import RunLock, check_usable
+    from tljax.train import distributed
+    from tljax.train.rundir import check_usable
     from tljax.train.run import prepare
 
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id, distributed=args.distributed)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     enable_compilation_cache()  # the first step of a rerun (same shapes) does not compile again
+    main_process = distributed.is_main()  # the one that prints (every process reports its own errors)
+    say = (lambda text: print(text, file=sys.stderr)) if main_process else (lambda text: None)
     try:
         config = load_config(args.config, args.overrides)  # every setting checked here
         run_dir = Path(config.output_dir)
-        check_usable(run_dir, resume=args.resume)  # refused at once: another run's folder, or a finished one
+        resume = check_usable(run_dir, resume=args.resume)  # refused at once: another run's folder, a finished one
         prepared = prepare(config)  # every input checked before anything is written
-        with RunLock(run_dir, resume=args.resume):
-            if not args.resume:  # a resumed run keeps its own record (the loop checks the config is the same)
+        with _claim(run_dir, resume) as resume:
+            if args.resume and not resume:
+                say(f"--resume: {run_dir} has no saved checkpoint (the run stopped before its first one was "
+                    "complete); starting the run again from the beginning")
+            if not resume and main_process:  # a resumed run keeps its record (the loop checks the config is the same)
                 write_config(prepared, run_dir)
-            print(prepared.split_report, file=sys.stderr)
+            say(prepared.split_report)
             count, total = prepared.objective.count(FINAL_STEP)
-            print(f"{config.model}: training {count:,} of {total:,} parameters ({100 * count / total:.2f}%)",
-                  file=sys.stderr)
-            summary = train(prepared, run_dir, resume=args.resume)
+            say(f"{config.model}: training {count:,} of {total:,} parameters ({100 * count / total:.2f}%)")
+            summary = train(prepared, run_dir, resume=resume)
     except InputError as error:  # the user's input: one line; anything else is a bug and keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingStopped as stopped:
-        print(f"stopped: {stopped}", file=sys.stderr)
+        say(f"stopped: {stopped}")
         return EXIT_STOPPED
-    _report(summary, run_dir)
+    if main_process:
+        _report(summary, run_dir)
     return 0
+
+
+@contextlib.contextmanager
+def _claim(run_dir: Path, resume: bool):
+    """Holds the run folder's lock (process 0) for the block; yields whether the run resumes. Every
+    process learns process 0's outcome, so that all start, or all stop, together."""
+    from tljax.train import distributed
+    from tljax.train.rundir import RunDirectoryError, RunLock
+
+    lock, failure = None, None
+    if distributed.is_main():
+        try:
+            lock = RunLock(run_dir, resume=resume).__enter__()
+        except RunDirectoryError as error:
+            failure = error
+    outcome = distributed.from_main(-1 if failure else int(lock.resume) if lock else 0)  # process 0's counts
+    if outcome < 0:
+        raise failure or RunDirectoryError(f"process 0 could not claim {run_dir} (its output says why)")
+    try:
+        yield bool(outcome)
+    finally:
+        if lock is not None:
+            lock.__exit__()
 
 
 def _metrics_line(metrics: dict) -> str:

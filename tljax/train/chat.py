@@ -74,14 +74,14 @@ class ChatTuning(Objective):
         token = jnp.take_along_axis(log_probs, jnp.where(scored, targets, 0)[..., None], axis=-1)[..., 0]
         return jnp.where(scored, token, 0.0).sum(-1)
 
-    def train_batches(self, batch_size, seed, position=None):
+    def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}
         train = self.encoded["train"]
         own = np.flatnonzero(train.extras["label"] == train.extras["gold"])  # each example with its own reply
         rows = Encoded(tuple(train.ids[i] for i in own), train.labels[own], 0,
                        {k: v[own] for k, v in train.extras.items()})
         return MappedBatches(BatchIterator(rows, batch_size, self.pad_id, self.max_length, seed=seed,
-                                           epoch=position["epoch"], index=position["index"]),
+                                           epoch=position["epoch"], index=position["index"], share=share),
                              lambda batch, _: reply_labels(batch))
 
     def evaluate(self, forward, split, batch_size):

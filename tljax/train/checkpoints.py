@@ -2,49 +2,198 @@
 
 Frozen parameters are not saved: they come back from the pre-trained model. The trees are stored as
 numbered leaves (their structure is rebuilt from the run config), with JSON metadata: step, data
-position, seed, metrics. Orbax writes each checkpoint into a temporary directory and renames it when
-complete, so an interrupted save never leaves a checkpoint that looks finished.
+position, seed, metrics. Arrays are saved as they are sharded (each process writes its own shards) and
+restored onto the shardings of the run that reads them, which may use another mesh.
+
+Nothing half-written is ever read back. Orbax writes a checkpoint into a temporary folder and renames it
+when complete; tljax then writes `checksums.json` (the SHA-256 of every file, after syncing them to disk)
+into it, last. Only a checkpoint with that file counts as saved; the two newest saved ones are kept, an
+older one is deleted only after its successor is saved. On restore every file is checked against its checksum: a damaged checkpoint is named in
+one line and the previous good one, if any, is used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from tljax import faults
 from tljax.models.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKSUMS = "checksums.json"
+KEEP = 2  # the newest saved checkpoint and the one before it, to fall back to if the newest is damaged
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (e.g. a full disk); the previous one is kept."""
 
 
 def _numbered(tree: Any) -> dict[str, Any]:
     return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
+def saved_steps(directory: Path) -> list[int]:
+    """The steps under `directory` (e.g. checkpoints/latest) whose save completed, newest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / CHECKSUMS).is_file()),
+                  reverse=True)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+        os.fsync(handle.fileno())  # on disk before the checksums that vouch for it
+    return digest.hexdigest()
+
+
+def _write_checksums(folder: Path) -> None:
+    sums = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(folder)}
+    partial = folder / f".{CHECKSUMS}.partial"
+    with partial.open("w") as handle:
+        json.dump(sums, handle, indent=0)
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.rename(folder / CHECKSUMS)  # the commit: atomic
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)  # the rename itself on disk
+    finally:
+        os.close(descriptor)
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with the saved checkpoint in `folder` (a file missing, changed or added), or None."""
+    try:
+        sums = json.loads((folder / CHECKSUMS).read_text())
+        if not isinstance(sums, dict):
+            raise ValueError
+    except FileNotFoundError:
+        return "its save did not complete"
+    except (OSError, ValueError):
+        return f"its {CHECKSUMS} is unreadable"
+    present = {str(p.relative_to(folder)) for p in _files(folder)}
+    for name, expected in sorted(sums.items()):
+        if name not in present:
+            return f"{name} is missing"
+        size = (folder / name).stat().st_size
+        if not isinstance(expected, dict) or size != expected.get("bytes"):
+            return f"{name} has {size} bytes, not the {expected.get('bytes')} it was saved with (cut short or grown)" \
+                if isinstance(expected, dict) else f"its {CHECKSUMS} is unreadable"
+        if _sha256(folder / name) != expected.get("sha256"):
+            return f"{name} does not match its checksum (its bytes were changed)"
+    extra = sorted(present - set(sums))
+    return f"{extra[0]} was added after the save" if extra else None
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 class Checkpoints:
-    """`latest/` (to resume) and `best/` (the best evaluation so far), one checkpoint each."""
+    """`latest/` (to resume) and `best/` (the best evaluation so far): the two newest saved checkpoints of
+    each (the older one is the fallback if the newer one is found damaged).
+
+    Every process of a multi-process run makes the same calls (orbax writes collectively); process 0
+    writes the checksums and removes what is left over."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory).resolve()  # orbax needs absolute paths
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-        self.latest = ocp.CheckpointManager(self.directory / "latest", options=options)
-        self.best = ocp.CheckpointManager(self.directory / "best", options=options)
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=False)
+        self._managers = {which: ocp.CheckpointManager(self.directory / which, options=options)
+                          for which in ("latest", "best")}
+        for which in self._managers:
+            self._discard_unfinished(which)
+        self._saved = {which: next(iter(saved_steps(self.directory / which)), None) for which in self._managers}
+
+    def saved_step(self, which: str) -> int | None:
+        """The step of the newest saved checkpoint of `which`, or None."""
+        return self._saved[which]
+
+    def _discard_unfinished(self, which: str) -> None:
+        """Removes what an interrupted save left (orbax's temporary folders, a step without checksums) and
+        every saved step but the newest KEEP."""
+        folder = self.directory / which
+        if jax.process_index() == 0 and folder.is_dir():
+            kept = saved_steps(folder)[:KEEP]
+            for path in folder.iterdir():
+                if path.is_dir() and not (path.name.isdigit() and int(path.name) in kept):
+                    shutil.rmtree(path, ignore_errors=True)
+        _barrier(f"tljax-checkpoints-clean-{which}")
+        self._managers[which].reload()
 
     def save(self, which: str, step: int, trainable: Any, opt_state: Any, meta: dict[str, Any]) -> None:
-        manager = self.latest if which == "latest" else self.best
+        """Saves a checkpoint of `which` at `step`, then drops the previous one. On an error (a full disk)
+        the new one is removed, the previous one kept, and `CheckpointWriteError` says so."""
+        manager = self._managers[which]
         state = {"trainable": _numbered(trainable), "opt_state": _numbered(opt_state)}
         meta = {**meta, "leaves": _leaf_counts(trainable, opt_state)}
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)), force=True)
-        manager.wait_until_finished()
+        if jax.process_index() == 0:  # a damaged checkpoint of this step that a resume passed over
+            shutil.rmtree(self.directory / which / str(step), ignore_errors=True)
+        _barrier(f"tljax-checkpoint-replace-{which}-{step}")
+        manager.reload()
+        try:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            manager.wait_until_finished()
+            faults.point("checkpoint-write")  # written, not yet vouched for
+            _barrier(f"tljax-checkpoint-{which}-{step}")
+            if jax.process_index() == 0:
+                _write_checksums(self.directory / which / str(step))
+        except (OSError, ValueError, RuntimeError) as error:  # tensorstore reports a full disk as ValueError
+            if jax.process_index() == 0:
+                shutil.rmtree(self.directory / which / str(step), ignore_errors=True)
+            kept = self._saved[which]
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointWriteError(
+                f"could not save the {which} checkpoint of step {step} in {self.directory / which} ({reason}); "
+                + (f"the checkpoint of step {kept} is kept" if kept is not None else "no earlier checkpoint exists")
+                + ". Free disk space (or fix the error), then continue with --resume") from error
+        self._saved[which] = step
+        self._discard_unfinished(which)
 
     def restore(self, which: str, trainable: Any, opt_state: Any) -> tuple[Any, Any, dict[str, Any]] | None:
-        """(trainable, opt_state, meta) of the saved checkpoint, shaped like the given trees; None if none."""
-        manager = self.latest if which == "latest" else self.best
-        step = manager.latest_step()
-        if step is None:
+        """(trainable, opt_state, meta) of the newest good checkpoint of `which`, shaped and sharded like the
+        given trees; None if none was saved. A damaged one is reported and the one before it tried."""
+        folder = self.directory / which
+        steps = saved_steps(folder)
+        if not steps:
             return None
+        problems = []
+        for step in steps:
+            problem = damage(folder / str(step))
+            if problem is None:
+                if problems:
+                    log.warning("checkpoint %s/%d is damaged (%s); continuing from step %d instead", folder,
+                                steps[0], problems[0], step)
+                return self._restore(which, step, trainable, opt_state)
+            problems.append(problem)
+        listed = "; ".join(f"step {s}: {p}" for s, p in zip(steps, problems))
+        raise CheckpointError(f"no usable checkpoint in {folder} ({listed}); remove {self.directory} to start the "
+                              "run again from the beginning, or start a new run in another output_dir")
+
+    def _restore(self, which: str, step: int, trainable: Any, opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
+        manager = self._managers[which]
         saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         unfit = CheckpointError(f"the checkpoint in {self.directory / which} does not fit this run's parameters and "
                                 "optimiser (it was written by another tljax version or another config); start a "
@@ -55,7 +204,7 @@ class Checkpoints:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                      meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as error:  # a checkpoint from before the leaf counts were saved
+        except (ValueError, KeyError, TypeError) as error:  # shapes that do not fit, from another config
             raise unfit from error
         state = restored["state"]
 
@@ -63,11 +212,12 @@ class Checkpoints:
             leaves = [saved[str(i)] for i in range(len(jax.tree.leaves(template)))]
             return jax.tree.unflatten(jax.tree.structure(template), leaves)
 
+        self._saved[which] = step
         return rebuild(trainable, state["trainable"]), rebuild(opt_state, state["opt_state"]), restored["meta"]
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        for manager in self._managers.values():
+            manager.close()
 
 
 def _leaf_counts(trainable: Any, opt_state: Any) -> list[int]:

@@ -69,6 +69,11 @@ class TrainingConfig:
     dtype: str = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
     # multi-task: P(task) proportional to (its training examples) ** (1 / T); 1: by size, large: uniform
     task_sampling_temperature: float = 2.0
+    # the device mesh: {data: N, fsdp: M}, N x M devices; -1 (one axis): what the others leave. fsdp > 1 shards
+    # parameters and optimiser state over M devices (tljax.train.sharding)
+    mesh: dict[str, int] = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1})
+    # which parameters are sharded over the fsdp axis: [[pattern, shard | replicate], ...]; null: all are
+    sharding: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
@@ -103,6 +108,10 @@ class TrainingConfig:
             raise ConfigKeyError(f"training.task_sampling_temperature must be > 0, got {self.task_sampling_temperature}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigKeyError(f"training.max_steps must be at least 1, got {self.max_steps}")
+        from tljax.train.sharding import check_mesh, parse_rules  # the forms; the devices are asked at the start
+
+        check_mesh(self.mesh)
+        parse_rules(self.sharding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +252,12 @@ def _yaml(text: str, where: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigKeyError(f"{where}: not valid YAML ({' '.join(str(error).split())})") from None
+        mark = getattr(error, "problem_mark", None)
+        line = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or " ".join(str(error).split())
+        context = getattr(error, "context", None)
+        raise ConfigKeyError(f"{where}{line}: not valid YAML ({problem}{f' {context}' if context else ''}); "
+                             "check the indentation and the quoting there") from None
 
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:

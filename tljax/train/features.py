@@ -77,7 +77,7 @@ class _CachedClassification(Classification):
             self._cache[key] = dataclasses.replace(encoded, extras={**encoded.extras, **self._compute(encoded)})
         return self._cache[key]
 
-    def train_batches(self, batch_size, seed, position=None):
+    def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         """The loop asks for these first: every split is computed now, before training starts. The batches are
         those of the same iterator and seed as without the cache."""
         for encoded in self.encoded.values():
@@ -85,7 +85,7 @@ class _CachedClassification(Classification):
         position = position or {"epoch": 0, "index": 0}
         return MappedBatches(BatchIterator(self.cached(self.encoded["train"]), batch_size, self.pad_id,
                                            self.max_length, seed=seed, epoch=position["epoch"],
-                                           index=position["index"]),
+                                           index=position["index"], share=share),
                              lambda batch, _: self._shaped(batch))
 
     def evaluation_batches(self, encoded, batch_size):

@@ -154,11 +154,11 @@ class LanguageModelling(Objective):
         correct = (jnp.argmax(logits, -1) == safe) & scored
         return (jnp.where(scored, losses, 0.0).sum(), scored.sum(), correct.sum())
 
-    def train_batches(self, batch_size, seed, position=None):
+    def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}
         # training batches with token labels; the masks depend only on (seed, epoch, index)
         return MappedBatches(BatchIterator(self.encoded["train"], batch_size, self.pad_id, self.max_length,
-                                           seed=seed, epoch=position["epoch"], index=position["index"]),
+                                           seed=seed, epoch=position["epoch"], index=position["index"], share=share),
                              lambda batch, drawn_at: self.with_labels(batch, np.random.default_rng(drawn_at)))
 
     def evaluate(self, forward, split, batch_size):

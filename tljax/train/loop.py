@@ -7,9 +7,11 @@ lines, learning curves and the final test evaluation and export.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,16 +21,19 @@ import jax
 import jax.numpy as jnp
 import yaml
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from tljax import faults
 from tljax.runs import FINAL_STEP
 from tljax.train import curves
-from tljax.train.checkpoints import Checkpoints
+from tljax.train.checkpoints import Checkpoints, CheckpointWriteError
 from tljax.train.config import ConfigKeyError, RunConfig
 from tljax.train.optim import OptimizerConfig, build_optimizer, reset_stage
 from tljax.train.run import Prepared
 from tljax.train.rundir import RunDirectoryError
-from tljax.train.sharding import data_mesh, replicate, shard_batch
+from tljax.train.distributed import any_process, is_main, share
+from tljax.train.sharding import StepShardings, gather, make_mesh, parse_rules, place, shard_batch, shard_local_rows
 from tljax.train.stages import training_stages
 from tljax.train.step import make_train_step, split
 
@@ -37,14 +42,14 @@ class TrainingStopped(RuntimeError):
     """The run stopped before its end (interrupted, or a non-finite loss); its checkpoint is kept."""
 
 
-def _forward_fn(graphdef, objective):
-    """forward(trainable, frozen, batch) -> the objective's evaluation outputs, compiled."""
+def _forward_fn(graphdef, objective, mesh):
+    """forward(trainable, frozen, batch) -> the objective's evaluation outputs, compiled; the outputs whole
+    on every device (so that every process can read them)."""
 
-    @jax.jit
     def forward(trainable, frozen, batch):
         return objective.outputs(nnx.merge(graphdef, trainable, frozen), batch)
 
-    return forward
+    return jax.jit(forward, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def _bound(forward, trainable, frozen, mesh):
@@ -54,8 +59,8 @@ def _bound(forward, trainable, frozen, mesh):
 
 @dataclasses.dataclass
 class Engine:
-    """What a run trains with: the (trainable, frozen) split, the optimiser and its state, the compiled step
-    and the stages of gradual unfreezing (None for a single stage)."""
+    """What a run trains with: the (trainable, frozen) split, the optimiser and its state, the compiled step,
+    the stages of gradual unfreezing (None for a single stage), and where each lives on the mesh."""
 
     graphdef: nnx.GraphDef
     trainable: nnx.State
@@ -64,10 +69,12 @@ class Engine:
     opt_state: Any
     train_step: Any
     stages: Any
+    shardings: StepShardings
 
 
 def build_engine(prepared: Prepared, total_steps: int, mesh) -> Engine:
-    """The split, optimiser and compiled step of `prepared`'s run over `total_steps`, placed on `mesh`."""
+    """The split, optimiser and compiled step of `prepared`'s run over `total_steps`, placed on `mesh` by the
+    run's sharding rules (the optimiser state created where it lives: no device holds all of it)."""
     tc = prepared.config.training
     adaptation = prepared.objective.adaptation
     optimizer = OptimizerConfig(
@@ -79,26 +86,32 @@ def build_engine(prepared: Prepared, total_steps: int, mesh) -> Engine:
     stages = training_stages(adaptation, trainable)
     tx = build_optimizer(optimizer, total_steps, adaptation.new_parameter_rules(),
                          stages.stage_of if stages else None)
-    opt_state = tx.init(trainable)
-    trainable, frozen, opt_state = replicate((trainable, frozen, opt_state), mesh)
-    return Engine(graphdef, trainable, frozen, tx, opt_state, make_train_step(graphdef, prepared.objective.loss, tx),
-                  stages)
+    shardings = StepShardings.of(mesh, trainable, frozen, jax.eval_shape(tx.init, trainable), parse_rules(tc.sharding))
+    trainable, frozen = place(trainable, shardings.trainable), place(frozen, shardings.frozen)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(trainable)
+    step = make_train_step(graphdef, prepared.objective.loss, tx, shardings, masked=stages is not None)
+    return Engine(graphdef, trainable, frozen, tx, opt_state, step, stages, shardings)
 
 
 def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
     tc = prepared.config.training
     objective = prepared.objective
-    mesh = data_mesh()
+    mesh = make_mesh(tc.mesh)
     devices = mesh.devices.size
     train_batch, eval_batch = tc.per_device_train_batch_size * devices, tc.per_device_eval_batch_size * devices
-    iterator = objective.train_batches(train_batch, tc.seed)
+    iterator = objective.train_batches(train_batch, tc.seed, share=share())  # this process's rows of each batch
     accumulation = tc.gradient_accumulation_steps
     total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch / accumulation))
     engine = build_engine(prepared, total_steps, mesh)
     graphdef, trainable, frozen, opt_state = engine.graphdef, engine.trainable, engine.frozen, engine.opt_state
     train_step, stages = engine.train_step, engine.stages
-    forward = _forward_fn(graphdef, objective)
+    forward = _forward_fn(graphdef, objective, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    # the dropout key of a (step, micro-batch) count, made where the step reads it
+    dropout_key = jax.jit(lambda count: jax.random.fold_in(jax.random.key(tc.seed), count), out_shardings=replicated)
+    masks = [place(m, engine.shardings.trainable) for m in stages.masks] if stages else None
+    main = is_main()  # the process that writes logs, curves, exports (every process trains and checkpoints)
     higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
 
     checkpoints = Checkpoints(run_dir / "checkpoints")
@@ -108,26 +121,31 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         restored = checkpoints.restore("latest", trainable, opt_state)
         if restored is None:
             raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
-        trainable, opt_state, state = restored
-        changed = _changed_keys(_with_defaults(state.get("config", {})), prepared.config.to_dict())
+        trainable, opt_state, state = restored  # placed as this run's mesh and rules place them
+        changed = _changed_keys(_with_defaults(state.get("config", {})), prepared.config.to_dict(),
+                                ignored=("output_dir", "training.mesh", "training.sharding"))
         if changed:
             raise ConfigKeyError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
                              "resume with the same config (or start a new run)")
-        trainable, opt_state = replicate((trainable, opt_state), mesh)
-        iterator = objective.train_batches(train_batch, tc.seed, state["position"])
-        _truncate_log(run_dir / "metrics.jsonl", state["step"])
+        iterator = objective.train_batches(train_batch, tc.seed, state["position"], share=share())
+        if main:
+            _truncate_log(run_dir / "metrics.jsonl", state["step"])
+        if state["best_step"] == state["step"] and checkpoints.saved_step("best") != state["step"]:
+            _save(checkpoints, "best", state["step"], trainable, opt_state, state)  # the run stopped before it
     elif objective.evaluate_before:  # the starting point (e.g. the held-out loss before continued pre-training)
         state["before"] = {split: objective.evaluate(_bound(forward, trainable, frozen, mesh), split, eval_batch)
                            for split in ("validation", "test")}
         state["validation"].append((0, state["before"]["validation"]["loss"],
                                     state["before"]["validation"][_curve_metric(tc)]))
-        with (run_dir / "metrics.jsonl").open("a") as handle:
-            _log(handle, {"step": 0, "split": "validation", **state["before"]["validation"]})
+        if main:
+            with (run_dir / "metrics.jsonl").open("a") as handle:
+                _log(handle, {"step": 0, "split": "validation", **state["before"]["validation"]})
 
     stop = {"signal": None}
     previous = {s: signal.signal(s, lambda number, _: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
-    log_file = (run_dir / "metrics.jsonl").open("a")
-    progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True)
+    log_file = (run_dir / "metrics.jsonl").open("a") if main else contextlib.nullcontext()
+    progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True,
+                    disable=not main)
     stage = stages.stage(max(state["step"] - 1, 0)) if stages else 0  # the stage of the last step taken
     started, seen = time.perf_counter(), 0
 
@@ -137,14 +155,14 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         loss = float(metrics["loss"])
         if not math.isfinite(loss) or not bool(metrics["parameters_finite"]):
             what = f"the loss became {loss}" if not math.isfinite(loss) else "the parameters became non-finite"
-            last = checkpoints.latest.latest_step()
+            last = checkpoints.saved_step("latest")
             kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint yet"
             raise TrainingStopped(f"{what} at step {taken}; stopped ({kept}); try a lower learning rate.")
         seen += train_batch * accumulation
         state["train"].append((taken, loss))
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{seen / (time.perf_counter() - started):.0f}")
-        if taken % tc.logging_steps == 0:  # every scalar the loss reports (e.g. distillation's parts)
+        if taken % tc.logging_steps == 0 and main:  # every scalar the loss reports (e.g. distillation's parts)
             _log(log_file, {"step": taken, "split": "train", "loss": loss,
                             **{k: float(v) for k, v in metrics.items() if k not in ("loss", "parameters_finite")}})
 
@@ -158,13 +176,14 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             step, step_started = state["step"], time.perf_counter()
             if stages and stages.stage(step) != stage:  # newly unfrozen leaves start with a fresh Adam state
                 stage = stages.stage(step)
-                opt_state = replicate(reset_stage(opt_state, stage), mesh)
+                opt_state = place(reset_stage(opt_state, stage), engine.shardings.opt_state)
             micro_metrics = []
             for micro in range(accumulation):
-                key = jax.random.fold_in(jax.random.key(tc.seed), step * accumulation + micro)
-                batch = shard_batch(next(iterator), mesh)
-                args = (trainable, frozen, opt_state, batch, key) + ((stages.masks[stage],) if stages else ())
+                key = dropout_key(step * accumulation + micro)
+                batch = shard_local_rows(next(iterator), mesh)
+                args = (trainable, frozen, opt_state, batch, key) + ((masks[stage],) if stages else ())
                 trainable, opt_state, metrics = train_step(*args)
+                faults.point("step")
                 micro_metrics.append(metrics)
             if pending is not None:
                 record(*pending)
@@ -179,7 +198,8 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             state["training_seconds"] = state.get("training_seconds", 0.0) + time.perf_counter() - step_started
             if evaluating:
                 result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
-                _log(log_file, {"step": step, "split": "validation", **result})
+                if main:
+                    _log(log_file, {"step": step, "split": "validation", **result})
                 score = result[tc.metric_for_best_model]
                 state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
                 improved = state["best"] is None or (score > state["best"] if higher_is_better else score < state["best"])
@@ -188,29 +208,42 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                 else:
                     state["bad_evaluations"] += 1
                 state["position"] = iterator.position()
-                checkpoints.save("latest", step, trainable, opt_state, state)
+                _save(checkpoints, "latest", step, trainable, opt_state, state)
                 if improved:
-                    checkpoints.save("best", step, trainable, opt_state, state)
+                    _save(checkpoints, "best", step, trainable, opt_state, state)
                 patience = tc.early_stopping_patience
                 if patience is not None and state["bad_evaluations"] >= patience:
-                    progress.write(f"early stopping at step {step}: no better validation "
-                                   f"{tc.metric_for_best_model} for {patience} evaluations")
+                    if main:
+                        progress.write(f"early stopping at step {step}: no better validation "
+                                       f"{tc.metric_for_best_model} for {patience} evaluations")
                     break
-            if stop["signal"] is not None:
+            # every process stops at the same step: in a multi-process run a signal (which may reach only
+            # some processes) is looked at every logging_steps steps, when all compare theirs
+            if (stop["signal"] is not None and jax.process_count() == 1) or (
+                    jax.process_count() > 1 and (evaluating or step % tc.logging_steps == 0)
+                    and any_process(stop["signal"] is not None)):
                 if pending is not None:
                     record(*pending)
-                if checkpoints.latest.latest_step() != step:  # not already saved by this step's evaluation
+                if checkpoints.saved_step("latest") != step:  # not already saved by this step's evaluation
                     state["position"] = iterator.position()
-                    checkpoints.save("latest", step, trainable, opt_state, state)
+                    _save(checkpoints, "latest", step, trainable, opt_state, state)
                 raise TrainingStopped(f"interrupted at step {step}; checkpoint saved. Continue with --resume")
     finally:
         progress.close()
-        log_file.close()
+        if main:
+            log_file.close()
         for number, handler in previous.items():
             signal.signal(number, handler)
 
     return _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, forward,
                    eval_batch)
+
+
+def _save(checkpoints: Checkpoints, which: str, step: int, trainable, opt_state, state: dict[str, Any]) -> None:
+    try:
+        checkpoints.save(which, step, trainable, opt_state, state)
+    except CheckpointWriteError as error:  # e.g. a full disk: the run stops, the last checkpoint kept
+        raise TrainingStopped(str(error)) from error
 
 
 def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoints, state, mesh, forward,
@@ -221,27 +254,33 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     best = checkpoints.restore("best", trainable, opt_state)
     checkpoints.close()
     if best is not None:
-        trainable = replicate(best[0], mesh)
+        trainable = best[0]  # placed like `trainable`
+    main = is_main()
     bound = _bound(forward, trainable, frozen, mesh)
     test = objective.evaluate(bound, "test", eval_batch)
-    with (run_dir / "metrics.jsonl").open("a") as log_file:
-        _log(log_file, {"step": state["best_step"], "split": "test", **test})
     metric = _curve_metric(tc)
     chance = objective.chance() if metric == "accuracy" else None  # e.g. always guessing the majority class
     diagnosis = curves.diagnose([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]],
                                 metric, chance)
-    (run_dir / "diagnosis.txt").write_text(diagnosis + "\n")
-    curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
-                run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
-    model = nnx.merge(graphdef, jax.device_get(trainable), jax.device_get(frozen))
-    written = prepared.export(nnx.clone(model), run_dir / "export")  # exports change the model (merges)
+    model = nnx.merge(graphdef, gather(trainable, mesh), gather(frozen, mesh))
+    written = []
+    if main:
+        with (run_dir / "metrics.jsonl").open("a") as log_file:
+            _log(log_file, {"step": state["best_step"], "split": "test", **test})
+        (run_dir / "diagnosis.txt").write_text(diagnosis + "\n")
+        curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
+                    run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
+        for leftover in run_dir.glob(".export.*"):  # what an export killed midway left (never read)
+            shutil.rmtree(leftover, ignore_errors=True)
+        written = prepared.export(nnx.clone(model), run_dir / "export")  # exports change the model (merges)
     report = objective.report(bound, eval_batch, model, test)
     count, total = objective.count(FINAL_STEP)
     summary = {"test": test, "best_step": state["best_step"], "steps": state["step"],
                "training_seconds": round(state.get("training_seconds", 0.0), 1),
                "trainable_parameters": count, "total_parameters": total, "export": written, "diagnosis": diagnosis,
                **({"before": state["before"]} if "before" in state else {}), **report}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -258,13 +297,16 @@ def _with_defaults(saved: dict) -> dict:
     return fill(dataclasses.asdict(RunConfig()), saved)
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two config dicts."""
+def _changed_keys(old: dict, new: dict, prefix: str = "", ignored: tuple[str, ...] = ("output_dir",)) -> list[str]:
+    """The dotted keys whose values differ between two config dicts, but for `ignored` ones (where a run
+    lives: a resumed run may move to another mesh)."""
     keys = []
-    for key in sorted((set(old) | set(new)) - {"output_dir"}):
+    for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
+        if prefix + key in ignored:
+            continue
         if isinstance(a, dict) and isinstance(b, dict) and key != "method":
-            keys += _changed_keys(a, b, f"{prefix}{key}.")
+            keys += _changed_keys(a, b, f"{prefix}{key}.", ignored)
         elif a != b:
             keys.append(prefix + key)
     return keys
@@ -288,10 +330,19 @@ def _log(handle, record: dict[str, Any]) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drops log lines written after the checkpoint a resumed run continues from."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+    """Drops log lines written after the checkpoint a resumed run continues from (and the final test line,
+    written again at the end), and a last line a kill cut short."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("split") != "test" and (record.get("step") or 0) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def write_config(prepared: Prepared, run_dir: Path) -> None:

@@ -149,10 +149,10 @@ class MultiTask(Objective):
     def outputs(self, model, batch):
         return self.logits(model, batch)
 
-    def train_batches(self, batch_size, seed, position=None):
+    def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"draw": 0, "tasks": [{"epoch": 0, "index": 0}] * len(self.tasks)}
         iterators = [BatchIterator(encoded, batch_size, self.pad_id, self.max_length, seed=seed + number,
-                                   epoch=place["epoch"], index=place["index"])
+                                   epoch=place["epoch"], index=place["index"], share=share)
                      for number, (encoded, place) in enumerate(zip(self.encoded["train"], position["tasks"]))]
         return MixtureBatches(iterators, self.probabilities(), seed, position["draw"])
 

@@ -61,6 +61,8 @@ class MappedBatches:
 
     def __next__(self) -> Batch:
         drawn_at = (self.batches.seed, self.batches.epoch, self.batches.index)
+        if self.batches.share[1] > 1:  # each share draws its own (e.g. other masks for other rows)
+            drawn_at += (self.batches.share[0],)
         return self.fn(next(self.batches), drawn_at)
 
 
@@ -100,7 +102,10 @@ class Objective:
         """What evaluation needs from the model for one batch (compiled by the loop)."""
         raise NotImplementedError
 
-    def train_batches(self, batch_size: int, seed: int, position: dict[str, Any] | None = None) -> TrainBatches:
+    def train_batches(self, batch_size: int, seed: int, position: dict[str, Any] | None = None,
+                      share: tuple[int, int] = (0, 1)) -> TrainBatches:
+        """Endless batches of `batch_size` rows from `position` on; `share` (i, n): only the i-th of n equal
+        blocks of each batch's rows (a process's part of a multi-process run's batches)."""
         raise NotImplementedError
 
     def evaluate(self, forward: Forward, split: str, batch_size: int) -> dict[str, Any]:
@@ -168,10 +173,10 @@ class Classification(Objective):
     def outputs(self, model, batch):
         return model(batch["input_ids"], batch["attention_mask"])
 
-    def train_batches(self, batch_size, seed, position=None):
+    def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}
         return BatchIterator(self.encoded["train"], batch_size, self.pad_id, self.max_length, seed=seed,
-                             epoch=position["epoch"], index=position["index"])
+                             epoch=position["epoch"], index=position["index"], share=share)
 
     def evaluate(self, forward, split, batch_size):
         return classify_batches(forward, self.evaluation_batches(self.encoded[split], batch_size),

@@ -85,6 +85,32 @@ def _load_labelled(data: DataConfig):
     return load_source(data.source, text_column=data.text_column, label_column=data.label_column, labels=data.labels)
 
 
+def _classification_split(dataset, data: DataConfig, seed: int, where: str):
+    """`_split`, refusing a training split of one class: a classifier trained on it learns to always answer
+    that class, and its accuracy on validation and test would only measure how rare the other classes are."""
+    splits = _split(dataset, data, seed)
+    counts = splits["train"].class_counts()
+    present = [name for name, count in counts.items() if count]
+    if len(present) == 1:
+        raise DataError(_one_class_message(where, present[0], counts[present[0]], dataset.class_counts(), data, seed))
+    return splits
+
+
+def _one_class_message(where: str, only: str, count: int, in_data: dict[str, int], data: DataConfig,
+                       seed: int) -> str:
+    others = {name: n for name, n in in_data.items() if name != only}
+    names = ", ".join(map(repr, others))
+    if not any(others.values()):
+        declared = f"; the declared {names} {'has' if len(others) == 1 else 'have'} none" if others else ""
+        return (f"{where}: every example has the label {only!r} ({count} in the training split{declared}); a "
+                "classifier needs examples of at least two classes: add examples of the other class(es)")
+    elsewhere = ", ".join(f"{n} of {name!r}" for name, n in others.items() if n)
+    budget = f", data.max_train_examples={data.max_train_examples}" if data.max_train_examples is not None else ""
+    return (f"{where}: the training split holds only the class {only!r} ({count} examples), though the data also "
+            f"has {elsewhere}; a classifier needs at least two classes to learn from: add more examples of {names}, "
+            f"or split differently (data.validation={data.validation}, data.test={data.test}, training.seed={seed}{budget})")
+
+
 def _text_positions(adaptation: Adaptation, wanted: int) -> int:
     """The longest text the model takes: virtual prompt tokens and prefix keys take positions too."""
     body = backbone(adaptation.model)
@@ -126,7 +152,7 @@ def prepare(config: RunConfig) -> Prepared:
     data, seed = config.data, config.training.seed
 
     if config.chat is not None:  # labelled text taught as chat replies
-        splits = _split(_load_labelled(data), data, seed)
+        splits = _classification_split(_load_labelled(data), data, seed, data.source)
         adaptation, info = _build(config, model_dir, tokenizer, tuple(splits["train"].label_names))
         objective = chat_objective(config, adaptation, tokenizer, splits, info.max_length)
         report = describe_splits(splits)
@@ -138,11 +164,12 @@ def prepare(config: RunConfig) -> Prepared:
     elif config.tasks is not None:
         tasks = parse_tasks(config.tasks, data)
         loaded = [(name, task_data, _load_labelled(task_data)) for name, task_data in tasks]
+        task_splits = [_classification_split(dataset, task_data, seed, f"task {name} ({task_data.source})")
+                       for name, task_data, dataset in loaded]  # every task's data checked before the model is built
         heads = TaskHeads(tasks=tuple((name, len(d.label_names)) for name, _, d in loaded), seed=seed)
         adaptation, info = _build(config, model_dir, tokenizer, tuple(loaded[0][2].label_names), (heads,))
         prepared_tasks, reports = [], []
-        for name, task_data, dataset in loaded:
-            splits = _split(dataset, task_data, seed)
+        for (name, task_data, dataset), splits in zip(loaded, task_splits):
             encoded = {split_name: encode(part.texts, part.labels, tokenizer, info.max_length, task_data.text_prefix)
                        for split_name, part in splits.items()}
             prepared_tasks.append((name, tuple(dataset.label_names), encoded))
@@ -152,7 +179,7 @@ def prepare(config: RunConfig) -> Prepared:
         report = "\n".join(reports)
     else:
         dataset = _load_labelled(data)
-        splits = _split(dataset, data, seed)
+        splits = _classification_split(dataset, data, seed, data.source)
         label_names = tuple(dataset.label_names)
         teacher, internal = None, ()
         if config.distillation is not None:  # the teacher first: its method is part of the student's adaptation

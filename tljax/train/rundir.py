@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from tljax.errors import InputError
+from tljax.train.checkpoints import saved_steps
 
 LOCK_NAME = ".lock"
 # what a run writes before its first checkpoint: a folder holding only these holds no run yet
@@ -26,9 +27,8 @@ class RunDirectoryError(InputError):
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """Whether a finished checkpoint exists (orbax names it by its step; unfinished ones carry a suffix)."""
-    latest = Path(run_dir) / "checkpoints" / "latest"
-    return latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
+    """Whether a checkpoint's save completed (half-written ones do not count)."""
+    return bool(saved_steps(Path(run_dir) / "checkpoints" / "latest"))
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -67,24 +67,35 @@ def is_held(run_dir: Path) -> bool:
     return False
 
 
-def check_usable(run_dir: Path, *, resume: bool) -> None:
-    """Refuses at once a folder that another run holds, that holds a run (without --resume), or that has no
-    checkpoint (with --resume). Nothing is written."""
+def check_usable(run_dir: Path, *, resume: bool) -> bool:
+    """Whether the run continues from a checkpoint. Refuses at once a folder that another run holds, that
+    holds a run (without --resume), or that has no checkpoint (with --resume), except a folder whose run
+    stopped before its first checkpoint was saved: --resume starts that run again from the beginning.
+    Nothing is written."""
     if is_held(run_dir):
         raise _busy(Path(run_dir))
-    _check_contents(Path(run_dir), resume=resume)
+    return _check_contents(Path(run_dir), resume=resume)
 
 
-def _check_contents(run_dir: Path, *, resume: bool) -> None:
+def started_before_first_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run that stopped (or was killed) before its first checkpoint was saved."""
+    return (Path(run_dir) / LOCK_NAME).is_file() and not holds_run(run_dir)
+
+
+def _check_contents(run_dir: Path, *, resume: bool) -> bool:
     if resume and not has_checkpoint(run_dir):
+        if started_before_first_checkpoint(run_dir):
+            return False
         raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
     if not resume and holds_run(run_dir):
         raise RunDirectoryError(f"{run_dir} already holds a run: continue it with --resume, or choose another "
                                 "output_dir (--set output_dir=runs/NAME)")
+    return resume
 
 
 class RunLock:
-    """The claim on a run folder for as long as the run lasts (use as a context manager)."""
+    """The claim on a run folder for as long as the run lasts (use as a context manager). `resume` is
+    settled on entry: False where --resume found no saved checkpoint (the run starts again)."""
 
     def __init__(self, run_dir: Path, *, resume: bool):
         self.run_dir, self.resume = Path(run_dir), resume
@@ -103,8 +114,8 @@ class RunLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._handle = handle
-        try:
-            _check_contents(self.run_dir, resume=self.resume)  # again, now that no other run can start here
+        try:  # again, now that no other run can start here
+            self.resume = _check_contents(self.run_dir, resume=self.resume)
         except BaseException:
             self.__exit__()
             raise

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from tljax.train.sharding import StepShardings
+
 Array = jax.Array
 LossFn = Callable[[nnx.Module, dict[str, Array], Array | None], tuple[Array, dict[str, Array]]]
 
@@ -45,16 +47,25 @@ def _step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformat
                                   "parameters_finite": finite}
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation):
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    shardings: StepShardings | None = None, *, masked: bool = False):
     """train_step(trainable, frozen, opt_state, batch, key[, mask]) -> (trainable, opt_state, metrics), jitted.
 
     `trainable` and `opt_state` are donated: callers keep the returned ones. An optional `mask` (a tree
-    like `trainable` of 0.0 / 1.0) zeroes the updates of leaves a schedule keeps frozen for now."""
+    like `trainable` of 0.0 / 1.0, given when `masked`) zeroes the updates of leaves a schedule keeps frozen
+    for now. With `shardings` the step is compiled for them (inputs and outputs stay where they are: the
+    parameters and optimiser state sharded by their rules, batches split by rows, metrics replicated);
+    without, where its arguments are."""
 
     def train_step(trainable, frozen, opt_state, batch, key, mask=None):
         return _step(graphdef, loss_fn, tx, trainable, frozen, opt_state, batch, key, mask)
 
-    return jax.jit(train_step, donate_argnums=(0, 2))
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=(0, 2))
+    s = shardings
+    inputs = (s.trainable, s.frozen, s.opt_state, s.batch, s.replicated) + ((s.trainable,) if masked else ())
+    return jax.jit(train_step, in_shardings=inputs, out_shardings=(s.trainable, s.opt_state, s.replicated),
+                   donate_argnums=(0, 2))
 
 
 def make_sweep_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation):

@@ -1,0 +1,144 @@
+"""Checkpoints that nothing can half-write: checksums, the previous one kept as a fallback, a full disk, a
+run killed during its first save."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from test_train import SUBPROCESS_ENV, run_config
+from tljax import faults
+from tljax.train.__main__ import main
+
+
+def trained(run):
+    return load_file(run / "export" / "trainable.safetensors")
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model):
+    """A run trained straight through (12 steps, checkpoints at 4 and 8 and 12), and the same run killed
+    (SIGKILL) at step 10: its checkpoints of steps 4 and 8 on disk."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    straight = folder / "straight"
+    straight.mkdir()
+    assert main(["--config", str(run_config(straight, tiny_model))]) == 0
+    killed = folder / "killed"
+    killed.mkdir()
+    config = run_config(killed, tiny_model)
+    done = subprocess.run([sys.executable, "-m", "tljax.train", "--config", str(config)],
+                          env={**SUBPROCESS_ENV, faults.ENVIRONMENT: "step=10:kill"}, capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert sorted(p.name for p in (killed / "run" / "checkpoints" / "latest").iterdir()) == ["4", "8"]
+    return trained(straight / "run"), killed
+
+
+def copy_of(killed, tmp_path):
+    """The killed run's folder copied (its config's paths point into the original folder's data)."""
+    run = tmp_path / "run"
+    shutil.copytree(killed / "run", run)
+    config = tmp_path / "config.yaml"
+    config.write_text((killed / "config.yaml").read_text().replace(str(killed / "run"), str(run)))
+    return run, config
+
+
+def largest_data_file(checkpoint):
+    return max((p for p in (checkpoint / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+DAMAGE = {
+    "truncated": lambda step: largest_data_file(step).write_bytes(largest_data_file(step).read_bytes()[:-7]),
+    "emptied metadata": lambda step: (step / "meta" / "metadata").write_text(""),
+    "altered bytes": lambda step: _flip_last_byte(largest_data_file(step)),
+    "no checksums": lambda step: (step / "checksums.json").unlink(),  # killed between the write and its commit
+}
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_latest_checkpoint_is_named_and_the_previous_one_used(runs, tmp_path, damage, caplog):
+    reference, killed = runs
+    run, config = copy_of(killed, tmp_path)
+    DAMAGE[damage](run / "checkpoints" / "latest" / "8")
+    assert main(["--config", str(config), "--resume"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]  # a WARNING line on stderr
+    if damage == "no checksums":  # not a saved checkpoint at all: passed over in silence
+        assert not warnings
+    else:
+        assert len(warnings) == 1 and "latest/8" in warnings[0] and "continuing from step 4" in warnings[0]
+        assert "\n" not in warnings[0]
+        assert {"truncated": "cut short", "emptied metadata": "meta/metadata has 0 bytes",
+                "altered bytes": "its bytes were changed"}[damage] in warnings[0]
+    assert_same(trained(run), reference)  # nothing damaged was read: the same end as the straight run
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert steps == sorted(set(steps))  # every step logged once
+
+
+def test_every_checkpoint_damaged_is_one_line_that_says_what_to_do(runs, tmp_path, capsys):
+    _, killed = runs
+    run, config = copy_of(killed, tmp_path)
+    for step in ("4", "8"):
+        DAMAGE["altered bytes"](run / "checkpoints" / "latest" / step)
+    assert main(["--config", str(config), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if "error" in line] == err[-1:]  # one line, the last
+    assert err[-1].startswith("error: no usable checkpoint") and "step 8:" in err[-1] and "step 4:" in err[-1] \
+        and "to start the run again" in err[-1]
+
+
+def test_a_full_disk_while_saving_keeps_the_last_checkpoint_and_says_so(runs, tiny_model, tmp_path, monkeypatch,
+                                                                        capsys):
+    reference, _ = runs
+    config = run_config(tmp_path, tiny_model)
+    monkeypatch.setenv(faults.ENVIRONMENT, "checkpoint-write=3:enospc")  # saves: latest 4, best 4, latest 8
+    monkeypatch.setattr(faults, "_passes", {})
+    assert main(["--config", str(config)]) == 3
+    err = capsys.readouterr().err
+    assert "could not save the latest checkpoint of step 8" in err and "No space left on device" in err
+    assert "the checkpoint of step 4 is kept" in err and "--resume" in err
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    assert sorted(p.name for p in latest.iterdir()) == ["4"]  # the half-written one removed
+    monkeypatch.delenv(faults.ENVIRONMENT)
+    assert main(["--config", str(config), "--resume"]) == 0
+    assert_same(trained(tmp_path / "run"), reference)
+
+
+def test_a_run_killed_during_its_first_save_starts_again_on_resume(runs, tiny_model, tmp_path, capsys):
+    reference, _ = runs
+    config = run_config(tmp_path, tiny_model)
+    done = subprocess.run([sys.executable, "-m", "tljax.train", "--config", str(config)],
+                          env={**SUBPROCESS_ENV, faults.ENVIRONMENT: "checkpoint-write=1:kill"}, capture_output=True,
+                          text=True)
+    assert done.returncode == -9
+    assert main(["--config", str(config), "--resume"]) == 0
+    assert "starting the run again from the beginning" in capsys.readouterr().err
+    assert_same(trained(tmp_path / "run"), reference)
+
+
+def test_the_two_newest_checkpoints_are_kept(runs):
+    from tljax.train.checkpoints import CHECKSUMS, damage, saved_steps
+
+    _, killed = runs
+    latest = killed / "run" / "checkpoints" / "latest"
+    assert saved_steps(latest) == [8, 4]
+    assert all(damage(latest / str(step)) is None for step in (4, 8))
+    assert all((latest / str(step) / CHECKSUMS).is_file() for step in (4, 8))
+    assert not [p for p in latest.iterdir() if not p.name.isdigit()]  # no temporary folder left behind
+    assert os.access(latest, os.W_OK)
