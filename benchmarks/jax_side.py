@@ -59,13 +59,15 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 def forward(spec: dict[str, Any]) -> dict[str, Any]:
     """Seconds per evaluation forward pass (logits) over the prepared batches."""
     from tljax.train.loop import _forward_fn
+    from tljax.train.sharding import data_mesh, shard_batch
     from tljax.train.step import split
 
     batches = load_batches(spec["batches"])
     prepared = _prepared("lora", max(b["input_ids"].shape[1] for b in batches))
     graphdef, trainable, frozen = split(prepared.adaptation.model, ...)
-    outputs = _forward_fn(graphdef, prepared.objective)
-    placed = [jax.device_put(b) for b in batches]
+    mesh = data_mesh()
+    outputs = _forward_fn(graphdef, prepared.objective, mesh)
+    placed = [shard_batch(b, mesh) for b in batches]
 
     def step(i: int) -> None:
         jax.block_until_ready(outputs(trainable, frozen, placed[i]))

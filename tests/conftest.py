@@ -2,8 +2,11 @@
 
 import csv
 import fcntl
+import gc
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -23,6 +26,27 @@ _cache = Path(os.environ.get("TLJAX_CACHE", Path.home() / ".cache" / "tljax")).e
 jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 torch.set_num_threads(2)
+
+
+def cli_env(devices: int = 8, **variables: str) -> dict[str, str]:
+    """The environment of a `python -m tljax...` process a test starts: JAX on `devices` simulated CPU devices
+    (8, as this process, unless the test says), no fault injected unless `variables` name one, and torch
+    hidden (tests/user_site/sitecustomize.py), as in a user's install without the test extra."""
+    env = {k: v for k, v in os.environ.items() if k != "TLJAX_FAULTS"}
+    path = [str(Path(__file__).parent / "user_site"), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices), "PYTHONPATH": os.pathsep.join(path),
+            **variables}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module: JAX's compiled programs and traces dropped, garbage collected. Two test workers
+    share the 24 GB of a CI machine, and each would otherwise keep every program it ever compiled alive (those
+    of the real models run to hundreds of MB); the persistent compilation cache makes a recompile a disk read."""
+    yield
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
@@ -98,9 +122,9 @@ def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "
 
 def shared_run(tmp_path_factory, name: str, config: dict) -> Path:
     """A `python -m tljax.train` run trained once per test session, shared by the test workers: the first
-    worker to ask trains it, the others wait for it (a lock beside it); a run left unfinished is retrained."""
-    from tljax.train.__main__ import main as train
-
+    worker to ask trains it, the others wait for it (a lock beside it); a run left unfinished is retrained.
+    It runs as a user runs it, in its own process on one CPU device (the batch sizes are the global ones), so
+    that its model's memory is not held by the test worker."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
     run_dir = root / name
@@ -110,11 +134,12 @@ def shared_run(tmp_path_factory, name: str, config: dict) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
             path = root / f"{name}.yaml"
             path.write_text(yaml.safe_dump({**config, "output_dir": str(run_dir)}))
-            assert train(["--config", str(path)]) == 0, f"the shared run {name} failed"
+            done = subprocess.run([sys.executable, "-m", "tljax.train", "--config", str(path)], env=cli_env(devices=1),
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, f"the shared run {name} failed:\n{done.stderr[-3000:]}"
     return run_dir
 
 
-# batch sizes in the shared runs are per device: the tests simulate 8 devices (8 x 1 = 8, 8 x 4 = 32 in all)
 @pytest.fixture(scope="session")
 def smollm2_chat_run(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct taught English film-review sentiment with LoRA in the harness's own chat form (the
@@ -128,8 +153,8 @@ def smollm2_chat_run(tmp_path_factory) -> Path:
         "chat": {"instruction": template.instruction,
                  "verbalisers": dict(zip(("negative", "positive"), template.verbalisers))},
         "method": {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
-        "training": {"learning_rate": 2e-3, "max_steps": 30, "per_device_train_batch_size": 1,
-                     "per_device_eval_batch_size": 1, "eval_steps": 30, "warmup_ratio": 0.1,
+        "training": {"learning_rate": 2e-3, "max_steps": 30, "per_device_train_batch_size": 8,
+                     "per_device_eval_batch_size": 8, "eval_steps": 30, "warmup_ratio": 0.1,
                      "early_stopping_patience": None}})
 
 
@@ -141,8 +166,8 @@ def e5_english_run(tmp_path_factory) -> Path:
         "model": "e5-small",
         "data": {"source": "rotten-tomatoes", "max_length": 48, "max_eval_examples": 256, "text_prefix": "query: "},
         "method": {"name": "lora", "rank": 8, "targets": ["query", "value"]},
-        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 4,
-                     "per_device_eval_batch_size": 8, "eval_steps": 30, "warmup_ratio": 0.1,
+        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 32,
+                     "per_device_eval_batch_size": 64, "eval_steps": 30, "warmup_ratio": 0.1,
                      "early_stopping_patience": None},
         "evaluation": {"pt": "reviews-pt"}})
 
@@ -153,5 +178,5 @@ def minilm_run(tmp_path_factory) -> Path:
     return shared_run(tmp_path_factory, "minilm-lora", {
         "model": "minilm-l6", "data": {"source": "rotten-tomatoes", "max_length": 64, "max_eval_examples": 256},
         "method": {"name": "lora", "rank": 8, "alpha": 16, "targets": ["query", "value"]},
-        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 4,
-                     "per_device_eval_batch_size": 8, "eval_steps": 30, "early_stopping_patience": None}})
+        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 32,
+                     "per_device_eval_batch_size": 64, "eval_steps": 30, "early_stopping_patience": None}})

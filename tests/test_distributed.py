@@ -2,7 +2,6 @@
 they read disjoint rows of every batch, match a one-process run on four devices, and resume together."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import write_reviews
+from conftest import cli_env, write_reviews
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 STEPS = 20
@@ -44,10 +43,7 @@ def launch(config: Path, processes: int, devices: int, *extra: str, faults: str 
     """Runs `python -m tljax.train` in `processes` processes of `devices` CPU devices each; returns each
     process's record (exit code, process count, the examples it read per batch)."""
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
-    env.pop("TLJAX_FAULTS", None)
-    if faults:
-        env["TLJAX_FAULTS"] = faults
+    env = cli_env(devices, **({"TLJAX_FAULTS": faults} if faults else {}))
     running = []
     for index in range(processes):
         record = config.parent / f"record-{processes}-{index}-{len(list(config.parent.glob('record-*')))}.json"

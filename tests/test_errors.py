@@ -259,7 +259,7 @@ def tiny_export_run(tmp_path_factory, tiny_model):
         "model": str(tiny_model),
         "data": {"source": str(data), "text_column": "review", "label_column": "sentiment", "max_length": 32},
         "method": {"name": "lora", "rank": 4, "targets": ["query", "value"]},
-        "training": {"learning_rate": 1e-2, "max_steps": 2, "per_device_train_batch_size": 1, "eval_steps": 2,
+        "training": {"learning_rate": 1e-2, "max_steps": 2, "per_device_train_batch_size": 8, "eval_steps": 2,
                      "early_stopping_patience": None}})
 
 

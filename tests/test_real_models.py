@@ -1,6 +1,5 @@
 """The real packaged models, fetched and converted on first use, against independent references."""
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import cli_env
 from flax import nnx
 
 import tljax
@@ -126,8 +126,9 @@ def test_default_training_command_on_a_reduced_budget(tmp_path):
     # the command itself, as a user runs it (one CPU device, not this process's 8 simulated ones)
     command = [sys.executable, "-m", "tljax.train", "--set", "training.max_steps=100", "--set", "training.eval_steps=50",
                "--set", "data.max_eval_examples=256", "--set", f"output_dir={run}"]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    result = subprocess.run(command, capture_output=True, text=True, env=cli_env(devices=1))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "PyTorch was not found" not in result.stderr  # transformers' advice, meaningless to a JAX run
     assert "test: accuracy" in result.stdout and "python -m tljax.predict" in result.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test"]["accuracy"] > 0.7, summary["test"]  # the majority class is ~60%

@@ -162,3 +162,15 @@ def test_a_checkpoint_saved_on_one_mesh_restores_onto_another(full_run, tmp_path
 
 def saver_mesh(engine):
     return jax.tree.leaves(engine.trainable)[0].sharding.mesh
+
+
+def test_a_mesh_or_rules_that_do_not_fit_are_refused_before_the_run_folder_exists(tmp_path, tiny_model, capsys):
+    from tljax.train.__main__ import main
+
+    config = run_config(tmp_path, tiny_model)
+    for override, message in (("training.mesh={data: 3}", "needs 3 devices; this run has 8"),
+                              ("training.sharding=[[kernel, shard]]", "match no training.sharding rule")):
+        assert main(["--config", str(config), "--set", override]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1]
+        assert not (tmp_path / "run").exists()

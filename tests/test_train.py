@@ -1,7 +1,6 @@
 """`python -m tljax.train`: configs, the loop, checkpoints, resume, errors and artifacts (tiny model, CSV)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from conftest import write_reviews
+from conftest import cli_env, write_reviews
 from tljax.train.__main__ import main
 from tljax.train.config import DEFAULT_RUN, ConfigKeyError, load_config
 
@@ -106,7 +105,7 @@ def test_predict_command(tmp_path, tiny_model, capsys):
 
 
 # the same 8 simulated devices as this process (conftest), so both runs use the same global batch
-SUBPROCESS_ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8"}
+SUBPROCESS_ENV = cli_env()
 
 
 def final_trainable(run: Path) -> dict[str, np.ndarray]:

@@ -6,6 +6,12 @@ load and save those directories. `load(name, task)` does both.
 
 from __future__ import annotations
 
+import os
+
+# transformers serves tljax its tokenizers only; installed without PyTorch (which tljax never needs), it would
+# advise on import that "PyTorch was not found. Models won't be available"
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 __version__ = "0.1.0"
 
 

@@ -14,6 +14,8 @@ one line and the previous good one, if any, is used.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -105,6 +107,25 @@ def damage(folder: Path) -> str | None:
     return f"{extra[0]} was added after the save" if extra else None
 
 
+@contextlib.contextmanager
+def _quiet_orbax():
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong in a few words (tensorstore's messages hold every path of the database)."""
+    text = " ".join(str(error).split())
+    if "No space left on device" in text or getattr(error, "errno", None) == errno.ENOSPC:
+        return "No space left on device: the disk is full"
+    return text[:300] or type(error).__name__
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
@@ -153,20 +174,20 @@ class Checkpoints:
         _barrier(f"tljax-checkpoint-replace-{which}-{step}")
         manager.reload()
         try:
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       meta=ocp.args.JsonSave(meta)), force=True)
-            manager.wait_until_finished()
+            with _quiet_orbax():  # its threads log a traceback per failed write; the error below says it once
+                manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           meta=ocp.args.JsonSave(meta)), force=True)
+                manager.wait_until_finished()
             faults.point("checkpoint-write")  # written, not yet vouched for
             _barrier(f"tljax-checkpoint-{which}-{step}")
             if jax.process_index() == 0:
                 _write_checksums(self.directory / which / str(step))
         except (OSError, ValueError, RuntimeError) as error:  # tensorstore reports a full disk as ValueError
-            if jax.process_index() == 0:
-                shutil.rmtree(self.directory / which / str(step), ignore_errors=True)
+            self._discard_unfinished(which)  # what the failed save wrote
             kept = self._saved[which]
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointWriteError(
-                f"could not save the {which} checkpoint of step {step} in {self.directory / which} ({reason}); "
+                f"could not save the {which} checkpoint of step {step} in {self.directory / which} "
+                f"({_reason(error)}); "
                 + (f"the checkpoint of step {kept} is kept" if kept is not None else "no earlier checkpoint exists")
                 + ". Free disk space (or fix the error), then continue with --resume") from error
         self._saved[which] = step

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from tljax.errors import InputError
+from tljax.train.sharding import check_mesh, parse_rules
 
 
 class ConfigKeyError(InputError):
@@ -108,9 +109,7 @@ class TrainingConfig:
             raise ConfigKeyError(f"training.task_sampling_temperature must be > 0, got {self.task_sampling_temperature}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigKeyError(f"training.max_steps must be at least 1, got {self.max_steps}")
-        from tljax.train.sharding import check_mesh, parse_rules  # the forms; the devices are asked at the start
-
-        check_mesh(self.mesh)
+        check_mesh(self.mesh)  # the forms; the devices are asked when the run starts
         parse_rules(self.sharding)
 
 
