@@ -142,3 +142,29 @@ def test_the_two_newest_checkpoints_are_kept(runs):
     assert all((latest / str(step) / CHECKSUMS).is_file() for step in (4, 8))
     assert not [p for p in latest.iterdir() if not p.name.isdigit()]  # no temporary folder left behind
     assert os.access(latest, os.W_OK)
+
+
+def test_late_reports_to_orbaxs_closed_event_loop_are_dropped_and_nothing_else(monkeypatch):
+    """On a real full disk, tensorstore's writes still in flight report to the event loop orbax has closed,
+    each an unraisable RuntimeError printed as a traceback (over a hundred); those alone are dropped."""
+    import asyncio
+
+    from tljax.train.checkpoints import _drop_closed_loop_reports
+
+    reached = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reached.append(unraisable.exc_value))
+    _drop_closed_loop_reports()
+    _drop_closed_loop_reports()  # installed once, not stacked
+    closed = asyncio.new_event_loop()
+    closed.close()
+
+    class Reports:  # an exception raised in __del__ is unraisable, as one raised in tensorstore's callbacks
+        def __init__(self, report):
+            self.report = report
+
+        def __del__(self):
+            self.report()
+
+    Reports(lambda: closed.call_soon_threadsafe(print))
+    Reports(lambda: int("x"))
+    assert [type(error) for error in reached] == [ValueError]

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,23 @@ def _quiet_orbax():
         absl.setLevel(level)
 
 
+def _drop_closed_loop_reports() -> None:
+    """When a save fails, tensorstore's writes still in flight report to the event loop orbax has closed,
+    during the save and after it, and each report prints a traceback ("Event loop is closed", through
+    sys.unraisablehook): over a hundred on a full disk. The run stops with one line that says what happened,
+    so these reports (nothing else raises them) are dropped, from the first save on."""
+    report = sys.unraisablehook
+    if getattr(report, "drops_closed_loop_reports", False):
+        return
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            report(unraisable)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
+
+
 def _reason(error: BaseException) -> str:
     """What went wrong in a few words (tensorstore's messages hold every path of the database)."""
     text = " ".join(str(error).split())
@@ -173,6 +191,7 @@ class Checkpoints:
             shutil.rmtree(self.directory / which / str(step), ignore_errors=True)
         _barrier(f"tljax-checkpoint-replace-{which}-{step}")
         manager.reload()
+        _drop_closed_loop_reports()
         try:
             with _quiet_orbax():  # its threads log a traceback per failed write; the error below says it once
                 manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -184,7 +203,7 @@ class Checkpoints:
                 _write_checksums(self.directory / which / str(step))
         except (OSError, ValueError, RuntimeError) as error:  # tensorstore reports a full disk as ValueError
             self._discard_unfinished(which)  # what the failed save wrote
-            kept = self._saved[which]
+            kept = self._saved["latest"]  # what --resume continues from
             raise CheckpointWriteError(
                 f"could not save the {which} checkpoint of step {step} in {self.directory / which} "
                 f"({_reason(error)}); "

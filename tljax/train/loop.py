@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,10 @@ from tljax.runs import FINAL_STEP
 from tljax.train import curves
 from tljax.train.checkpoints import Checkpoints, CheckpointWriteError
 from tljax.train.config import ConfigKeyError, RunConfig
+from tljax.train.distributed import any_process, is_main, share
 from tljax.train.optim import OptimizerConfig, build_optimizer, reset_stage
 from tljax.train.run import Prepared
 from tljax.train.rundir import RunDirectoryError
-from tljax.train.distributed import any_process, is_main, share
 from tljax.train.sharding import StepShardings, gather, make_mesh, parse_rules, place, shard_batch, shard_local_rows
 from tljax.train.stages import training_stages
 from tljax.train.step import make_train_step, split
@@ -130,6 +131,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         iterator = objective.train_batches(train_batch, tc.seed, state["position"], share=share())
         if main:
             _truncate_log(run_dir / "metrics.jsonl", state["step"])
+            print(f"resuming from the checkpoint of step {state['step']} (of {total_steps})", file=sys.stderr)
         if state["best_step"] == state["step"] and checkpoints.saved_step("best") != state["step"]:
             _save(checkpoints, "best", state["step"], trainable, opt_state, state)  # the run stopped before it
     elif objective.evaluate_before:  # the starting point (e.g. the held-out loss before continued pre-training)
