@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)  # every setting checked here
         run_dir = Path(config.output_dir)
         resume = check_usable(run_dir, resume=args.resume)  # refused at once: another run's folder, a finished one
-        prepared = prepare(config)  # every input checked before anything is written
-        _check_placement(prepared)
+        prepared = prepare(config)  # every input checked before anything is written (the mesh too)
         with _claim(run_dir, resume) as resume:
             if args.resume and not resume:
                 say(f"--resume: {run_dir} has no saved checkpoint (the run stopped before its first one was "
@@ -76,17 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     if main_process:
         _report(summary, run_dir)
     return 0
-
-
-def _check_placement(prepared) -> None:
-    """The mesh fits the devices and the sharding rules cover every parameter (nothing is placed yet)."""
-    from flax import nnx
-
-    from tljax.train.sharding import make_mesh, parameter_shardings, parse_rules
-
-    training = prepared.config.training
-    parameter_shardings(nnx.state(prepared.adaptation.model, nnx.Param), make_mesh(training.mesh),
-                        parse_rules(training.sharding))
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from tljax.train.features import (FROZEN_CACHE_LIMIT, FeatureClassification, Fro
 from tljax.train.language_modelling import language_modelling_objective, load_texts
 from tljax.train.multitask import TaskHeads, multitask_objective, parse_tasks
 from tljax.train.objectives import Classification, EvaluationSet, Objective
+from tljax.train.sharding import make_mesh, parameter_shardings, parse_rules
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,9 @@ def prepare(config: RunConfig) -> Prepared:
                                        evaluation_sets=evaluation_sets)
         report = describe_splits(splits)
     objective.check_metric(config.training.metric_for_best_model)
+    # the mesh fits the devices and the sharding rules cover every parameter (nothing is placed yet)
+    parameter_shardings(nnx.state(objective.adaptation.model, nnx.Param), make_mesh(config.training.mesh),
+                        parse_rules(config.training.sharding))
     return Prepared(config, model_dir, tokenizer, info, report, objective, pad_id)
 
 
