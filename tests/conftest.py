@@ -180,3 +180,18 @@ def minilm_run(tmp_path_factory) -> Path:
         "method": {"name": "lora", "rank": 8, "alpha": 16, "targets": ["query", "value"]},
         "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 32,
                      "per_device_eval_batch_size": 64, "eval_steps": 30, "early_stopping_patience": None}})
+
+
+# The modules whose tests train or score real models, longest first. They run before the rest, so that the
+# two workers (`pytest -n 2`, which the project's settings make steal work from each other) end the session on
+# short tests side by side rather than one of them on a long one alone.
+LONGEST_FIRST = ("test_harness_real", "test_app_real", "test_transfer_real", "test_faults", "test_real_models",
+                 "test_benchmarks", "test_distributed")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        module = item.path.stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
