@@ -1,12 +1,14 @@
 """Checkpoints that nothing can half-write: checksums, the previous one kept as a fallback, a full disk, a
-run killed during its first save."""
+run killed during its first save; arrays read by their paths, never by position."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections import OrderedDict
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -168,3 +170,126 @@ def test_late_reports_to_orbaxs_closed_event_loop_are_dropped_and_nothing_else(m
     Reports(lambda: closed.call_soon_threadsafe(print))
     Reports(lambda: int("x"))
     assert [type(error) for error in reached] == [ValueError]
+
+
+def lora_pair(query, value, order=("query", "value")):
+    """Two LoRA factors of one shape, in a tree whose leaves come in `order` (as a change to the code that
+    builds the model could order them)."""
+    arrays = {"query": query, "value": value}
+    return OrderedDict((name, {"lora_a": np.asarray(arrays[name], np.float32)}) for name in order)
+
+
+def adam_state(params):
+    import optax
+
+    return optax.adam(1e-3).init(params)
+
+
+def saved_pair(tmp_path):
+    from tljax.train.checkpoints import Checkpoints
+
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    params = lora_pair(np.full((4, 8), 1.0), np.full((4, 8), 2.0))
+    adam, *rest = adam_state(params)
+    opt_state = (adam._replace(mu=jax.tree.map(lambda x: x + 3, params)), *rest)  # moments of 4 and 5
+    checkpoints.save("latest", 4, params, opt_state, {"step": 4})
+    return checkpoints
+
+
+def test_arrays_are_restored_by_their_paths_whatever_order_the_run_lists_them_in(tmp_path):
+    checkpoints = saved_pair(tmp_path)
+    template = lora_pair(np.zeros((4, 8)), np.zeros((4, 8)), order=("value", "query"))
+    params, opt_state, meta = checkpoints.restore("latest", template, adam_state(template))
+    assert list(params) == ["value", "query"] and meta["step"] == 4
+    assert (params["query"]["lora_a"] == 1).all() and (params["value"]["lora_a"] == 2).all()  # not swapped
+    assert (opt_state[0].mu["query"]["lora_a"] == 4).all() and (opt_state[0].mu["value"]["lora_a"] == 5).all()
+    checkpoints.close()
+
+
+NAMED = {  # what each change to the run's tree is refused with
+    "renamed": "missing from it: trainable/key/lora_a, opt_state/0/mu/key/lora_a, opt_state/0/nu/key/lora_a; in it "
+               "but not in this run: trainable/value/lora_a, opt_state/0/mu/value/lora_a, opt_state/0/nu/value/lora_a",
+    "added": "missing from it: trainable/output/lora_a, opt_state/0/mu/output/lora_a, opt_state/0/nu/output/lora_a",
+    "removed": "in it but not in this run: trainable/value/lora_a, opt_state/0/mu/value/lora_a, "
+               "opt_state/0/nu/value/lora_a",
+    "reshaped": "trainable/value/lora_a is (4, 8) in it, (8, 8) in this run",
+}
+
+
+@pytest.mark.parametrize("change", NAMED)
+def test_a_checkpoint_whose_paths_differ_from_the_runs_is_refused_naming_them(tmp_path, change):
+    from tljax.models import CheckpointError
+
+    checkpoints = saved_pair(tmp_path)
+    template = {"renamed": {"query": {"lora_a": np.zeros((4, 8))}, "key": {"lora_a": np.zeros((4, 8))}},
+                "added": {**lora_pair(np.zeros((4, 8)), np.zeros((4, 8))), "output": {"lora_a": np.zeros((4, 8))}},
+                "removed": {"query": {"lora_a": np.zeros((4, 8))}},
+                "reshaped": {"query": {"lora_a": np.zeros((4, 8))}, "value": {"lora_a": np.zeros((8, 8))}}}[change]
+    template = jax.tree.map(lambda x: np.asarray(x, np.float32), template)
+    with pytest.raises(CheckpointError) as refused:
+        checkpoints.restore("latest", template, adam_state(template))
+    message = str(refused.value)
+    assert "does not fit this run" in message and NAMED[change] in message and "\n" not in message
+    assert "latest/4" in message and "another output_dir" in message
+    checkpoints.close()
+
+
+def test_a_checkpoint_of_the_earlier_positional_layout_is_refused_saying_how_to_continue(runs, tmp_path, capsys):
+    """The layout tljax wrote before arrays were keyed by path: numbered leaves, their counts in the metadata."""
+    import orbax.checkpoint as ocp
+
+    from tljax.models import CheckpointError
+    from tljax.train.checkpoints import Checkpoints, _write_checksums
+
+    params = lora_pair(np.ones((4, 8)), np.ones((4, 8)))
+    opt_state = adam_state(params)
+    numbered = {part: {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+                for part, tree in (("trainable", params), ("opt_state", opt_state))}
+    directory = (tmp_path / "checkpoints" / "latest").resolve()
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(numbered), meta=ocp.args.JsonSave(
+            {"step": 4, "leaves": [2, 5]})))
+        manager.wait_until_finished()
+    _write_checksums(directory / "4")
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    with pytest.raises(CheckpointError) as refused:
+        checkpoints.restore("latest", params, opt_state)
+    message = str(refused.value)
+    assert "stores its arrays by position" in message and "\n" not in message
+    assert "start again in a new output_dir, or resume it with the tljax version that wrote it" in message
+    checkpoints.close()
+
+    # and through the command: one line, before anything is trained
+    _, killed = runs
+    run, config = copy_of(killed, tmp_path / "copy")
+    shutil.rmtree(run / "checkpoints" / "latest")
+    shutil.copytree(directory, run / "checkpoints" / "latest")
+    assert main(["--config", str(config), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: the checkpoint") and "stores its arrays by position" in err[-1]
+
+
+def test_gradient_accumulation_state_is_stored_without_its_wrapper(tmp_path):
+    """A checkpoint written without accumulation restores into a run that accumulates (its wrapper at an
+    optimiser step's end: no micro-batch counted, no gradient summed) and the other way."""
+    import optax
+
+    from tljax.train.checkpoints import Checkpoints
+
+    params = lora_pair(np.ones((4, 8)), np.ones((4, 8)))
+    inner = optax.adam(1e-3)
+    plain = jax.tree.map(lambda x: x + 3, inner.init(params))
+    accumulating = optax.MultiSteps(inner, every_k_schedule=2)
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    checkpoints.save("latest", 6, params, plain, {"step": 6})
+    template = jax.tree.map(jax.numpy.asarray, accumulating.init(params))
+    _, wrapped, _ = checkpoints.restore("latest", params, template)
+    assert isinstance(wrapped, optax.MultiStepsState)
+    assert int(wrapped.mini_step) == 0 and int(wrapped.gradient_step) == 6
+    assert all((np.asarray(g) == 0).all() for g in jax.tree.leaves(wrapped.acc_grads))
+    jax.tree.map(np.testing.assert_array_equal, wrapped.inner_opt_state, plain)
+    checkpoints.save("latest", 8, params, wrapped, {"step": 8})
+    _, unwrapped, _ = checkpoints.restore("latest", params, inner.init(params))
+    jax.tree.map(np.testing.assert_array_equal, unwrapped, plain)
+    checkpoints.close()

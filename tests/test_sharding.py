@@ -1,11 +1,19 @@
 """The mesh (data x fsdp) on 8 simulated CPU devices: the same training on every layout, parameters and
-optimiser state partitioned by path rules, checkpoints restored onto another mesh."""
+optimiser state partitioned by path rules, checkpoints restored onto another mesh, a run resumed on fewer
+devices with its global batch kept."""
+
+import json
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
+from safetensors.numpy import load_file
 
+from conftest import cli_env
 from test_train import run_config
 from tljax.train.config import load_config
 
@@ -174,3 +182,96 @@ def test_a_mesh_or_rules_that_do_not_fit_are_refused_before_the_run_folder_exist
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and message in err[-1]
         assert not (tmp_path / "run").exists()
+
+
+def no_dropout_model(tiny_model, folder):
+    """The tiny model with dropout off: its random masks are drawn per micro-batch, so a run that splits its
+    global batch into other micro-batches draws other masks (equally likely ones, not the same)."""
+    model_dir = folder / "no-dropout"
+    shutil.copytree(tiny_model, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    return model_dir
+
+
+def stopped_copy(run, folder, step):
+    """A copy of the finished `run` as a run stopped after saving its checkpoint of `step` would have left it
+    (later checkpoints and the results removed), with its config pointing at the copy."""
+    copy = folder / "run"
+    shutil.copytree(run, copy)
+    for kind in ("latest", "best"):
+        for saved in (copy / "checkpoints" / kind).iterdir():
+            if int(saved.name) > step:
+                shutil.rmtree(saved)
+    for result in ("summary.json", "export", "curves.png", "diagnosis.txt"):
+        shutil.rmtree(copy / result) if (copy / result).is_dir() else (copy / result).unlink()
+    config = folder / "config.yaml"
+    config.write_text((run.parent / "config.yaml").read_text().replace(str(run), str(copy)))
+    return copy, config
+
+
+def logged(run, split="train"):
+    return {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == split}
+
+
+@pytest.fixture(scope="module")
+def saved_on_eight(tmp_path_factory, tiny_model):
+    """A LoRA run straight through on 8 devices (12 steps, a global batch of 2 x 8 = 16 rows, checkpoints at
+    4, 8 and 12), dropout off."""
+    from tljax.train.__main__ import main
+
+    folder = tmp_path_factory.mktemp("eight")
+    config = run_config(folder, no_dropout_model(tiny_model, folder), {"name": "lora", "rank": 4, "dropout": 0.0},
+                        per_device_train_batch_size=2, logging_steps=1)
+    assert main(["--config", str(config)]) == 0
+    return folder / "run"
+
+
+@pytest.mark.parametrize("devices", (4, 1))
+def test_a_run_saved_on_eight_devices_resumes_on_fewer_with_the_same_batches_and_losses(saved_on_eight, tmp_path,
+                                                                                        devices):
+    """Resumed from step 8 on 4 devices (2 micro-batches a step) or 1 (8 micro-batches): the same global
+    batches, schedule and steps, so the same losses as the uninterrupted run. Tolerance: that of the layouts
+    above (2e-5): the micro-batches' gradients are summed in another order (float32, ~1e-7 relative), which
+    the AdamW steps carry to ~1e-6; a batch of other rows or another learning rate moves the loss at 1e-3."""
+    run, config = stopped_copy(saved_on_eight, tmp_path, 8)
+    done = subprocess.run([sys.executable, "-m", "tljax.train", "--config", str(config), "--resume"],
+                          env=cli_env(devices), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference, resumed = logged(saved_on_eight), logged(run)
+    assert sorted(resumed) == list(range(1, 13))  # steps 1-8 kept from before, 9-12 trained again
+    np.testing.assert_allclose([resumed[s] for s in range(9, 13)], [reference[s] for s in range(9, 13)], rtol=2e-5)
+    assert f"{8 // devices} accumulated micro-batches of {2 * devices}" in done.stderr  # said, not silent
+    for name, value in load_file(run / "export" / "trainable.safetensors").items():
+        np.testing.assert_allclose(value, load_file(saved_on_eight / "export" / "trainable.safetensors")[name],
+                                   rtol=2e-5, atol=1e-6, err_msg=name)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12  # the same schedule's length
+
+
+def test_a_resume_on_devices_that_do_not_divide_the_global_batch_is_refused_naming_those_that_do(tmp_path):
+    from tljax.errors import InputError
+    from tljax.train.loop import accumulation_steps
+
+    assert accumulation_steps(16, 2, 8) == 1 and accumulation_steps(16, 2, 4) == 2 and accumulation_steps(16, 2, 1) == 8
+    with pytest.raises(InputError) as refused:
+        accumulation_steps(16, 2, 3)
+    message = str(refused.value)
+    assert "global batch is 16 rows (2 per device)" in message and "3 devices (6 rows a micro-batch)" in message
+    assert "resume on 1, 2, 4 or 8 devices" in message and "accumulate 8, 4, 2 or 1 micro-batches" in message
+    assert "\n" not in message
+
+
+def test_a_micro_batch_is_the_same_rows_of_the_global_batch_however_many_processes_share_it():
+    from tljax.train.loop import micro_batch
+
+    rows = {"input_ids": np.arange(32).reshape(16, 2), "labels": np.arange(16)}
+    for processes in (1, 2, 4):
+        blocks = [{k: v[i * 16 // processes:(i + 1) * 16 // processes] for k, v in rows.items()}
+                  for i in range(processes)]  # each process's contiguous block (tljax.data.batches' share)
+        for index in range(2):
+            parts = [micro_batch(block, index, 2) for block in blocks]
+            np.testing.assert_array_equal(np.concatenate([p["labels"] for p in parts]), rows["labels"][index::2])
+            np.testing.assert_array_equal(np.concatenate([p["input_ids"] for p in parts]),
+                                          rows["input_ids"][index::2])

@@ -289,9 +289,12 @@ def test_gradient_accumulation_logs_the_mean_loss_of_its_micro_batches(tmp_path,
     from tljax.train.run import prepare
 
     prepared = prepare(load_config(config))
-    batches = prepared.objective.train_batches(16 * len(jax.devices()), 42)
-    micro = [float(prepared.objective.loss(prepared.adaptation.model, next(batches),
-                                           jax.random.fold_in(jax.random.key(42), k))[0]) for k in range(8)]
+    from tljax.train.loop import micro_batch
+
+    batches = prepared.objective.train_batches(16 * len(jax.devices()) * 2, 42)  # a global batch per step
+    parts = [micro_batch(batch, m, 2) for batch in (next(batches) for _ in range(4)) for m in range(2)]
+    model, key = prepared.adaptation.model, jax.random.key(42)
+    micro = [float(prepared.objective.loss(model, part, jax.random.fold_in(key, k))[0]) for k, part in enumerate(parts)]
     np.testing.assert_allclose(train_losses, np.reshape(micro, (4, 2)).mean(1), rtol=1e-4)
     assert not np.allclose(train_losses, micro[1::2], rtol=1e-4)  # not the last micro-batch's
 

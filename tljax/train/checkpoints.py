@@ -1,9 +1,13 @@
 """Checkpoints with orbax: the trainable parameters, the optimiser state and the run's position.
 
-Frozen parameters are not saved: they come back from the pre-trained model. The trees are stored as
-numbered leaves (their structure is rebuilt from the run config), with JSON metadata: step, data
-position, seed, metrics. Arrays are saved as they are sharded (each process writes its own shards) and
-restored onto the shardings of the run that reads them, which may use another mesh.
+Frozen parameters are not saved: they come back from the pre-trained model. Every array is stored under
+its path ("trainable/<parameter path>", "opt_state/<optimiser state path>", "/"-joined), and the JSON
+metadata (step, data position, seed, global batch, metrics) lists every path with its shape: a run reads
+each array by name, and a path missing from the checkpoint or new in the run is named, never filled by
+position. The optimiser state is stored without gradient accumulation's wrapper (which holds only zeros
+and the step count between optimiser steps, where checkpoints are taken), so that a run may resume with
+another number of accumulated micro-batches. Arrays are saved as they are sharded (each process writes its
+own shards) and restored onto the shardings of the run that reads them, which may use another mesh.
 
 Nothing half-written is ever read back. Orbax writes a checkpoint into a temporary folder and renames it
 when complete; tljax then writes `checksums.json` (the SHA-256 of every file, after syncing them to disk)
@@ -26,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -37,14 +43,71 @@ log = logging.getLogger(__name__)
 
 CHECKSUMS = "checksums.json"
 KEEP = 2  # the newest saved checkpoint and the one before it, to fall back to if the newest is damaged
+ARRAYS = "arrays"  # the metadata's {path: shape} of every stored array; absent in the earlier positional layout
 
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (e.g. a full disk); the previous one is kept."""
 
 
-def _numbered(tree: Any) -> dict[str, Any]:
-    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+def _part(key: Any) -> str:
+    if isinstance(key, jax.tree_util.DictKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    return str(getattr(key, "key", key))  # FlattenedIndexKey and the like
+
+
+def by_path(tree: Any) -> dict[str, Any]:
+    """{"/"-joined path: leaf} of `tree`: a parameter's path as the sharding and method rules name it (an
+    `nnx.State`'s keys), an optimiser state's with its fields' names (e.g. "1/0/mu/bert/pooler/dense/kernel").
+    A Variable's own `value` attribute is not part of its path."""
+    keyed = {}
+    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
+            keys = keys[:-1]
+        path = "/".join(map(_part, keys))
+        if path in keyed:  # two leaves under one name could be read into each other's place
+            raise ValueError(f"two leaves of one tree have the path {path!r}")
+        keyed[path] = leaf
+    return keyed
+
+
+def _portable(opt_state: Any) -> Any:
+    """The optimiser state as stored: without gradient accumulation's wrapper (`optax.MultiSteps`), which
+    between optimiser steps holds only a zero micro-step count, zero gradient sums and the step count."""
+    return opt_state.inner_opt_state if isinstance(opt_state, optax.MultiStepsState) else opt_state
+
+
+def _stored(trainable: Any, opt_state: Any) -> dict[str, dict[str, Any]]:
+    return {"trainable": by_path(trainable), "opt_state": by_path(_portable(opt_state))}
+
+
+def _shapes(state: dict[str, dict[str, Any]]) -> dict[str, list[int]]:
+    return {f"{part}/{path}": list(np.shape(leaf)) for part, tree in state.items() for path, leaf in tree.items()}
+
+
+def _ordered(paths: set[str]) -> list[str]:
+    return sorted(paths, key=lambda p: (not p.startswith("trainable/"), p))  # parameters before their moments
+
+
+def _listed(paths: set[str], what: str) -> str:
+    ordered = _ordered(paths)
+    return f"{what}: {', '.join(ordered[:3])}" + (f" and {len(ordered) - 3} more" if len(ordered) > 3 else "")
+
+
+def mismatch(saved: dict[str, list[int]], wanted: dict[str, list[int]]) -> str | None:
+    """What keeps a checkpoint whose arrays are `saved` ({path: shape}) from a run that wants `wanted`: the
+    paths missing from it, the paths it has that the run has not, the paths whose shape differs; None if
+    every path fits."""
+    missing, extra = set(wanted) - set(saved), set(saved) - set(wanted)
+    reshaped = _ordered({p for p in set(saved) & set(wanted) if list(saved[p]) != list(wanted[p])})
+    parts = ([_listed(missing, "missing from it")] if missing else []) + \
+        ([_listed(extra, "in it but not in this run")] if extra else []) + \
+        [f"{p} is {tuple(saved[p])} in it, {tuple(wanted[p])} in this run" for p in reshaped[:3]]
+    return "; ".join(parts) or None
 
 
 def saved_steps(directory: Path) -> list[int]:
@@ -185,8 +248,8 @@ class Checkpoints:
         """Saves a checkpoint of `which` at `step`, then drops the previous one. On an error (a full disk)
         the new one is removed, the previous one kept, and `CheckpointWriteError` says so."""
         manager = self._managers[which]
-        state = {"trainable": _numbered(trainable), "opt_state": _numbered(opt_state)}
-        meta = {**meta, "leaves": _leaf_counts(trainable, opt_state)}
+        state = _stored(trainable, opt_state)
+        meta = {**meta, ARRAYS: _shapes(state)}
         if jax.process_index() == 0:  # a damaged checkpoint of this step that a resume passed over
             shutil.rmtree(self.directory / which / str(step), ignore_errors=True)
         _barrier(f"tljax-checkpoint-replace-{which}-{step}")
@@ -212,9 +275,9 @@ class Checkpoints:
         self._saved[which] = step
         self._discard_unfinished(which)
 
-    def restore(self, which: str, trainable: Any, opt_state: Any) -> tuple[Any, Any, dict[str, Any]] | None:
-        """(trainable, opt_state, meta) of the newest good checkpoint of `which`, shaped and sharded like the
-        given trees; None if none was saved. A damaged one is reported and the one before it tried."""
+    def newest(self, which: str) -> tuple[int, dict[str, Any]] | None:
+        """(step, metadata) of the newest good checkpoint of `which` (a damaged one is reported and the one
+        before it taken), None if none was saved. A checkpoint of the earlier positional layout is refused."""
         folder = self.directory / which
         steps = saved_steps(folder)
         if not steps:
@@ -226,42 +289,67 @@ class Checkpoints:
                 if problems:
                     log.warning("checkpoint %s/%d is damaged (%s); continuing from step %d instead", folder,
                                 steps[0], problems[0], step)
-                return self._restore(which, step, trainable, opt_state)
+                meta = self._managers[which].restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+                meta = meta["meta"]
+                if ARRAYS not in meta:
+                    raise CheckpointError(
+                        f"the checkpoint {folder / str(step)} stores its arrays by position (an earlier tljax "
+                        "layout this version does not read, as arrays of one shape could be swapped); start again "
+                        "in a new output_dir, or resume it with the tljax version that wrote it")
+                return step, meta
             problems.append(problem)
         listed = "; ".join(f"step {s}: {p}" for s, p in zip(steps, problems))
         raise CheckpointError(f"no usable checkpoint in {folder} ({listed}); remove {self.directory} to start the "
                               "run again from the beginning, or start a new run in another output_dir")
 
-    def _restore(self, which: str, step: int, trainable: Any, opt_state: Any) -> tuple[Any, Any, dict[str, Any]]:
-        manager = self._managers[which]
-        saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        unfit = CheckpointError(f"the checkpoint in {self.directory / which} does not fit this run's parameters and "
-                                "optimiser (it was written by another tljax version or another config); start a "
-                                "new run in another output_dir")
-        if saved.get("leaves", _leaf_counts(trainable, opt_state)) != _leaf_counts(trainable, opt_state):
-            raise unfit
-        abstract = {"trainable": _numbered(_abstract(trainable)), "opt_state": _numbered(_abstract(opt_state))}
+    def restore(self, which: str, trainable: Any, opt_state: Any,
+                found: tuple[int, dict[str, Any]] | None = None) -> tuple[Any, Any, dict[str, Any]] | None:
+        """(trainable, opt_state, meta) of the newest good checkpoint of `which` (or of `found`, what `newest`
+        returned), shaped and sharded like the given trees, each array read by its path; None if none was
+        saved. A path missing from the checkpoint, or one it has that the run has not, is named."""
+        found = found or self.newest(which)
+        if found is None:
+            return None
+        step, meta = found
+        template = _stored(_abstract(trainable), _abstract(opt_state))
+        problem = mismatch(meta[ARRAYS], _shapes(template))
+        if problem:
+            raise CheckpointError(f"the checkpoint {self.directory / which / str(step)} does not fit this run's "
+                                  f"parameters and optimiser: {problem}; resume with the config and tljax version "
+                                  "that wrote it, or start a new run in another output_dir")
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                     meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as error:  # shapes that do not fit, from another config
-            raise unfit from error
-        state = restored["state"]
+            with _quiet_orbax():
+                restored = self._managers[which].restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(template)))["state"]
+        except (ValueError, KeyError, TypeError) as error:  # its listing and its arrays disagree
+            raise CheckpointError(f"the checkpoint {self.directory / which / str(step)} could not be read "
+                                  f"({_reason(error)}); start a new run in another output_dir") from error
 
-        def rebuild(template, saved):
-            leaves = [saved[str(i)] for i in range(len(jax.tree.leaves(template)))]
-            return jax.tree.unflatten(jax.tree.structure(template), leaves)
+        def rebuild(tree, saved):
+            paths = by_path(tree)
+            return jax.tree.unflatten(jax.tree.structure(tree), [saved[path] for path in paths])
 
         self._saved[which] = step
-        return rebuild(trainable, state["trainable"]), rebuild(opt_state, state["opt_state"]), restored["meta"]
+        return rebuild(trainable, restored["trainable"]), _refit(opt_state, rebuild(
+            _portable(opt_state), restored["opt_state"]), step), {k: v for k, v in meta.items() if k != ARRAYS}
 
     def close(self) -> None:
         for manager in self._managers.values():
             manager.close()
 
 
-def _leaf_counts(trainable: Any, opt_state: Any) -> list[int]:
-    return [len(jax.tree.leaves(trainable)), len(jax.tree.leaves(opt_state))]
+def _refit(template: Any, inner: Any, step: int) -> Any:
+    """`inner` (a stored optimiser state) in the form of `template`, the run's state: wrapped for gradient
+    accumulation if the run accumulates, as the wrapper stands after optimiser step `step` (no micro-batch
+    counted, no gradient summed), placed like `template`."""
+    if not isinstance(template, optax.MultiStepsState):
+        return inner
+    rest = template._replace(inner_opt_state=())
+    start = jax.jit(lambda r: r._replace(mini_step=jnp.zeros_like(r.mini_step),
+                                         gradient_step=jnp.full_like(r.gradient_step, step),
+                                         acc_grads=jax.tree.map(jnp.zeros_like, r.acc_grads)),
+                    out_shardings=jax.tree.map(lambda x: getattr(x, "sharding", None), rest))(rest)
+    return start._replace(inner_opt_state=inner)
 
 
 def _abstract(tree: Any) -> Any:

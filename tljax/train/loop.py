@@ -3,6 +3,12 @@
 Data iteration, the compiled steps, evaluation on a schedule, early stopping, checkpoints (latest and
 best), resume, interruption (SIGTERM / Ctrl-C save and exit), NaN detection, progress, metrics as JSON
 lines, learning curves and the final test evaluation and export.
+
+An optimiser step reads one global batch: `per_device_train_batch_size` x devices x
+`gradient_accumulation_steps` rows, drawn at once (its size fixes the data order, the number of steps and
+the learning-rate schedule) and split into micro-batches of `per_device_train_batch_size` x devices rows,
+one compiled step each. The checkpoint keeps the global batch: a run resumed on another number of devices
+reads the same batches and accumulates as many micro-batches as its devices need.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -28,7 +35,7 @@ from tqdm import tqdm
 from tljax import faults
 from tljax.runs import FINAL_STEP
 from tljax.train import curves
-from tljax.train.checkpoints import Checkpoints, CheckpointWriteError
+from tljax.train.checkpoints import CheckpointError, Checkpoints, CheckpointWriteError
 from tljax.train.config import ConfigKeyError, RunConfig
 from tljax.train.distributed import any_process, is_main, share
 from tljax.train.optim import OptimizerConfig, build_optimizer, reset_stage
@@ -73,15 +80,17 @@ class Engine:
     shardings: StepShardings
 
 
-def build_engine(prepared: Prepared, total_steps: int, mesh) -> Engine:
+def build_engine(prepared: Prepared, total_steps: int, mesh, accumulation: int | None = None) -> Engine:
     """The split, optimiser and compiled step of `prepared`'s run over `total_steps`, placed on `mesh` by the
-    run's sharding rules (the optimiser state created where it lives: no device holds all of it)."""
+    run's sharding rules (the optimiser state created where it lives: no device holds all of it), summing
+    `accumulation` micro-batches' gradients per optimiser step (default: the config's)."""
     tc = prepared.config.training
+    accumulation = accumulation or tc.gradient_accumulation_steps
     adaptation = prepared.objective.adaptation
     optimizer = OptimizerConfig(
         learning_rate=tc.learning_rate, new_learning_rate=tc.new_learning_rate, weight_decay=tc.weight_decay,
         warmup_steps=round(tc.warmup_ratio * total_steps), lr_scheduler_type=tc.lr_scheduler_type,
-        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=tc.gradient_accumulation_steps)
+        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=accumulation)
     # split once, with every leaf that trains at some stage; a stage's mask holds the others still
     graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STEP))
     stages = training_stages(adaptation, trainable)
@@ -94,17 +103,60 @@ def build_engine(prepared: Prepared, total_steps: int, mesh) -> Engine:
     return Engine(graphdef, trainable, frozen, tx, opt_state, step, stages, shardings)
 
 
+def accumulation_steps(global_batch: int, per_device: int, devices: int) -> int:
+    """How many micro-batches of `per_device` x `devices` rows make one optimiser step's `global_batch`
+    rows; a device count whose micro-batch does not divide the global batch is refused, naming those that do."""
+    micro = per_device * devices
+    if global_batch % micro:
+        most = global_batch // per_device  # devices x accumulation
+        fits = [n for n in range(1, most + 1) if most % n == 0]
+        raise CheckpointError(
+            f"--resume: the run's global batch is {global_batch} rows ({per_device} per device), which {devices} "
+            f"devices ({micro} rows a micro-batch) do not divide; resume on {_or(fits)} devices, which accumulate "
+            f"{_or([most // n for n in fits])} micro-batches a step")
+    return global_batch // micro
+
+
+def _or(numbers: list[int]) -> str:
+    words = [str(n) for n in numbers]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def micro_batch(batch: dict[str, np.ndarray], index: int, count: int) -> dict[str, np.ndarray]:
+    """Micro-batch `index` of `count` of this process's rows of a global batch ({name: [rows, ...]}): every
+    `count`-th row from row `index`. Taken so from each process's block of rows, micro-batch `index` is the
+    same rows of the global batch however many processes share it."""
+    if count == 1:
+        return batch
+    return {name: np.ascontiguousarray(array[index::count]) for name, array in batch.items()}
+
+
 def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     """Trains, evaluates, checkpoints and exports; returns the summary (also written to summary.json)."""
     tc = prepared.config.training
     objective = prepared.objective
     mesh = make_mesh(tc.mesh)
     devices = mesh.devices.size
-    train_batch, eval_batch = tc.per_device_train_batch_size * devices, tc.per_device_eval_batch_size * devices
-    iterator = objective.train_batches(train_batch, tc.seed, share=share())  # this process's rows of each batch
-    accumulation = tc.gradient_accumulation_steps
-    total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch / accumulation))
-    engine = build_engine(prepared, total_steps, mesh)
+    eval_batch = tc.per_device_eval_batch_size * devices
+    checkpoints = Checkpoints(run_dir / "checkpoints")
+    found = checkpoints.newest("latest") if resume else None
+    if resume:
+        if found is None:
+            raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
+        saved = found[1]
+        changed = _changed_keys(_with_defaults(saved.get("config", {})), prepared.config.to_dict(),
+                                ignored=("output_dir", "training.mesh", "training.sharding"))
+        if changed:
+            raise ConfigKeyError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
+                                 "resume with the same config (or start a new run)")
+        global_batch = saved["global_batch"]  # kept: the data order, step count and schedule follow from it
+    else:
+        global_batch = tc.per_device_train_batch_size * devices * tc.gradient_accumulation_steps
+    accumulation = accumulation_steps(global_batch, tc.per_device_train_batch_size, devices)
+    position = found[1]["position"] if found else None
+    iterator = objective.train_batches(global_batch, tc.seed, position, share=share())  # this process's rows
+    total_steps = tc.max_steps or max(1, math.ceil(tc.num_train_epochs * iterator.batches_per_epoch))
+    engine = build_engine(prepared, total_steps, mesh, accumulation)
     graphdef, trainable, frozen, opt_state = engine.graphdef, engine.trainable, engine.frozen, engine.opt_state
     train_step, stages = engine.train_step, engine.stages
     forward = _forward_fn(graphdef, objective, mesh)
@@ -115,23 +167,17 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     main = is_main()  # the process that writes logs, curves, exports (every process trains and checkpoints)
     higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
 
-    checkpoints = Checkpoints(run_dir / "checkpoints")
     state = {"step": 0, "best": None, "best_step": None, "bad_evaluations": 0, "train": [], "validation": [],
-             "config": prepared.config.to_dict()}
+             "config": prepared.config.to_dict(), "global_batch": global_batch}
     if resume:
-        restored = checkpoints.restore("latest", trainable, opt_state)
-        if restored is None:
-            raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
-        trainable, opt_state, state = restored  # placed as this run's mesh and rules place them
-        changed = _changed_keys(_with_defaults(state.get("config", {})), prepared.config.to_dict(),
-                                ignored=("output_dir", "training.mesh", "training.sharding"))
-        if changed:
-            raise ConfigKeyError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
-                             "resume with the same config (or start a new run)")
-        iterator = objective.train_batches(train_batch, tc.seed, state["position"], share=share())
+        # placed as this run's mesh and rules place them
+        trainable, opt_state, state = checkpoints.restore("latest", trainable, opt_state, found)
         if main:
             _truncate_log(run_dir / "metrics.jsonl", state["step"])
             print(f"resuming from the checkpoint of step {state['step']} (of {total_steps})", file=sys.stderr)
+            if accumulation != tc.gradient_accumulation_steps:  # another device count than the config's
+                print(f"on {devices} devices: each step's global batch of {global_batch} rows as {accumulation} "
+                      f"accumulated micro-batches of {global_batch // accumulation}", file=sys.stderr)
         if state["best_step"] == state["step"] and checkpoints.saved_step("best") != state["step"]:
             _save(checkpoints, "best", state["step"], trainable, opt_state, state)  # the run stopped before it
     elif objective.evaluate_before:  # the starting point (e.g. the held-out loss before continued pre-training)
@@ -160,7 +206,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             last = checkpoints.saved_step("latest")
             kept = f"the last good checkpoint (step {last}) is kept" if last is not None else "no checkpoint yet"
             raise TrainingStopped(f"{what} at step {taken}; stopped ({kept}); try a lower learning rate.")
-        seen += train_batch * accumulation
+        seen += global_batch
         state["train"].append((taken, loss))
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.4f}", ex_per_s=f"{seen / (time.perf_counter() - started):.0f}")
@@ -179,10 +225,10 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             if stages and stages.stage(step) != stage:  # newly unfrozen leaves start with a fresh Adam state
                 stage = stages.stage(step)
                 opt_state = place(reset_stage(opt_state, stage), engine.shardings.opt_state)
-            micro_metrics = []
+            micro_metrics, rows = [], next(iterator)
             for micro in range(accumulation):
                 key = dropout_key(step * accumulation + micro)
-                batch = shard_local_rows(next(iterator), mesh)
+                batch = shard_local_rows(micro_batch(rows, micro, accumulation), mesh)
                 args = (trainable, frozen, opt_state, batch, key) + ((masks[stage],) if stages else ())
                 trainable, opt_state, metrics = train_step(*args)
                 faults.point("step")
