@@ -8,6 +8,7 @@ import transformers
 from flax import nnx
 
 from conftest import padded_batch
+from test_encoder import assert_rounds_like_pytorch
 from tljax.models import DecoderConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, generate, \
     stream_generate
 
@@ -136,14 +137,19 @@ def test_sampling_is_reproducible_and_respects_top_k(tmp_path, rng):
     np.testing.assert_array_equal(generate(model, ids, mask, temperature=0.7, top_p=1e-6, seed=3, **kw), greedy)
 
 
-def test_bfloat16_generation_and_logits(tmp_path, rng):
-    torch_model().save_pretrained(tmp_path)
-    full = LlamaForCausalLM.from_pretrained(tmp_path)
-    half = LlamaForCausalLM.from_pretrained(tmp_path, dtype=jnp.bfloat16)
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_a_half_precision_checkpoint_generates_and_rounds_as_pytorch_does(tmp_path, rng, stored):
+    reference = torch_model().to(stored)
+    reference.save_pretrained(tmp_path)
+    half = LlamaForCausalLM.from_pretrained(tmp_path)  # dtype "auto": the checkpoint's
     ids, mask = padded_batch(rng, TINY["vocab_size"], [6, 4], left=True)
     low = nnx.jit(lambda m, i, a: m(i, a))(half, jnp.asarray(ids), jnp.asarray(mask))
-    high = full(jnp.asarray(ids), jnp.asarray(mask))
-    assert half.model.layers[0].self_attn.q_proj.kernel.dtype == jnp.bfloat16
+    dtype = {torch.bfloat16: jnp.bfloat16, torch.float16: jnp.float16}[stored]
+    assert half.model.layers[0].self_attn.q_proj.kernel.dtype == dtype
+    inputs = dict(attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions(mask)))
+    with torch.no_grad():
+        pytorch_low = reference(torch.tensor(ids), **inputs).logits.float().numpy()
+        exact = reference.float()(torch.tensor(ids), **inputs).logits.numpy()
     real = mask.astype(bool)
-    assert np.abs(np.asarray(low)[real] - np.asarray(high)[real]).max() < 0.25 * np.abs(np.asarray(high)).max()
+    assert_rounds_like_pytorch(np.asarray(low)[real], pytorch_low[real], exact[real])
     assert generate(half, ids, mask, max_new_tokens=4).shape == (2, 4)

@@ -7,6 +7,10 @@ load and save those directories. `load(name, task)` does both.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jax.typing import DTypeLike
 
 # transformers serves tljax its tokenizers only; installed without PyTorch (which tljax never needs), it would
 # advise on import that "PyTorch was not found. Models won't be available"
@@ -15,11 +19,14 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 __version__ = "0.1.0"
 
 
-def load(name_or_path: str, task: str | None = None, **kwargs):
+def load(name_or_path: str, task: str | None = None, *, dtype: DTypeLike | None = "auto", **kwargs):
     """A packaged model name, Hugging Face id or local directory -> (model, tokenizer).
 
     `task` is "base", "sequence-classification", "masked-lm" or "causal-lm" (default: the backbone for
-    encoders, the language model for decoders); `kwargs` go to `from_pretrained` (dtype, id2label, ...).
+    encoders, the language model for decoders). `dtype` is what the model computes in and stores its parameters
+    in: "auto" (the default) or None keeps the checkpoint's dtype, as `transformers` 5 does; "float32",
+    "bfloat16", "float16" (or the jnp dtype) casts to it. `kwargs` go to `from_pretrained` (param_dtype,
+    id2label, ...).
     """
     # imported on first use: `import tljax.errors` (or any small module) must not load JAX and transformers
     from transformers import AutoTokenizer
@@ -27,4 +34,4 @@ def load(name_or_path: str, task: str | None = None, **kwargs):
     from tljax import models, zoo
 
     directory = zoo.resolve(name_or_path)
-    return models.from_pretrained(directory, task, **kwargs), AutoTokenizer.from_pretrained(directory)
+    return models.from_pretrained(directory, task, dtype=dtype, **kwargs), AutoTokenizer.from_pretrained(directory)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Self
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from tljax.models.checkpoint import (
     CheckpointError,
@@ -17,6 +18,7 @@ from tljax.models.checkpoint import (
     hf_name,
     model_to_hf_tensors,
     read_tensors,
+    resolve_dtype,
     write_model_directory,
 )
 from tljax.models.config import HFConfig
@@ -72,27 +74,37 @@ class PretrainedModel(nnx.Module):
         cls,
         directory: str | Path,
         *,
-        dtype: jnp.dtype = jnp.float32,
-        param_dtype: jnp.dtype | None = None,
+        dtype: DTypeLike | None = "auto",
+        param_dtype: DTypeLike | None = None,
         seed: int = 0,
         **config_changes: Any,
     ) -> Self:
-        """Loads a Hugging Face model directory (config.json + safetensors).
+        """Loads a Hugging Face model directory (config.json + safetensors, sharded or not, or PyTorch .bin).
 
+        `dtype` is what the model computes in: "auto" (the default) or None keeps the dtype the checkpoint was
+        saved in (config.json's `dtype` / `torch_dtype`, else its tensors'), as `transformers` 5 does, so a
+        bfloat16 checkpoint loads as bfloat16 and a float32 one as float32; "float32", "bfloat16", "float16" (or
+        the jnp dtype) casts every tensor to it. `param_dtype` is what the parameters are stored in (default:
+        `dtype`; "auto" too keeps the checkpoint's). Training asks for float32 parameters explicitly
+        (`tljax.runs.build_model`), whatever the checkpoint's dtype.
         `config_changes` override config fields, e.g. `id2label={0: "neg", 1: "pos"}` for a new head.
         Every missing, unexpected or mis-shaped tensor is reported at once in a `CheckpointError`.
         """
         directory = Path(directory)
-        config = cls.config_class.from_hf(read_config_dict(directory))
+        config_dict = read_config_dict(directory)
+        config = cls.config_class.from_hf(config_dict)
         if config_changes:
             config = config.replace(**config_changes)
             config.validate()
-        param_dtype = param_dtype or dtype
+        tensors = read_tensors(directory)
+        dtype = resolve_dtype(dtype, config_dict, tensors)
+        param_dtype = dtype if param_dtype is None else resolve_dtype(param_dtype, config_dict, tensors,
+                                                                      argument="param_dtype")
         # Build the model without computing its random initial values, except the new head's.
         abstract = nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed)))
         model, kept = fill_parameters(
             abstract,
-            read_tensors(directory),
+            tensors,
             base_prefix=cls.base_model_prefix,
             new_parameters=cls.new_parameters,
             tied=abstract.tied_parameters(),

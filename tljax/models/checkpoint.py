@@ -3,6 +3,11 @@
 Our module and parameter names follow Hugging Face's, so a checkpoint name is our "/"-joined parameter
 path with "." separators and a renamed leaf (`kernel`, `scale`, `embedding` -> `weight`); Linear kernels
 are stored [out, in] by PyTorch and [in, out] by us.
+
+A directory holds its tensors in one of the forms `transformers` writes or has written: `model.safetensors`,
+sharded safetensors (`model.safetensors.index.json`), or PyTorch pickles (`pytorch_model.bin`, sharded by
+`pytorch_model.bin.index.json`), the latter read through torch when it is installed. Tensors keep the dtype
+they were stored in; `resolve_dtype` decides what the model computes in.
 """
 
 from __future__ import annotations
@@ -11,15 +16,19 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
@@ -108,34 +117,123 @@ def _damaged(path: Path, error: Exception) -> str:
     return f"{path} is damaged or incomplete ({reason}): it was cut short or altered, e.g. by an interrupted copy"
 
 
+# The checkpoint files of a directory, in the order `transformers` prefers them: one file, else a sharded index.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def read_tensors(directory: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a Hugging Face directory (`model.safetensors` or its sharded index)."""
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    if single.is_file():
-        return read_safetensors(single, MODEL_REMEDY)
-    if index.is_file():
-        tensors: dict[str, np.ndarray] = {}
-        for shard in _shards(index):
-            tensors.update(read_safetensors(directory / shard, MODEL_REMEDY))
-        return tensors
+    """Every tensor of a Hugging Face directory, in the dtype it was stored in (bfloat16 as `jnp.bfloat16`).
+
+    Reads the first of `WEIGHT_FILES` that exists; PyTorch `.bin` files need torch (`read_torch_file`)."""
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            tensors: dict[str, np.ndarray] = {}
+            for shard in _shards(path):
+                tensors.update(_read_file(directory / shard))
+            return tensors
+        return _read_file(path)
     found = sorted(p.name for p in directory.iterdir())
-    hint = " (PyTorch .bin checkpoints are not read: re-save them with safe_serialization=True)"
-    raise CheckpointError(
-        f"{directory} has no model.safetensors or model.safetensors.index.json; it holds {found}"
-        + (hint if any(name.endswith(".bin") for name in found) else "")
-    )
+    raise CheckpointError(f"{directory} has none of {', '.join(WEIGHT_FILES)}; it holds {found}")
+
+
+def _read_file(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".bin":
+        return read_torch_file(path, MODEL_REMEDY)
+    return read_safetensors(path, MODEL_REMEDY)
+
+
+# What to do when a PyTorch checkpoint cannot be read for want of torch.
+NO_TORCH_HINT = ("PyTorch .bin checkpoints are not read without torch: install torch (pip install torch; the CPU "
+                 "build is enough), or re-save the model with transformers, which writes model.safetensors")
+
+
+def read_torch_file(path: Path, remedy: str) -> dict[str, np.ndarray]:
+    """The tensors of one PyTorch state-dict file (`torch.save`), read with `weights_only=True` (plain tensors
+    only: nothing in the file is run). Without torch installed, a `CheckpointError` says how to get it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {remedy}")
+    try:
+        import torch  # optional: only .bin checkpoints need it, and a plain install has no torch
+    except ImportError:
+        raise CheckpointError(f"{path}: {NO_TORCH_HINT}") from None
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:  # what weights_only refuses: objects other than tensors and containers
+        raise CheckpointError(f"{path} holds more than tensors (torch.load with weights_only=True refuses it); "
+                              "re-save the model's state_dict() or use model.safetensors") from None
+    except (EOFError, RuntimeError, OSError, ValueError) as error:  # an empty, cut-short or altered archive
+        # torch's messages run to paragraphs: their first sentence says what failed
+        reason = str(error).split(". ")[0].splitlines()[0] if str(error).strip() else "the file ends early"
+        reason = "the file is empty" if path.stat().st_size == 0 else reason
+        raise CheckpointError(f"{path} is damaged or incomplete ({reason}): it was cut short or altered, e.g. by "
+                              f"an interrupted copy; {remedy}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict (it holds a {type(state).__name__}, not tensor name -> "
+                              f"tensor); {remedy}")
+    return {str(name): _torch_to_numpy(tensor, torch) for name, tensor in state.items()}
+
+
+def _torch_to_numpy(tensor: Any, torch: Any) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16 of its own: the same 16 bits as ml_dtypes' one
+        return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
+    return tensor.numpy()
 
 
 def _shards(index: Path) -> list[str]:
-    """The shard files a `model.safetensors.index.json` names."""
+    """The shard files a `*.index.json` of safetensors or PyTorch shards names."""
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         return sorted(set(weight_map.values()))
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # not JSON, or not an index's layout
-        raise CheckpointError(f"{index} is damaged: it is not a safetensors index ({type(error).__name__}: "
+        raise CheckpointError(f"{index} is damaged: it is not a checkpoint index ({type(error).__name__}: "
                               f"{error}; expected JSON with a weight_map of tensor name -> shard file); "
                               f"{MODEL_REMEDY}") from None
+
+
+# The dtypes the models compute in and store parameters in, by the names config.json and `dtype=` use.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def stored_dtype(config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> str:
+    """The name of the dtype a checkpoint was saved in, found as `transformers`' dtype="auto" finds it:
+    config.json's `dtype` (`torch_dtype` before transformers 5), else that of its first floating-point tensor
+    (float32 when it has none)."""
+    declared = config.get("dtype") or config.get("torch_dtype")
+    if declared is not None:
+        return str(declared).removeprefix("torch.")
+    for name, array in tensors.items():
+        if not IGNORED_BUFFERS.search(name) and jnp.issubdtype(array.dtype, jnp.floating):
+            return np.dtype(array.dtype).name
+    return "float32"
+
+
+def resolve_dtype(
+    dtype: DTypeLike | None, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray], *, argument: str = "dtype"
+) -> jnp.dtype:
+    """The dtype a model is built in: `dtype` itself (a name of `DTYPES` or a jnp / numpy dtype), or, for
+    None or "auto", the checkpoint's own (`stored_dtype`). Anything else is a `CheckpointError` naming the
+    valid ones."""
+    valid = ", ".join(DTYPES)
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        name = stored_dtype(config, tensors)
+        if name not in DTYPES:
+            raise CheckpointError(f"the checkpoint is stored in {name}, which the models do not compute in; pass "
+                                  f"{argument}=\"float32\" (or another of {valid}) to cast it")
+        return jnp.dtype(DTYPES[name])
+    try:
+        name = jnp.dtype(DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype).name
+    except TypeError:  # not a dtype at all
+        name = None
+    if name not in DTYPES:
+        given = repr(dtype) if isinstance(dtype, str) or name is None else name
+        raise CheckpointError(f"{argument}={given} is not a dtype the models compute in; valid: \"auto\" (the "
+                              f"checkpoint's), {valid}")
+    return jnp.dtype(DTYPES[name])
 
 
 def fill_parameters(

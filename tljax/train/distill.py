@@ -103,7 +103,8 @@ def load_teacher(spec: str, seed: int) -> Teacher:
         model, tokenizer, info = load_exported(directory)
         merge_and_unload(model)  # a LoRA teacher as one plain model: nothing of it looks trainable, and it is faster
         return Teacher(spec, model, tokenizer, info.labels, info.text_prefix, info.max_length)
-    model = models.from_pretrained(directory, "sequence-classification", seed=seed)
+    # float32 as every model of a run, whatever dtype the directory was saved in
+    model = models.from_pretrained(directory, "sequence-classification", dtype=jnp.float32, seed=seed)
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     return Teacher(spec, model, AutoTokenizer.from_pretrained(directory), labels, "",
                    model.config.max_position_embeddings)
