@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from harness import bias, plots
-from harness.results import agreement, markdown_table, summarise
+from harness.results import agreement, markdown_table, summarise_seeds
 from harness.tasks import TASKS_DIR, Task, load_task, read_spec, spec_path
 from harness.training import train_sweep
 from harness.variants import Models, Variant, VariantError, evaluate, parse_variant
@@ -144,20 +144,33 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
                 (out / "predictions" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                                 for r in evaluation["records"]))
                 per_seed.append(evaluation)
-            summaries = [summarise(e["records"], len(task.labels)) for e in per_seed]
-            accuracies = [s["acc"]["accuracy"] for s in summaries if "acc" in s]
+            # every figure of the row over the same thing: the seeds alike (means, spreads, the seed mean's interval)
+            summary = summarise_seeds([e["records"] for e in per_seed], len(task.labels))
+            accuracies = summary.get("acc", {}).get("accuracy_per_seed", [])
             row = {"variant": variant.label, "kind": variant.kind, "task": task_name, "language": task.language,
-                   "settings": variant.settings(), "seeds": list(seeds), "summary": summaries[0],
-                   "seed_accuracies": accuracies, "seed_mean": float(np.mean(accuracies)) if accuracies else None,
-                   "seed_spread": float(np.std(accuracies)) if len(accuracies) > 1 else None,
-                   "costs": per_seed[0]["costs"], "notes": per_seed[0]["notes"],
+                   "settings": variant.settings(), "seeds": list(seeds), "summary": summary,
+                   "seed_accuracies": accuracies, "seed_mean": summary.get("acc", {}).get("accuracy"),
+                   "seed_spread": summary.get("acc", {}).get("accuracy_sd"),
+                   "costs": mean_costs([e["costs"] for e in per_seed]), "notes": per_seed[0]["notes"],
                    "bias": bias.probe(per_seed[0]["records"], _positive(task))}
-            if len(accuracies) > 1:  # the table shows the mean over seeds
-                row["summary"] = {**row["summary"], "acc": {**row["summary"]["acc"], "accuracy": row["seed_mean"]}}
             rows.append(row)
             by_key[(variant.label, task_name)] = per_seed[0]["records"]
     _write(out, suite, rows, by_key)
     return rows
+
+
+PER_SEED_COSTS = ("examples_per_second", "flops_per_example", "memory_mb")  # what a few-shot draw changes
+
+
+def mean_costs(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first seed's costs, with those a seed changes (speed, compute, memory of the prompts drawn) averaged
+    over the seeds, as the row's accuracy is."""
+    costs = dict(per_seed[0])
+    for key in PER_SEED_COSTS:
+        values = [c.get(key) for c in per_seed]
+        if all(isinstance(v, (int, float)) for v in values):
+            costs[key] = float(np.mean(values))
+    return costs
 
 
 def _positive(task: Task) -> int:

@@ -35,17 +35,45 @@ def test_bradley_terry_orders_by_strength_counts_ties_half_and_brackets_the_esti
         a, b = rng.sample(list(strength), 2)
         p = 1 / (1 + np.exp(strength[b] - strength[a]))
         results.append((a, b, "a" if rng.random() < p else "b"))
-    table = arena.ratings(votes_from(results), rounds=30)
+    from sklearn.linear_model import LogisticRegression
+
+    def reference(votes):
+        """The same fit by scikit-learn: a logistic regression without intercept on the pairwise design (+1 for
+        side a, -1 for side b; y: a won; a tie is half a win each way), whose L2 term |w|^2 / (2C) equals our
+        PRIOR |s|^2 at C = 1 / (2 PRIOR); rows alternate in sign (the same likelihood) so both classes occur."""
+        names = sorted({v["a"] for v in votes} | {v["b"] for v in votes})
+        design, won, weight = [], [], []
+        for k, vote in enumerate(votes):
+            row = np.zeros(len(names))
+            row[names.index(vote["a"])], row[names.index(vote["b"])] = 1, -1
+            sign = 1 if k % 2 else -1
+            for a_won, share in ((1, {"a": 1, "tie": 0.5}.get(vote["outcome"], 0)),
+                                 (0, {"b": 1, "tie": 0.5}.get(vote["outcome"], 0))):
+                if share:
+                    design.append(sign * row)
+                    won.append(a_won if sign > 0 else 1 - a_won)
+                    weight.append(share)
+        fit = LogisticRegression(C=1 / (2 * arena.PRIOR), fit_intercept=False, solver="newton-cholesky", tol=1e-12,
+                                 max_iter=1000).fit(np.asarray(design), won, sample_weight=weight)
+        strengths = fit.coef_[0] - fit.coef_[0].mean()
+        return dict(zip(names, 1000 + arena.SCALE * strengths))
+
+    votes = votes_from(results)
+    table = arena.ratings(votes, rounds=30)
     assert [r.name for r in table] == ["strong", "middle", "weak"]
     for r in table:
         assert r.low <= r.rating <= r.high
-    # natural-log strengths of 2 apart are 2 * 400 / ln 10 = 347 Elo points: the fit is near it
-    assert abs((table[0].rating - table[1].rating) - 347) < 120
+    # the maximum of the same penalised likelihood, found by another solver: equal to 1e-3 Elo points
+    expected = reference(votes)
+    assert {r.name: r.rating for r in table} == {name: pytest.approx(value, abs=1e-3) for name, value in expected.items()}
     ties = arena.ratings(votes_from([("x", "y", "tie")] * 10), rounds=5)
     assert abs(ties[0].rating - ties[1].rating) < 1e-6 and ties[0].wins == 5
-    # one side never won: its rating stays finite (the prior)
-    lopsided = arena.ratings(votes_from([("x", "y", "a")] * 5), rounds=5)
+    # one side never won: its rating stays finite (the prior), where the same penalised fit puts it
+    lopsided_votes = votes_from([("x", "y", "a")] * 5 + [("y", "z", "tie"), ("z", "x", "b")])
+    lopsided = arena.ratings(lopsided_votes, rounds=5)
     assert np.isfinite([r.rating for r in lopsided]).all() and lopsided[0].name == "x"
+    assert {r.name: r.rating for r in lopsided} == {name: pytest.approx(value, abs=1e-3)
+                                                    for name, value in reference(lopsided_votes).items()}
 
 
 def test_votes_are_appended_as_json_lines_and_damaged_lines_skipped(tmp_path):

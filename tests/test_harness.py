@@ -147,6 +147,74 @@ def test_binomial_test_and_summary():
     assert "| v | t | en | 10 | 0.800" in table
 
 
+def test_an_unread_reply_is_its_own_outcome_not_another_label():
+    """By hand: gold 0 0 0 1 1 2, predicted 0 - 1 1 - 2 (- : unread). An unread reply is a miss in its gold
+    class's recall and no class's false positive: per-class F1 1/2 (P 1, R 1/3), 1/2 (P 1/2, R 1/2), 1 (P 1,
+    R 1), macro 2/3; read as the next label instead, classes 1 and 2 would each gain a false positive."""
+    records = [{"id": str(i), "gold": g, "prediction": {"acc": p}}
+               for i, (g, p) in enumerate(zip([0, 0, 0, 1, 1, 2], [0, -1, 1, 1, -1, 2]))]
+    summary = summarise(records, 3)
+    assert summary["unread"] == 2 and summary["acc"]["accuracy"] == pytest.approx(0.5)
+    assert summary["acc"]["f1"] == pytest.approx(2 / 3)
+    assert summary["acc"]["precision"] == pytest.approx(5 / 6) and summary["acc"]["recall"] == pytest.approx(11 / 18)
+    assert summary["acc"]["mcc"] == pytest.approx(10 / np.sqrt(26 * 22))  # see tests/test_metrics.py
+
+
+def test_a_row_over_seeds_reports_every_figure_over_the_seeds(tmp_path, monkeypatch):
+    """Two few-shot seeds: accuracy, F1, MCC and the other rules are each the mean over the seeds with their
+    spread, the interval is the seed mean's, p the largest over seeds, unread and the per-seed costs the means."""
+    from scipy.stats import binomtest
+    from sklearn import metrics as sk
+
+    import harness.suite as suite_module
+    from harness.variants import Evaluation
+
+    def fake_evaluate(variant, task, items, seed, loaded):
+        rng = np.random.default_rng(seed)
+        records = []
+        for item in items:
+            right = rng.random() < (0.9 if seed == 0 else 0.6)
+            guess = -1 if rng.random() < 0.15 * seed else 1 - item.label
+            records.append({"id": item.id, "gold": item.label,
+                            "prediction": {"acc": item.label if right else guess, "acc_norm": item.label}})
+        return Evaluation(records, {"examples_per_second": 10.0 * (seed + 1), "trainable_parameters": 0})
+
+    monkeypatch.setattr(suite_module, "evaluate", fake_evaluate)
+    reviews = write_reviews(tmp_path / "reviews.csv")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "seeds", "limit": 60,
+        "tasks": [str(write_task(tmp_path, {"source": str(reviews), "text_column": "review",
+                                            "label_column": "sentiment"}))],
+        "variants": [{"kind": "few-shot", "model": "m", "k": 2, "seeds": [0, 1]}]}))
+    [row] = suite_module.run_suite(suite_module.load_suite(suite), tmp_path / "out", say=lambda line: None)
+    per_seed = [[json.loads(line) for line in path.read_text().splitlines()]
+                for path in sorted((tmp_path / "out" / "predictions").glob("*.jsonl"))]
+    gold = np.asarray([r["gold"] for r in per_seed[0]])
+    predicted = [np.asarray([r["prediction"]["acc"] for r in records]) for records in per_seed]
+    assert all(np.array_equal(gold, [r["gold"] for r in records]) for records in per_seed)
+    expected = {"accuracy": [sk.accuracy_score(gold, p) for p in predicted],
+                "f1": [sk.f1_score(gold, p, labels=[0, 1], average="macro", zero_division=0) for p in predicted],
+                "mcc": [sk.matthews_corrcoef(gold, p) for p in predicted]}
+    acc = row["summary"]["acc"]
+    assert expected["accuracy"][0] > expected["accuracy"][1] + 0.1  # the seeds differ, so the figures must agree
+    for name, values in expected.items():
+        assert acc[name] == pytest.approx(np.mean(values)) and acc[f"{name}_sd"] == pytest.approx(np.std(values, ddof=1))
+    assert acc["accuracy_ci"][0] <= acc["accuracy"] <= acc["accuracy_ci"][1]
+    assert acc["accuracy_ci"][0] > min(expected["accuracy"])  # the seed mean's interval, not seed 0's
+    assert acc["p_above_chance"] == pytest.approx(max(binomtest(int((gold == p).sum()), len(gold), 0.5,
+                                                                alternative="greater").pvalue for p in predicted))
+    unread = [int((p < 0).sum()) for p in predicted]
+    assert unread[1] > 0 and row["summary"]["unread"] == pytest.approx(np.mean(unread))
+    assert row["summary"]["acc_norm"]["accuracy"] == 1.0 and row["summary"]["acc_norm"]["accuracy_sd"] == 0.0
+    assert row["costs"]["examples_per_second"] == pytest.approx(15.0)
+    line = next(line for line in (tmp_path / "out" / "results.md").read_text().splitlines() if "| few-shot" in line)
+    assert f"| 60 × 2 | {np.mean(expected['accuracy']):.3f} ± {np.std(expected['accuracy'], ddof=1):.3f} (" in line
+    assert f"| {np.mean(expected['f1']):.3f} ± {np.std(expected['f1'], ddof=1):.3f} | " \
+           f"{np.mean(expected['mcc']):.3f} ± {np.std(expected['mcc'], ddof=1):.3f} |" in line
+    assert f"| {np.mean(unread):.1f} |" in line and "mean over its S seeds" in (tmp_path / "out" / "results.md").read_text()
+
+
 def test_variants_are_checked_and_replies_parsed():
     with pytest.raises(VariantError, match="unknown variant kind 'zero_shot'; valid: zero-shot, few-shot, chat, run"):
         parse_variant({"kind": "zero_shot", "model": "m"})

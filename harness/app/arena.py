@@ -71,38 +71,42 @@ def read_votes(path: Path) -> list[dict[str, Any]]:
     return votes
 
 
-def _wins(votes: Sequence[dict[str, Any]], names: list[str]) -> np.ndarray:
-    """wins[i, j]: how often i beat j (a tie: half each)."""
+def _wins(votes: Sequence[dict[str, Any]], names: list[str], samples: np.ndarray | None = None) -> np.ndarray:
+    """wins[i, j]: how often i beat j (a tie: half each), [n, n]; or with `samples` [R, V] (row r: the vote
+    indices of resample r), one table per resample, [R, n, n], counted at once."""
     index = {n: i for i, n in enumerate(names)}
-    wins = np.zeros((len(names), len(names)))
-    for vote in votes:
-        a, b = index[vote["a"]], index[vote["b"]]
-        if vote["outcome"] == "a":
-            wins[a, b] += 1
-        elif vote["outcome"] == "b":
-            wins[b, a] += 1
-        else:
-            wins[a, b] += 0.5
-            wins[b, a] += 0.5
-    return wins
+    n = len(names)
+    a = np.asarray([index[v["a"]] for v in votes], np.int64)
+    b = np.asarray([index[v["b"]] for v in votes], np.int64)
+    share_a = np.asarray([{"a": 1.0, "tie": 0.5}.get(v["outcome"], 0.0) for v in votes])  # of a win over b
+    # each vote adds its share to two cells: [a, b] (a's win) and [b, a] (b's win)
+    cells = np.stack([a * n + b, b * n + a])  # [2, V]
+    shares = np.stack([share_a, 1.0 - share_a])
+    if samples is None:
+        return np.bincount(cells.ravel(), shares.ravel(), minlength=n * n).reshape(n, n)
+    rounds = len(samples)
+    offset = np.arange(rounds)[:, None, None] * (n * n)  # resample r's table starts at r * n * n
+    flat = (offset + cells[:, samples].transpose(1, 0, 2)).ravel()
+    return np.bincount(flat, shares[:, samples].transpose(1, 0, 2).ravel(), minlength=rounds * n * n).reshape(
+        rounds, n, n)
 
 
 def fit_strengths(wins: np.ndarray, iterations: int = 500) -> np.ndarray:
-    """Bradley-Terry log-strengths [n] (mean 0) maximising the likelihood of `wins` [n, n] minus PRIOR * |s|^2
-    (Newton's method: the objective is concave)."""
-    n = wins.shape[0]
-    strengths = np.zeros(n)
-    games = wins + wins.T
+    """Bradley-Terry log-strengths [..., n] (mean 0) maximising the likelihood of `wins` [..., n, n] minus
+    PRIOR * |s|^2 (Newton's method, every table of a batch at once: the objective is concave)."""
+    n = wins.shape[-1]
+    strengths = np.zeros(wins.shape[:-1])
+    games = wins + np.swapaxes(wins, -1, -2)
     for _ in range(iterations):
-        p = 1 / (1 + np.exp(strengths[None, :] - strengths[:, None]))  # p[i, j] = P(i beats j)
-        gradient = (wins - games * p).sum(1) - 2 * PRIOR * strengths
+        p = 1 / (1 + np.exp(strengths[..., None, :] - strengths[..., :, None]))  # p[..., i, j] = P(i beats j)
+        gradient = (wins - games * p).sum(-1) - 2 * PRIOR * strengths
         curvature = games * p * (1 - p)
-        hessian = curvature - np.diag(curvature.sum(1)) - 2 * PRIOR * np.eye(n)
-        step = np.linalg.solve(hessian, gradient)
+        hessian = curvature - curvature.sum(-1)[..., None] * np.eye(n) - 2 * PRIOR * np.eye(n)
+        step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
         strengths -= step
         if np.abs(step).max() < 1e-9:
             break
-    return strengths - strengths.mean()
+    return strengths - strengths.mean(-1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +127,9 @@ def ratings(votes: Sequence[dict[str, Any]], rounds: int = BOOTSTRAP_ROUNDS, see
     wins = _wins(votes, names)
     best = 1000 + SCALE * fit_strengths(wins)
     rng = np.random.default_rng(seed)
-    samples = np.stack([1000 + SCALE * fit_strengths(_wins([votes[i] for i in rng.integers(0, len(votes), len(votes))],
-                                                            names)) for _ in range(rounds)])
-    low, high = np.percentile(samples, [2.5, 97.5], axis=0)
+    resamples = rng.integers(0, len(votes), (rounds, len(votes)))  # [R, V]: votes drawn with replacement
+    refits = 1000 + SCALE * fit_strengths(_wins(votes, names, resamples))  # [R, n]
+    low, high = np.percentile(refits, [2.5, 97.5], axis=0)
     played = (wins + wins.T).sum(1)
     table = [Rating(n, float(best[i]), float(low[i]), float(high[i]), int(round(played[i])), float(wins[i].sum()))
              for i, n in enumerate(names)]
