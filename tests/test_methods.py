@@ -68,9 +68,12 @@ def train(adaptation, batch, steps: int, learning_rate: float = 1e-2):
 def pretrained():
     """Tiny backbones "pre-trained" (fully fine-tuned) on the task, so that features carry its signal."""
     models = {}
-    for family, (cls, config) in FAMILIES.items():
+    # The encoder's rate stops short of saturating its tanh pooler: at 3e-3 half its outputs end beyond 0.99,
+    # where tanh passes a few percent of a gradient on, and a soft prompt below it then stalls on some seeds.
+    for family, rate in (("encoder", 1e-3), ("decoder", 3e-3)):
+        cls, config = FAMILIES[family]
         adaptation = adapt(cls.from_config(config, seed=1), [make_method("full")])
-        model, _, losses = train(adaptation, synthetic_task(0, 256), 80, learning_rate=3e-3)
+        model, _, losses = train(adaptation, synthetic_task(0, 256), 80, learning_rate=rate)
         assert losses[-1] < 0.1
         models[family] = nnx.state(model, nnx.Param)
     return models
@@ -124,25 +127,19 @@ def test_frozen_leaves_stay_bit_identical_and_trainable_ones_change(family, meth
     assert count > 0
 
 
-SOFT_PROMPTS = ("prefix", "prompt", "p-tuning")
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_learns(family, method, pretrained):
     adaptation = adapt(fresh(family, pretrained), [make_method(method, OPTIONS.get(method))])
-    head_only = ("feature-extraction", "gradual-unfreezing", *SOFT_PROMPTS)  # a new head on frozen features, at first
-    rate = 3e-3 if method == "full" else 3e-2 if method in head_only else 1e-2
+    # a new head on frozen features takes the larger rate: it is all that trains at first
+    rate = {"full": 3e-3, "feature-extraction": 3e-2, "gradual-unfreezing": 3e-2}.get(method, 1e-2)
     _, _, losses = train(adaptation, synthetic_task(2), 120, learning_rate=rate)
-    # Where the loss ended: the mean of the last 10 steps (a soft prompt's loss still jumps now and then at
-    # these rates). Budget and threshold hold by far across backbones pre-trained from 5 seeds (a change of
-    # seed moves a trajectory far more than another processor's rounding does): the slowest, a new head on the
-    # decoder's frozen features and P-tuning, ended at 0.12 and 0.07 of the first loss, against 0.3 asked.
-    # Soft prompts on a small encoder learn least (as Lester et al. found below ~1B parameters): a BERT
-    # pooler reads the first virtual token, and prefix keys shift every position.
-    factor = 0.7 if family == "encoder" and method in SOFT_PROMPTS else 0.3
+    # Where the loss ended: the mean of the last 10 steps (a soft prompt's loss still jumps now and then).
+    # Budget, rates and threshold hold by far across backbones pre-trained from 5 seeds (a change of seed moves
+    # a trajectory far more than another processor's rounding does): the slowest, a new head on the decoder's
+    # frozen features, ended at 0.12 of the first loss, P-tuning on the decoder at 0.06, against 0.3 asked.
     ended = float(np.mean(losses[-10:]))
-    assert ended < factor * losses[0], f"{method}: loss {losses[0]:.3f} -> {ended:.3f}"
+    assert ended < 0.3 * losses[0], f"{method}: loss {losses[0]:.3f} -> {ended:.3f}"
 
 
 def outputs(model, batch):
@@ -197,7 +194,7 @@ def test_gradual_unfreezing_opens_one_layer_at_a_time_from_the_top(pretrained):
     def trained_at(step):
         return {p for p, _, r in adaptation.rules(step).report(adaptation.model) if r.trainable}
 
-    assert all(p.startswith("classifier/") for p in trained_at(0))
+    assert all(p.startswith(("classifier/", "bert/pooler/")) for p in trained_at(0))  # the head
     assert any("layer/1/" in p for p in trained_at(10)) and not any("layer/0/" in p for p in trained_at(10))
     assert any("layer/0/" in p for p in trained_at(20)) and not any("embeddings" in p for p in trained_at(20))
     assert any("embeddings" in p for p in trained_at(30))
@@ -289,8 +286,8 @@ def test_bad_method_input_gets_clear_errors(pretrained):
             adapt(fresh("encoder", pretrained), [make_method("lora", {"rank": rank})])
     with pytest.raises(RuleError, match="match no rule") as error:
         adapt(fresh("encoder", pretrained), [make_method("partial", {"path_rules": [["embeddings", "freeze"],
-                                                                                  ["encoder/", "train"]]})])
-    assert "bert/pooler/dense/kernel" in str(error.value)
+                                                                                  ["layer/0/", "train"]]})])
+    assert "bert/encoder/layer/1/output/dense/kernel" in str(error.value)
     with pytest.raises(ValueError, match="each decide which pre-trained weights train"):
         adapt(fresh("encoder", pretrained), [make_method("full"), make_method("partial")])
 
@@ -304,9 +301,10 @@ def test_trainable_table_command(tmp_path, capsys):
     total = sum(v.size for v in flat_params(BertForSequenceClassification.from_config(ENCODER)).values())
     assert rows["full"] == (total, 100.0)
     lora = adapt(BertForSequenceClassification.from_config(ENCODER), [make_method("lora")])
-    assert rows["lora"][0] == lora.count()[0] == 2 * 2 * (32 * 8 + 8 * 32) + 32 * 2 + 2
+    # LoRA on query and value of 2 layers, the classifier, and the pooler (dense [32, 32] and bias) before it
+    assert rows["lora"][0] == lora.count()[0] == 2 * 2 * (32 * 8 + 8 * 32) + 32 * 2 + 2 + 32 * 32 + 32
     assert main([str(tmp_path)]) == 0
-    assert "| lora | 2,114 |" in capsys.readouterr().out
+    assert "| lora | 3,170 |" in capsys.readouterr().out
 
 
 def test_describe_reports_which_rule_decided_what(pretrained):
@@ -368,3 +366,23 @@ def test_a_learning_rate_sweep_in_one_program_matches_separate_runs(pretrained):
 def _leaves_by_path(first, second) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     paths = jax.tree.leaves(tree_paths(first))
     return dict(zip(paths, zip(map(np.asarray, jax.tree.leaves(first)), map(np.asarray, jax.tree.leaves(second)))))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_pooler_trains_with_the_head_under_every_method(method, pretrained):
+    """No checkpoint's pooler was trained for the task (sentence encoders were trained for mean pooling, and
+    some ship none), so an encoder classifier's pooler is part of the new head whatever the method; an export
+    written before that (`train_pooler=False`) leaves it to the method."""
+    adaptation = adapt(fresh("encoder", pretrained), [make_method(method, OPTIONS.get(method))])
+    decided = {path: rule for path, _, rule in adaptation.rules().report(adaptation.model)}
+    assert decided["bert/pooler/dense/kernel"].source == "task head"  # (BitFit's rule takes the bias first)
+    assert decided["bert/pooler/dense/kernel"].trainable and decided["bert/pooler/dense/bias"].trainable
+    assert not any(p.startswith("bert/pooler/") and "lora" in p for p in decided)  # trained whole, no LoRA beside
+    # the head reads the backbone's features: the pooler is inside classify, where a cached feature reaches it
+    model, batch = adaptation.model, synthetic_task(3, 8)
+    whole = model(batch["input_ids"], batch["attention_mask"])
+    np.testing.assert_allclose(model.classify(model.features(batch["input_ids"], batch["attention_mask"])), whole,
+                               atol=1e-6, rtol=0)
+    legacy = adapt(fresh("encoder", pretrained), [make_method(method, OPTIONS.get(method))], train_pooler=False)
+    backbone_trains = method in ("full", "partial", "bitfit")
+    assert legacy.rules().match("bert/pooler/dense/bias").trainable is backbone_trains

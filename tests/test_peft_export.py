@@ -24,6 +24,7 @@ from tljax.methods import (
     PTuning,
     adapt,
 )
+from tljax.methods import merge_and_unload
 from tljax.methods.peft import save_peft
 from tljax.models import (
     BertForMaskedLM,
@@ -119,8 +120,12 @@ def test_lora_on_a_bert_classifier_matches_peft(bert_dir, tmp_path, bitfit):
     reference, config = export_and_load(adaptation, bert_dir, tmp_path)
     assert config["peft_type"] == "LORA" and config["task_type"] == "SEQ_CLS"
     assert config["target_modules"] == ["query", "value"] and config["r"] == 4 and config["lora_alpha"] == 8.0
-    assert config["bias"] == ("all" if bitfit else "none") and config["modules_to_save"] == ["classifier"]
+    # the pooler is part of the task head: PEFT keeps it beside the classifier
+    assert config["bias"] == ("all" if bitfit else "none") and config["modules_to_save"] == ["classifier", "pooler"]
     tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    pooler = tensors["base_model.model.bert.pooler.dense.weight"]
+    base = transformers.BertModel.from_pretrained(bert_dir).pooler.dense.weight.detach().numpy()
+    assert pooler.shape == (32, 32) and np.abs(pooler - base).max() > 0.1  # trained: the base's no longer
     assert tensors["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"].shape == (4, 32)
     assert tensors["base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight"].shape == (32, 4)
     assert tensors["base_model.model.classifier.weight"].shape == (3, 32)
@@ -172,7 +177,8 @@ def test_prompt_tuning_on_a_bert_classifier_matches_peft(bert_dir, tmp_path):
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 5
     assert config["token_dim"] == 32 and config["num_layers"] == 2 and config["num_attention_heads"] == 4
     tensors = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
-    assert sorted(tensors) == ["base_model.classifier.bias", "base_model.classifier.weight", "prompt_embeddings"]
+    assert sorted(tensors) == ["base_model.bert.pooler.dense.bias", "base_model.bert.pooler.dense.weight",
+                               "base_model.classifier.bias", "base_model.classifier.weight", "prompt_embeddings"]
     assert tensors["prompt_embeddings"].shape == (5, 32)
     ours, theirs = bert_outputs(adaptation, reference)
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
@@ -264,3 +270,32 @@ def test_export_replaces_an_existing_adapter_whole(bert_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".adapter")]  # no staging left behind
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "some/base" and config["inference_mode"] is True
+
+
+def test_a_mean_pooled_classifier_loads_in_pytorch_from_its_own_directory(bert_dir, tmp_path):
+    """No pooler: the classifier reads the masked mean of the last hidden states, and the saved directory names
+    the PyTorch class that computes it (its own modeling file, through config.json's auto_map)."""
+    model = BertForSequenceClassification.from_pretrained(bert_dir, id2label=LABELS, classifier_pooling="mean")
+    assert model.bert.pooler is None
+    adaptation = adapt(model, [LoRA(rank=4)])
+    perturb(adaptation)
+    with pytest.raises(ValueError, match="no layout for a mean-pooled classifier.*trust_remote_code"):
+        save_peft(adaptation, tmp_path / "adapter", str(bert_dir))
+    ids, mask, token_types = bert_batch()
+    ours = np.asarray(forward(adaptation.model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(token_types)))
+    merge_and_unload(adaptation.model)
+    adaptation.model.save_pretrained(tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["classifier_pooling"] == "mean" and "auto_map" in config
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "model",
+                                                                                trust_remote_code=True).eval()
+    assert not any("pooler" in name for name, _ in reference.named_parameters())
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                           token_type_ids=torch.tensor(token_types)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+    # and tljax reads the directory back as the same mean-pooled classifier
+    first = BertForSequenceClassification.from_pretrained(tmp_path / "model")
+    assert first.config.classifier_pooling == "mean" and first.bert.pooler is None
+    again = np.asarray(forward(first, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(token_types)))
+    np.testing.assert_allclose(again, ours, atol=1e-5, rtol=0)

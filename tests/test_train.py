@@ -265,7 +265,8 @@ def test_feature_extraction_trains_the_head_on_cached_features_with_the_same_res
         summary = train(prepared, tmp_path / name)
         results[name] = (summary["test"], final_trainable(tmp_path / name))
     (fast_test, fast_params), (slow_test, slow_params) = results["fast"], results["slow"]
-    assert fast_params.keys() == slow_params.keys() == {"classifier/kernel", "classifier/bias"}
+    assert fast_params.keys() == slow_params.keys() == {"classifier/kernel", "classifier/bias",  # the head:
+                                                         "bert/pooler/dense/kernel", "bert/pooler/dense/bias"}
     for name in fast_params:
         assert not np.allclose(fast_params[name], 0)  # trained
         np.testing.assert_allclose(fast_params[name], slow_params[name], atol=2e-5, err_msg=name)

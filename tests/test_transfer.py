@@ -498,3 +498,83 @@ def test_a_run_saved_before_a_setting_existed_still_resumes():
     assert _changed_keys(_with_defaults(older), current) == []
     older["training"]["learning_rate"] = 1.0
     assert _changed_keys(_with_defaults(older), current) == ["training.learning_rate"]
+
+
+# ------------------------------------------------------------------------------------------ the pooler
+
+
+def test_feature_extraction_trains_the_pooler_with_the_head_and_an_export_must_hold_every_trained_parameter(
+        tmp_path, tiny_model):
+    """The pooler is part of the new head under every method (the checkpoint's was not trained for the task);
+    an export lacking any trained parameter is refused by name, not loaded with that parameter at its start."""
+    from safetensors.numpy import save_file
+
+    from tljax.models.checkpoint import CheckpointError
+    from tljax.runs import load_exported
+
+    config = write_config(tmp_path, "frozen", {"model": str(tiny_model), "data": reviews_data(tmp_path),
+                                               "method": {"name": "feature-extraction"}, "training": TRAINING})
+    assert main(["--config", str(config)]) == 0
+    export = tmp_path / "frozen" / "export"
+    saved = load_file(export / "trainable.safetensors")
+    assert sorted(saved) == ["bert/pooler/dense/bias", "bert/pooler/dense/kernel", "classifier/bias",
+                             "classifier/kernel"]
+    base = load_file(tiny_model / "model.safetensors")["pooler.dense.weight"].T
+    assert np.abs(saved["bert/pooler/dense/kernel"] - base).max() > 1e-3  # it trained
+    run = json.loads((export / "run.json").read_text())
+    assert run["pooling"] == "pooler" and run["pooler_with_head"] is True
+
+    without_head = {k: v for k, v in saved.items() if not k.startswith("classifier/")}
+    save_file(without_head, export / "trainable.safetensors")
+    with pytest.raises(CheckpointError, match=r"2 trained parameters are missing \(classifier/bias, "
+                                              r"classifier/kernel\)"):
+        load_exported(export)
+    # an export written before the pooler joined the head holds no pooler: its run.json says nothing of it, and
+    # the pooler it classified through was the base model's, which it loads with
+    without_pooler = {k: v for k, v in saved.items() if not k.startswith("bert/pooler/")}
+    save_file(without_pooler, export / "trainable.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing \(bert/pooler/dense/bias, bert/pooler/dense/kernel\)"):
+        load_exported(export)
+    (export / "run.json").write_text(json.dumps({k: v for k, v in run.items()
+                                                 if k not in ("pooling", "pooler_with_head")}))
+    model, _, info = load_exported(export)
+    assert info.pooler_with_head is False
+    np.testing.assert_array_equal(np.asarray(model.bert.pooler.dense.kernel[...]), base)
+
+
+def test_a_mean_pooled_run_exports_a_directory_pytorch_loads(tmp_path, tiny_model, capsys):
+    """pooling: mean: no pooler; export/model (LoRA merged) names its own PyTorch class, which gives the logits
+    we give; no PEFT adapter, whose base model would read a pooler."""
+    import torch
+    import transformers
+
+    from tljax.runs import load_exported
+
+    config = write_config(tmp_path, "mean", {"model": str(tiny_model), "data": reviews_data(tmp_path),
+                                             "pooling": "mean", "method": {"name": "lora", "rank": 4},
+                                             "training": TRAINING})
+    assert main(["--config", str(config)]) == 0
+    export = tmp_path / "mean" / "export"
+    assert f"from_pretrained('{export}/model', trust_remote_code=True)" in capsys.readouterr().out
+    assert not any("pooler" in name for name in load_file(export / "trainable.safetensors"))
+    assert (export / "model").is_dir() and not (export / "adapter").exists()
+    model, tokenizer, info = load_exported(export)
+    assert info.pooling == "mean" and model.bert.pooler is None
+    batch = tokenizer(["a great superb film", "the plot was dull", "it"], padding=True, return_tensors="np")
+    ours = np.asarray(model(batch["input_ids"], batch["attention_mask"]))
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(export / "model",
+                                                                                trust_remote_code=True).eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor(batch["input_ids"]),
+                           attention_mask=torch.tensor(batch["attention_mask"])).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_mean_pooling_is_for_encoder_classifiers(tmp_path, tiny_model, capsys):
+    config = write_config(tmp_path, "mlm-mean", {"model": str(tiny_model), "task": "masked-lm", "pooling": "mean",
+                                                 "data": reviews_data(tmp_path)})
+    assert main(["--config", str(config)]) == 2
+    assert "pooling: mean is for sequence classification" in capsys.readouterr().err
+    config = write_config(tmp_path, "other", {"model": str(tiny_model), "pooling": "max"})
+    assert main(["--config", str(config)]) == 2
+    assert "pooling 'max' is unknown; valid: pooler, mean" in capsys.readouterr().err

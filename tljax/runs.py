@@ -31,6 +31,7 @@ from tljax.errors import InputError
 from tljax.methods import Adaptation, Method, MethodContext, MethodError, adapt, make_method, merge_and_unload, save_peft
 from tljax.methods.rules import parameter_sizes
 from tljax.models.checkpoint import CheckpointError, atomic_directory, path_str, read_safetensors, safetensors_problem
+from tljax.models.config import ConfigError
 from tljax.models.transforms import select_layers
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class RunInfo:
     dtype: str = "float32"  # compute dtype; parameters are float32
     student_layers: tuple[int, ...] | None = None  # the backbone layers kept (a distilled student)
     chat: dict[str, Any] | None = None  # a chat-tuned decoder: {instruction, verbalisers} it was taught with
+    pooling: str = "pooler"  # what an encoder classifier's linear layer reads: "pooler" or "mean" (no pooler)
+    # whether the pooler trained with the head under every method; False in exports written before it did
+    # (there the methods decided it), so that they rebuild the model their parameters fit
+    pooler_with_head: bool = True
 
     def __post_init__(self) -> None:
         for name in ("method", "labels", "student_layers"):  # JSON gives lists
@@ -75,6 +80,8 @@ class RunInfo:
     def from_json(cls, text: str) -> RunInfo:
         """From a `run.json`; keys it does not know (written by a newer version) are ignored."""
         raw = json.loads(text)
+        if isinstance(raw, dict):
+            raw.setdefault("pooler_with_head", False)  # a run.json from before the pooler joined the head
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known and v is not None})
 
@@ -94,12 +101,25 @@ def build_model(info: RunInfo, model_dir: Path, tokenizer: Any, internal: Sequen
     """The pre-trained model of `info` (with a head for `info.labels` when classifying, cut to its student layers)
     and its methods, plus `internal` ones (a distillation teacher, multi-task heads), applied in one `adapt`."""
     head = {"id2label": dict(enumerate(info.labels))} if info.task == "sequence-classification" else {}
+    if head and pooled_classifier(model_dir):
+        head["classifier_pooling"] = info.pooling
+    elif info.pooling != "pooler":
+        raise ConfigError(f"pooling {info.pooling!r} is for encoder sequence classifiers; {info.model} as "
+                          f"{info.task} reads no pooled features: leave pooling at 'pooler'")
     model = models.from_pretrained(model_dir, info.task, dtype=DTYPES[info.dtype], param_dtype=jnp.float32,
                                    seed=info.seed, **head)
     if info.student_layers:
         select_layers(model, list(info.student_layers))
     methods = [*make_methods(info.method), *internal]
-    return adapt(model, methods, context=MethodContext(tokenizer=tokenizer, seed=info.seed))
+    return adapt(model, methods, context=MethodContext(tokenizer=tokenizer, seed=info.seed),
+                 train_pooler=info.pooler_with_head)
+
+
+def pooled_classifier(model_dir: Path) -> bool:
+    """Whether the sequence classifier of the model in `model_dir` chooses its pooling (an encoder's does)."""
+    model_type = models.read_config_dict(model_dir).get("model_type", "")
+    config_class = models.model_class(model_type, "sequence-classification").config_class
+    return any(f.name == "classifier_pooling" for f in dataclasses.fields(config_class))
 
 
 def trainable_tensors(model: nnx.Module, filter_: nnx.filterlib.Filter) -> dict[str, np.ndarray]:
@@ -115,7 +135,7 @@ def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], in
     Internal methods (names starting "_") are not part of the result; the model must not hold their modules.
     Exporting merges LoRA into `model`: pass a copy if it is still needed."""
     methods = tuple(m for m in methods if not m.name.startswith("_"))
-    adaptation = Adaptation(model, methods)
+    adaptation = Adaptation(model, methods, train_pooler=info.pooler_with_head)
     names = {m.name for m in methods}
     directory = Path(directory)
     written = [str(directory / "trainable.safetensors")]
@@ -212,6 +232,14 @@ def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
     if unknown:
         raise CheckpointError(f"{trainable} does not fit its model {info.model}: unknown parameters {unknown[:5]}; "
                               f"the file is damaged or comes from another run: {_export_remedy(directory)}")
+    # every parameter the run trained must be there: one left out would keep its random or pre-trained start
+    trained = nnx.to_flat_state(nnx.state(adaptation.model, adaptation.trainable(FINAL_STEP)))
+    missing = sorted({path_str(path) for path, _ in trained} - set(saved))
+    if missing:
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{trainable} does not fit its model {info.model}: {len(missing)} trained parameters "
+                              f"are missing ({listed}); the file is damaged or comes from another run: "
+                              f"{_export_remedy(directory)}")
     for path, variable in nnx.to_flat_state(nnx.state(adaptation.model, nnx.Param)):
         name = path_str(path)
         if name in saved:

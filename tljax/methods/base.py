@@ -1,8 +1,9 @@
 """A transfer method = a model transform (new parameters in place) + rules saying which parameters train.
 
 `adapt(model, [method, ...])` applies the methods in order and composes their rules: the parameters each
-method trains, then the task head, then the rules of the (single) method that decides the pre-trained
-weights (full or partial fine-tuning, gradual unfreezing), else everything else is frozen.
+method trains, then the task head (with an encoder classifier's pooler: `task_head_pattern`), then the rules
+of the (single) method that decides the pre-trained weights (full or partial fine-tuning, gradual
+unfreezing), else everything else is frozen.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Adaptation:
     model: nnx.Module
     methods: tuple[Method, ...]
     train_head: bool = True
+    # whether the pooler is part of the task head (False: the methods decide it, as in exports written before)
+    train_pooler: bool = True
 
     def rules(self, step: int = 0) -> PathRules:
         """The composed rules (at `step`, for schedules such as gradual unfreezing)."""
@@ -71,13 +74,18 @@ class Adaptation:
         for method in ordered:
             if not method.decides_backbone:
                 rules = rules + method.rules(self.model, step)
-        head = head_pattern(self.model)
+        head = self.task_head()
         if head and self.train_head:
             rules = rules + PathRules((Rule(head, True, "task head"),))
         deciders = [m for m in self.methods if m.decides_backbone]
         if deciders:
             return rules + deciders[0].rules(self.model, step)
         return rules + PathRules((FREEZE_REST,))
+
+    def task_head(self) -> str | None:
+        """The pattern of the head that trains with every method: the output layer, with an encoder classifier's
+        pooler unless `train_pooler` is off."""
+        return task_head_pattern(self.model) if self.train_pooler else head_pattern(self.model)
 
     def stage_starts(self) -> tuple[int, ...]:
         """The steps at which the trainable set changes, 0 first: one stage from each to the next."""
@@ -90,7 +98,7 @@ class Adaptation:
     def new_parameter_rules(self) -> PathRules:
         """Rules marking the parameters no checkpoint had (head + method parameters): the "new" group."""
         patterns = [p for m in self.methods for p in m.new_parameters()]
-        head = head_pattern(self.model)
+        head = self.task_head()
         if head:
             patterns.append(head)
         rules = [Rule(p, True, "new") for p in patterns]
@@ -118,8 +126,11 @@ class Adaptation:
 
 
 def adapt(model: nnx.Module, methods: Sequence[Method], *, context: MethodContext | None = None,
-          train_head: bool = True) -> Adaptation:
-    """Applies `methods` to `model` (in place) and returns the adaptation with its composed rules."""
+          train_head: bool = True, train_pooler: bool = True) -> Adaptation:
+    """Applies `methods` to `model` (in place) and returns the adaptation with its composed rules.
+
+    `train_pooler=False` leaves an encoder classifier's pooler to the methods (frozen unless one trains the
+    backbone): how exports written before the pooler joined the task head were trained."""
     deciders = [m.name for m in methods if m.decides_backbone]
     if len(deciders) > 1:
         raise MethodError(f"methods {deciders} each decide which pre-trained weights train; choose one")
@@ -128,14 +139,20 @@ def adapt(model: nnx.Module, methods: Sequence[Method], *, context: MethodContex
         raise MethodError(f"a method is given twice: {names}")
     for method in methods:
         method.apply(model, context or MethodContext())
-    adaptation = Adaptation(model, tuple(methods), train_head)
+    adaptation = Adaptation(model, tuple(methods), train_head, train_pooler)
     adaptation.rules().filter(model)  # every parameter decided, or a clear error now
     return adaptation
 
 
 def head_pattern(model: nnx.Module) -> str | None:
-    """The path pattern of a model's task head (new for each task), or None for models without one."""
+    """The path pattern of a model's output layer for the task (its labels), or None for models without one."""
     return getattr(type(model), "head_pattern", None)
+
+
+def task_head_pattern(model: nnx.Module) -> str | None:
+    """The path pattern of everything new for each task, which trains with every method: the output layer and,
+    for an encoder classifier, the pooler before it (no checkpoint's pooler was trained for the task)."""
+    return getattr(type(model), "task_head_pattern", None) or head_pattern(model)
 
 
 # Layer and embedding paths of both families: encoder/layer/3/..., model/layers/3/...

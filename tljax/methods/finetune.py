@@ -23,7 +23,8 @@ def _layers_from(first: int, last: int, source: str, trainable: bool) -> list[Ru
 
 @dataclasses.dataclass(frozen=True)
 class FeatureExtraction(Method):
-    """The pre-trained backbone is a frozen feature extractor (dropout off); only a new head trains.
+    """The pre-trained backbone is a frozen feature extractor (dropout off); only a new head trains (for an
+    encoder classifier, the pooler and the classifier).
 
     Its features are deterministic, so they can be computed once per example (`tljax.train.features`).
     """

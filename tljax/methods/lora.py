@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.methods.base import Method, MethodContext, linear_modules, replace_module
+from tljax.methods.base import Method, MethodContext, linear_modules, replace_module, task_head_pattern
 from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import Linear, dropout
 
@@ -103,7 +103,7 @@ class LoRA(Method):
 
 
 def _is_head(model: nnx.Module, path: str) -> bool:
-    pattern = getattr(type(model), "head_pattern", None)
+    pattern = task_head_pattern(model)  # the pooler trains whole with the head: no LoRA beside it
     return bool(pattern and re.search(pattern, path + "/"))
 
 

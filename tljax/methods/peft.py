@@ -3,11 +3,14 @@
     save_peft(adaptation, "out/adapter", base_model_name_or_path="bert-base-uncased")
 
 writes `adapter_config.json` and `adapter_model.safetensors` (float32) for LoRA (alone or with BitFit),
-prompt tuning, P-tuning and prefix tuning, with the task head for sequence classifiers. P-tuning and
+prompt tuning, P-tuning and prefix tuning, with the task head for sequence classifiers (the classifier and
+an encoder's pooler, as `modules_to_save`: both train with every method). P-tuning and
 prefix tuning export the virtual tokens / key-value table their encoder computes (as PEFT itself saves
 them, for inference), so the re-parameterisation MLPs are not part of the file. Methods PEFT has no
 layout for (bottleneck adapters, full or partial fine-tuning, feature extraction, BitFit alone) are
-refused: such a model is exported whole with `save_pretrained` (after `merge_and_unload` for LoRA).
+refused: such a model is exported whole with `save_pretrained` (after `merge_and_unload` for LoRA). So is a
+mean-pooled encoder classifier: PEFT loads its adapter onto Hugging Face's BertForSequenceClassification, which
+reads the pooler.
 
 The base directory PEFT loads the adapter onto must hold the weights the adaptation started from. When
 BitFit gave a Llama model new biases, that base must have been saved from our model (its config then
@@ -33,7 +36,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from tljax.methods.base import Adaptation, backbone, head_pattern, linear_modules
+from tljax.methods.base import Adaptation, backbone, linear_modules
 from tljax.methods.lora import LoRALinear
 from tljax.methods.prefix import prefix_encoder
 from tljax.methods.prompt import PromptEncoder
@@ -76,6 +79,10 @@ def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_
             f"{EXPORTABLE_TEXT}. Save the model as a Hugging Face directory with save_pretrained instead "
             "(after merge_and_unload for LoRA)")
     task_type = _task_type(model)
+    if getattr(model.config, "classifier_pooling", "pooler") != "pooler":
+        raise MethodError("PEFT has no layout for a mean-pooled classifier (the base model PEFT loads reads the "
+                          "pooler); save the model with save_pretrained, whose directory loads in PyTorch with "
+                          "trust_remote_code=True")
     exporter = {"lora": _lora, "prompt": _prompt, "prefix": _prefix}[kind]
     config, tensors = exporter(adaptation, task_type)
     config.update(task_type=task_type, base_model_name_or_path=str(base_model_name_or_path),
@@ -99,24 +106,29 @@ def _params(model: nnx.Module, which: nnx.filterlib.Filter = nnx.Param) -> dict[
     return {tuple(path): variable.get_value() for path, variable in nnx.to_flat_state(nnx.state(model, which))}
 
 
-def _head(model: nnx.Module, task_type: str) -> tuple[list[str], dict[str, np.ndarray]]:
-    """(modules_to_save, {Hugging Face name: tensor}) of a sequence classifier's head; nothing otherwise."""
-    pattern = head_pattern(model)
+def _head(adaptation: Adaptation, task_type: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(modules_to_save, {Hugging Face name: tensor}) of a sequence classifier's head; nothing otherwise.
+
+    `modules_to_save` names each head module by its last name ("classifier", "pooler"): PEFT wraps every module
+    whose name ends so, and finds the file's `...bert.pooler.dense.weight` through that name."""
+    model, pattern = adaptation.model, adaptation.task_head()
     if task_type != "SEQ_CLS" or pattern is None:
         return [], {}
     tensors, modules = {}, []
     for path, value in _params(model).items():
-        if re.search(pattern, path_str(path)):
+        match = re.search(pattern, path_str(path))
+        if match:
             array = _array(value)
             tensors[hf_name(path)] = np.ascontiguousarray(array.T) if str(path[-1]) == "kernel" else array
-            if str(path[0]) not in modules:
-                modules.append(str(path[0]))
-    return modules, tensors
+            module = match.group(0).strip("/").rsplit("/", 1)[-1]
+            if module not in modules:
+                modules.append(module)
+    return sorted(modules), tensors
 
 
 def _unexported(adaptation: Adaptation, exported: re.Pattern) -> None:
     """Raises when a trained parameter would be missing from the file (its path does not match `exported`)."""
-    pattern = head_pattern(adaptation.model)
+    pattern = adaptation.task_head()
     missing = [path_str(p) for p in _params(adaptation.model, adaptation.trainable())
                if not exported.search(path_str(p)) and not (pattern and re.search(pattern, path_str(p)))]
     if missing:
@@ -149,7 +161,7 @@ def _lora(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.nd
             parent = path_str(path[:-1])
             middle = ".base_layer" if parent in modules else ""
             tensors[f"base_model.model.{parent.replace('/', '.')}{middle}.bias"] = _array(value)
-    head_modules, head = _head(model, task_type)
+    head_modules, head = _head(adaptation, task_type)
     tensors.update({f"base_model.model.{name}": array for name, array in head.items()})
     _unexported(adaptation, re.compile(r"/lora_[ab]$" + (r"|(?:^|/)bias$" if bitfit else "")))
 
@@ -233,7 +245,7 @@ def _warn_if_bert_prefix_cannot_load() -> None:
 def _prompt_learning_files(adaptation: Adaptation, task_type: str, config: dict, table: np.ndarray,
                            method_pattern: str) -> tuple[dict, dict[str, np.ndarray]]:
     """The config and tensors shared by the prompt-learning layouts: `prompt_embeddings` plus the head."""
-    head_modules, head = _head(adaptation.model, task_type)
+    head_modules, head = _head(adaptation, task_type)
     config["modules_to_save"] = head_modules or None
     tensors = {"prompt_embeddings": table}
     tensors.update({f"base_model.{name}": array for name, array in head.items()})

@@ -27,7 +27,7 @@ METADATA_KEYS = frozenset(
         "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
         "suppress_tokens", "begin_suppress_tokens", "encoder_no_repeat_ngram_size", "cross_attention_hidden_size",
         "add_pooling_layer", "use_return_dict", "_attn_implementation", "_attn_implementation_autoset",
-        "attn_implementation", "pad_token_id", "chunk_size_feed_forward", "tf_legacy_loss", "use_bfloat16",
+        "attn_implementation", "auto_map", "pad_token_id", "chunk_size_feed_forward", "tf_legacy_loss", "use_bfloat16",
     }
 )
 

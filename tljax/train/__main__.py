@@ -148,8 +148,10 @@ def _report(summary: dict, run_dir: Path) -> None:
         next((p for p in sorted((run_dir / "export").iterdir()) if (p / "run.json").is_file()), run_dir)
     print(f"\nuse it:\n  python -m tljax.predict {predictable} \"a delightful, moving film\"")
     export_dir = predictable / "export" if predictable == run_dir else predictable
-    if (export_dir / "model").is_dir():
-        print(f"  in PyTorch: transformers.AutoModelForSequenceClassification.from_pretrained('{export_dir}/model')")
+    if (export_dir / "model").is_dir():  # a class of its own (mean pooling) is named by auto_map: code to trust
+        remote = ", trust_remote_code=True" if "auto_map" in (export_dir / "model" / "config.json").read_text() else ""
+        print(f"  in PyTorch: transformers.AutoModelForSequenceClassification.from_pretrained('{export_dir}/model'"
+              f"{remote})")
     if (export_dir / "adapter").is_dir():
         print(f"  in PyTorch: peft.AutoPeftModelForSequenceClassification.from_pretrained('{export_dir}/adapter')")
 

@@ -159,6 +159,7 @@ class ChatConfig:
 
 
 TASKS = ("sequence-classification", "masked-lm", "causal-lm")
+POOLING = ("pooler", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,10 +181,18 @@ class RunConfig:
     evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
     # with task: causal-lm, labelled data taught as chat replies (chat tuning) instead of continued pre-training
     chat: ChatConfig | None = None
+    # what an encoder classifier's linear layer reads: pooler (BERT's tanh pooler of [CLS], trained with the
+    # head) or mean (the masked mean of the last hidden states, no pooler: how sentence encoders were trained)
+    pooling: str = "pooler"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigKeyError(f"task {self.task!r} is unknown; valid: {', '.join(TASKS)}")
+        if self.pooling not in POOLING:
+            raise ConfigKeyError(f"pooling {self.pooling!r} is unknown; valid: {', '.join(POOLING)}")
+        if self.pooling != "pooler" and self.task != "sequence-classification":
+            raise ConfigKeyError(f"pooling: {self.pooling} is for sequence classification; with task: {self.task} "
+                                 "leave pooling unset")
         self.check_methods()
 
     def methods(self) -> list[dict[str, Any]]:

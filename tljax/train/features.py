@@ -25,7 +25,7 @@ from flax import nnx
 
 from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
 from tljax.methods import Adaptation
-from tljax.methods.base import head_pattern
+from tljax.methods.base import task_head_pattern
 from tljax.models.transforms import jit_bound
 from tljax.train.losses import classification_loss, cross_entropy, head_loss
 from tljax.train.objectives import Classification, MappedBatches
@@ -37,7 +37,7 @@ def trains_only_the_head(adaptation: Adaptation) -> bool:
     """Whether the fast path applies: feature extraction, and every trainable parameter is the head's."""
     if "feature-extraction" not in {m.name for m in adaptation.methods}:
         return False
-    pattern = head_pattern(adaptation.model)
+    pattern = task_head_pattern(adaptation.model)  # the head with an encoder's pooler
     trained = [path for path, _, rule in adaptation.rules().report(adaptation.model) if rule.trainable]
     return pattern is not None and bool(trained) and all(re.search(pattern, path) for path in trained)
 

@@ -134,7 +134,7 @@ class MultiTask(Objective):
         """Each row's logits from its own task's head, padded to the widest head: [B, max classes]."""
         k_features, k_head = layer_keys(dropout_key, 2)
         features = model.features(batch["input_ids"], batch["attention_mask"], dropout_key=k_features)
-        features = dropout(features, getattr(model, "dropout_rate", 0.0), k_head)
+        features = dropout(model.pool(features), getattr(model, "dropout_rate", 0.0), k_head)
         width = max(len(labels) for _, labels in self.tasks)
         per_task = [jnp.pad(model.task_heads[name](features).astype(jnp.float32),
                             ((0, 0), (0, width - len(labels))), constant_values=NOT_A_CLASS)

@@ -69,7 +69,7 @@ def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
                    text_prefix=config.data.text_prefix, max_length=config.data.max_length, seed=config.training.seed,
                    dtype=config.training.dtype,
                    student_layers=config.distillation.student_layers if config.distillation else None,
-                   chat=dataclasses.asdict(config.chat) if config.chat else None)
+                   chat=dataclasses.asdict(config.chat) if config.chat else None, pooling=config.pooling)
 
 
 def _split(dataset, data: DataConfig, seed: int):

@@ -137,7 +137,8 @@ def _hf_state_dict(tensors: Mapping[str, np.ndarray], hp: Mapping[str, Any]) -> 
             sd[f"encoder.layer.{i}.{module}.bias"] = tensors[f"l{i}.{key}.b"]
     # The packed file has no pooler (e5 is mean-pooled). AutoModel builds BertModel with one, so we store
     # the pooler transformers would initialise for missing weights (normal, std 0.02, fixed seed): no
-    # "missing keys" warning, reproducible files, and a classification head on top can learn from the start.
+    # "missing keys" warning, reproducible files, and a classification head on top can learn from the start
+    # (the pooler trains with the head under every method; the registry entry records pooler="random").
     rng = np.random.default_rng(0)
     h = hp["hidden"]
     sd["pooler.dense.weight"] = rng.normal(0.0, 0.02, (h, h)).astype(np.float32)

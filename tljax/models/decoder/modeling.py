@@ -275,6 +275,10 @@ class LlamaForSequenceClassification(PretrainedModel):
         last = jnp.max(jnp.arange(input_ids.shape[1])[None] * attention_mask.astype(jnp.int32), axis=-1)
         return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
 
+    def pool(self, features: Array) -> Array:
+        """Features [B, H] -> what the linear head reads [B, H]: the features themselves (no pooler)."""
+        return features
+
     def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
         """Features [B, H] -> logits [B, L]."""
         return self.score(features, dropout_key).astype(jnp.float32)

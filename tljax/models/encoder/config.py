@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 from tljax.models.config import ConfigError, HFConfig
 from tljax.models.layers import ACTIVATIONS
 
+CLASSIFIER_POOLING = ("pooler", "mean")
+
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(HFConfig):
@@ -34,6 +36,9 @@ class EncoderConfig(HFConfig):
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
     id2label: dict[int, str] | None = None
+    # what a sequence classifier's linear layer reads: "pooler" (Hugging Face's tanh pooler of the first token)
+    # or "mean" (the masked mean of the last hidden states, no pooler: how sentence encoders were trained)
+    classifier_pooling: str = "pooler"
 
     @property
     def num_labels(self) -> int:
@@ -48,5 +53,8 @@ class EncoderConfig(HFConfig):
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
             )
+        if self.classifier_pooling not in CLASSIFIER_POOLING:
+            raise ConfigError(f"classifier_pooling {self.classifier_pooling!r} is unknown; valid: "
+                              f"{', '.join(CLASSIFIER_POOLING)}")
         if not self.tie_word_embeddings:
             raise ConfigError("tie_word_embeddings=False is not supported for the encoder family (supported: True)")

@@ -5,13 +5,15 @@ Shapes: B batch, T sequence length, H hidden size, V vocabulary, L labels.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.models.base import PretrainedModel
+from tljax.models.base import PretrainedModel, read_config_dict
+from tljax.models.checkpoint import atomic_directory, model_to_hf_tensors, write_model_directory
 from tljax.models.encoder.config import EncoderConfig
 from tljax.models.layers import ACTIVATIONS, LayerNorm, Linear, attend, dropout, layer_keys, merge_heads, split_heads
 
@@ -144,9 +146,9 @@ class BertPooler(nnx.Module):
     def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dense = _linear(config, config.hidden_size, config.hidden_size, dtype, param_dtype, rngs)
 
-    def __call__(self, hidden: Array, dropout_key: Array | None = None) -> Array:
-        """[B, T, H] -> [B, H]: tanh projection of the first token."""
-        return jnp.tanh(self.dense(hidden[:, 0], dropout_key))
+    def __call__(self, first: Array, dropout_key: Array | None = None) -> Array:
+        """The first token's state [B, H] -> [B, H]: its tanh projection."""
+        return jnp.tanh(self.dense(first, dropout_key))
 
 
 class BertModel(PretrainedModel):
@@ -246,53 +248,146 @@ def cls_pool(hidden: Array, attention_mask: Array | None = None) -> Array:
 
 
 class BertForSequenceClassification(PretrainedModel):
-    """Backbone + pooler + dropout + linear classifier, as Hugging Face's class: logits [B, L]."""
+    """Backbone + pooler + dropout + linear classifier, as Hugging Face's class: logits [B, L].
+
+    With `config.classifier_pooling == "mean"` the classifier reads the masked mean of the last hidden states
+    instead and there is no pooler; `save_pretrained` then writes the PyTorch class that computes the same
+    (`MEAN_POOLED_MODELING`, loaded with `trust_remote_code=True`).
+
+    The head that is new for each task is the classifier and the pooler (`task_head_pattern`): sentence
+    encoders are trained for mean pooling, and several ship no pooler (the zoo gives them a random one), so a
+    pooler left frozen would feed the classifier a projection nobody trained.
+    """
 
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
     new_parameters: ClassVar[tuple[str, ...]] = ("classifier.", "bert.pooler.")
     # a masked-LM checkpoint (e.g. after continued pre-training) carries its prediction head
     unused_tensors: ClassVar[str | None] = r"^cls\."
+    # the layer that maps onto the task's labels (replaced per task by multi-task heads)
     head_pattern: ClassVar[str] = r"^classifier/"
+    # everything new for the task: the output layer and the pooler before it
+    task_head_pattern: ClassVar[str] = r"^(?:classifier|bert/pooler)/"
     returns_hidden_states: ClassVar[bool] = True
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                              add_pooling_layer=config.classifier_pooling == "pooler")
         self.classifier = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
         rate = config.classifier_dropout
         self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
 
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs: Any) -> BertForSequenceClassification:
+        """As `PretrainedModel.from_pretrained`; a mean-pooled classifier (`classifier_pooling="mean"`, given or in
+        config.json) drops the pooler a checkpoint may hold."""
+        pooling = kwargs.get("classifier_pooling", read_config_dict(Path(directory)).get("classifier_pooling"))
+        if pooling != "mean":
+            return super().from_pretrained(directory, **kwargs)
+        # loaded with a pooler (a checkpoint's or a fresh one: either is allowed), which is then taken out
+        model = super().from_pretrained(directory, **{**kwargs, "classifier_pooling": "pooler"})
+        model.bert.pooler = None
+        model.config = model.bert.config = model.config.replace(classifier_pooling="mean")
+        return model
+
+    def summary(self, last: Array, attention_mask: Array | None = None) -> Array:
+        """The last hidden states [B, P + T, H] -> what the head reads [B, H]: the first position's state (a
+        virtual token's under a soft prompt, as in PEFT) for the pooler, or the mean of the text's real tokens."""
+        if self.config.classifier_pooling == "pooler":
+            return cls_pool(last)
+        text = last[:, self.bert.num_virtual_tokens:]
+        mask = jnp.ones(text.shape[:2], jnp.int32) if attention_mask is None else attention_mask
+        return mean_pool(text, mask)
+
     def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
-        """What the classifier reads: the pooled output [B, H]."""
-        k1, k2 = layer_keys(dropout_key, 2)
-        return self.bert.pooler(self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1), k2)
+        """What the pre-trained backbone gives the head [B, H] (`summary`): the head itself is in `classify`, so
+        that a frozen backbone's features can be computed once while the whole head trains."""
+        body_key = layer_keys(dropout_key, 2)[0]  # as __call__ derives it: the same dropout masks as ever
+        last = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=body_key)
+        return self.summary(last, attention_mask)
+
+    def pool(self, features: Array) -> Array:
+        """Features [B, H] -> what the linear classifier's dropout reads [B, H]: the pooler's output, or the
+        features themselves under mean pooling."""
+        return features if self.bert.pooler is None else self.bert.pooler(features)
 
     def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
-        """Pooled features [B, H] -> logits [B, L] (dropout, then the linear classifier)."""
+        """Features [B, H] -> logits [B, L]: the pooler (if any), dropout, then the linear classifier."""
         k1, k2 = layer_keys(dropout_key, 2)
-        return self.classifier(dropout(features, self.dropout_rate, k1), k2)
+        return self.classifier(dropout(self.pool(features), self.dropout_rate, k1), k2)
 
     def logits_from_layer(self, hidden: Array, attention_mask: Array, layer: int, *,
                           dropout_key: Array | None = None) -> Array:
         """Logits [B, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`): only the top of
         the model runs, with the dropout keys the whole model's pass gives it."""
-        k1, k2 = layer_keys(dropout_key, 2)
-        k_body, k_pool = layer_keys(k1, 2)  # as __call__ splits its key
-        last = self.bert.from_layer(hidden, attention_mask, layer, k_body)
-        return self.classify(self.bert.pooler(last, k_pool), dropout_key=k2)
+        k1, k2 = layer_keys(dropout_key, 2)  # as __call__ splits its key
+        last = self.bert.from_layer(hidden, attention_mask, layer, layer_keys(k1, 2)[0])
+        return self.classify(self.summary(last, attention_mask), dropout_key=k2)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None,
                  output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
         """[B, T] -> logits [B, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
-        k1, k2 = layer_keys(dropout_key, 2)
-        k_body, k_pool = layer_keys(k1, 2)  # as features() splits its key
-        last, states = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k_body,
+        k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
+        last, states = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=layer_keys(k1, 2)[0],
                                  output_hidden_states=True)
-        logits = self.classify(self.bert.pooler(last, k_pool), dropout_key=k2)
+        logits = self.classify(self.summary(last, attention_mask), dropout_key=k2)
         return (logits, states) if output_hidden_states else logits
+
+    def save_pretrained(self, directory: str | Path, *, tokenizer_source: str | Path | None = None) -> None:
+        """As `PretrainedModel.save_pretrained`; a mean-pooled classifier also writes `MEAN_POOLED_FILE`, the
+        PyTorch class that computes it, named in config.json's `auto_map` (so that
+        `AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=True)` loads it)."""
+        if self.config.classifier_pooling == "pooler":
+            super().save_pretrained(directory, tokenizer_source=tokenizer_source)
+            return
+        config = self.config.to_hf(MEAN_POOLED_CLASS)
+        config["auto_map"] = {"AutoModelForSequenceClassification": f"{MEAN_POOLED_FILE[:-3]}.{MEAN_POOLED_CLASS}"}
+        with atomic_directory(Path(directory)) as staging:  # the modeling file with the rest, or nothing
+            write_model_directory(staging, model_to_hf_tensors(self), config,
+                                  Path(tokenizer_source) if tokenizer_source else None)
+            (staging / MEAN_POOLED_FILE).write_text(MEAN_POOLED_MODELING)
+
+
+MEAN_POOLED_CLASS = "BertForMeanPooledSequenceClassification"
+MEAN_POOLED_FILE = "modeling_mean_pooled_bert.py"
+# What a mean-pooled classifier computes, for PyTorch: BERT without a pooler, the masked mean of the last hidden
+# states, dropout and the linear classifier (the parameter names are those of BertForSequenceClassification).
+MEAN_POOLED_MODELING = '''"""A BERT sequence classifier that reads the masked mean of the last hidden states (no
+pooler), as sentence encoders were trained. Written by tljax beside the weights; load the directory with
+AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=True)."""
+
+import torch
+from transformers import BertConfig, BertModel, BertPreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+
+class BertForMeanPooledSequenceClassification(BertPreTrainedModel):
+    config_class = BertConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        rate = config.classifier_dropout
+        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob if rate is None else rate)
+        self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+'''
 
 
 class BertPredictionHeadTransform(nnx.Module):
