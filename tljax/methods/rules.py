@@ -103,13 +103,16 @@ def parameter_paths(model: nnx.Module) -> list[str]:
 
 
 def tree_paths(tree: Any) -> Any:
-    """A pytree like `tree` (an `nnx.State`) whose leaves are the "/"-joined parameter paths."""
+    """A pytree like `tree` whose leaves are the "/"-joined paths: a parameter's as the rules name it (an
+    `nnx.State`'s keys), an optimiser state's with its fields' names (e.g. "1/0/mu/bert/pooler/dense/kernel")."""
 
     def name(key) -> str | None:
         if isinstance(key, jax.tree_util.DictKey):
             return str(key.key)
         if isinstance(key, jax.tree_util.SequenceKey):
             return str(key.idx)
-        return None  # GetAttrKey("value") of a Variable: not part of the parameter's path
+        if isinstance(key, jax.tree_util.GetAttrKey):
+            return None if key.name == "value" else key.name  # a Variable's value is not part of its path
+        return str(getattr(key, "key", key))  # FlattenedIndexKey and the like
 
     return jax.tree_util.tree_map_with_path(lambda kp, _: "/".join(n for n in map(name, kp) if n), tree)

@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from tljax import faults
+from tljax.methods.rules import tree_paths
 from tljax.models.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -50,28 +51,12 @@ class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (e.g. a full disk); the previous one is kept."""
 
 
-def _part(key: Any) -> str:
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    return str(getattr(key, "key", key))  # FlattenedIndexKey and the like
-
-
 def by_path(tree: Any) -> dict[str, Any]:
-    """{"/"-joined path: leaf} of `tree`: a parameter's path as the sharding and method rules name it (an
-    `nnx.State`'s keys), an optimiser state's with its fields' names (e.g. "1/0/mu/bert/pooler/dense/kernel").
-    A Variable's own `value` attribute is not part of its path."""
-    keyed = {}
-    for keys, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
-            keys = keys[:-1]
-        path = "/".join(map(_part, keys))
-        if path in keyed:  # two leaves under one name could be read into each other's place
-            raise ValueError(f"two leaves of one tree have the path {path!r}")
-        keyed[path] = leaf
+    """{"/"-joined path: leaf} of `tree`, the paths of `tree_paths` (the rules' names of parameters, optimiser
+    state fields by name)."""
+    keyed = dict(zip(jax.tree.leaves(tree_paths(tree)), jax.tree.leaves(tree)))
+    if len(keyed) != len(jax.tree.leaves(tree)):  # two leaves under one name could be read into each other's place
+        raise ValueError("two leaves of one tree have the same path")
     return keyed
 
 
