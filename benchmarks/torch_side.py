@@ -30,8 +30,15 @@ def _model_dir(name: str):
     return zoo.resolve(name)
 
 
+HEAD_MODULES = ("classifier", "pooler")  # PEFT matches a module by its last name
+HEAD = ("classifier.", "bert.pooler.")
+
+
 def classifier(config, num_labels: int = 2) -> tuple[torch.nn.Module, int]:
-    """The run config's model and method in PyTorch; (model, trainable parameter count)."""
+    """The run config's model and method in PyTorch; (model, trainable parameter count).
+
+    The task head, the classifier and BERT's pooler before it, trains under every method, as it does in tljax
+    (PEFT's `modules_to_save`)."""
     import peft
 
     model_dir = _model_dir(config.model)
@@ -47,22 +54,23 @@ def classifier(config, num_labels: int = 2) -> tuple[torch.nn.Module, int]:
                                            (method.get("freeze_embeddings", True) and path.startswith("bert.embeddings.")))
     elif name == "bitfit":
         for path, parameter in model.named_parameters():
-            parameter.requires_grad = path.endswith("bias") or path.startswith("classifier")
+            parameter.requires_grad = path.endswith("bias") or path.startswith(HEAD)
     elif name == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(
             task_type="SEQ_CLS", r=method["rank"], lora_alpha=method["alpha"], lora_dropout=method["dropout"],
-            target_modules=list(method["targets"])))
+            target_modules=list(method["targets"]), modules_to_save=list(HEAD_MODULES)))
     elif name == "prefix":
         model = peft.get_peft_model(model, peft.PrefixTuningConfig(
             task_type="SEQ_CLS", num_virtual_tokens=method["num_virtual_tokens"],
             prefix_projection=method.get("projection_size") is not None,
-            encoder_hidden_size=method.get("projection_size") or model.config.hidden_size))
+            encoder_hidden_size=method.get("projection_size") or model.config.hidden_size,
+            modules_to_save=list(HEAD_MODULES)))
     elif name == "prompt":
         init = {"text": "TEXT", "random": "RANDOM"}.get(method.get("init", "random"), "RANDOM")
         model = peft.get_peft_model(model, peft.PromptTuningConfig(
             task_type="SEQ_CLS", num_virtual_tokens=method["num_virtual_tokens"], prompt_tuning_init=init,
             prompt_tuning_init_text=method.get("init_text") if init == "TEXT" else None,
-            tokenizer_name_or_path=str(model_dir)))
+            tokenizer_name_or_path=str(model_dir), modules_to_save=list(HEAD_MODULES)))
     else:
         raise SystemExit(f"no PyTorch reference for method {name!r}")
     return model, sum(p.numel() for p in model.parameters() if p.requires_grad)

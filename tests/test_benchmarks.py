@@ -64,9 +64,14 @@ def test_train_step_workload_on_both_sides(work):
     from benchmarks import jax_side, torch_side
 
     spec = {"workload": "train", "method": "lora", "batches": str(work / "default.npz"), "repeats": 1}
+    trainable = []
     for side in (jax_side, torch_side):
         result = side.train(spec)
-        assert result["step_s"] > 0 and result["trainable"] == 74498
+        assert result["step_s"] > 0
+        trainable.append(result["trainable"])
+    # LoRA rank 8 on query and value in 6 layers (6 x 2 x 8 x (384 + 384)), the pooler (384 x 384 + 384), the
+    # classifier (384 x 2 + 2)
+    assert trainable == [6 * 2 * 8 * 768 + 384 * 385 + 385 * 2] * 2
 
 
 def test_decoders_agree_on_greedy_tokens_and_log_likelihoods(work):

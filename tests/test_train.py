@@ -51,6 +51,8 @@ def test_overrides_are_typed_and_unknown_keys_list_the_valid_ones():
     assert config.training.learning_rate == 1e-3 and config.training.max_steps == 7
     assert config.data.labels == ["a", "b"] and config.method["rank"] == 4
     assert config.training.early_stopping_patience is None
+    # the overrides changed that run only, not the embedded default every later run in the process starts from
+    assert load_config().method["rank"] == 8 and load_config(None, ["data.source=x"]).data.max_length == 64
     with pytest.raises(ConfigKeyError, match="unknown config key training.learnig_rate; valid: training.learning_rate"):
         load_config(None, ["training.learnig_rate=1"])
     with pytest.raises(ConfigKeyError, match="training.max_steps='many' is not a valid"):

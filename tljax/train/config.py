@@ -5,6 +5,7 @@ An unknown key is an error listing the valid ones; values are converted to the f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -332,8 +333,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     run), then the overrides."""
     raw = dataclasses.asdict(RunConfig())
     if path is None:
-        raw["method"] = DEFAULT_RUN["method"]
-        _merge(raw, {k: v for k, v in DEFAULT_RUN.items() if k != "method"})
+        default = copy.deepcopy(DEFAULT_RUN)  # overrides edit `raw` in place: the embedded run must not change
+        raw["method"] = default.pop("method")
+        _merge(raw, default)
     else:
         path = Path(path)
         if not path.is_file():
