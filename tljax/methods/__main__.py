@@ -52,7 +52,7 @@ NOTES = {
     "partial": "embeddings frozen (set freeze_layers to freeze the bottom layers too)",
     "gradual-unfreezing": "at step 0; one more layer from the top every `every` steps",
     "bitfit": "models without biases (Llama) get zero-initialised ones",
-    "prefix": "includes the re-parameterisation MLP, dropped at export",
+    "prefix": "the key/value table itself (projection_size adds an MLP, dropped at export)",
     "p-tuning": "includes the prompt encoder, dropped at export",
 }
 

@@ -6,6 +6,13 @@ layout PEFT saves (per virtual token: layer, then key/value, then head, then hea
 `Linear -> tanh -> Linear` from a [P, hidden] embedding; `freeze_prefix` replaces the MLP by its output
 for inference and export. As in PEFT (and GPT-2 `past_key_values`), the real tokens' positions start at P
 and the prefix keys are not rotated.
+
+The table trains directly by default (PEFT's default, `prefix_projection=False`). Under Adam each parameter
+moves by about the learning rate per step whatever its gradient's size, so a trained table entry moves by
+about the learning rate, while through the MLP it moves by about the rate times the sum of `projection_size`
+hidden units: at the rate a table needs (1e-2) the MLP's table grew 30-fold (root mean square 0.16 to 4.6 in
+150 steps on MiniLM-L6; 6.4 in PEFT), every input came to look alike and the classifier answered one label for
+all, in tljax and in PEFT alike (benchmarks/prefix_study.py). The MLP wants a rate about ten times lower.
 """
 
 from __future__ import annotations
@@ -75,15 +82,19 @@ def attention_modules(model: nnx.Module) -> list[nnx.Module]:
 
 @dataclasses.dataclass(frozen=True)
 class PrefixTuning(Method):
-    """`num_virtual_tokens` trainable keys/values per layer, optionally re-parameterised by an MLP."""
+    """`num_virtual_tokens` trainable keys/values per layer, optionally re-parameterised by an MLP
+    (`projection_size` hidden units; None trains the table itself, see the module's docstring)."""
 
     name: ClassVar[str] = "prefix"
     num_virtual_tokens: int = 20
-    projection_size: int | None = 512
+    projection_size: int | None = None
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         if self.num_virtual_tokens < 1:
             raise MethodError(f"prefix tuning needs at least 1 virtual token, got {self.num_virtual_tokens}")
+        if self.projection_size is not None and self.projection_size < 1:
+            raise MethodError(f"prefix tuning's projection_size must be at least 1 (or null: no MLP), "
+                              f"got {self.projection_size}")
         layers = attention_modules(model)
         config = model.config
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
