@@ -1,10 +1,13 @@
-"""Prompts for decoders: the item asked as a chat message, with few-shot demonstrations, and the answers.
+"""Prompts for decoders: the item asked as a chat message or as plain text, with few-shot demonstrations.
 
-Chat prompts go through the tokenizer's own chat template (`add_generation_prompt=True`); the answer is
-scored right after the assistant turn's opening, with no delimiter (lm-evaluation-harness's convention under
-a chat template). Few-shot demonstrations are drawn class-balanced, seeded by (seed, item id), so an item's
-demonstrations do not depend on the order of the items or on a limit, and never include the item itself or
-its translation (items that share its id).
+Chat prompts (for chat models) go through the tokenizer's own chat template (`add_generation_prompt=True`);
+the answer is scored right after the assistant turn's opening, with no delimiter (lm-evaluation-harness's
+convention under a chat template). Plain prompts (for any decoder, base models included) are
+lm-evaluation-harness's defaults without a chat template: each demonstration is its question, the target
+delimiter " " and its answer, the demonstrations are joined and followed by the fewshot delimiter "\n\n", then
+the item's question; the answer is scored as " " + the answer word. Few-shot demonstrations are drawn
+class-balanced, seeded by (seed, item id), so an item's demonstrations do not depend on the order of the items
+or on a limit, and never include the item itself or its translation (items that share its id).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from harness.bias import pair_key
 from harness.tasks import Item, Template
 
 FORMS = ("multi-turn", "one-message")
+PROMPTS = ("chat", "plain")
+TARGET_DELIMITER = " "  # lm-eval's default between a plain question and its answer
+FEWSHOT_DELIMITER = "\n\n"  # lm-eval's default after each plain demonstration
 CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al., 2021)
 
 
@@ -56,3 +62,18 @@ def chat_messages(template: Template, text: str, demonstrations: Sequence[Item] 
         return messages + [{"role": "user", "content": template.question(text)}]
     shown = "".join(f"{template.question(d.text)}\n{template.verbalisers[d.label]}\n\n" for d in demonstrations)
     return [{"role": "user", "content": shown + template.question(text)}]
+
+
+def plain_context(template: Template, text: str, demonstrations: Sequence[Item] = ()) -> str:
+    """The plain prompt that asks about `text` after the demonstrations, as lm-eval renders it without a chat
+    template: "{question} {answer}\\n\\n" per demonstration, then the item's question (its answer, scored
+    separately, is `answer_continuation`)."""
+    shown = "".join(f"{template.plain_question(d.text)}{TARGET_DELIMITER}{template.verbalisers[d.label]}"
+                    f"{FEWSHOT_DELIMITER}" for d in demonstrations)
+    return shown + template.plain_question(text)
+
+
+def answer_continuation(prompt: str, answer: str) -> str:
+    """What is scored after a `prompt` ("chat" | "plain") context: the answer word, after the target delimiter
+    in a plain prompt (none after a chat template's assistant opening)."""
+    return TARGET_DELIMITER + answer if prompt == "plain" else answer

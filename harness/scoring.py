@@ -3,8 +3,10 @@
 The context / continuation split follows EleutherAI's lm-evaluation-harness exactly (`tljax.data.chat.encode_pair`):
 trailing spaces of the context move into the continuation, context + continuation are tokenised together and cut
 at the length of the tokenised context (so a continuation that merges with the end of the context in the
-tokenizer is scored as that harness scores it). Each item's context is run once: its keys and values are cached, and every
-answer's tokens are scored against that cache in one batch.
+tokenizer is scored as that harness scores it). Special tokens as that harness's `HFLM` adds them: none for a chat
+prompt here (its template writes its own); for a plain prompt the tokenizer's own (e.g. Llama-2's BOS, nothing for
+SmolLM2), unless the context already starts with the BOS text (`plain_pair`). Each item's context is run once: its
+keys and values are cached, and every answer's tokens are scored against that cache in one batch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,23 @@ from tljax.models.transforms import CallShapes, ProgramCost, backbone, typical_c
 # answer rows (items x answers) per batch: bounds the [rows, answer tokens, vocabulary] logits
 ROWS_PER_BATCH = 64
 PREFIX_STEP = 32  # prompt lengths are padded to multiples of this: a few compiled shapes, little padding
+
+
+def plain_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) of a plain prompt, as lm-eval's `HFLM.loglikelihood` encodes them: the
+    tokenizer's own special tokens (`encode`'s default), none where the context already starts with the text
+    of the prefix token (BOS, else EOS); an empty context is that prefix token."""
+    prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if context == "":
+        ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        return ([prefix_id], ids) if prefix_id is not None and ids[:1] != [prefix_id] else (ids[:1], ids[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    special = prefix_id is None or not context.startswith(tokenizer.decode(prefix_id))
+    whole = tokenizer(context + continuation, add_special_tokens=special)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=special)["input_ids"]
+    return context_ids, whole[len(context_ids):]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +96,13 @@ class DecoderScorer:
         """(compiled cost, items of its batch) of the median batch scored so far."""
         return typical_cost(self._score, self._state, self.shapes)
 
-    def __call__(self, requests: Sequence[tuple[str, Sequence[str]]]) -> Scores:
-        """`requests`: (context, answers) per item, every item with the same number of answers."""
+    def __call__(self, requests: Sequence[tuple[str, Sequence[str]]], *, plain: bool = False) -> Scores:
+        """`requests`: (context, answers) per item, every item with the same number of answers. `plain`: the
+        contexts are plain prompts (tokenised with the tokenizer's special tokens, `plain_pair`), not chat ones."""
         encoded = []
+        pair = plain_pair if plain else encode_pair
         for context, answers in requests:
-            pairs = [encode_pair(self.tokenizer, context, answer) for answer in answers]
+            pairs = [pair(self.tokenizer, context, answer) for answer in answers]
             empty = [answer for answer, (_, ids) in zip(answers, pairs) if not ids]
             if empty:
                 raise InputError(f"the answers {empty} leave no token of their own after {context[-40:]!r} (the "

@@ -9,6 +9,7 @@ A task is a YAML file (`harness/tasks/*.yaml`, or any path):
     templates:
       en:
         instruction: "Is this film review positive or negative? ...\\n\\nReview: {text}"   # the chat question
+        plain: "Review: {text}\\nSentiment:"   # the question of a plain prompt (optional; default: the instruction)
         verbalisers: {negative: negative, positive: positive}   # the answer word of each label
         descriptions: {negative: "A negative review.", positive: "A positive review."}   # encoder zero-shot
       pt: {...}
@@ -33,7 +34,8 @@ TASKS_DIR = Path(__file__).parent / "tasks"
 SPLITS = ("all", "train", "validation", "test")
 TASK_KEYS = ("name", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
 DATA_KEYS = ("source", "split", "text_column", "label_column", "validation", "test", "seed")
-TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions")
+TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions", "plain")
+REQUIRED_TEMPLATE_KEYS = TEMPLATE_KEYS[:3]
 
 
 class TaskError(InputError):
@@ -55,9 +57,14 @@ class Template:
     instruction: str  # with {text}
     verbalisers: tuple[str, ...]  # one per label, in label order
     descriptions: tuple[str, ...]  # one per label
+    plain: str | None = None  # with {text}: a plain prompt's question (lm-eval's doc_to_text); None: instruction
 
     def question(self, text: str) -> str:
         return self.instruction.format(text=text)
+
+    def plain_question(self, text: str) -> str:
+        """The question of a plain prompt, which a base model continues with the answer word."""
+        return (self.plain if self.plain is not None else self.instruction).format(text=text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,11 +197,12 @@ def parse_task(raw: Any, where: str = "task") -> Task:
     for language, spec in raw["templates"].items():
         at = f"{where}: templates.{language}"
         spec = _check_keys(spec, TEMPLATE_KEYS, at)
-        missing = [key for key in TEMPLATE_KEYS if key not in spec]
+        missing = [key for key in REQUIRED_TEMPLATE_KEYS if key not in spec]
         if missing:
             raise TaskError(f"{at} needs {', '.join(missing)}")
-        if "{text}" not in spec["instruction"]:
-            raise TaskError(f"{at}.instruction must contain {{text}} (where the item's text goes)")
+        for key in ("instruction", "plain"):
+            if key in spec and (not isinstance(spec[key], str) or "{text}" not in spec[key]):
+                raise TaskError(f"{at}.{key} must be a string containing {{text}} (where the item's text goes)")
         words = []
         for key in ("verbalisers", "descriptions"):
             given = _check_keys(spec[key], labels, f"{at}.{key}")
@@ -209,7 +217,7 @@ def parse_task(raw: Any, where: str = "task") -> Task:
         if len({v.strip().lower() for v in verbalisers}) != len(verbalisers):
             raise TaskError(f"{at}.verbalisers: two labels have the same verbaliser ({dict(zip(labels, verbalisers))});"
                             " a model's answer must tell the labels apart")
-        templates[str(language)] = Template(str(spec["instruction"]), verbalisers, descriptions)
+        templates[str(language)] = Template(str(spec["instruction"]), verbalisers, descriptions, spec.get("plain"))
     if not templates:
         raise TaskError(f"{where}: templates needs at least one language (e.g. en)")
     prompt_language = raw.get("prompt_language")

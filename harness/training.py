@@ -7,11 +7,14 @@ on validation, then scored like any finished run.
       - {kind: train, config: configs/lora.yaml, lr_scales: [0.3, 1, 3], name: LoRA}
 
 Each scale multiplies every learning rate of the config (`training.learning_rate` and, where set,
-`training.new_learning_rate`); each point trains in its own process into `<out>/runs/<variant>-<hash>/lr=<rate>/`
-(the hash is of the config file and every override, so a changed budget trains afresh); a finished run is
-reused and an interrupted one resumed from its checkpoint, so a long sweep can run over several sittings. The
-point with the best validation score (the config's `metric_for_best_model`, at its best checkpoint) is the
-variant's run.
+`training.new_learning_rate`); each point trains into `<out>/runs/<variant>-<hash>/lr=<rate>/` (the hash is of the
+config file and every override, so a changed budget trains afresh); a finished run is reused and an interrupted
+one resumed from its checkpoint, so a long sweep can run over several sittings. Two or more unfinished points
+train together in one compiled program in this process (`harness.sweep`: the frozen weights and every batch
+read once for all of them), each into its own folder as its own run would; where the config needs what that
+program does not cover (several devices or processes, gradient accumulation, gradual unfreezing), or the points
+stopped at different steps, each trains in its own `python -m tljax.train` process. The point with the best
+validation score (the config's `metric_for_best_model`, at its best checkpoint) is the variant's run.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.sweep import sweep_together
 from tljax.errors import InputError
 from tljax.train.config import load_config
+from tljax.train.loop import TrainingStopped
+from tljax.train.rundir import has_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +85,29 @@ def _validation_score(run_dir: Path, metric: str) -> float | None:
     return None
 
 
+def _train_together(config: str, planned: list[tuple[float, list[str], Path]], say: Callable[[str], None]) -> bool:
+    """Trains the unfinished points in one program where there are two or more and it can; whether it did."""
+    unfinished = [(rate, overrides) for rate, overrides, run_dir in planned if not (run_dir / "summary.json").is_file()]
+    if len(unfinished) < 2:
+        return False
+    rates = ", ".join(f"{rate:.2g}" for rate, _ in unfinished)
+    try:
+        return sweep_together([load_config(Path(config), overrides) for _, overrides in unfinished], say)
+    except TrainingStopped as stopped:
+        raise InputError(f"training {config} at learning rates {rates} stopped: {stopped}") from None
+
+
 def train_sweep(config: str, settings: dict[str, Any], lr_scales: tuple[float, ...], runs_dir: Path,
-                say: Callable[[str], None] = print) -> tuple[SweepPoint, list[SweepPoint]]:
-    """Trains every point not yet finished and returns (the chosen point, all points)."""
+                say: Callable[[str], None] = print, *, together: bool = True) -> tuple[SweepPoint, list[SweepPoint]]:
+    """Trains every point not yet finished (`together`: in one program where it can) and returns (the chosen
+    point, all points)."""
     metric, planned = sweep_points(config, settings, lr_scales, runs_dir)
+    if together:
+        _train_together(config, planned, say)
     points = []
     for rate, overrides, run_dir in planned:
         if not (run_dir / "summary.json").is_file():  # not finished: train it, or resume it
-            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+            resume = has_checkpoint(run_dir)
             log = run_dir.with_name(run_dir.name + ".log")
             log.parent.mkdir(parents=True, exist_ok=True)
             say(f"  training {config} at learning rate {rate:.2g}{' (resumed)' if resume else ''}: log in {log}")

@@ -1,6 +1,7 @@
 """Variants: the ways to get a prediction for a task's items from a base model, all reporting the same record.
 
     {kind: zero-shot, model: smollm2-135m-instruct}      # decoder: each answer's log-likelihood after the chat prompt
+    {kind: zero-shot, model: path/to/base-decoder, prompt: plain}   # a plain prompt (lm-eval's defaults): base models
     {kind: zero-shot, model: e5-small}                   # encoder: similarity to each label's description
     {kind: few-shot, model: smollm2-135m-instruct, k: 4, seeds: [0, 1, 2], form: multi-turn}
     {kind: few-shot, model: minilm-l6, k: 8, classifier: logistic}   # encoder: a classifier on k examples per class
@@ -32,7 +33,8 @@ import numpy as np
 
 import tljax
 from harness.encoders import CLASSIFIERS, Embedder, logistic_regression, nearest_centroid
-from harness.prompts import CONTENT_FREE, FORMS, chat_messages, draw_demonstrations, item_rng
+from harness.prompts import (CONTENT_FREE, FORMS, PROMPTS, answer_continuation, chat_messages, draw_demonstrations,
+                             item_rng, plain_context)
 from harness.scoring import DecoderScorer
 from harness.tasks import Item, Task, load_task
 from tljax import models, zoo
@@ -46,7 +48,7 @@ from tljax.train.config import load_config
 from tljax.train.run import training_texts
 
 KINDS = ("zero-shot", "few-shot", "chat", "run", "train")
-KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "form", "demonstrations", "classifier",
+KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "prompt", "form", "demonstrations", "classifier",
         "max_new_tokens", "allow_overlap", "text_prefix", "description_prefix", "calibrate", "config", "lr_scales",
         "overrides")
 # the input prefixes an encoder was trained with (e5: "query: " for what is searched for, "passage: " for the rest)
@@ -67,7 +69,8 @@ class Variant:
     language: str | None = None  # the prompt's language (a task template); default: the task's
     k: int = 4  # few-shot: demonstrations in all (decoders), examples per class (encoders)
     seeds: tuple[int, ...] = (0,)
-    form: str = "multi-turn"  # few-shot on a decoder: multi-turn | one-message
+    prompt: str = "chat"  # decoders (zero-shot, few-shot, a decoder run): chat (its chat template) | plain (none)
+    form: str = "multi-turn"  # few-shot on a decoder with chat prompts: multi-turn | one-message
     demonstrations: str | None = None  # few-shot: another task to draw them from (cross-lingual); default: the task
     classifier: str = "logistic"  # few-shot on an encoder: logistic | centroid
     max_new_tokens: int = 8  # chat
@@ -85,7 +88,7 @@ class Variant:
         if self.name:
             return self.name
         if self.kind == "run":
-            return f"run {Path(self.run).name}"
+            return f"run {Path(self.run).name}" + (f" {self.prompt}" if self.prompt != "chat" else "")
         if self.kind == "train":
             model = (self.overrides or {}).get("model")
             return f"train {Path(self.config).stem}" + (f" {model}" if model else "")
@@ -94,6 +97,8 @@ class Variant:
             parts.append(f"k={self.k}")
             if self.demonstrations:
                 parts.append(f"demos={self.demonstrations}")
+        if self.prompt != "chat":
+            parts.append(self.prompt)
         if self.language:
             parts.append(f"prompt={self.language}")
         return " ".join(str(p) for p in parts)
@@ -131,6 +136,13 @@ def parse_variant(raw: Any, where: str = "variant") -> Variant:
         raise VariantError(f"{where}: a {variant.kind} variant needs model: a packaged name or a directory")
     if variant.form not in FORMS:
         raise VariantError(f"{where}: form {variant.form!r} is unknown; valid: {', '.join(FORMS)}")
+    if variant.prompt not in PROMPTS:
+        raise VariantError(f"{where}: prompt {variant.prompt!r} is unknown; valid: {', '.join(PROMPTS)}")
+    if variant.prompt == "plain" and variant.kind not in ("zero-shot", "few-shot", "run"):
+        raise VariantError(f"{where}: prompt: plain is for scored decoder variants (zero-shot, few-shot, run); a "
+                           f"{variant.kind} variant has no prompt setting")
+    if variant.prompt == "plain" and "form" in raw:  # a plain prompt is one text: nothing to split into turns
+        raise VariantError(f"{where}: form applies to chat prompts only; drop it, or use prompt: chat")
     if variant.classifier not in CLASSIFIERS:
         raise VariantError(f"{where}: classifier {variant.classifier!r} is unknown; valid: {', '.join(CLASSIFIERS)}")
     if variant.kind == "few-shot" and not 1 <= variant.k <= 64:
@@ -280,12 +292,26 @@ def _decoder_scores(logprob: np.ndarray, content_free: np.ndarray | None,
 
 def decoder_prompts(variant: Variant, task: Task, items: Sequence[Item], tokenizer, seed: int,
                     pool: Sequence[Item] = ()) -> tuple[list[str], list[str]]:
-    """(context, content-free context) per item: the chat prompt, after the item's demonstrations if any."""
+    """(context, content-free context) per item: the chat or plain prompt (`variant.prompt`), after the item's
+    demonstrations if any."""
     contexts, free = [], []
     for item in items:
+        if variant.prompt == "plain":
+            demos = draw_demonstrations(pool, item, variant.k, len(task.labels), seed) \
+                if variant.kind == "few-shot" else []
+            template = task.template(variant.language)
+            contexts.append(plain_context(template, item.text, demos))
+            free.append(plain_context(template, CONTENT_FREE, demos))
+            continue
         contexts.append(chat_context(tokenizer, conversation(variant, task, item, seed, pool)))
         free.append(chat_context(tokenizer, conversation(variant, task, item, seed, pool, CONTENT_FREE)))
     return contexts, free
+
+
+def decoder_answers(variant: Variant, task: Task) -> list[str]:
+    """The continuations scored after a decoder prompt, one per label (the answer words, with the plain
+    prompt's target delimiter)."""
+    return [answer_continuation(variant.prompt, word) for word in task.template(variant.language).verbalisers]
 
 
 def conversation(variant: Variant, task: Task, item: Item, seed: int, pool: Sequence[Item] = (),
@@ -321,15 +347,18 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
         contexts, free = decoder_prompts(variant, task, items, tokenizer, seed, pool)
         scorer = loaded.scorer(variant.model)
         scorer.shapes = CallShapes()  # this evaluation's calls only
-        answers = template.verbalisers
-        logprob = scorer([(c, answers) for c in contexts]).logprob
+        answers, plain = decoder_answers(variant, task), variant.prompt == "plain"
+        logprob = scorer([(c, answers) for c in contexts], plain=plain).logprob
         # zero-shot: one content-free prompt serves every item; few-shot: each item's demonstrations have their own
         free_requests = [(free[0], answers)] if variant.kind == "zero-shot" else [(c, answers) for c in free]
-        scores = _decoder_scores(logprob, scorer(free_requests).logprob if variant.calibrate else None, answers)
+        scores = _decoder_scores(logprob, scorer(free_requests, plain=plain).logprob if variant.calibrate else None,
+                                 template.verbalisers)
         records = _rule_records(items, scores, contexts, time.perf_counter() - started)
         compiled = scorer.typical_cost() if measure_costs else None
     elif is_decoder and variant.kind == "chat":
         records, compiled = _chat(variant, task, items, model, tokenizer), None
+    elif variant.prompt == "plain":
+        raise VariantError(f"prompt: plain is for decoders; {variant.model} is an encoder (drop the prompt setting)")
     elif variant.kind == "zero-shot":
         text_prefix, description_prefix = _prefixes(variant)
         embed = loaded.embedder(variant.model)
@@ -435,18 +464,22 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: M
         if overlap:
             notes.append(f"trained on {overlap} of the {len(items)} items")
     started = time.perf_counter()
-    if run.scorer is not None:  # a chat-tuned decoder: scored in the same chat form as zero-shot
-        if not info.chat:
-            raise VariantError(f"run {variant.run} is continued pre-training, not a classifier")
-        zero_shot = Variant(kind="zero-shot", model=variant.run, language=variant.language)
+    if run.scorer is not None:  # a tuned decoder: scored as zero-shot, in the chat form (or plain, as asked)
+        if not info.chat and variant.prompt != "plain":
+            raise VariantError(f"run {variant.run} is continued pre-training, not a classifier nor chat-tuned; "
+                               "score it with prompt: plain")
+        zero_shot = Variant(kind="zero-shot", model=variant.run, language=variant.language, prompt=variant.prompt)
         contexts, free = decoder_prompts(zero_shot, task, items, run.tokenizer, 0)
         scorer = run.scorer
         scorer.shapes = CallShapes()
-        answers = task.template(variant.language).verbalisers
-        scores = _decoder_scores(scorer([(c, answers) for c in contexts]).logprob,
-                                 scorer([(free[0], answers)]).logprob, answers)
+        answers, plain = decoder_answers(zero_shot, task), variant.prompt == "plain"
+        scores = _decoder_scores(scorer([(c, answers) for c in contexts], plain=plain).logprob,
+                                 scorer([(free[0], answers)], plain=plain).logprob,
+                                 task.template(variant.language).verbalisers)
         prompts, measured = contexts, scorer
     else:
+        if variant.prompt == "plain":
+            raise VariantError(f"run {variant.run} is a classifier: prompt: plain is for decoder runs (drop it)")
         predictor = run.predictor
         predictor.probabilities.shapes = CallShapes()
         order = [predictor.labels.index(name) for name in task.labels]

@@ -3,7 +3,8 @@ computes for decoder log-likelihood requests, so that our JAX scoring can be che
 
 `loglikelihoods` runs lm-eval's own `HFLM(...).loglikelihood` (CPU, float32); `encode_pair` and
 `hflm_encode_pair` give the token ids lm-eval scores; `chat_context` gives the prompt string lm-eval builds
-under `--apply_chat_template`. Written against lm-eval 0.4.13 (pinned in constraints.txt).
+under `--apply_chat_template`; `plain_requests` gives a multiple-choice item's (context, continuation) requests
+without a chat template, from lm-eval's own task code. Written against lm-eval 0.4.13 (pinned in constraints.txt).
 
 lm-eval's conventions, as read from its 0.4.13 source:
 
@@ -25,6 +26,10 @@ lm-eval's conventions, as read from its 0.4.13 source:
   `--apply_chat_template` it is "" (the choice follows the assistant turn's opening directly), unless the
   task has a `gen_prefix` not ending in whitespace (then the delimiter is kept and the prompt ends with the
   partial assistant message, `add_generation_prompt=False, continue_final_message=True`).
+* Plain prompts (`ConfigurableTask.fewshot_context` without `apply_chat_template`, `build_qa_turn`): each
+  few-shot example is `doc_to_text + target_delimiter + choice + fewshot_delimiter` (" " and "\\n\\n" by
+  default), then the item's `doc_to_text`; the continuations are " " + each choice. The tokens are as above,
+  so the context starts with whatever the tokenizer adds by default (a BOS for Llama-2, nothing for SmolLM2).
 * A chat prompt usually ends in a newline (SmolLM2's ends "<|im_start|>assistant\\n"); by the first rule that
   newline moves into the continuation, so lm-eval scores "\\n" + choice after a context without it.
 """
@@ -102,3 +107,28 @@ def chat_context(model_dir: str | Path, messages: list[dict]) -> str:
     add_generation_prompt=True, continue_final_message=False)` with nothing added (the template's own
     default system prompt, if any, stays). Continuations follow it with the delimiter "" (module docstring)."""
     return hflm(model_dir).apply_chat_template(messages)
+
+
+def plain_requests(question: str, choices: list[str], demonstrations: list[tuple[str, int]] = ()
+                   ) -> list[tuple[str, str]]:
+    """lm-eval's (context, continuation) requests, one per choice, for a multiple-choice item whose `doc_to_text`
+    is `question`, after the few-shot examples (`doc_to_text`, the index of the right choice) in the given order:
+    a `ConfigurableTask` with lm-eval's default delimiters, the examples as its few-shot split taken in order
+    (the `first_n` sampler), its `fewshot_context` (no chat template) and `construct_requests`."""
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+
+    def data(**_):
+        return datasets.DatasetDict({
+            "test": datasets.Dataset.from_list([{"question": question, "label": 0}]),
+            "train": datasets.Dataset.from_list([{"question": q, "label": a} for q, a in demonstrations]
+                                                or [{"question": question, "label": 0}])})
+
+    task = ConfigurableTask(config={
+        "task": "plain-reference", "custom_dataset": data, "test_split": "test", "fewshot_split": "train",
+        "output_type": "multiple_choice", "doc_to_text": lambda doc: doc["question"],
+        "doc_to_target": lambda doc: doc["label"], "doc_to_choice": list(choices),
+        "fewshot_config": {"sampler": "first_n"}})
+    doc = task.test_docs()[0]
+    context = task.fewshot_context(doc, num_fewshot=len(demonstrations))
+    return [tuple(request.arguments) for request in task.construct_requests(doc, context, metadata=("plain", 0, 1))]

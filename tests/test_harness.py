@@ -470,3 +470,136 @@ def test_models_holds_at_most_its_capacity_and_drops_the_least_recently_used_wit
     assert held._cached(("model", "a"), lambda: "reloaded") == "a"
     assert held._cached(("model", "b", 1), lambda: "rebuilt") == "rebuilt"  # "b" was dropped with its parts
     assert built == ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def tiny_bos_decoder(tiny_decoder, tmp_path_factory):
+    """The tiny Llama with a tokenizer that adds a BOS to every text it encodes (as Llama-2's does)."""
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-llama-bos")
+    shutil.copytree(tiny_decoder, directory, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_decoder)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A", special_tokens=[("[CLS]", WORDS.index("[CLS]"))])
+    tokenizer.bos_token = "[CLS]"
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["zero-shot", "few-shot"])
+def test_plain_prompts_score_every_item_as_lm_evaluation_harness_does(tmp_path, tiny_bos_decoder, kind):
+    """Per item: the plain prompt and answers lm-eval's own task code builds (no chat template, " " before the
+    answer, "\\n\\n" after each demonstration), and lm-eval's log-likelihoods of them, with the BOS the tokenizer
+    adds (lm-eval's default for a plain prompt)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval_reference import encode_pair as reference_pair
+    from lm_eval_reference import loglikelihoods, plain_requests
+
+    from harness.prompts import draw_demonstrations
+    from harness.scoring import plain_pair
+    from harness.tasks import load_task as task_from
+    from harness.variants import Models, evaluate
+
+    reviews = write_reviews(tmp_path / "reviews.csv", n=40)
+    path = write_task(tmp_path, {"source": str(reviews), "text_column": "review", "label_column": "sentiment",
+                                 "split": "test"})
+    raw = yaml.safe_load(path.read_text())
+    raw["templates"]["en"]["plain"] = "the story {text} it was"  # a plain question apart from the chat one
+    path.write_text(yaml.safe_dump(raw))
+    task = task_from(path)
+    template, items = task.template(), task.items[:3]
+    variant = parse_variant({"kind": kind, "model": str(tiny_bos_decoder), "k": 2, "prompt": "plain"})
+    records = evaluate(variant, task, items, 0, Models(), measure_costs=False).records
+
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_bos_decoder)
+    requests = []
+    for item, record in zip(items, records, strict=True):
+        demos = draw_demonstrations(task.demonstration_items, item, 2, 2, 0) if kind == "few-shot" else []
+        theirs = plain_requests(template.plain_question(item.text), list(template.verbalisers),
+                                [(template.plain_question(d.text), d.label) for d in demos])
+        assert [(record["prompt"], answer) for answer in (" bad", " good")] == theirs
+        for context, answer in theirs:
+            assert plain_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
+            assert plain_pair(tokenizer, context, answer)[0][0] == WORDS.index("[CLS]")  # the tokenizer's BOS
+        requests += theirs
+    expected = np.asarray([v for v, _ in loglikelihoods(tiny_bos_decoder, requests)]).reshape(len(items), 2)
+    np.testing.assert_allclose([r["scores"]["acc"] for r in records], expected, atol=1e-4)
+    assert record["prompt"].count("the story") == 1 + 2 * (kind == "few-shot")
+
+
+def test_plain_prompt_settings_are_checked():
+    for bad, message in (({"kind": "zero-shot", "prompt": "raw"}, "prompt 'raw' is unknown; valid: chat, plain"),
+                         ({"kind": "chat", "prompt": "plain"}, "a chat variant has no prompt setting"),
+                         ({"kind": "few-shot", "prompt": "plain", "form": "one-message"},
+                          "form applies to chat prompts only")):
+        with pytest.raises(VariantError, match=message):
+            parse_variant({"model": "m", **bad})
+    assert parse_variant({"kind": "zero-shot", "model": "m", "prompt": "plain"}).label == "zero-shot m plain"
+    with pytest.raises(TaskError, match=r"templates.en.plain must be a string containing \{text\}"):
+        parse_task({**SENTIMENT, "templates": {"en": {**SENTIMENT["templates"]["en"], "plain": "no text"}}})
+
+
+def _run_record(run_dir: Path) -> dict:
+    """What a run folder holds: its files (bar the lock), its log, its summary's figures and its config."""
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"
+                   and "checkpoints" not in p.parts)
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*/*") if p.name.isdigit())
+    return {"files": files, "log": log, "summary": summary, "checkpoints": checkpoints,
+            "config": (run_dir / "config.yaml").read_text()}
+
+
+def test_a_sweep_in_one_program_writes_what_separate_runs_write_and_resumes(tmp_path, tiny_model, monkeypatch):
+    from harness.training import sweep_points, train_sweep
+    from tljax import faults
+    from tljax.train.__main__ import main as train
+
+    reviews = write_reviews(tmp_path / "reviews.csv", n=120)
+    config = tmp_path / "lora.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": str(tiny_model), "method": {"name": "lora", "rank": 4}, "output_dir": "unused",
+        "data": {"source": str(reviews), "text_column": "review", "label_column": "sentiment",
+                 "labels": ["neg", "pos"]},
+        "training": {"learning_rate": 1e-2, "per_device_train_batch_size": 16, "max_steps": 8, "eval_steps": 4,
+                     "early_stopping_patience": None}}))
+    scales, settings = (0.3, 1.0, 3.0), {}
+
+    lines = []
+    _, together = train_sweep(str(config), settings, scales, tmp_path / "together", lines.append)
+    assert any("in one program" in line for line in lines)
+    _, planned = sweep_points(str(config), settings, scales, tmp_path / "separate")
+    for _, overrides, _ in planned:  # each rate its own run, as `python -m tljax.train` trains it
+        assert train(["--config", str(config), *(part for o in overrides for part in ("--set", o))]) == 0
+    for point, (_, _, run_dir) in zip(together, planned, strict=True):
+        ours, theirs = _run_record(point.run_dir), _run_record(run_dir)
+        assert ours["files"] == theirs["files"] and ours["checkpoints"] == theirs["checkpoints"]
+        assert ours["config"] == theirs["config"].replace(str(run_dir), str(point.run_dir))
+        assert [(r["step"], r["split"]) for r in ours["log"]] == [(r["step"], r["split"]) for r in theirs["log"]]
+        # The same losses as a separate run, within tests/test_methods.py's sweep test's derivation: a loss
+        # moves by gradient x parameter change, and the two programs' parameters differ by rounding only.
+        for a, b in zip(ours["log"], theirs["log"]):
+            np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        assert ours["summary"]["best_step"] == theirs["summary"]["best_step"]
+        np.testing.assert_allclose(ours["summary"]["test"]["loss"], theirs["summary"]["test"]["loss"], rtol=1e-5)
+    assert len({_run_record(p.run_dir)["log"][0]["loss"] for p in together}) == 3  # the rates did differ
+
+    # interrupted after the checkpoint of step 4 (an error at step 6), then run again: it resumes from there
+    monkeypatch.setenv(faults.ENVIRONMENT, "step=6:enospc")
+    monkeypatch.setattr(faults, "_passes", {})
+    with pytest.raises(OSError, match="No space left"):
+        train_sweep(str(config), settings, scales, tmp_path / "resumed", lines.append)
+    monkeypatch.delenv(faults.ENVIRONMENT)
+    _, resumed = train_sweep(str(config), settings, scales, tmp_path / "resumed", lines.append)
+    assert any("in one program, from step 4 of 8" in line for line in lines)
+    for first, second in zip(together, resumed, strict=True):
+        ours, again = _run_record(first.run_dir), _run_record(second.run_dir)
+        assert [r["loss"] for r in again["log"]] == [r["loss"] for r in ours["log"]]  # exactly: the same program
+        assert again["summary"]["test"] == ours["summary"]["test"]
+    lines.clear()  # finished runs are reused: nothing trains again
+    train_sweep(str(config), settings, scales, tmp_path / "resumed", lines.append)
+    assert not any("training" in line for line in lines)

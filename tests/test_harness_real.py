@@ -27,10 +27,13 @@ def read_records(out, variant_slug: str, task: str = "sentiment-en") -> list[dic
 
 def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
     """Zero-shot and few-shot chat prompts (lm-eval's chat convention: no target delimiter) and plain prompts
-    (a " " delimiter), including an answer whose first token merges with the end of the prompt."""
+    (a " " delimiter; the harness's built from lm-eval's own task code), including an answer whose first token
+    merges with the end of the prompt."""
     pytest.importorskip("lm_eval")
     import tljax
-    from lm_eval_reference import chat_context, encode_pair as reference_pair, loglikelihoods
+    from lm_eval_reference import chat_context, encode_pair as reference_pair, loglikelihoods, plain_requests
+    from harness.prompts import draw_demonstrations
+    from harness.scoring import plain_pair
     from tljax import zoo
 
     directory = zoo.resolve(SMOLLM2)
@@ -42,6 +45,13 @@ def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
     few, _ = decoder_prompts(Variant(kind="few-shot", model=SMOLLM2, k=2), task, items, tokenizer, 0,
                              task.demonstration_items)
     assert zero[0] == chat_context(directory, chat_messages(task.template(), items[0].text))  # lm-eval's prompt
+    plain = Variant(kind="few-shot", model=SMOLLM2, k=2, prompt="plain")
+    plain_few, _ = decoder_prompts(plain, task, items, tokenizer, 0, task.demonstration_items)
+    template = task.template()
+    for item, context in zip(items, plain_few):  # lm-eval's plain prompt of the same demonstrations
+        demos = draw_demonstrations(task.demonstration_items, item, 2, 2, 0)
+        assert [(context, " " + a) for a in answers] == plain_requests(
+            template.plain_question(item.text), answers, [(template.plain_question(d.text), d.label) for d in demos])
     requests = [(context, answers) for context in zero + few]
     requests += [("Review: a dull film\nSentiment:", [" positive", " negative"]),
                  ("The review is", ["n't good", " good"])]  # "is" + "n't" merge: " isn" + "'t"
@@ -55,6 +65,13 @@ def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
     for context, options in requests:
         for answer in options:
             assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
+    plain_answers = [" " + a for a in answers]
+    ours = DecoderScorer(model, tokenizer)([(c, plain_answers) for c in plain_few], plain=True).logprob
+    theirs = np.asarray([v for v, _ in loglikelihoods(directory, [(c, a) for c in plain_few for a in plain_answers])])
+    np.testing.assert_allclose(ours, theirs.reshape(ours.shape), atol=1e-3)
+    for context in plain_few:
+        assert plain_pair(tokenizer, context, plain_answers[0]) == tuple(
+            reference_pair(tokenizer, context, plain_answers[0]))
 
 
 def test_the_ci_suite_runs_every_variant_kind_with_its_effect(tmp_path, smollm2_chat_run, minilm_run):

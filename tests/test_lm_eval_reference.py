@@ -45,3 +45,11 @@ def test_loglikelihoods_match_a_direct_pytorch_computation(tmp_path):
 
     messages = [{"role": "user", "content": "the film"}]
     assert ref.chat_context(tmp_path, messages) == "user the film assistant"
+
+
+def test_plain_requests_are_lm_evaluations_default_multiple_choice_prompt():
+    """Without a chat template: "question answer\\n\\n" per few-shot example, then the question; " " + choice."""
+    context = "q2 bad\n\nq3 good\n\nq1"
+    assert ref.plain_requests("q1", ["good", "bad"], [("q2", 1), ("q3", 0)]) == [(context, " good"),
+                                                                                 (context, " bad")]
+    assert ref.plain_requests("q1", ["good", "bad"]) == [("q1", " good"), ("q1", " bad")]
