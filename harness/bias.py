@@ -27,30 +27,38 @@ def _delta_summary(deltas: list[float]) -> dict[str, Any]:
             "mean_abs_delta": float(np.abs(values).mean())}
 
 
-def probe(records: Sequence[dict], positive: int, rule: str = "acc") -> dict[str, Any] | None:
-    """Per dimension and `all`: pairs, flip rate (predictions differ within the pair) and, where the records
-    carry probabilities, the mean change in P(positive) from a to b with its 95% interval, and the mean
-    absolute change. None when the records hold no complete pair."""
-    pairs: dict[str, dict[str, dict]] = defaultdict(dict)
-    for record in records:
-        if record["id"].endswith(("/a", "/b")):
-            pairs[pair_key(record["id"])][record["id"][-1]] = record
-    complete = {key: sides for key, sides in pairs.items() if len(sides) == 2}
-    if not complete:
+def probe(per_seed: Sequence[Sequence[dict]], positive: int, rule: str = "acc") -> dict[str, Any] | None:
+    """Per dimension and `all`, over the seeds alike (each seed's records of the same items, as a row's other
+    figures): pairs, flip rate (the share of (pair, seed) whose predictions differ within the pair), flips (their
+    mean count per seed) and, where the records carry probabilities, the mean change in P(positive) from a to b
+    (each pair's change averaged over the seeds) with its 95% interval over the pairs, and the mean absolute
+    change. None when the records hold no complete pair."""
+    flips: dict[str, list[float]] = defaultdict(list)  # key -> per seed: flipped (1.0 / 0.0)
+    deltas: dict[str, list[float]] = defaultdict(list)  # key -> per seed: the change in P(positive)
+    for records in per_seed:
+        pairs: dict[str, dict[str, dict]] = defaultdict(dict)
+        for record in records:
+            if record["id"].endswith(("/a", "/b")):
+                pairs[pair_key(record["id"])][record["id"][-1]] = record
+        for key, sides in pairs.items():
+            if len(sides) < 2:
+                continue
+            a, b = sides["a"], sides["b"]
+            flips[key].append(float(a["prediction"][rule] != b["prediction"][rule]))
+            if "probabilities" in a and "probabilities" in b:
+                deltas[key].append(b["probabilities"][positive] - a["probabilities"][positive])
+    if not flips:
         return None
-    groups: dict[str, list[tuple[bool, float | None]]] = defaultdict(list)
-    for key, sides in sorted(complete.items()):
-        a, b = sides["a"], sides["b"]
-        flipped = a["prediction"][rule] != b["prediction"][rule]
-        delta = (b["probabilities"][positive] - a["probabilities"][positive]
-                 if "probabilities" in a and "probabilities" in b else None)
+    groups: dict[str, list[tuple[float, float | None]]] = defaultdict(list)
+    for key in sorted(flips):
+        delta = float(np.mean(deltas[key])) if deltas[key] else None
         for group in (key.split("-")[0], "all"):
-            groups[group].append((flipped, delta))
+            groups[group].append((float(np.mean(flips[key])), delta))
     out = {}
     for group, values in groups.items():
-        deltas = [d for _, d in values if d is not None]
-        out[group] = {"pairs": len(values), "flip_rate": float(np.mean([f for f, _ in values])),
-                      "flips": int(sum(f for f, _ in values)), **_delta_summary(deltas)}
+        rate = float(np.mean([f for f, _ in values]))
+        out[group] = {"pairs": len(values), "flip_rate": rate, "flips": round(rate * len(values), 2),
+                      **_delta_summary([d for _, d in values if d is not None])}
     return out
 
 
@@ -68,6 +76,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         delta = (f"{every['mean_delta']:+.4f} ({every['mean_delta_ci'][0]:+.4f} to {every['mean_delta_ci'][1]:+.4f})"
                  if "mean_delta" in every else "")
         lines.append(f"| {row['variant']} | {row['task']} | {every['pairs']} | {every['flip_rate']:.3f} | "
-                     + " | ".join(f"{bias[d]['flips']} / {bias[d]['pairs']}" if d in bias else "" for d in dimensions)
+                     + " | ".join(f"{bias[d]['flips']:g} / {bias[d]['pairs']}" if d in bias else "" for d in dimensions)
                      + f" | {delta} | {every.get('mean_abs_delta', math.nan):.4f} |")
     return "\n".join(lines) + "\n"

@@ -152,7 +152,7 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
                    "seed_accuracies": accuracies, "seed_mean": summary.get("acc", {}).get("accuracy"),
                    "seed_spread": summary.get("acc", {}).get("accuracy_sd"),
                    "costs": mean_costs([e["costs"] for e in per_seed]), "notes": per_seed[0]["notes"],
-                   "bias": bias.probe(per_seed[0]["records"], _positive(task))}
+                   "bias": bias.probe([e["records"] for e in per_seed], _positive(task))}
             rows.append(row)
             by_key[(variant.label, task_name)] = per_seed[0]["records"]
     _write(out, suite, rows, by_key)

@@ -82,6 +82,7 @@ def test_demonstrations_are_class_balanced_seeded_per_item_and_never_the_item(la
 @pytest.fixture(scope="module")
 def tiny_decoder(tmp_path_factory):
     """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
+    import torch
     import transformers
 
     directory = tmp_path_factory.mktemp("tiny-llama")
@@ -90,6 +91,10 @@ def tiny_decoder(tmp_path_factory):
     tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
                               "{% if add_generation_prompt %}assistant {% endif %}"
     tokenizer.save_pretrained(directory)
+    # The same tiny model in every session: a random decoder with tied embeddings favours words already in its
+    # context, so its zero-shot accuracy on the 24 test reviews ranged from 0.33 to 0.83 over initial seeds 0-7
+    # (chat-tuned from it: 0.83 to 1.0; from seed 0: 0.42 zero-shot, 1.0 tuned).
+    torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
                                       max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
@@ -406,15 +411,25 @@ def test_the_bias_probe_counts_flips_and_the_change_in_positive_probability():
                record("gender-t01-p0/a", 1, 0.8), record("gender-t01-p0/b", 1, 0.9),   # +0.1
                record("name-t00-p0/a", 0, 0.2), record("name-t00-p0/b", 0, 0.2),       # 0
                record("name-t01-p0/a", 1, 0.7)]                                         # no partner: left out
-    result = probe(records, positive=1)
+    result = probe([records], positive=1)
     assert result["all"]["pairs"] == 3 and result["all"]["flips"] == 1
     assert result["all"]["flip_rate"] == pytest.approx(1 / 3)
     assert result["all"]["mean_delta"] == pytest.approx(-0.4 / 3)
     assert result["all"]["mean_abs_delta"] == pytest.approx(0.6 / 3)
     assert result["gender"]["flips"] == 1 and result["name"]["flips"] == 0 and result["name"]["mean_delta"] == 0
-    assert probe([record("pt-0001", 1, 0.5)], positive=1) is None
+    assert probe([[record("pt-0001", 1, 0.5)]], positive=1) is None
     table = bias_table([{"variant": "v", "task": "t", "bias": result}, {"variant": "w", "task": "t", "bias": None}])
     assert "| v | t | 3 | 0.333 | 1 / 2 | 0 / 1 | -0.1333" in table and "| w |" not in table
+    # over seeds, every figure is taken over the seeds alike: a second seed where nothing flips and the gender
+    # pairs move by +0.1 and -0.1 halves the flips and averages each pair's change over the two seeds
+    second_seed = [record("gender-t00-p0/a", 1, 0.9), record("gender-t00-p0/b", 1, 1.0),
+                   record("gender-t01-p0/a", 1, 0.8), record("gender-t01-p0/b", 1, 0.7),
+                   record("name-t00-p0/a", 0, 0.2), record("name-t00-p0/b", 0, 0.2)]
+    both = probe([records, second_seed], positive=1)
+    assert both["all"]["pairs"] == 3 and both["all"]["flips"] == 0.5 and both["gender"]["flips"] == 0.5
+    assert both["all"]["flip_rate"] == pytest.approx(1 / 6)
+    assert both["all"]["mean_delta"] == pytest.approx(((-0.5 + 0.1) / 2 + (0.1 - 0.1) / 2 + 0) / 3)
+    assert "| v | t | 3 | 0.167 | 0.5 / 2 | 0 / 1 |" in bias_table([{"variant": "v", "task": "t", "bias": both}])
     # the two sentences of a pair see the same few-shot demonstrations
     pool = items(40)
     first, second = (Item(f"gender-t03-p1/{side}", "x", 0, "en") for side in "ab")
