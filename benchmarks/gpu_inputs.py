@@ -1,6 +1,7 @@
 """The GPU check's inputs, made in code (the device has no network): random-weight models of MiniLM-L6's and
 SmolLM2-135M's shapes saved as Hugging Face directories, a WordPiece tokenizer trained on a generated review
-CSV, and the CSV itself. `--smoke` shrinks every shape so that the whole check runs on a CPU in a minute.
+CSV, the CSV itself and the train step's batches (`make_inputs`). `--smoke` shrinks every shape so that the
+check runs on a CPU.
 
 Imports neither JAX nor tljax's models: the models are written with `transformers` (PyTorch), as a user's
 downloaded checkpoint would be, and both sides load them from the directory.
@@ -9,6 +10,7 @@ downloaded checkpoint would be, and both sides load them from the directory.
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,13 @@ SMOKE_SHAPES = {"minilm": {**MINILM, "vocab_size": 600, "hidden_size": 32, "num_
                             "num_attention_heads": 6, "num_key_value_heads": 2, "intermediate_size": 64,
                             "max_position_embeddings": 256}}
 SHAPES = {"minilm": MINILM, "smollm2": SMOLLM2}
+FAMILIES = tuple(SHAPES)
+# [batch, length] of each family's train-step batches. The smoke batches hold 8 rows so that they split evenly
+# over the 8 simulated CPU devices of the test process, which runs both sides' train step on them.
+BATCH_SHAPES = {"minilm": (32, 128), "smollm2": (8, 256)}
+SMOKE_BATCH_SHAPES = {"minilm": (8, 32), "smollm2": (8, 16)}
+BATCH_VOCAB = 500  # batch ids stay below every shape's vocabulary (the smoke one is 600)
+REVIEWS, SMOKE_REVIEWS = 2000, 200
 
 POSITIVE = ("wonderful", "moving", "brilliant", "funny", "gripping", "charming", "superb", "tender")
 NEGATIVE = ("dull", "tedious", "clumsy", "boring", "hollow", "lifeless", "awful", "bland")
@@ -38,6 +47,47 @@ FILLER = ("the", "film", "story", "cast", "plot", "scenes", "director", "music",
 def shape(family: str, smoke: bool) -> dict[str, Any]:
     """The config (a `transformers` config's keys) of `family` ("minilm" or "smollm2") at full or smoke size."""
     return dict((SMOKE_SHAPES if smoke else SHAPES)[family])
+
+
+def batch_shape(family: str, smoke: bool) -> tuple[int, int]:
+    """(batch, length) of `family`'s train-step batches at full or smoke size."""
+    return (SMOKE_BATCH_SHAPES if smoke else BATCH_SHAPES)[family]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where the check's inputs lie in its work folder (`make_inputs` writes them)."""
+
+    work: Path
+
+    @property
+    def csv(self) -> Path:
+        return self.work / "reviews.csv"
+
+    def model(self, family: str) -> Path:
+        return self.work / family
+
+    def batches(self, family: str) -> Path:
+        return self.work / f"{family}.npz"
+
+    @property
+    def run(self) -> Path:
+        """The end-to-end training run's folder."""
+        return self.work / "run"
+
+
+def make_inputs(work: Path, smoke: bool) -> Inputs:
+    """The review CSV, a model directory per family (its tokenizer trained on the CSV's texts) and two random
+    batches per family, written under `work`."""
+    inputs = Inputs(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_reviews(inputs.csv, SMOKE_REVIEWS if smoke else REVIEWS)
+    texts = read_texts(inputs.csv)
+    for family in FAMILIES:
+        write_model(family, inputs.model(family), texts, smoke=smoke)
+        batch, length = batch_shape(family, smoke)
+        save_batches(inputs.batches(family), [random_batch(batch, length, BATCH_VOCAB, seed=i) for i in range(2)])
+    return inputs
 
 
 def write_reviews(path: Path, count: int, seed: int = 0) -> Path:
@@ -103,6 +153,7 @@ def write_model(family: str, directory: Path, texts: list[str], *, smoke: bool, 
 
 
 def read_texts(path: Path) -> list[str]:
+    """The text column of a review CSV."""
     with path.open(newline="") as handle:
         return [row["text"] for row in csv.DictReader(handle)]
 
@@ -116,6 +167,7 @@ def random_batch(batch_size: int, length: int, vocab: int, seed: int = 0) -> dic
 
 
 def save_batches(path: Path, batches: list[dict[str, np.ndarray]]) -> Path:
+    """`batches` in one .npz, as `benchmarks.common.load_batches` reads them."""
     arrays = {f"{i}/{key}": value for i, batch in enumerate(batches) for key, value in batch.items()}
     np.savez(path, count=len(batches), **arrays)
     return path

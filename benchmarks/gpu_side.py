@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 
 
 def jax_train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Seconds per train step for each {"name", "method", "overrides"} in `spec["configs"]`."""
+    """Seconds per train step, the trainable count and the first step's loss for each {"name", "method",
+    "overrides"} in `spec["configs"]`, on the batches in `spec["batches"]`."""
     import jax
 
     from tljax.runs import FINAL_STEP
@@ -40,22 +41,26 @@ def jax_train(spec: dict[str, Any]) -> dict[str, Any]:
         prepared = prepare(run_config(one["method"], one["overrides"]))
         engine = build_engine(prepared, total_steps=1000, mesh=mesh)
         state = {"trainable": engine.trainable, "opt_state": engine.opt_state}
+        losses = []
 
         def step(i: int) -> None:
             key = jax.random.fold_in(jax.random.key(0), i)
             state["trainable"], state["opt_state"], metrics = engine.train_step(
                 state["trainable"], engine.frozen, state["opt_state"], placed[i], key)
+            losses.append(metrics["loss"])  # kept on the device: a host read would add a transfer to each step
             metrics["loss"].block_until_ready()
 
         first, per_step = step_times(step, len(placed), spec.get("warmup", 2), spec.get("repeats", 5))
         count, total = prepared.objective.count(FINAL_STEP)
-        rows[one["name"]] = {"first_step_s": first, "step_s": per_step, "trainable": count, "parameters": total}
+        rows[one["name"]] = {"first_step_s": first, "step_s": per_step, "trainable": count, "parameters": total,
+                             "first_loss": float(losses[0])}
         del engine, state, prepared
     return {"rows": rows, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
 
 
 def torch_train(spec: dict[str, Any]) -> dict[str, Any]:
-    """The same configs with `transformers` + `peft` (AdamW, linear warm-up, clipping at the config's values)."""
+    """The same configs and batches with `transformers` + `peft` (AdamW, linear warm-up, clipping at the config's
+    values)."""
     import torch
     import transformers
 
@@ -77,6 +82,7 @@ def torch_train(spec: dict[str, Any]) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(parameters, lr=tc.learning_rate, weight_decay=tc.weight_decay)
         scheduler = transformers.get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * 1000), 1000)
         low = tc.dtype == "bfloat16"
+        losses = []
 
         def step(i: int) -> None:
             with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=low):
@@ -86,11 +92,11 @@ def torch_train(spec: dict[str, Any]) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss.item()  # waits for the device
+            losses.append(loss.item())  # waits for the device
 
         first, per_step = step_times(step, len(batches), spec.get("warmup", 2), spec.get("repeats", 5))
         rows[one["name"]] = {"first_step_s": first, "step_s": per_step, "trainable": count,
-                             "parameters": sum(p.numel() for p in model.parameters())}
+                             "parameters": sum(p.numel() for p in model.parameters()), "first_loss": losses[0]}
         del model, optimizer
         if device == "cuda":
             torch.cuda.empty_cache()
