@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from tljax.errors import InputError
 
 Array = jax.Array
 
@@ -100,6 +103,48 @@ def merge_heads(x: Array) -> Array:
     return x.transpose(0, 2, 1, 3).reshape(batch, seq, heads * head_dim)
 
 
+ATTENTION_ENVIRONMENT = "TLJAX_ATTENTION"
+ATTENTION_PATHS = ("auto", "fused", "einsum")
+FUSED_BACKENDS = ("gpu", "cuda", "rocm")  # `jax.default_backend()` names of the accelerators given the fused path
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN's fused attention takes half precision only
+
+
+class AttentionSettingError(InputError):
+    """TLJAX_ATTENTION names no attention path."""
+
+
+def attention_path() -> str:
+    """Which attention `attend` traces when dropout is off: "fused" or "einsum".
+
+    TLJAX_ATTENTION=auto (the default) is the fused `jax.nn.dot_product_attention` on a GPU and the heads-first
+    einsums elsewhere: on XLA:CPU the two agree to float32 rounding (and the fused one is closer to float32 in
+    bfloat16), but the fused one's token-major layout made a grouped-head (SmolLM2-shaped) attention's gradient
+    about 30% slower. `fused` or `einsum` force one path on any backend (to compare them).
+    """
+    chosen = os.environ.get(ATTENTION_ENVIRONMENT, "auto")
+    if chosen not in ATTENTION_PATHS:
+        raise AttentionSettingError(f"{ATTENTION_ENVIRONMENT}={chosen!r} is not an attention path; "
+                                    f"use one of {', '.join(ATTENTION_PATHS)}")
+    if chosen == "auto":
+        return "fused" if jax.default_backend() in FUSED_BACKENDS else "einsum"
+    return chosen
+
+
+def fused_implementation(dtype: jnp.dtype, head_dim: int, q_len: int, kv_len: int) -> str | None:
+    """`implementation` for `jax.nn.dot_product_attention`: "cudnn" where cuDNN's flash attention takes the
+    call, else None (XLA's; `implementation=None` never picks cuDNN by itself).
+
+    cuDNN refuses, when tracing, float32, head sizes that are not a multiple of 8 or above 128 (256 from
+    Hopper on; 128 holds everywhere), and odd lengths when a mask (turned into a bias) is differentiated;
+    those calls go to XLA instead of failing. A decoding step (one query) is such an odd length.
+    """
+    if jax.default_backend() not in ("gpu", "cuda") or jnp.dtype(dtype) not in [jnp.dtype(d) for d in CUDNN_DTYPES]:
+        return None
+    if head_dim % 8 or head_dim > 128 or q_len % 2 or kv_len % 2:
+        return None
+    return "cudnn"
+
+
 def attend(
     query: Array,
     key: Array,
@@ -111,6 +156,9 @@ def attend(
 ) -> Array:
     """Scaled dot-product attention in the heads-first layout, with grouped key/value heads.
 
+    Scores, their softmax and the products' accumulation are float32 whatever the inputs' dtype; the softmax
+    weights are cast to the inputs' dtype before they multiply the values (as PyTorch's SDPA does).
+
     Args:
       query: [batch, heads, q_len, head_dim].
       key, value: [batch, kv_heads, kv_len, head_dim]; `heads` must be a multiple of `kv_heads`.
@@ -118,18 +166,41 @@ def attend(
     Returns:
       [batch, heads, q_len, head_dim], in the dtype of `query`.
     """
+    dropping = dropout_key is not None and dropout_rate > 0.0
+    if dropping or attention_path() == "einsum":  # dropout needs the softmax weights materialised
+        return _attend_einsum(query, key, value, mask, dropout_rate, dropout_key if dropping else None)
+    return _attend_fused(query, key, value, mask)
+
+
+def _attend_fused(query: Array, key: Array, value: Array, mask: Array) -> Array:
+    """`jax.nn.dot_product_attention` (token-major [B, T, N, D]); same shapes as `attend`."""
+    batch, heads, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    # cuDNN wants the mask's query axis in full; a mask given per key ([B, 1, 1, S]) is broadcast.
+    mask = jnp.broadcast_to(mask, (mask.shape[0], 1, q_len, kv_len))
+    with jax.numpy_dtype_promotion("standard"):  # its XLA path promotes bfloat16 logits with float32 itself
+        out = jax.nn.dot_product_attention(
+            query.transpose(0, 2, 1, 3), key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3), mask=mask,
+            implementation=fused_implementation(query.dtype, head_dim, q_len, kv_len))
+    return out.transpose(0, 2, 1, 3)
+
+
+def _attend_einsum(query: Array, key: Array, value: Array, mask: Array, dropout_rate: float,
+                   dropout_key: Array | None) -> Array:
+    """Attention as two einsums around a float32 softmax; same shapes as `attend`."""
     batch, heads, q_len, head_dim = query.shape
     kv_heads = key.shape[1]
     # Heads-first matmuls: XLA:CPU fuses a "bqhd" einsum into one slow kernel.
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, q_len, head_dim)
-    scores = jnp.einsum("bkgqd,bksd->bkgqs", grouped, key) / jnp.sqrt(head_dim).astype(query.dtype)
-    scores = scores.astype(jnp.float32)
+    # Scores accumulate and stay in float32 (a bfloat16 score is off by up to 2**-8 of itself before softmax).
+    scores = jnp.einsum("bkgqd,bksd->bkgqs", grouped, key, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(head_dim))
     # A large finite negative (not -inf) keeps fully masked rows (padding queries) finite, as PyTorch does.
     scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
     weights = dropout(weights, dropout_rate, dropout_key)
-    out = jnp.einsum("bkgqs,bksd->bkgqd", weights, value)
-    return out.reshape(batch, heads, q_len, head_dim)
+    out = jnp.einsum("bkgqs,bksd->bkgqd", weights, value, preferred_element_type=jnp.float32)
+    return out.astype(query.dtype).reshape(batch, heads, q_len, head_dim)
 
 
 def layer_keys(key: Array | None, count: int) -> list[Array | None]:
