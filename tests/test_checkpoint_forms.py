@@ -145,3 +145,19 @@ def test_a_dtype_the_models_do_not_compute_in_is_refused(tmp_path):
                                               r"pass dtype=\"float32\" \(or another of float32, bfloat16, float16\)"):
         from_pretrained(tmp_path)
     assert from_pretrained(tmp_path, dtype="float32").embeddings.word_embeddings.embedding.dtype == jnp.float32
+
+
+def test_a_saved_model_declares_the_dtype_of_its_tensors(tmp_path):
+    # a float16 model saved by tljax says float16 in config.json, so that `dtype="auto"` loads it as it is, here
+    # and in PyTorch; a float32 one says float32
+    torch_model(transformers.BertModel).to(torch.float16).save_pretrained(tmp_path / "pt")
+    save_word_tokenizer(tmp_path / "pt", bert=True)
+    model, _ = tljax.load(str(tmp_path / "pt"))
+    for dtype in ("float16", "float32"):
+        if dtype == "float32":
+            model, _ = tljax.load(str(tmp_path / "pt"), dtype=jnp.float32)
+        model.save_pretrained(tmp_path / dtype, tokenizer_source=tmp_path / "pt")
+        assert json.loads((tmp_path / dtype / "config.json").read_text())["dtype"] == dtype
+        assert tljax.load(str(tmp_path / dtype))[0].encoder.layer[0].output.dense.kernel.dtype == jnp.dtype(dtype)
+        loaded = transformers.AutoModel.from_pretrained(tmp_path / dtype, dtype="auto")
+        assert loaded.encoder.layer[0].output.dense.weight.dtype == getattr(torch, dtype)

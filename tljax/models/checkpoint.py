@@ -352,7 +352,11 @@ def write_model_directory(
     config: Mapping,
     tokenizer_source: Path | None = None,
 ) -> None:
-    """Writes config.json, model.safetensors and tokenizer files into `directory`, atomically."""
+    """Writes config.json, model.safetensors and tokenizer files into `directory`, atomically. config.json's
+    `dtype` is that of the floating-point tensors written (what `dtype="auto"` loads them as, here and in
+    `transformers`)."""
+    floating = [t.dtype for t in tensors.values() if np.issubdtype(t.dtype, np.floating)]
+    config = {**config, "dtype": str(floating[0]) if floating else "float32"}
     with atomic_directory(directory) as staging:
         save_file(dict(tensors), staging / "model.safetensors", metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -104,4 +104,5 @@ class HFConfig:
             out["label2id"] = {v: int(k) for k, v in out["id2label"].items()}
         else:
             out.pop("id2label", None)
-        return {"architectures": [architecture], "model_type": self.model_type, "dtype": "float32", **out}
+        # config.json's `dtype` is that of the tensors written beside it: `write_model_directory` sets it
+        return {"architectures": [architecture], "model_type": self.model_type, **out}
