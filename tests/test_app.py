@@ -1,9 +1,12 @@
 """The comparison app on tiny models: its answers are the harness's, its ratings, its catalogue of runs and
 results, its training starts, and its HTTP endpoints (gradio_client against a locally launched page)."""
 
+import collections
+import concurrent.futures
 import json
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from gradio_client import Client
 
 from conftest import write_reviews
 from harness.app import arena
+from harness.app.access import AccessError, check_corpus, is_public, upload_folder
 from harness.app.catalogue import describe_method, disagreements, find_results, find_runs, read_run, table_rows
 from harness.app.service import AppError, Service, item_for
 from harness.app.trainer import Trainer, TrainError, check_data
@@ -326,3 +330,191 @@ def test_the_results_and_runs_endpoints_show_what_the_files_hold(tiny_page, tiny
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     assert "LoRA r4" in head and metrics["accuracy"] == summary["test"]["accuracy"]
     assert yaml.safe_load(config)["method"]["name"] == "lora" and exports == summary["export"]
+
+
+# -- concurrent requests ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory):
+    """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
+    import transformers
+
+    from conftest import WORDS, save_word_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    save_word_tokenizer(directory, bert=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
+                              "{% if add_generation_prompt %}assistant {% endif %}"
+    tokenizer.save_pretrained(directory)
+    config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                      max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def watch_tokenizers(monkeypatch) -> list[str]:
+    """Every tokenizer call (encode, decode, chat template) made to take a few milliseconds, so that two threads
+    in one tokenizer at once cannot miss each other; returns the list of calls made while another thread was
+    inside the same tokenizer (filled as calls happen)."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    inside: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    overlaps: list[str] = []
+    books = threading.Lock()
+
+    def watched(name, original):
+        def call(self, *args, **kwargs):
+            me = threading.get_ident()
+            with books:
+                inside[id(self)][me] += 1
+                if any(count for thread, count in inside[id(self)].items() if thread != me):
+                    overlaps.append(name)
+            try:
+                time.sleep(0.002)
+                return original(self, *args, **kwargs)
+            finally:
+                with books:
+                    inside[id(self)][me] -= 1
+        return call
+
+    for name in ("__call__", "decode", "apply_chat_template"):
+        monkeypatch.setattr(PreTrainedTokenizerBase, name, watched(name, getattr(PreTrainedTokenizerBase, name)))
+    return overlaps
+
+
+def test_concurrent_requests_of_mixed_variants_get_their_answers_alone_one_thread_per_tokenizer(
+        tiny_runs, tiny_model, tiny_decoder, monkeypatch):
+    service = Service([tiny_runs / "runs"])
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    variants = [(str(tiny_model), "zero-shot"), (str(tiny_model), "few-shot k=8"),
+                (str(tiny_model), "LoRA r4 · tiny-lora"), (str(tiny_decoder), "zero-shot"),
+                (str(tiny_decoder), "few-shot k=2")]
+    texts = ["great lovely film", "the plot was dull and boring", "a really superb story and fine actors"]
+    requests = [(base, name, text) for base, name in variants for text in texts]
+
+    def ask(request):
+        base, name, text = request
+        choice = service.choice(base, name)
+        answer = service.answer(choice, task, "en", text)
+        reply = list(service.reply(choice, task, "en", text, max_new_tokens=4))[-1:] if choice.decoder else None
+        return answer.label, answer.probabilities, reply
+
+    alone = {request: ask(request) for request in requests}  # one at a time (and every program compiled)
+    overlaps = watch_tokenizers(monkeypatch)
+    mixed = requests * 3
+    random.Random(0).shuffle(mixed)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, mixed))
+    # each model's one tokenizer is shared by every request thread: never two calls in it at once
+    assert overlaps == [], f"{len(overlaps)} tokenizer calls overlapped another thread's: {sorted(set(overlaps))}"
+    for request, answer in zip(mixed, together):
+        assert answer == alone[request], request
+
+
+def test_chat_pads_each_call_on_the_left_without_changing_the_shared_tokenizer(tiny_decoder):
+    import tljax
+    from tljax import models
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    written = []
+
+    class Watched(type(tokenizer)):
+        def __setattr__(self, name, value):
+            written.append(name)
+            super().__setattr__(name, value)
+
+    tokenizer.__class__ = Watched
+    conversations = [[{"role": "user", "content": "good"}],
+                     [{"role": "user", "content": "the film was a really dull and boring story"}]]
+    together = models.chat(model, tokenizer, conversations, max_new_tokens=3)
+    # a conversation padded on the left of a longer one replies as it does alone
+    assert together == [models.chat(model, tokenizer, [c], max_new_tokens=3)[0] for c in conversations]
+    assert written == [] and tokenizer.padding_side == "right"
+
+
+# -- what the page opens -----------------------------------------------------------------------------------------
+def test_only_loopback_addresses_keep_the_page_private():
+    assert [is_public(host) for host in ("127.0.0.1", "localhost", "::1", "[::1]", "LOCALHOST")] == [False] * 5
+    assert [is_public(host) for host in ("0.0.0.0", "192.168.1.20", "::", "example.org")] == [True] * 4
+
+
+def test_a_public_service_opens_only_listed_bases_and_tasks(tiny_runs, tiny_model, tmp_path):
+    public, private = Service([tiny_runs / "runs"], public=True), Service([tiny_runs / "runs"])
+    task_file = str(tiny_runs / "tiny-reviews.yaml")
+    with pytest.raises(AccessError, match="opens only the tasks it lists, not .*tiny-reviews.yaml.*sentiment-en"):
+        public.task(task_file)
+    assert private.task(task_file).name == "tiny-reviews" and public.task("sentiment-en").name == "sentiment-en"
+    elsewhere = tmp_path / "copy-of-base"
+    shutil.copytree(tiny_model, elsewhere)
+    for ask in (lambda: public.choices(str(elsewhere)), lambda: public.choice(str(elsewhere), "zero-shot")):
+        with pytest.raises(AccessError, match="opens only the base models it lists.*minilm-l6"):
+            ask()
+    assert [c.name for c in private.choices(str(elsewhere))][:1] == ["zero-shot"]
+    # the base of a run it found is listed (the page offers it), so it opens
+    assert any(c.run for c in public.choices(str(tiny_model)))
+
+
+def test_a_variant_name_never_reaches_a_run_outside_the_runs_folders(tiny_runs, tiny_model, tmp_path):
+    shutil.copytree(tiny_runs / "runs" / "tiny-lora", tmp_path / "runs" / "tiny-lora")
+    shutil.copytree(tiny_runs / "runs" / "tiny-lora", tmp_path / "elsewhere" / "hidden")
+    service = Service([tmp_path / "runs"])
+    assert service.choice(str(tiny_model), "LoRA r4 · tiny-lora").run.path == tmp_path / "runs" / "tiny-lora"
+    for name in ("LoRA r4 · ../elsewhere/hidden", f"LoRA r4 · {tmp_path / 'elsewhere' / 'hidden'}"):
+        with pytest.raises(AppError, match="not a variant"):
+            service.choice(str(tiny_model), name)
+
+
+def test_run_names_stay_inside_the_runs_folder_and_a_public_trainer_opens_only_what_it_lists(tiny_runs, tiny_model,
+                                                                                            tmp_path):
+    data = str(tiny_runs / "reviews.csv")
+    trainer = Trainer(tmp_path / "runs")
+    for name in ("..", ".", "../escaped", "/tmp/absolute", "a/b", "a\\b", ""):
+        with pytest.raises(AccessError, match="must be letters, digits.*not only dots"):
+            trainer.start(model=str(tiny_model), method="lora", source=data, steps=2, name=name,
+                          text_column="review", label_column="sentiment")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+    public = Trainer(tmp_path / "runs", public=True)
+    with pytest.raises(AccessError, match="opens only the models it lists, not .*tiny-bert"):
+        public.start(model=str(tiny_model), method="lora", source="rotten-tomatoes", steps=2, name="x")
+    with pytest.raises(AccessError, match="trains only on a packaged corpus .*rotten-tomatoes.* or a file uploaded"):
+        public.start(model="minilm-l6", method="lora", source=data, steps=2, name="x")
+    uploaded = upload_folder() / "test-upload" / "reviews.csv"
+    assert check_corpus(True, str(uploaded), ["rotten-tomatoes"]) == str(uploaded)
+    assert check_corpus(True, "rotten-tomatoes", ["rotten-tomatoes"]) == "rotten-tomatoes"
+    assert check_corpus(False, data, ["rotten-tomatoes"]) == data
+
+
+@pytest.fixture(scope="module")
+def public_page(tiny_runs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("public-page")
+    shutil.copytree(tiny_runs / "runs", folder / "runs")
+    settings = Settings([folder / "runs"], [folder / "results"], folder / "votes.jsonl")
+    page = build(Service(settings.runs, public=True), settings)
+    page.launch(prevent_thread_lock=True, quiet=True, server_port=None)
+    yield Client(page.local_url, verbose=False), settings
+    page.close()
+
+
+def test_the_public_page_says_in_one_line_what_it_does_not_open(public_page, tiny_model, tiny_runs):
+    client, settings = public_page
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    _, label, tag = client.predict("/etc", "sentiment-en", "en", "zero-shot", "good", [], api_name="/answer_1")
+    assert not label and tag.startswith("⚠️ this page opens only the base models it lists, not '/etc'")
+    _, label, tag = client.predict(str(tiny_model), task, "en", "zero-shot", "good", [], api_name="/answer_1")
+    assert not label and "opens only the tasks it lists" in tag and "\n" not in tag
+    status, _ = client.predict(str(tiny_model), "lora", "rotten-tomatoes", None, "text", "label", "", 4, "x",
+                               api_name="/train_start")
+    assert status.startswith("⚠️ this page opens only the models it lists")
+    status, _ = client.predict("minilm-l6", "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment", "",
+                               4, "x", api_name="/train_start")
+    assert status.startswith("⚠️ this page trains only on a packaged corpus")
+    status, _ = client.predict("minilm-l6", "lora", "rotten-tomatoes", None, "text", "label", "", 4, "..",
+                               api_name="/train_start")
+    assert status.startswith("⚠️ the run's name '..' must be letters")
+    head, *_ = client.predict(str(tiny_runs / "runs" / "tiny-lora"), api_name="/run_view")  # not this page's runs
+    assert head.startswith("⚠️ this page opens only the runs it lists")
+    head, *_ = client.predict(str(settings.runs[0] / "tiny-lora"), api_name="/run_view")
+    assert "LoRA r4" in head
+    assert "opens only the models it lists" in client.predict(str(tiny_model), "lora", api_name="/trains")
+    assert not list((settings.runs[0]).glob("x*")) and not (settings.runs[0].parent / "x").exists()
