@@ -7,9 +7,10 @@ It opens at once with nothing trained: the packaged models' zero-shot and few-sh
 (a model is downloaded the first time a variant of it answers). Finished runs under the runs folders and
 harness results under the results folders appear by themselves; "Refresh" picks up new ones.
 
-Listening beyond this machine (`--host 0.0.0.0`, any address but 127.0.0.1, localhost and ::1), the page opens only
+Listening beyond this machine (`--host 0.0.0.0`, any address but localhost, 127.x.x.x and ::1), the page opens only
 what it lists (packaged models and corpora, the runs and results it found, the listed tasks) and files uploaded to
-it; on loopback a base model, task or corpus may also be a path on this machine.
+it; on loopback a base model, task or corpus may also be a path on this machine. A run's name always stays a folder
+inside the first runs folder.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """What the page may open for its users.
 
 On this machine's loopback (the default, `--host 127.0.0.1`) the page's user is its operator: a base model, a task
-or a corpus may be any directory, file or Hugging Face name. Listening beyond it (`--host 0.0.0.0`, any address but
-127.0.0.1, localhost and ::1), the page is public: it opens only what it lists (the packaged models and corpora,
-the bases of the runs and the results it found, the listed tasks) and the files uploaded to it. A run's name stays
-a folder inside the runs folder either way.
+or a corpus may be any directory, file or Hugging Face name. Listening beyond it (`--host 0.0.0.0`, or any address
+other than localhost, 127.x.x.x and ::1), the page is public: it opens only what it lists (the packaged models and
+corpora, the runs and results it found and the runs' bases, the listed tasks) and the files uploaded to it. A run's
+name stays a folder inside the runs folder either way.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tempfile
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from tljax.errors import InputError
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -26,16 +26,25 @@ class AccessError(InputError):
 
 
 def is_public(host: str) -> bool:
-    """Whether listening on `host` makes the page reachable from other machines."""
-    return host.strip().lower().strip("[]") not in LOOPBACK
+    """Whether listening on `host` makes the page reachable from other machines: any host but localhost and the
+    loopback addresses (127.0.0.0/8, ::1); a host name other than localhost may resolve to anything."""
+    host = host.strip().lower().strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name (or nothing: every interface)
+        return True
 
 
 def upload_folder() -> Path:
-    """Where Gradio keeps the files uploaded to the page (its GRADIO_TEMP_DIR)."""
+    """Where Gradio keeps the files uploaded to the page (its GRADIO_TEMP_DIR; the rule of
+    `gradio.utils.get_upload_folder`, without importing Gradio)."""
     return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
 
 
 def _listed(what: str, name: str, listed: Collection[str]) -> str:
+    """The refusal of `name`, naming what may be chosen instead (the first dozen)."""
     shown = ", ".join(sorted(listed)[:12]) + (", ..." if len(listed) > 12 else "")
     return f"this page opens only the {what} it lists, not {name!r}; choose one of: {shown}"
 

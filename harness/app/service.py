@@ -161,9 +161,11 @@ class Service:
         return names + sorted({r.model for r in find_runs(self.run_folders)} - set(names))
 
     def tasks(self) -> list[str]:
+        """The tasks the page lists (the harness's built-in ones)."""
         return builtin_tasks()
 
     def task(self, name: str) -> Task:
+        """The task `name`, parsed once: a listed task, or on a loopback page also a task file."""
         check_listed(self.public, "tasks", name, self.tasks())
         with self._lock:
             if name not in self._tasks:
@@ -177,7 +179,8 @@ class Service:
         return _untrained_choices(base) + [_run_choice(run) for run in found if _answers_for(run, base)]
 
     def _check_base(self, base: str, found: Sequence[RunEntry] | None = None) -> None:
-        if self.public:
+        """Refuses a base a public page does not list: neither packaged nor the base of a run found."""
+        if self.public and base not in zoo.PACKAGED:  # the runs on disk are read only for another name
             found = find_runs(self.run_folders) if found is None else found
             check_listed(True, "base models", base, list(zoo.PACKAGED) + [r.model for r in found])
 
