@@ -1,19 +1,23 @@
 """The comparison app on tiny models: its answers are the harness's, its ratings, its catalogue of runs and
 results, its training starts, and its HTTP endpoints (gradio_client against a locally launched page)."""
 
+import collections
+import concurrent.futures
 import json
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from gradio_client import Client
+from gradio_client import Client, handle_file
 
 from conftest import write_reviews
 from harness.app import arena
+from harness.app.access import AccessError, check_corpus, check_upload, is_public
 from harness.app.catalogue import describe_method, disagreements, find_results, find_runs, read_run, table_rows
 from harness.app.service import AppError, Service, item_for
 from harness.app.trainer import Trainer, TrainError, check_data
@@ -129,8 +133,8 @@ def test_the_catalogue_lists_runs_with_their_state_and_a_deleted_one_as_unavaila
         "distilled + Houlsby adapters"
 
 
-def test_the_catalogue_reads_a_harness_results_folder(tmp_path):
-    out = tmp_path / "results" / "demo"
+def write_results(out: Path) -> None:
+    """A harness results folder of suite "demo": two variants on sentiment-en that disagree on item i0."""
     (out / "predictions").mkdir(parents=True)
     rows = [{"variant": name, "kind": "zero-shot", "task": "sentiment-en", "language": "en",
              "settings": {"kind": "zero-shot", "model": "minilm-l6"},
@@ -141,6 +145,10 @@ def test_the_catalogue_reads_a_harness_results_folder(tmp_path):
         (out / "predictions" / f"{name}__sentiment-en__seed0.jsonl").write_text("".join(
             json.dumps({"id": f"i{i}", "text": f"text {i}", "gold": 1, "prediction": {"acc": p}}) + "\n"
             for i, p in enumerate(predictions)))
+
+
+def test_the_catalogue_reads_a_harness_results_folder(tmp_path):
+    write_results(tmp_path / "results" / "demo")
     [result] = find_results([tmp_path / "results"])
     assert result.name == "demo" and len(table_rows([result])) == 2
     assert table_rows([result], language="pt") == [] and table_rows([result], base="minilm-l6")[0][6] == 0.5
@@ -326,3 +334,265 @@ def test_the_results_and_runs_endpoints_show_what_the_files_hold(tiny_page, tiny
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     assert "LoRA r4" in head and metrics["accuracy"] == summary["test"]["accuracy"]
     assert yaml.safe_load(config)["method"]["name"] == "lora" and exports == summary["export"]
+
+
+# -- concurrent requests ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory):
+    """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
+    import torch
+    import transformers
+
+    from conftest import WORDS, save_word_tokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    save_word_tokenizer(directory, bert=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
+                              "{% if add_generation_prompt %}assistant {% endif %}"
+    tokenizer.save_pretrained(directory)
+    config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                      max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
+    torch.manual_seed(0)  # the same weights every time
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def watch_tokenizers(monkeypatch) -> list[str]:
+    """Every tokenizer call (encode, decode, chat template) made to take a few milliseconds, and the moment between
+    an encode's setting of the tokenizer's padding and truncation and its use of them too, so that two threads in
+    one tokenizer at once race every time rather than once in a while; returns the calls made while another thread
+    was inside the same tokenizer (filled as calls happen)."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    inside: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    overlaps: list[str] = []
+    books = threading.Lock()
+
+    def watched(name, original):
+        def call(self, *args, **kwargs):
+            me = threading.get_ident()
+            with books:
+                inside[id(self)][me] += 1
+                if any(count for thread, count in inside[id(self)].items() if thread != me):
+                    overlaps.append(name)
+            try:
+                time.sleep(0.002)
+                return original(self, *args, **kwargs)
+            finally:
+                with books:
+                    inside[id(self)][me] -= 1
+        return call
+
+    configure = PreTrainedTokenizerFast.set_truncation_and_padding
+
+    def configured(self, *args, **kwargs):
+        configure(self, *args, **kwargs)
+        time.sleep(0.002)  # set, not yet used: another thread may set it otherwise now
+
+    for name in ("__call__", "decode", "apply_chat_template"):
+        monkeypatch.setattr(PreTrainedTokenizerBase, name, watched(name, getattr(PreTrainedTokenizerBase, name)))
+    monkeypatch.setattr(PreTrainedTokenizerFast, "set_truncation_and_padding", configured)
+    return overlaps
+
+
+def test_concurrent_requests_of_mixed_variants_get_the_answers_they_get_alone(tiny_runs, tiny_model, tiny_decoder,
+                                                                                monkeypatch):
+    service = Service([tiny_runs / "runs"])
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    texts = ["great lovely film", "the plot was dull and boring and the actors were quite poor"]
+    answered = [(str(tiny_model), "zero-shot"), (str(tiny_model), "few-shot k=8"),
+                (str(tiny_model), "LoRA r4 · tiny-lora"), (str(tiny_decoder), "zero-shot"),
+                (str(tiny_decoder), "few-shot k=2")]
+    # the harness's chat variant on the same shared models: both texts in one batch, the shorter padded
+    requests = [(base, name, (text,)) for base, name in answered for text in texts]
+    requests += [(str(tiny_decoder), "chat", tuple(texts)), (str(tiny_decoder), "chat", tuple(reversed(texts)))]
+
+    def ask(request):
+        base, name, asked = request
+        if name == "chat":
+            chat = Variant(kind="chat", model=base, language="en", max_new_tokens=4)
+            items = [item_for(text, "en") for text in asked]
+            return [r["reply"] for r in evaluate(chat, service.task(task), items, 0, service.models).records]
+        choice = service.choice(base, name)
+        answer = service.answer(choice, task, "en", asked[0])
+        reply = list(service.reply(choice, task, "en", asked[0], max_new_tokens=4)) if choice.decoder else None
+        return answer.label, answer.probabilities, reply
+
+    def ask_among_others(request):
+        try:
+            return ask(request)
+        except Exception as error:  # noqa: BLE001 (a request that fails only among others is a wrong answer)
+            return f"{type(error).__name__}: {error}"
+
+    alone = {request: ask(request) for request in requests}  # one at a time (and every program compiled)
+    overlaps = watch_tokenizers(monkeypatch)
+    mixed = requests * 2
+    random.Random(0).shuffle(mixed)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask_among_others, mixed))
+    wrong = [(request, answer) for request, answer in zip(mixed, together) if answer != alone[request]]
+    assert not wrong, f"{len(wrong)} of {len(mixed)} answers differ from the same request alone: {wrong[:2]}"
+    # each model's one tokenizer is shared by every request thread: never two calls in it at once
+    assert overlaps == [], f"{len(overlaps)} tokenizer calls overlapped another thread's: {sorted(set(overlaps))}"
+
+
+def test_chat_pads_each_call_on_the_left_without_changing_the_shared_tokenizer(tiny_decoder):
+    import tljax
+    from tljax import models
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    written = []
+
+    class Watched(type(tokenizer)):
+        def __setattr__(self, name, value):
+            written.append(name)
+            super().__setattr__(name, value)
+
+    tokenizer.__class__ = Watched
+    conversations = [[{"role": "user", "content": "good"}],
+                     [{"role": "user", "content": "the film was a really dull and boring story"}]]
+    together = models.chat(model, tokenizer, conversations, max_new_tokens=3)
+    # a conversation padded on the left of a longer one replies as it does alone
+    assert together == [models.chat(model, tokenizer, [c], max_new_tokens=3)[0] for c in conversations]
+    assert written == [] and tokenizer.padding_side == "right"
+
+
+# -- what the page opens -----------------------------------------------------------------------------------------
+def test_only_loopback_addresses_keep_the_page_private():
+    private = ("127.0.0.1", "localhost", "::1", "[::1]", "LOCALHOST", "127.0.0.2")
+    assert [is_public(host) for host in private] == [False] * len(private)
+    public = ("0.0.0.0", "192.168.1.20", "10.0.0.5", "::", "example.org")
+    assert [is_public(host) for host in public] == [True] * len(public)
+
+
+def test_a_public_service_opens_only_listed_bases_and_tasks(tiny_runs, tiny_model, tmp_path):
+    public, private = Service([tiny_runs / "runs"], public=True), Service([tiny_runs / "runs"])
+    task_file = str(tiny_runs / "tiny-reviews.yaml")
+    with pytest.raises(AccessError, match="opens only the tasks it lists, not .*tiny-reviews.yaml.*sentiment-en"):
+        public.task(task_file)
+    assert private.task(task_file).name == "tiny-reviews" and public.task("sentiment-en").name == "sentiment-en"
+    elsewhere = tmp_path / "copy-of-base"
+    shutil.copytree(tiny_model, elsewhere)
+    for ask in (lambda: public.choices(str(elsewhere)), lambda: public.choice(str(elsewhere), "zero-shot")):
+        with pytest.raises(AccessError, match="opens only the base models it lists.*minilm-l6"):
+            ask()
+    assert [c.name for c in private.choices(str(elsewhere))][:1] == ["zero-shot"]
+    # a packaged model and the base of a run it found are listed (the page offers them), so they open
+    assert [c.name for c in public.choices("minilm-l6")][:1] == ["zero-shot"]
+    assert any(c.run for c in public.choices(str(tiny_model)))
+
+
+def test_a_variant_name_never_reaches_a_run_outside_the_runs_folders(tiny_runs, tiny_model, tmp_path):
+    shutil.copytree(tiny_runs / "runs" / "tiny-lora", tmp_path / "runs" / "tiny-lora")
+    shutil.copytree(tiny_runs / "runs" / "tiny-lora", tmp_path / "elsewhere" / "hidden")
+    service = Service([tmp_path / "runs"])
+    assert service.choice(str(tiny_model), "LoRA r4 · tiny-lora").run.path == tmp_path / "runs" / "tiny-lora"
+    for name in ("LoRA r4 · ../elsewhere/hidden", f"LoRA r4 · {tmp_path / 'elsewhere' / 'hidden'}"):
+        with pytest.raises(AppError, match="not a variant"):
+            service.choice(str(tiny_model), name)
+
+
+def test_run_names_stay_inside_the_runs_folder_and_a_public_trainer_opens_only_what_it_lists(tiny_runs, tiny_model,
+                                                                                            tmp_path, monkeypatch):
+    data = str(tiny_runs / "reviews.csv")
+    trainer = Trainer(tmp_path / "runs")
+    for name in ("..", ".", "../escaped", "/tmp/absolute", "a/b", "a\\b", ""):
+        with pytest.raises(AccessError, match="must be letters, digits.*not only dots"):
+            trainer.start(model=str(tiny_model), method="lora", source=data, steps=2, name=name,
+                          text_column="review", label_column="sentiment")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+    public = Trainer(tmp_path / "runs", public=True)
+    with pytest.raises(AccessError, match="opens only the models it lists, not .*tiny-bert"):
+        public.start(model=str(tiny_model), method="lora", source="rotten-tomatoes", steps=2, name="x")
+    with pytest.raises(AccessError, match="trains only on a packaged corpus .*rotten-tomatoes.* or a file uploaded"):
+        public.start(model="minilm-l6", method="lora", source=data, steps=2, name="x")
+    # an uploaded file passes the page's rules: only the data check (the columns it has) stops this start
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    uploaded = tmp_path / "uploads" / "3f2a" / "reviews.csv"
+    uploaded.parent.mkdir(parents=True)
+    shutil.copy(data, uploaded)
+    with pytest.raises(TrainError, match="review"):
+        public.start(model="minilm-l6", method="lora", source=str(uploaded), steps=2, name="x", text_column="text",
+                     label_column="sentiment")
+    assert check_upload(True, uploaded) == uploaded and check_upload(False, data) == Path(data)
+    for outside in (data, tmp_path / "uploads" / ".." / "elsewhere.csv"):
+        with pytest.raises(AccessError, match="reads only files uploaded to it"):
+            check_upload(True, outside)
+    assert check_corpus(True, "rotten-tomatoes", ["rotten-tomatoes"]) == "rotten-tomatoes"
+    assert check_corpus(False, data, ["rotten-tomatoes"]) == data
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_a_loopback_page_opens_local_paths_but_keeps_run_names_in_the_runs_folder(tiny_page, tiny_model, tiny_runs):
+    client, _, settings = tiny_page
+    head, *_ = client.predict(str(tiny_runs / "runs" / "tiny-lora"), api_name="/run_view")  # not a listed run
+    assert "LoRA r4" in head
+    for name in ("..", "../escaped"):
+        status, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "review",
+                                   "sentiment", "", 4, name, api_name="/train_start")
+        assert status.startswith(f"⚠️ the run's name {name!r} must be letters") and "\n" not in status
+    assert not (settings.runs[0].parent / "escaped").exists()
+
+
+@pytest.fixture(scope="module")
+def public_page(tiny_runs, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("public-page")
+    shutil.copytree(tiny_runs / "runs", folder / "runs")
+    write_results(folder / "results" / "demo")
+    settings = Settings([folder / "runs"], [folder / "results"], folder / "votes.jsonl")
+    page = build(Service(settings.runs, public=True), settings)
+    page.launch(prevent_thread_lock=True, quiet=True, server_port=None)
+    yield Client(page.local_url, verbose=False), settings
+    page.close()
+
+
+def test_the_public_page_says_in_one_line_what_it_does_not_open(public_page, tiny_model, tiny_runs):
+    client, settings = public_page
+    task = str(tiny_runs / "tiny-reviews.yaml")
+    _, label, tag = client.predict("/etc", "sentiment-en", "en", "zero-shot", "good", [], api_name="/answer_1")
+    assert not label and tag.startswith("⚠️ this page opens only the base models it lists, not '/etc'")
+    _, label, tag = client.predict(str(tiny_model), task, "en", "zero-shot", "good", [], api_name="/answer_1")
+    assert not label and "opens only the tasks it lists" in tag and "\n" not in tag
+    status, _ = client.predict(str(tiny_model), "lora", "rotten-tomatoes", None, "text", "label", "", 4, "x",
+                               api_name="/train_start")
+    assert status.startswith("⚠️ this page opens only the models it lists")
+    status, _ = client.predict("minilm-l6", "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment", "",
+                               4, "x", api_name="/train_start")
+    assert status.startswith("⚠️ this page trains only on a packaged corpus")
+    status, _ = client.predict("minilm-l6", "lora", "rotten-tomatoes", None, "text", "label", "", 4, "..",
+                               api_name="/train_start")
+    assert status.startswith("⚠️ the run's name '..' must be letters")
+    head, *_ = client.predict(str(tiny_runs / "runs" / "tiny-lora"), api_name="/run_view")  # not this page's runs
+    assert head.startswith("⚠️ this page opens only the runs it lists")
+    assert "opens only the models it lists" in client.predict(str(tiny_model), "lora", api_name="/trains")
+    with pytest.raises(Exception, match="opens only the models it lists"):
+        client.predict(str(tiny_model), api_name="/method_rows")
+    client.predict("demo", "sentiment-en", api_name="/explorer_variant_choices")  # the variants it may choose
+    with pytest.raises(Exception, match="demo has no results of .* on .*tiny-reviews.yaml"):
+        client.predict("demo", task, ["zero-shot minilm-l6", "other"], api_name="/explore")
+    assert not list((settings.runs[0]).glob("x*")) and not (settings.runs[0].parent / "x").exists()
+
+
+def test_the_public_page_opens_what_it_lists_and_the_files_uploaded_to_it(public_page, tiny_model, tiny_runs):
+    client, settings = public_page
+    _, label, tag = client.predict("minilm-l6", "sentiment-en", "en", "no such variant", "good", [],
+                                   api_name="/answer_1")  # a packaged base opens (and says what is not its variant)
+    assert not label and "not a variant of minilm-l6" in tag
+    _, label, _ = client.predict(str(tiny_model), "sentiment-en", "en", "zero-shot", "great lovely film", [],
+                                 api_name="/answer_1")  # a listed run's base, a listed task
+    assert set(c["label"] for c in label["confidences"]) == {"negative", "positive"}
+    head, *_ = client.predict(str(settings.runs[0] / "tiny-lora"), api_name="/run_view")
+    assert "LoRA r4" in head
+    client.predict("demo", "sentiment-en", api_name="/explorer_variant_choices")
+    table = client.predict("demo", "sentiment-en", ["zero-shot minilm-l6", "other"], api_name="/explore")
+    assert [row[0] for row in table["value"]["data"]] == ["i0"]  # the item the two variants disagree on
+    csv_file = handle_file(str(tiny_runs / "reviews.csv"))
+    text_column, label_column, _ = client.predict(csv_file, api_name="/columns_of")
+    assert text_column["value"] == "review" and label_column["value"] == "sentiment"
+    # the uploaded file passes the page's rules: the data check names its columns instead
+    status, _ = client.predict("minilm-l6", "lora", "upload", csv_file, "text", "sentiment", "", 4, "from-upload",
+                               api_name="/train_start")
+    assert status.startswith("⚠️") and "review" in status and "only" not in status

@@ -1,9 +1,10 @@
 """The variants of a base model, answering one text as the harness would score it as an item.
 
 A `Service` is shared by every user of the page: models load once (least recently used dropped beyond its
-capacity), tasks are parsed once, and every answer is `harness.variants.evaluate` on a one-item list: what the
-harness reports for the text as an item (its id a hash of the text, which seeds a decoder's few-shot draw). Decoders also reply in words, streamed
-token by token by `tljax.models.stream_chat` (greedy: the same reply `tljax.models.chat` gives).
+capacity), each tokenizer used by one request thread at a time (`guard.py`), tasks are parsed once, and every
+answer is `harness.variants.evaluate` on a one-item list: what the harness reports for the text as an item (its
+id a hash of the text, which seeds a decoder's few-shot draw). Decoders also reply in words, streamed token by
+token by `tljax.models.stream_chat` (greedy: the same reply `tljax.models.chat` gives).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.app.access import check_listed
 from harness.app.catalogue import RunEntry, find_runs, read_run
+from harness.app.guard import guard
 from harness.app.texts import text
 from harness.tasks import Item, Task, builtin_tasks, load_task
-from harness.variants import ENCODER_PREFIXES, Models, Variant, conversation, demonstration_pool, evaluate, parse_reply
+from harness.variants import (ENCODER_PREFIXES, LoadedRun, Models, Variant, conversation, demonstration_pool,
+                              evaluate, parse_reply)
 from tljax import models, zoo
 from tljax.errors import InputError
 
@@ -123,12 +127,30 @@ def is_decoder(model: str) -> bool:
         return False
 
 
-class Service:
-    """What the page's events call: shared by every user of one app process."""
+class SharedModels(Models):
+    """The harness's model cache, each tokenizer guarded before anyone uses it: the request threads share a model's
+    tokenizer (its embedder, scorer, predictor and the page's own calls all hold the same one)."""
 
-    def __init__(self, run_folders: Sequence[Path], capacity: int = 4):
+    def get(self, name: str):
+        model, tokenizer, is_decoder, directory = super().get(name)
+        return model, guard(tokenizer), is_decoder, directory
+
+    def run(self, run: str | Path) -> LoadedRun:
+        loaded = super().run(run)
+        guard(loaded.tokenizer)  # the object its predictor or scorer holds too
+        return loaded
+
+
+class Service:
+    """What the page's events call: shared by every user of one app process.
+
+    `public`: the page listens beyond loopback, so a base model must be one it lists (`bases`) and a task one of
+    `tasks` (see access.py); otherwise any model directory or task file may be named."""
+
+    def __init__(self, run_folders: Sequence[Path], capacity: int = 4, public: bool = False):
         self.run_folders = [Path(f) for f in run_folders]
-        self.models = Models(capacity)
+        self.models = SharedModels(capacity)
+        self.public = public
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
 
@@ -139,9 +161,12 @@ class Service:
         return names + sorted({r.model for r in find_runs(self.run_folders)} - set(names))
 
     def tasks(self) -> list[str]:
+        """The tasks the page lists (the harness's built-in ones)."""
         return builtin_tasks()
 
     def task(self, name: str) -> Task:
+        """The task `name`, parsed once: a listed task, or on a loopback page also a task file."""
+        check_listed(self.public, "tasks", name, self.tasks())
         with self._lock:
             if name not in self._tasks:
                 self._tasks[name] = load_task(name)
@@ -149,8 +174,15 @@ class Service:
 
     def choices(self, base: str) -> list[Choice]:
         """Zero-shot and few-shot of `base` (no training needed), then every run found of that base."""
-        runs = [_run_choice(run) for run in find_runs(self.run_folders) if _answers_for(run, base)]
-        return _untrained_choices(base) + runs
+        found = find_runs(self.run_folders)
+        self._check_base(base, found)
+        return _untrained_choices(base) + [_run_choice(run) for run in found if _answers_for(run, base)]
+
+    def _check_base(self, base: str, found: Sequence[RunEntry] | None = None) -> None:
+        """Refuses a base a public page does not list: neither packaged nor the base of a run found."""
+        if self.public and base not in zoo.PACKAGED:  # the runs on disk are read only for another name
+            found = find_runs(self.run_folders) if found is None else found
+            check_listed(True, "base models", base, list(zoo.PACKAGED) + [r.model for r in found])
 
     def fits(self, choice: Choice, task_name: str) -> bool:
         """Whether the variant can answer the task (a run trained for other labels cannot)."""
@@ -158,11 +190,13 @@ class Service:
 
     def choice(self, base: str, name: str) -> Choice:
         """The variant `name` of `base` as it is now (a run is read again: it may have gone since it was listed)."""
+        self._check_base(base)
         for choice in _untrained_choices(base):
             if choice.name == name:
                 return choice
         run_name = name.split(RUN_SEPARATOR, 1)[-1]
-        for folder in self.run_folders:  # a run's choice is named after its folder: read that one only
+        inside = not Path(run_name).is_absolute() and ".." not in Path(run_name).parts  # below a runs folder
+        for folder in self.run_folders if inside else []:  # a run's choice is named after its folder: read that one
             if (folder / run_name / "config.yaml").is_file():
                 run = read_run(folder / run_name, folder)
                 if _answers_for(run, base) and _run_choice(run).name == name:

@@ -19,8 +19,10 @@ import sys
 import threading
 from pathlib import Path
 
+from harness.app.access import check_corpus, check_listed, check_run_name
 from harness.app.catalogue import learning_curves
-from tljax.data import load_source
+from tljax import zoo
+from tljax.data import PACKAGED_CORPORA, load_source
 from tljax.errors import InputError
 from tljax.methods import METHODS
 from tljax.train.__main__ import EXIT_STOPPED
@@ -98,10 +100,12 @@ class Job:
 
 
 class Trainer:
-    """Starts and tracks the page's training processes (one per run folder)."""
+    """Starts and tracks the page's training processes (one per run folder). `public`: the page listens beyond
+    loopback, so a run starts only from a packaged model on a packaged corpus or an uploaded file (access.py)."""
 
-    def __init__(self, runs_folder: Path):
+    def __init__(self, runs_folder: Path, public: bool = False):
         self.runs_folder = Path(runs_folder)
+        self.public = public
         self.jobs: dict[Path, Job] = {}
         self._lock = threading.Lock()
 
@@ -109,14 +113,15 @@ class Trainer:
               label_column: str = "label", labels: list[str] | None = None, resume: bool = False,
               batch_size: int = 16) -> Job:
         """Starts `python -m tljax.train` for `method` on `model` with `source` for `steps` steps into
-        runs_folder/name (or resumes it). Refuses at once what the engine would refuse."""
+        runs_folder/name (or resumes it). Refuses at once what the engine would refuse, and what the page may not
+        open (access.py)."""
         if method not in METHOD_CONFIGS:
             raise TrainError(f"unknown method {method!r}; valid: {', '.join(METHOD_CONFIGS)}")
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name or ""):
-            raise TrainError(f"the run's name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+        run_dir = check_run_name(name, self.runs_folder)
+        check_listed(self.public, "models", model, zoo.PACKAGED)
+        check_corpus(self.public, source, PACKAGED_CORPORA)
         if not 1 <= steps <= 100_000:
             raise TrainError(f"steps must be between 1 and 100000, got {steps}")
-        run_dir = self.runs_folder / name
         with self._lock:
             running = self.jobs.get(run_dir)
             if running is not None and running.state == "running":

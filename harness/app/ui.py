@@ -1,7 +1,8 @@
 """The page: side by side, blind comparison, results, runs, training and methods, in English and Portuguese.
 
 Every event that runs a model shares one queue (`concurrency_id="models"`); the page only calls the service,
-the catalogue, the arena and the trainer.
+the catalogue, the arena and the trainer. A public page (`service.public`, see access.py) opens only what it lists
+and the files uploaded to it; a refusal is shown where the answer would have been.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import gradio as gr
 import pandas as pd
 
 from harness.app import arena
+from harness.app.access import check_listed, check_upload
 from harness.app.catalogue import (BIAS_COLUMNS, TABLE_COLUMNS, base_model, bias_rows, disagreements, find_results,
                                    find_runs, learning_curves, read_run, table_rows)
 from harness.app.service import Choice, Service
 from harness.app.texts import EXAMPLES, LANGUAGES, METHOD_EXPLANATIONS, text
-from harness.app.trainer import Trainer, TrainError, csv_columns
+from harness.app.trainer import Trainer, csv_columns
 from tljax import zoo
 from tljax.data import PACKAGED_CORPORA
 from tljax.errors import InputError
@@ -77,7 +79,7 @@ def _tag(choice: Choice, language: str, latency: float | None = None, notice: st
 
 def build(service: Service, settings: Settings, language: str = "en") -> gr.Blocks:
     """The page (not launched)."""
-    trainer = Trainer(settings.runs[0])
+    trainer = Trainer(settings.runs[0], public=service.public)
     tr = Translated(language)
     bases = service.bases()
 
@@ -190,12 +192,16 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
                     chats + labels + tags + [message, notice], queue=False)
 
         def switch_base(base_name, page_lang):
-            names = choice_names(base_name)
+            """Each column's selector for `base_name`'s variants, and a notice (why the base cannot be opened)."""
+            try:
+                names, said = choice_names(base_name), ""
+            except InputError as error:
+                names, said = [], f"⚠️ {error}"
             values = (names + [None] * COLUMNS)[:COLUMNS]
-            return [gr.update(choices=names if i < 2 else [(text("none", page_lang), NONE), *names],
-                              value=values[i] or NONE) for i in range(COLUMNS)]
+            return [*(gr.update(choices=names if i < 2 else [(text("none", page_lang), NONE), *names],
+                                value=values[i] or NONE) for i in range(COLUMNS)), said]
 
-        base.change(switch_base, [base, ui_language], selectors, queue=False)
+        base.change(switch_base, [base, ui_language], [*selectors, notice], queue=False)
         sentiment = {"en": "sentiment-en", "pt": "sentiment-pt"}
         message_language.change(lambda lang, current: sentiment[lang] if current in sentiment.values() else current,
                                 [message_language, task], [task], queue=False)
@@ -228,13 +234,19 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         def draw(base_name):
             # variants that can answer the sentiment tasks the comparison asks (a run for other labels cannot)
-            usable = [c.name for c in service.choices(base_name) if c.available and service.fits(c, "sentiment-en")]
+            try:
+                choices = service.choices(base_name)
+            except InputError as error:
+                return None, [], [], None, None, f"⚠️ {error}"
+            usable = [c.name for c in choices if c.available and service.fits(c, "sentiment-en")]
             pair = arena.draw_pair(usable, random.Random())
             return {"base": base_name, "a": pair.a, "b": pair.b, "answered": False}, [], [], None, None, ""
 
         def arena_answer(pair, base_name, text_in, page_lang):
             if not pair or pair["base"] != base_name:
-                pair = draw(base_name)[0]
+                pair, *_, refused = draw(base_name)
+                if pair is None:
+                    return None, gr.update(), gr.update(), None, None, refused
             if not (text_in or "").strip():
                 return pair, gr.update(), gr.update(), None, None, text("empty", page_lang)
             outputs = []
@@ -264,7 +276,11 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         def ratings_frame(base_name):
             """The ratings of `base_name`'s variants (its votes only), with the harness's English accuracy."""
-            accuracy = _harness_accuracy(find_results(settings.results), base_name, service.choices(base_name))
+            try:
+                choices = service.choices(base_name)
+            except InputError as error:
+                raise gr.Error(str(error)) from None
+            accuracy = _harness_accuracy(find_results(settings.results), base_name, choices)
             votes = [v for v in arena.read_votes(settings.votes) if v.get("base") == base_name]
             return [[r.name, round(r.rating), f"{r.low:.0f}-{r.high:.0f}", r.votes, r.wins, accuracy.get(r.name, "")]
                     for r in arena.ratings(votes)]
@@ -343,6 +359,9 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
             chosen = next((s for s in find_results(settings.results) if s.name == suite_name), None)
             if not chosen or not variant_names or len(variant_names) < 2:
                 return [], []
+            listed = {(r["task"], r["variant"]) for r in chosen.rows}  # the task is opened: only one the suite ran
+            if any((task_name, v) not in listed for v in variant_names):
+                raise gr.Error(f"{suite_name} has no results of {variant_names} on {task_name!r}")
             found = disagreements(chosen, task_name, variant_names)
             rows = []
             for item in found:
@@ -381,6 +400,11 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
         def run_view(path, page_lang):
             if not path:
                 return text("no_runs", page_lang), None, None, "", "", None
+            try:  # a public page shows only the runs it lists
+                if service.public:
+                    check_listed(True, "runs", path, [str(r.path) for r in find_runs(settings.runs)])
+            except InputError as error:
+                return f"⚠️ {error}", None, None, "", "", None
             run = read_run(Path(path))
             summary = json.loads((run.path / "summary.json").read_text()) if (run.path / "summary.json").is_file() else {}
             head = (f"**{run.name}** · {run.model} · {run.method} · "
@@ -435,7 +459,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         def trains(model, method):
             try:
-                count, share = _trainable(model)[method]
+                count, share = _trainable(check_listed(service.public, "models", model, zoo.PACKAGED))[method]
             except (InputError, OSError) as error:
                 return f"⚠️ {error}"
             return f"{count:,} ({share:.2f}%)"
@@ -443,7 +467,10 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
         def columns_of(path):
             if not path:
                 return gr.update(), gr.update(), gr.update()
-            found = csv_columns(Path(path))
+            try:
+                found = csv_columns(check_upload(service.public, path))
+            except InputError as error:
+                raise gr.Error(str(error)) from None
             text_default = "text" if "text" in found else (found[0] if found else None)
             label_default = "label" if "label" in found else (found[-1] if found else None)
             return (gr.update(choices=found, value=text_default), gr.update(choices=found, value=label_default),
@@ -457,9 +484,10 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
                 source = str(uploaded)
             labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()] or None
             try:
-                trainer.start(model=model, method=method, source=source, steps=int(budget or 0), name=name.strip(),
-                              text_column=text_col, label_column=label_col, labels=labels, resume=resuming)
-            except TrainError as error:
+                trainer.start(model=model, method=method, source=source, steps=int(budget or 0),
+                              name=(name or "").strip(), text_column=text_col, label_column=label_col, labels=labels,
+                              resume=resuming)
+            except InputError as error:  # TrainError, or what a public page does not open
                 return f"⚠️ {error}", gr.update(active=False)
             return f"{text('state_running', page_lang)}: {name}", gr.update(active=True)
 
@@ -502,7 +530,8 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         def method_rows(model):
             try:
-                return [[name, f"{count:,}", f"{share:.3f}"] for name, (count, share) in _trainable(model).items()]
+                rows = _trainable(check_listed(service.public, "models", model, zoo.PACKAGED))
+                return [[name, f"{count:,}", f"{share:.3f}"] for name, (count, share) in rows.items()]
             except (InputError, OSError) as error:
                 raise gr.Error(str(error)) from None
 
@@ -510,7 +539,7 @@ def build(service: Service, settings: Settings, language: str = "en") -> gr.Bloc
 
         # -- the whole page -----------------------------------------------------------------------------------------
         def refresh_all(current_run, task_name, lang, base_name, suite_name, base_for_columns, page_lang, *current):
-            columns = switch_base(base_for_columns, page_lang)
+            columns = switch_base(base_for_columns, page_lang)[:COLUMNS]
             for i, update in enumerate(columns):  # keep a column's choice while it is still listed
                 if current[i] in update["choices"]:
                     update["value"] = current[i]

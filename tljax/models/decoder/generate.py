@@ -185,11 +185,9 @@ def chat(
     """
     prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
                for c in conversations]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues the prompts' ends
-    try:
-        encoded = tokenizer(prompts, return_tensors="np", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+    # padded on the left (generation continues the prompts' ends), asked of this call only: the tokenizer may be
+    # shared by other threads, which must not see its padding side change
+    encoded = tokenizer(prompts, return_tensors="np", padding=True, padding_side="left", add_special_tokens=False)
     tokens = generate(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
                       pad_token_id=tokenizer.pad_token_id, **sampling)
     return tokenizer.batch_decode(jax.device_get(tokens), skip_special_tokens=True)
