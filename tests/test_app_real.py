@@ -1,6 +1,7 @@
 """The comparison app on the packaged models and the session's shared runs: a classifier's probabilities and a
-decoder's label scores equal the harness's, a streamed reply is `tljax.models.chat`'s token for token, users
-under load get their own answers, and a real browser (Debian's chromium, driven by Playwright) uses the page."""
+decoder's label scores equal PyTorch's for the same model and prompt, a column shows what a suite recorded, a
+streamed reply is `tljax.models.chat`'s token for token, users under load get their own answers, and a real
+browser (Debian's chromium, driven by Playwright) uses the page."""
 
 import json
 import os
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import transformers
 import yaml
 from gradio_client import Client
 
@@ -15,8 +18,9 @@ from harness.app.load import Column, run_load
 from harness.app.service import REPLY_TOKENS, Service, item_for
 from harness.app.ui import Settings, build
 from harness.suite import load_suite, run_suite
-from harness.variants import Models, Variant, conversation, demonstration_pool, evaluate
-from tljax import models
+from harness.variants import SIMILARITY_TEMPERATURE, Variant, conversation, demonstration_pool
+from tljax import models, zoo
+from tljax.runs import find_export
 
 CHROMIUM = os.environ.get("TLJAX_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("TLJAX_SCREENSHOTS", Path(__file__).parent.parent / "harness-results" / "screenshots"))
@@ -43,10 +47,47 @@ def real_page(tmp_path_factory, minilm_run, smollm2_chat_run):
     page.close()
 
 
-def harness_record(service: Service, base: str, name: str, task: str, language: str, text: str) -> dict:
+def pytorch_probabilities(service: Service, base: str, name: str, task_name: str, language: str,
+                          text: str) -> dict[str, float]:
+    """The variant's probability of each label for `text`, computed again in float64 by PyTorch `transformers`
+    from the model's files (a run's merged `export/model/`), without the harness's batching or scoring code:
+    a zero-shot encoder's softmax(cosine(text, description) / temperature) of mean-pooled embeddings, a
+    classifier's softmax of its logits, a decoder's softmax of each answer's summed log-probability after the
+    chat prompt (its prompt, with any demonstrations, is the harness's `conversation`)."""
     choice = service.choice(base, name)
-    variant = Variant(**{**choice.variant.settings(), "language": language})
-    return evaluate(variant, service.task(task), [item_for(text, language)], 0, Models()).records[0]
+    task = service.task(task_name)
+    template = task.template(language)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(zoo.resolve(base))
+    directory = find_export(choice.variant.run) / "model" if choice.run else zoo.resolve(base)
+    with torch.no_grad():
+        if choice.decoder:
+            variant = Variant(**{**choice.variant.settings(), "language": language})
+            pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
+            prompt = tokenizer.apply_chat_template(conversation(variant, task, item_for(text, language), 0, pool),
+                                                   add_generation_prompt=True, tokenize=False)
+            model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float64).eval()
+            context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            scores = []
+            for answer in template.verbalisers:
+                whole = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+                assert whole[: len(context)] == context  # the answer's own tokens follow the prompt's
+                logprob = torch.log_softmax(model(torch.tensor([whole])).logits[0], -1)
+                scores.append(sum(logprob[i - 1, whole[i]] for i in range(len(context), len(whole))))
+            return dict(zip(task.labels, torch.softmax(torch.stack(scores), -1).tolist()))
+        if choice.run:
+            model = transformers.AutoModelForSequenceClassification.from_pretrained(directory, dtype=torch.float64)
+            probabilities = torch.softmax(model.eval()(**tokenizer([text], return_tensors="pt")).logits[0], -1)
+            return {model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
+        model = transformers.AutoModel.from_pretrained(directory, dtype=torch.float64).eval()
+
+        def embedding(sentence: str) -> torch.Tensor:
+            encoded = tokenizer([sentence], return_tensors="pt")
+            mask = encoded["attention_mask"][..., None].to(torch.float64)
+            pooled = (model(**encoded).last_hidden_state * mask).sum(1)[0] / mask.sum()
+            return pooled / pooled.norm()
+
+        similarities = torch.stack([embedding(text) @ embedding(d) for d in template.descriptions])
+        return dict(zip(task.labels, torch.softmax(similarities / SIMILARITY_TEMPERATURE, -1).tolist()))
 
 
 def test_a_column_shows_what_the_suite_recorded_for_the_same_review(real_page):
@@ -75,9 +116,19 @@ def test_classifier_and_decoder_answers_equal_the_harness_and_the_reply_streams_
         job.result(timeout=600)
         outputs = job.outputs()  # every update the page streamed
         history, label, tag = outputs[-1]
-        expected = harness_record(service, base, name, "sentiment-pt", "pt", REVIEW_PT)
+        expected = pytorch_probabilities(service, base, name, "sentiment-pt", "pt", REVIEW_PT)
         shown = {c["label"]: c["confidence"] for c in label["confidences"]}
-        np.testing.assert_allclose([shown["negative"], shown["positive"]], expected["probabilities"], atol=1e-6)
+        # The page computes in float32 (JAX), the reference in float64: they differ by the page's float32
+        # rounding (u = 2^-24 = 6e-8) and its 6-decimal record (5e-7). MiniLM: below 3e-5, as derived in the
+        # test above. SmolLM2: p = softmax of two answers' log-probability sums S, so p moves by p(1 - p) times
+        # the error of S_pos - S_neg, at most a quarter of it. Each S comes out of 30 layers of about 7 sum stages
+        # (norms, projections, attention, MLP) of up to n = 1,536 terms; a float32 sum is off by about
+        # sqrt(n) u = 2.4e-6 of its magnitude (random rounding), and 210 independent stage errors add to
+        # sqrt(210) x 2.4e-6 = 3.5e-5 of a log-probability, |S| < 12 here: 4e-4 for each S, 8e-4 for their
+        # difference, 2e-4 for p (measured on one processor: at most 7e-6).
+        tolerance = 2e-4 if base.startswith("smollm2") else 3e-5
+        np.testing.assert_allclose([shown["negative"], shown["positive"]],
+                                   [expected["negative"], expected["positive"]], atol=tolerance)
         assert "latency" in tag, tag
         if base.startswith("smollm2"):  # the streamed reply: tljax's generation, one token per update
             growing = [said(o[0][-1]) for o in outputs if o and o[0] and o[0][-1]["role"] == "assistant"][1:-1]
