@@ -27,6 +27,9 @@ from tljax.models.transforms import CallShapes, ProgramCost, backbone, typical_c
 # answer rows (items x answers) per batch: bounds the [rows, answer tokens, vocabulary] logits
 ROWS_PER_BATCH = 64
 PREFIX_STEP = 32  # prompt lengths are padded to multiples of this: a few compiled shapes, little padding
+# prompt tokens per batch (rows x padded length): long prompts go in fewer rows, halved until they fit, so that
+# the activations stay bounded (32 reviews of 2,500 tokens took over 24 GB in one batch)
+PROMPT_TOKENS_PER_BATCH = 8192
 
 
 def plain_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -116,10 +119,16 @@ class DecoderScorer:
         width = widest + widest % 2  # answers padded to an even length: few shapes, little padding
         # items per batch (each is `labels` answer rows), no more than there are, in powers of two: few shapes
         per_batch = min(max(1, ROWS_PER_BATCH // max(labels, 1)), 1 << max(len(requests) - 1, 0).bit_length())
-        for start in range(0, len(order), per_batch):
-            rows = order[start: start + per_batch].tolist()
-            longest = max(len(encoded[i][0]) for i in rows)
-            length = -(-longest // PREFIX_STEP) * PREFIX_STEP  # prompts padded to a multiple of PREFIX_STEP
+        start, full = 0, per_batch
+        while start < len(order):
+            per_batch = full
+            while True:  # the shortest prompts first (`order`): a batch's longest is its last
+                rows = order[start: start + per_batch].tolist()
+                length = -(-len(encoded[rows[-1]][0]) // PREFIX_STEP) * PREFIX_STEP  # a multiple of PREFIX_STEP
+                if per_batch == 1 or per_batch * length <= PROMPT_TOKENS_PER_BATCH:
+                    break
+                per_batch //= 2
+            start += len(rows)
             prefix = np.full((per_batch, length), self.pad_id, np.int32)
             prefix_mask = np.zeros((per_batch, length), np.int32)
             answers = np.full((per_batch, labels, width), self.pad_id, np.int32)

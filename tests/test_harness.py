@@ -124,6 +124,24 @@ def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method):
             np.testing.assert_allclose(scores.logprob[row, label], expected, atol=1e-5)
 
 
+def test_long_prompts_are_scored_in_fewer_rows_within_the_token_budget(tiny_decoder, monkeypatch):
+    import harness.scoring
+    import tljax
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    words = "the film was good and the plot the actors the story was quite".split()
+    requests = [(" ".join(words[: 1 + i % 12] * (1 + i // 3)), [" great", " bad"]) for i in range(12)]
+    expected = DecoderScorer(model, tokenizer)(requests).logprob  # the default budget: one batch of 16 rows
+    monkeypatch.setattr(harness.scoring, "PROMPT_TOKENS_PER_BATCH", 64)
+    scorer = DecoderScorer(model, tokenizer)
+    scores = scorer(requests).logprob
+    shapes = [call[0].shape for call in scorer.shapes.counts]  # prefix [rows, padded length] of each batch
+    assert all(rows * length <= 64 or rows == 1 for rows, length in shapes), shapes
+    assert len({rows for rows, _ in shapes}) > 1 and sum(scorer.shapes.counts.values()) > 1  # it did split
+    # the same log-likelihoods from other batch shapes: float32 sums in another order (as the test above)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
 def test_decoder_scoring_equals_lm_evaluation_harness(tiny_decoder):
     pytest.importorskip("lm_eval")
     import tljax
