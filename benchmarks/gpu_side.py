@@ -62,9 +62,8 @@ def torch_train(spec: dict[str, Any]) -> dict[str, Any]:
     """The same configs and batches with `transformers` + `peft` (AdamW, linear warm-up, clipping at the config's
     values)."""
     import torch
-    import transformers
 
-    from benchmarks.torch_side import classifier
+    from benchmarks.torch_side import classifier, train_step
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batches = [{"input_ids": torch.from_numpy(b["input_ids"]).long().to(device),
@@ -78,26 +77,11 @@ def torch_train(spec: dict[str, Any]) -> dict[str, Any]:
         if model.config.pad_token_id is None:
             model.config.pad_token_id = 0
         model.to(device).train()
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * 1000), 1000)
-        low = tc.dtype == "bfloat16"
-        losses = []
-
-        def step(i: int) -> None:
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=low):
-                loss = model(**batches[i]).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())  # waits for the device
-
+        step, losses = train_step(model, tc, batches, device, bfloat16=tc.dtype == "bfloat16")
         first, per_step = step_times(step, len(batches), spec.get("warmup", 2), spec.get("repeats", 5))
         rows[one["name"]] = {"first_step_s": first, "step_s": per_step, "trainable": count,
                              "parameters": sum(p.numel() for p in model.parameters()), "first_loss": losses[0]}
-        del model, optimizer
+        del model, step
         if device == "cuda":
             torch.cuda.empty_cache()
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

@@ -8,6 +8,7 @@ the run config's values, `peft` for LoRA, prefix and prompt tuning; BitFit as Py
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import (DECODER, children_peak_mb, load_batches, offline_environment, prompt_ids, read_json, report, run_config,
@@ -82,25 +83,36 @@ def _tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
             "labels": torch.from_numpy(batch["labels"]).long()}
 
 
-def train(spec: dict[str, Any]) -> dict[str, Any]:
-    config = run_config(spec["method"])
-    tc = config.training
-    model, count = classifier(config)
-    model.train()
+def train_step(model: torch.nn.Module, tc, batches: list[dict[str, torch.Tensor]], device: str = "cpu",
+               bfloat16: bool = False) -> tuple[Callable[[int], None], list[float]]:
+    """(step(i), losses): one training step on `batches[i]` as Hugging Face's `Trainer` takes it (AdamW over the
+    trainable parameters, linear warm-up and decay, clipping at the config's values; bfloat16 by autocast), and
+    the list each step's loss is appended to (reading it waits for the device)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=tc.learning_rate, weight_decay=tc.weight_decay)
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, round(tc.warmup_ratio * 1000), 1000)
-    batches = [_tensors(b) for b in load_batches(spec["batches"])]
+    losses: list[float] = []
 
     def step(i: int) -> None:
-        loss = model(**batches[i]).loss
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bfloat16):
+            loss = model(**batches[i]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, tc.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()
+        losses.append(loss.item())
 
+    return step, losses
+
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    config = run_config(spec["method"])
+    tc = config.training
+    model, count = classifier(config)
+    model.train()
+    batches = [_tensors(b) for b in load_batches(spec["batches"])]
+    step, _ = train_step(model, tc, batches)
     first, per_step = step_times(step, len(batches), spec.get("warmup", 1), spec.get("repeats", 2))
     return {"first_step_s": first, "step_s": per_step, "trainable": count,
             "parameters": sum(p.numel() for p in model.parameters())}

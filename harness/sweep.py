@@ -37,7 +37,7 @@ from tljax.train.checkpoints import Checkpoints
 from tljax.train.config import RunConfig
 from tljax.train.distributed import share
 from tljax.train.loop import (TrainingStopped, _bound, _changed_keys, _curve_metric, _finish, _forward_fn, _log,
-                              _save, _truncate_log, _with_defaults, build_engine, write_config)
+                              _record_evaluation, _save, _truncate_log, _with_defaults, build_engine, write_config)
 from tljax.train.run import Prepared, prepare
 from tljax.train.rundir import RunLock
 from tljax.train.sharding import make_mesh, shard_local_rows
@@ -111,7 +111,6 @@ def _train(prepared: Prepared, configs, scales, checkpoints, found, say, stack: 
     forward = _forward_fn(graphdef, objective, mesh)
     dropout_key = jax.jit(lambda count: jax.random.fold_in(jax.random.key(tc.seed), count),
                           out_shardings=NamedSharding(mesh, PartitionSpec()))
-    higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
 
     runs, trainables, opt_states = [], [], []
     for config, saved, at in zip(configs, checkpoints, found):
@@ -188,13 +187,7 @@ def _train(prepared: Prepared, configs, scales, checkpoints, found, say, stack: 
             trainable = variant(trainables, i)
             result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
             _log(run.log, {"step": step, "split": "validation", **result})
-            score = result[tc.metric_for_best_model]
-            state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
-            improved = state["best"] is None or (score > state["best"] if higher_is_better else score < state["best"])
-            if improved:
-                state.update(best=score, best_step=step, bad_evaluations=0)
-            else:
-                state["bad_evaluations"] += 1
+            improved = _record_evaluation(state, step, result, tc)
             state["position"] = iterator.position()
             _save(run.checkpoints, "latest", step, trainable, variant(opt_states, i), state)
             if improved:

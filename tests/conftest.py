@@ -195,3 +195,26 @@ def pytest_collection_modifyitems(config, items):
         return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: each module keeps its own order
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory):
+    """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
+    import torch
+    import transformers
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    save_word_tokenizer(directory, bert=False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
+                              "{% if add_generation_prompt %}assistant {% endif %}"
+    tokenizer.save_pretrained(directory)
+    # The same tiny model in every session: a random decoder with tied embeddings favours words already in its
+    # context, so its zero-shot accuracy on the 24 test reviews ranged from 0.33 to 0.83 over initial seeds 0-7
+    # (chat-tuned from it: 0.83 to 1.0; from seed 0: 0.42 zero-shot, 1.0 tuned).
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                      max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    return directory

@@ -336,29 +336,7 @@ def test_the_results_and_runs_endpoints_show_what_the_files_hold(tiny_page, tiny
     assert yaml.safe_load(config)["method"]["name"] == "lora" and exports == summary["export"]
 
 
-# -- concurrent requests ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory):
-    """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
-    import torch
-    import transformers
-
-    from conftest import WORDS, save_word_tokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    save_word_tokenizer(directory, bert=False)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
-                              "{% if add_generation_prompt %}assistant {% endif %}"
-    tokenizer.save_pretrained(directory)
-    config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                                      max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
-    torch.manual_seed(0)  # the same weights every time
-    transformers.LlamaForCausalLM(config).save_pretrained(directory)
-    return directory
-
-
+# -- concurrent requests (tiny_decoder: tests/conftest.py) -------------------------------------------------------
 def watch_tokenizers(monkeypatch) -> list[str]:
     """Every tokenizer call (encode, decode, chat template) made to take a few milliseconds, and the moment between
     an encode's setting of the tokenizer's padding and truncation and its use of them too, so that two threads in

@@ -1,5 +1,6 @@
-"""The evaluation harness on tiny models: tasks, prompts and few-shot draws, decoder scoring (against a direct
-computation and against lm-evaluation-harness), metrics, variants, the run variant's checks, the command."""
+"""The evaluation harness on tiny models: tasks, prompts and few-shot draws, plain prompts against
+lm-evaluation-harness, metrics, variants, the run variant's checks, sweeps, the bias probe, the command
+(decoder scoring itself: tests/test_scoring.py)."""
 
 import json
 import re
@@ -12,11 +13,9 @@ import pytest
 import yaml
 from flax import nnx
 
-from conftest import WORDS, save_word_tokenizer, write_reviews
+from conftest import WORDS, write_reviews
 from harness.prompts import chat_messages, draw_demonstrations
 from harness.results import binomial_p_value, markdown_table, summarise
-from harness.scoring import DecoderScorer
-from tljax.data.chat import encode_pair
 from harness.tasks import Item, TaskError, builtin_tasks, load_task, parse_task
 from harness.variants import VariantError, parse_reply, parse_variant
 
@@ -77,84 +76,6 @@ def test_demonstrations_are_class_balanced_seeded_per_item_and_never_the_item(la
     assert draw_demonstrations(pool, item, 4, labels, seed=3) != draw_demonstrations(pool, item, 4, labels, seed=4)
     messages = chat_messages(parse_task(SENTIMENT).template("en"), "x", demos[:2])
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
-
-
-@pytest.fixture(scope="module")
-def tiny_decoder(tmp_path_factory):
-    """A tiny random Llama with a word-level tokenizer and a chat template, saved as a Hugging Face directory."""
-    import torch
-    import transformers
-
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    save_word_tokenizer(directory, bert=False)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} {{ m['content'] }} {% endfor %}" \
-                              "{% if add_generation_prompt %}assistant {% endif %}"
-    tokenizer.save_pretrained(directory)
-    # The same tiny model in every session: a random decoder with tied embeddings favours words already in its
-    # context, so its zero-shot accuracy on the 24 test reviews ranged from 0.33 to 0.83 over initial seeds 0-7
-    # (chat-tuned from it: 0.83 to 1.0; from seed 0: 0.42 zero-shot, 1.0 tuned).
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
-                                      max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
-    transformers.LlamaForCausalLM(config).save_pretrained(directory)
-    return directory
-
-
-REQUESTS = [("the film was good and", [" great", " awful boring dull"]),
-            ("it was a movie", [" fine", " poor really"]),
-            ("the plot the actors the story was quite ", ["lovely", "bad"])]  # a trailing space moves
-
-
-@pytest.mark.parametrize("method", [None, "prompt"])
-def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method):
-    import tljax
-    from tljax.methods import adapt, make_method
-
-    model, tokenizer = tljax.load(str(tiny_decoder))
-    if method:  # virtual tokens take cache slots too
-        model = adapt(model, [make_method(method, {"num_virtual_tokens": 3})]).model
-    scores = DecoderScorer(model, tokenizer)(REQUESTS)
-    for row, (context, answers) in enumerate(REQUESTS):
-        for label, answer in enumerate(answers):
-            context_ids, answer_ids = encode_pair(tokenizer, context, answer)
-            logits = jax.nn.log_softmax(model(jnp.asarray([context_ids + answer_ids])))[0]
-            expected = sum(float(logits[len(context_ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
-            np.testing.assert_allclose(scores.logprob[row, label], expected, atol=1e-5)
-
-
-def test_long_prompts_are_scored_in_fewer_rows_within_the_token_budget(tiny_decoder, monkeypatch):
-    import harness.scoring
-    import tljax
-
-    model, tokenizer = tljax.load(str(tiny_decoder))
-    words = "the film was good and the plot the actors the story was quite".split()
-    requests = [(" ".join(words[: 1 + i % 12] * (1 + i // 3)), [" great", " bad"]) for i in range(12)]
-    expected = DecoderScorer(model, tokenizer)(requests).logprob  # the default budget: one batch of 16 rows
-    monkeypatch.setattr(harness.scoring, "PROMPT_TOKENS_PER_BATCH", 64)
-    scorer = DecoderScorer(model, tokenizer)
-    scores = scorer(requests).logprob
-    shapes = [call[0].shape for call in scorer.shapes.counts]  # prefix [rows, padded length] of each batch
-    assert all(rows * length <= 64 or rows == 1 for rows, length in shapes), shapes
-    assert len({rows for rows, _ in shapes}) > 1 and sum(scorer.shapes.counts.values()) > 1  # it did split
-    # the same log-likelihoods from other batch shapes: float32 sums in another order (as the test above)
-    np.testing.assert_allclose(scores, expected, atol=1e-5)
-
-
-def test_decoder_scoring_equals_lm_evaluation_harness(tiny_decoder):
-    pytest.importorskip("lm_eval")
-    import tljax
-    from lm_eval_reference import encode_pair as reference_pair
-    from lm_eval_reference import loglikelihoods
-
-    model, tokenizer = tljax.load(str(tiny_decoder))
-    ours = DecoderScorer(model, tokenizer)(REQUESTS).logprob
-    theirs = loglikelihoods(tiny_decoder, [(c, a) for c, answers in REQUESTS for a in answers])
-    np.testing.assert_allclose(ours.ravel(), [value for value, _ in theirs], atol=1e-4)
-    for context, answers in REQUESTS:
-        for answer in answers:
-            assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
 
 
 def test_binomial_test_and_summary():

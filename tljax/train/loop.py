@@ -36,7 +36,7 @@ from tljax import faults
 from tljax.runs import FINAL_STEP
 from tljax.train import curves
 from tljax.train.checkpoints import CheckpointError, Checkpoints, CheckpointWriteError
-from tljax.train.config import ConfigKeyError, RunConfig
+from tljax.train.config import ConfigKeyError, RunConfig, TrainingConfig
 from tljax.train.distributed import any_process, is_main, share
 from tljax.train.optim import OptimizerConfig, build_optimizer, reset_stage
 from tljax.train.run import Prepared
@@ -165,7 +165,6 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
     dropout_key = jax.jit(lambda count: jax.random.fold_in(jax.random.key(tc.seed), count), out_shardings=replicated)
     masks = [place(m, engine.shardings.trainable) for m in stages.masks] if stages else None
     main = is_main()  # the process that writes logs, curves, exports (every process trains and checkpoints)
-    higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
 
     state = {"step": 0, "best": None, "best_step": None, "bad_evaluations": 0, "train": [], "validation": [],
              "config": prepared.config.to_dict(), "global_batch": global_batch}
@@ -248,13 +247,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                 result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
                 if main:
                     _log(log_file, {"step": step, "split": "validation", **result})
-                score = result[tc.metric_for_best_model]
-                state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
-                improved = state["best"] is None or (score > state["best"] if higher_is_better else score < state["best"])
-                if improved:
-                    state.update(best=score, best_step=step, bad_evaluations=0)
-                else:
-                    state["bad_evaluations"] += 1
+                improved = _record_evaluation(state, step, result, tc)
                 state["position"] = iterator.position()
                 _save(checkpoints, "latest", step, trainable, opt_state, state)
                 if improved:
@@ -366,6 +359,21 @@ def _mean_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
         return parts[0]
     mean = {k: jnp.mean(jnp.stack([p[k] for p in parts])) for k in parts[0] if k != "parameters_finite"}
     return {**mean, "parameters_finite": parts[-1]["parameters_finite"]}
+
+
+def _record_evaluation(state: dict, step: int, result: dict, tc: TrainingConfig) -> bool:
+    """Records a validation `result` of `step` in the run's state: the curve point, the best score and the
+    evaluations since it improved (`metric_for_best_model`; lower is better for loss and perplexity). Whether it
+    improved."""
+    score = result[tc.metric_for_best_model]
+    state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
+    higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
+    improved = state["best"] is None or (score > state["best"] if higher_is_better else score < state["best"])
+    if improved:
+        state.update(best=score, best_step=step, bad_evaluations=0)
+    else:
+        state["bad_evaluations"] += 1
+    return improved
 
 
 def _curve_metric(tc) -> str:

@@ -1,0 +1,65 @@
+"""Decoder scoring on a tiny model: each answer's log-likelihood after its prompt, against a direct computation
+and against lm-evaluation-harness, and batches bounded by their prompt tokens."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from harness.scoring import DecoderScorer
+from tljax.data.chat import encode_pair
+
+
+REQUESTS = [("the film was good and", [" great", " awful boring dull"]),
+            ("it was a movie", [" fine", " poor really"]),
+            ("the plot the actors the story was quite ", ["lovely", "bad"])]  # a trailing space moves
+
+
+@pytest.mark.parametrize("method", [None, "prompt"])
+def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method):
+    import tljax
+    from tljax.methods import adapt, make_method
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    if method:  # virtual tokens take cache slots too
+        model = adapt(model, [make_method(method, {"num_virtual_tokens": 3})]).model
+    scores = DecoderScorer(model, tokenizer)(REQUESTS)
+    for row, (context, answers) in enumerate(REQUESTS):
+        for label, answer in enumerate(answers):
+            context_ids, answer_ids = encode_pair(tokenizer, context, answer)
+            logits = jax.nn.log_softmax(model(jnp.asarray([context_ids + answer_ids])))[0]
+            expected = sum(float(logits[len(context_ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
+            np.testing.assert_allclose(scores.logprob[row, label], expected, atol=1e-5)
+
+
+def test_long_prompts_are_scored_in_fewer_rows_within_the_token_budget(tiny_decoder, monkeypatch):
+    import harness.scoring
+    import tljax
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    words = "the film was good and the plot the actors the story was quite".split()
+    requests = [(" ".join(words[: 1 + i % 12] * (1 + i // 3)), [" great", " bad"]) for i in range(12)]
+    expected = DecoderScorer(model, tokenizer)(requests).logprob  # the default budget: one batch of 16 rows
+    monkeypatch.setattr(harness.scoring, "PROMPT_TOKENS_PER_BATCH", 64)
+    scorer = DecoderScorer(model, tokenizer)
+    scores = scorer(requests).logprob
+    shapes = [call[0].shape for call in scorer.shapes.counts]  # prefix [rows, padded length] of each batch
+    assert all(rows * length <= 64 or rows == 1 for rows, length in shapes), shapes
+    assert len({rows for rows, _ in shapes}) > 1 and sum(scorer.shapes.counts.values()) > 1  # it did split
+    # the same log-likelihoods from other batch shapes: float32 sums in another order (as the test above)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+
+
+def test_decoder_scoring_equals_lm_evaluation_harness(tiny_decoder):
+    pytest.importorskip("lm_eval")
+    import tljax
+    from lm_eval_reference import encode_pair as reference_pair
+    from lm_eval_reference import loglikelihoods
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    ours = DecoderScorer(model, tokenizer)(REQUESTS).logprob
+    theirs = loglikelihoods(tiny_decoder, [(c, a) for c, answers in REQUESTS for a in answers])
+    np.testing.assert_allclose(ours.ravel(), [value for value, _ in theirs], atol=1e-4)
+    for context, answers in REQUESTS:
+        for answer in answers:
+            assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
