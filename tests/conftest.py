@@ -120,11 +120,13 @@ def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "
     return path
 
 
-def shared_run(tmp_path_factory, name: str, config: dict) -> Path:
+def shared_run(tmp_path_factory, name: str, config: dict | None = None, *overrides: str) -> Path:
     """A `python -m tljax.train` run trained once per test session, shared by the test workers: the first
     worker to ask trains it, the others wait for it (a lock beside it); a run left unfinished is retrained.
     It runs as a user runs it, in its own process on one CPU device (the batch sizes are the global ones), so
-    that its model's memory is not held by the test worker."""
+    that its model's memory is not held by the test worker: `config` as its --config file, or the embedded
+    default run when None; `overrides` as its --set arguments. Its stdout and stderr are kept beside it
+    (`<name>.stdout`, `<name>.stderr`)."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
     run_dir = root / name
@@ -132,18 +134,42 @@ def shared_run(tmp_path_factory, name: str, config: dict) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir / "summary.json").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
-            path = root / f"{name}.yaml"
-            path.write_text(yaml.safe_dump({**config, "output_dir": str(run_dir)}))
-            done = subprocess.run([sys.executable, "-m", "tljax.train", "--config", str(path)], env=cli_env(devices=1),
-                                  capture_output=True, text=True)
+            command = [sys.executable, "-m", "tljax.train"]
+            if config is not None:
+                path = root / f"{name}.yaml"
+                path.write_text(yaml.safe_dump({**config, "output_dir": str(run_dir)}))
+                command += ["--config", str(path)]
+            command += [arg for setting in (*overrides, f"output_dir={run_dir}") for arg in ("--set", setting)]
+            done = subprocess.run(command, env=cli_env(devices=1), capture_output=True, text=True)
+            (root / f"{name}.stdout").write_text(done.stdout)
+            (root / f"{name}.stderr").write_text(done.stderr)
             assert done.returncode == 0, f"the shared run {name} failed:\n{done.stderr[-3000:]}"
     return run_dir
+
+
+def shared_value(tmp_path_factory, name: str, compute):
+    """`compute()` once per test session, shared by the test workers as `shared_run` shares a run: the first
+    worker to ask computes it and pickles it beside the runs, the others read it."""
+    import pickle
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            value = compute()
+            path.with_suffix(".partial").write_bytes(pickle.dumps(value))
+            path.with_suffix(".partial").rename(path)  # whole or absent: a worker that died mid-way left nothing
+        return pickle.loads(path.read_bytes())
 
 
 @pytest.fixture(scope="session")
 def smollm2_chat_run(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct taught English film-review sentiment with LoRA in the harness's own chat form (the
-    sentiment-en task's English instruction and verbalisers): a couple of minutes on two cores."""
+    sentiment-en task's English instruction and verbalisers): a couple of minutes on two cores. The training
+    loss is 0.39 at step 10 and 0.03 at step 20; after 30 steps it scored 0.90 on the CI suite's 200 reviews,
+    against 0.635 zero-shot."""
     from harness.tasks import load_task
 
     template = load_task("sentiment-en").template("en")
@@ -153,8 +179,8 @@ def smollm2_chat_run(tmp_path_factory) -> Path:
         "chat": {"instruction": template.instruction,
                  "verbalisers": dict(zip(("negative", "positive"), template.verbalisers))},
         "method": {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
-        "training": {"learning_rate": 2e-3, "max_steps": 30, "per_device_train_batch_size": 8,
-                     "per_device_eval_batch_size": 8, "eval_steps": 30, "warmup_ratio": 0.1,
+        "training": {"learning_rate": 2e-3, "max_steps": 20, "per_device_train_batch_size": 8,
+                     "per_device_eval_batch_size": 8, "eval_steps": 20, "warmup_ratio": 0.1,
                      "early_stopping_patience": None}})
 
 
@@ -174,12 +200,13 @@ def e5_english_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_run(tmp_path_factory) -> Path:
-    """MiniLM-L6 with LoRA on English film reviews, the default run at a reduced budget (under a minute)."""
-    return shared_run(tmp_path_factory, "minilm-lora", {
-        "model": "minilm-l6", "data": {"source": "rotten-tomatoes", "max_length": 64, "max_eval_examples": 256},
-        "method": {"name": "lora", "rank": 8, "alpha": 16, "targets": ["query", "value"]},
-        "training": {"learning_rate": 3e-3, "max_steps": 60, "per_device_train_batch_size": 32,
-                     "per_device_eval_batch_size": 64, "eval_steps": 30, "early_stopping_patience": None}})
+    """The default run (`python -m tljax.train`: LoRA on MiniLM-L6, English film reviews) at a reduced budget:
+    100 steps, 256 validation and test reviews. Its test checks the command's output; the harness scores it,
+    the app shows it, and the distillation tests take it as their teacher."""
+    return shared_run(tmp_path_factory, "minilm-lora", None, *DEFAULT_RUN_BUDGET)
+
+
+DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.max_eval_examples=256")
 
 
 # The modules whose tests train or score real models, longest first. They run before the rest, so that the

@@ -68,11 +68,13 @@ def test_saved_directory_loads_in_pytorch(tmp_path, rng):
 
 
 def greedy_by_recomputation(model, ids, mask, steps):
-    """Greedy decoding that re-runs the whole sequence every step (no cache): the reference."""
+    """Greedy decoding that re-runs the whole sequence every step (no cache): the reference. Each step's forward
+    is compiled (one small program per length; op by op it took 30 s)."""
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    last_logits = nnx.jit(lambda model, ids, mask: model(ids, mask)[:, -1])
     out = []
     for _ in range(steps):
-        token = jnp.argmax(model(ids, mask)[:, -1], -1).astype(ids.dtype)
+        token = jnp.argmax(last_logits(model, ids, mask), -1).astype(ids.dtype)
         out.append(token)
         ids = jnp.concatenate([ids, token[:, None]], 1)
         mask = jnp.concatenate([mask, jnp.ones_like(mask[:, :1])], 1)

@@ -8,6 +8,7 @@ two at a time; the whole file takes about three minutes on two cores.
 
 import concurrent.futures
 import json
+import os
 import random
 import re
 import signal
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import cli_env, write_reviews
+from conftest import cli_env, shared_value, write_reviews
 from safetensors.numpy import load_file
 
 MAX_STEPS, EVAL_STEPS = 20, 4  # a checkpoint (latest, and best when it improved) every 4 steps
@@ -134,15 +135,28 @@ def records(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory, tiny_model) -> Path:
-    return write_config(tmp_path_factory.mktemp("faults"), tiny_model)
+    """The trials' config, in a folder the test workers share (the trials run once per session, by whichever
+    worker asks first: `shared_value`)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return shared_value(tmp_path_factory, "faults-config", lambda: write_config(mkdir(root / "faults"), tiny_model))
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="module")
-def reference(config) -> dict:
+def reference(tmp_path_factory, config) -> dict:
     """The uninterrupted run, trained twice at once: the twin shows the runs are deterministic (else no
     comparison below means anything), and the pair measures, under the load of two trials at a time, the
     life of a run in which a random kill lands: from the moment it has made its folder (a kill before that
     leaves nothing to resume) to its exit."""
+    return shared_value(tmp_path_factory, "faults-reference", lambda: uninterrupted(config))
+
+
+def uninterrupted(config: Path) -> dict:
     run_dirs = [config.parent / "reference", config.parent / "reference-twin"]
     started = time.perf_counter()
     processes = [subprocess.Popen([sys.executable, "-m", "tljax.train", "--config", str(config), "--set",
@@ -224,11 +238,15 @@ def run_trial(trial: Trial, config: Path, life: float) -> Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcomes(config, reference) -> dict[str, Outcome]:
-    """Every trial, two at a time (each is mostly a process importing and compiling on one core)."""
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = {t.name: pool.submit(run_trial, t, config, reference["life"]) for t in TRIALS}
-        return {name: future.result() for name, future in futures.items()}
+def outcomes(tmp_path_factory, config, reference) -> dict[str, Outcome]:
+    """Every trial, two at a time (each is mostly a process importing and compiling on one core), once per
+    session."""
+    def run_all() -> dict[str, Outcome]:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            futures = {t.name: pool.submit(run_trial, t, config, reference["life"]) for t in TRIALS}
+            return {name: future.result() for name, future in futures.items()}
+
+    return shared_value(tmp_path_factory, "faults-outcomes", run_all)
 
 
 def log_problems(reference: list[dict], log: list[dict]) -> list[str]:

@@ -1,7 +1,5 @@
 """The real packaged models, fetched and converted on first use, against independent references."""
 
-import subprocess
-import sys
 import zipfile
 
 import jax
@@ -10,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import cli_env
 from flax import nnx
 
 import tljax
@@ -113,24 +110,22 @@ def test_parameter_count_matches_the_zoo_listing(name):
     assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == zoo.PACKAGED[name].parameters
 
 
-def test_default_training_command_on_a_reduced_budget(tmp_path):
-    """`python -m tljax.train` (LoRA, MiniLM-L6, Rotten Tomatoes) for 100 steps: well above chance, and
-    every artifact exists and reloads, in tljax and in PyTorch (`transformers` and `peft`)."""
+def test_default_training_command_on_a_reduced_budget(minilm_run):
+    """`python -m tljax.train` (LoRA, MiniLM-L6, Rotten Tomatoes) for 100 steps (a session fixture, run as a user
+    runs it, on one CPU device): well above chance, and every artifact exists and reloads, in tljax and in
+    PyTorch (`transformers` and `peft`)."""
     import json
 
     import peft
 
     from tljax.predict import Predictor
 
-    run = tmp_path / "run"
-    # the command itself, as a user runs it (one CPU device, not this process's 8 simulated ones)
-    command = [sys.executable, "-m", "tljax.train", "--set", "training.max_steps=100", "--set", "training.eval_steps=50",
-               "--set", "data.max_eval_examples=256", "--set", f"output_dir={run}"]
-    result = subprocess.run(command, capture_output=True, text=True, env=cli_env(devices=1))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "PyTorch was not found" not in result.stderr  # transformers' advice, meaningless to a JAX run
-    assert "test: accuracy" in result.stdout and "python -m tljax.predict" in result.stdout
+    run = minilm_run
+    stdout, stderr = ((run.parent / f"{run.name}{suffix}").read_text() for suffix in (".stdout", ".stderr"))
+    assert "PyTorch was not found" not in stderr  # transformers' advice, meaningless to a JAX run
+    assert "test: accuracy" in stdout and "python -m tljax.predict" in stdout
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 100 and np.sum(summary["test"]["confusion_matrix"]) == 256, summary
     assert summary["test"]["accuracy"] > 0.7, summary["test"]  # the majority class is ~60%
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "diagnosis.txt"):
         assert (run / name).stat().st_size > 0
