@@ -209,11 +209,13 @@ def minilm_run(tmp_path_factory) -> Path:
 DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.max_eval_examples=256")
 
 
-# The modules whose tests train or score real models, longest first. They run before the rest, so that the
-# two workers (`pytest -n 2`, which the project's settings make steal work from each other) end the session on
-# short tests side by side rather than one of them on a long one alone.
-LONGEST_FIRST = ("test_harness_real", "test_app_real", "test_transfer_real", "test_faults", "test_real_models",
-                 "test_benchmarks", "test_distributed")
+# The modules whose tests train or score real models, in the order the two test workers take them
+# (`pytest -n 2`, which the project's settings make hand out whole modules, in this order, to whichever worker is
+# free): each worker starts on one of the two longest, the harness's (which trains the shared SmolLM2 and
+# MiniLM runs) and the fault trials; the app's, which needs both shared runs, comes after they are trained;
+# the short modules fill in at the end.
+LONGEST_FIRST = ("test_harness_real", "test_faults", "test_transfer_real", "test_benchmarks", "test_app_real",
+                 "test_distributed", "test_real_models")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,14 +23,17 @@ def test_cross_lingual_transfer_to_portuguese(e5_english_run):
 
 
 def test_masked_lm_on_movie_reviews_lowers_the_held_out_loss(tmp_path_factory):
+    """MiniLM-L6 ships no masked-LM head: the new head starts at ~10.6 nats (ln of the 30,522-word vocabulary),
+    and 10 steps take the held-out loss below 7.2 (measured: 7.09 at step 10, 6.87 at step 30), far past the
+    0.5 asked."""
     run = shared_run(tmp_path_factory, "masked-lm", {
         "model": "minilm-l6", "task": "masked-lm",
         "data": {"source": "pang-lee-reviews", "max_length": 64, "validation": 0.05, "test": 0.05,
                  "max_train_examples": 300, "max_eval_examples": 16},
         "method": {"name": "full"},
-        "training": {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 64, "eval_steps": 30,
+        "training": {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 64, "eval_steps": 10,
                      "early_stopping_patience": None, "warmup_ratio": 0.1, "learning_rate": 5e-5,
-                     "new_learning_rate": 1e-3, "max_steps": 30, "metric_for_best_model": "loss"}})
+                     "new_learning_rate": 1e-3, "max_steps": 10, "metric_for_best_model": "loss"}})
     summary = summary_of(run)
     before, after = summary["before"]["test"], summary["test"]
     assert after["loss"] < before["loss"] - 0.5, (before, after)
@@ -38,8 +41,7 @@ def test_masked_lm_on_movie_reviews_lowers_the_held_out_loss(tmp_path_factory):
 
 # One epoch of 1,920 examples (the teacher's logits are computed once over them). The teacher is the default run at
 # a reduced budget (LoRA on MiniLM-L6, a session fixture), scored on the same 256 test reviews. Each run is a
-# session fixture trained in its own process (global batch sizes, one device), so that the two test workers train
-# the student alone and the distilled student at the same time.
+# session fixture trained in its own process (global batch sizes, one device).
 DISTILLATION_DATA = {"source": "rotten-tomatoes", "max_length": 48, "max_train_examples": 1920, "max_eval_examples": 256}
 DISTILLATION_BUDGET = {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 64, "eval_steps": 30,
                        "early_stopping_patience": None, "warmup_ratio": 0.1, "max_steps": 60}
@@ -78,7 +80,6 @@ def test_a_distilled_student_keeps_most_of_its_teachers_accuracy(teacher_run, di
 
 def test_distilled_student_against_the_student_alone(student_alone_run, distilled_run):
     """With the same budget the distilled student does at least as well as without the teacher (within 2
-    points: at this budget both are noisy). The student alone is asked for first, so that a second worker
-    trains it while the first trains the teacher and the distilled student."""
+    points: at this budget both are noisy)."""
     distilled, alone = summary_of(distilled_run), summary_of(student_alone_run)
     assert distilled["test"]["accuracy"] >= alone["test"]["accuracy"] - 0.02, (distilled["test"], alone["test"])
