@@ -201,12 +201,12 @@ def e5_english_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def minilm_run(tmp_path_factory) -> Path:
     """The default run (`python -m tljax.train`: LoRA on MiniLM-L6, English film reviews) at a reduced budget:
-    100 steps, 256 validation and test reviews. Its test checks the command's output; the harness scores it,
+    100 steps, 512 validation and test reviews. Its test checks the command's output; the harness scores it,
     the app shows it, and the distillation tests take it as their teacher."""
     return shared_run(tmp_path_factory, "minilm-lora", None, *DEFAULT_RUN_BUDGET)
 
 
-DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.max_eval_examples=256")
+DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.max_eval_examples=512")
 
 
 # The modules whose tests train or score real models, in the order the two test workers take them

@@ -125,7 +125,7 @@ def test_default_training_command_on_a_reduced_budget(minilm_run):
     assert "PyTorch was not found" not in stderr  # transformers' advice, meaningless to a JAX run
     assert "test: accuracy" in stdout and "python -m tljax.predict" in stdout
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 100 and np.sum(summary["test"]["confusion_matrix"]) == 256, summary
+    assert summary["steps"] == 100 and np.sum(summary["test"]["confusion_matrix"]) == 512, summary
     assert summary["test"]["accuracy"] > 0.7, summary["test"]  # the majority class is ~60%
     for name in ("config.yaml", "metrics.jsonl", "curves.png", "diagnosis.txt"):
         assert (run / name).stat().st_size > 0

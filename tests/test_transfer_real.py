@@ -40,9 +40,9 @@ def test_masked_lm_on_movie_reviews_lowers_the_held_out_loss(tmp_path_factory):
 
 
 # One epoch of 1,920 examples (the teacher's logits are computed once over them). The teacher is the default run at
-# a reduced budget (LoRA on MiniLM-L6, a session fixture), scored on the same 256 test reviews. Each run is a
+# a reduced budget (LoRA on MiniLM-L6, a session fixture), scored on the same 512 test reviews. Each run is a
 # session fixture trained in its own process (global batch sizes, one device).
-DISTILLATION_DATA = {"source": "rotten-tomatoes", "max_length": 48, "max_train_examples": 1920, "max_eval_examples": 256}
+DISTILLATION_DATA = {"source": "rotten-tomatoes", "max_length": 48, "max_train_examples": 1920, "max_eval_examples": 512}
 DISTILLATION_BUDGET = {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 64, "eval_steps": 30,
                        "early_stopping_patience": None, "warmup_ratio": 0.1, "max_steps": 60}
 STUDENT = {"model": "minilm-l3", "data": DISTILLATION_DATA, "method": {"name": "full"},
