@@ -66,13 +66,13 @@ def _score_fn(graphdef):
         batch, labels, width = answers.shape
         dtype = body.embed_tokens.embedding.dtype
         cache = KVCache.empty(model.config, batch, body.num_virtual_tokens + prefix.shape[1] + width, dtype)
-        hidden, cache = body(prefix, prefix_mask, cache=cache)
+        hidden, cache = body(prefix, prefix_mask, cache=cache, scan_layers=True)  # one layer to compile
         first = jax.nn.log_softmax(model.logits(hidden[:, -1]))  # [B, V]: the answers' first token
         repeat = lambda x: jnp.repeat(x, labels, axis=0)  # noqa: E731 - one copy of the cache per answer
         cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), repeat(cache.mask),
                         cache.index)
         ids, mask = answers.reshape(batch * labels, width), answer_mask.reshape(batch * labels, width)
-        hidden, _ = body(ids, mask, cache=cache, use_prompt=False)
+        hidden, _ = body(ids, mask, cache=cache, use_prompt=False, scan_layers=True)
         rest = jax.nn.log_softmax(model.logits(hidden[:, :-1]))  # [B * L, C - 1, V]: the answers' next tokens
         predicted = jnp.concatenate([repeat(first)[:, None], rest], axis=1)  # [B * L, C, V]
         token = jnp.take_along_axis(predicted, ids[..., None], axis=-1)[..., 0]

