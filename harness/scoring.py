@@ -57,7 +57,7 @@ class Scores:
     greedy: np.ndarray
 
 
-def _score_fn(graphdef):
+def _score_fn(graphdef, scan_layers: bool = True):
     @jax.jit
     def score(state, prefix, prefix_mask, answers, answer_mask):
         """prefix [B, P] (left-padded), answers [B, L, C] (right-padded) -> (log-prob sums, greedy) [B, L]."""
@@ -66,13 +66,13 @@ def _score_fn(graphdef):
         batch, labels, width = answers.shape
         dtype = body.embed_tokens.embedding.dtype
         cache = KVCache.empty(model.config, batch, body.num_virtual_tokens + prefix.shape[1] + width, dtype)
-        hidden, cache = body(prefix, prefix_mask, cache=cache, scan_layers=True)  # one layer to compile
+        hidden, cache = body(prefix, prefix_mask, cache=cache, scan_layers=scan_layers)  # one layer to compile
         first = jax.nn.log_softmax(model.logits(hidden[:, -1]))  # [B, V]: the answers' first token
         repeat = lambda x: jnp.repeat(x, labels, axis=0)  # noqa: E731 - one copy of the cache per answer
         cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), repeat(cache.mask),
                         cache.index)
         ids, mask = answers.reshape(batch * labels, width), answer_mask.reshape(batch * labels, width)
-        hidden, _ = body(ids, mask, cache=cache, use_prompt=False, scan_layers=True)
+        hidden, _ = body(ids, mask, cache=cache, use_prompt=False, scan_layers=scan_layers)
         rest = jax.nn.log_softmax(model.logits(hidden[:, :-1]))  # [B * L, C - 1, V]: the answers' next tokens
         predicted = jnp.concatenate([repeat(first)[:, None], rest], axis=1)  # [B * L, C, V]
         token = jnp.take_along_axis(predicted, ids[..., None], axis=-1)[..., 0]
@@ -93,11 +93,12 @@ class DecoderScorer:
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state)
         self._score = _score_fn(graphdef)
+        self._unrolled = _score_fn(graphdef, scan_layers=False)  # only lowered, for FLOPs (see program_cost)
         self.shapes = CallShapes()
 
     def typical_cost(self) -> tuple[ProgramCost, int] | None:
         """(compiled cost, items of its batch) of the median batch scored so far."""
-        return typical_cost(self._score, self._state, self.shapes)
+        return typical_cost(self._score, self._state, self.shapes, flops_of=self._unrolled)
 
     def __call__(self, requests: Sequence[tuple[str, Sequence[str]]], *, plain: bool = False) -> Scores:
         """`requests`: (context, answers) per item, every item with the same number of answers. `plain`: the

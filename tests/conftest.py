@@ -211,11 +211,11 @@ DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.
 
 # The modules whose tests train or score real models, in the order the two test workers take them
 # (`pytest -n 2`, which the project's settings make hand out whole modules, in this order, to whichever worker is
-# free): each worker starts on one of the two longest, the harness's (which trains the shared SmolLM2 and
-# MiniLM runs) and the fault trials; the app's, which needs both shared runs, comes after they are trained;
-# the short modules fill in at the end.
-LONGEST_FIRST = ("test_harness_real", "test_faults", "test_transfer_real", "test_benchmarks", "test_app_real",
-                 "test_distributed", "test_real_models")
+# free). The harness's CI suite trains the shared chat-tuned SmolLM2 run on one worker while the real-model tests
+# train the shared MiniLM run (the default command's) on the other; the transfer tests (e5, distillation from the
+# MiniLM run) and the fault trials follow, then the app's, which needs both shared runs; the short modules fill in.
+LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_transfer_real", "test_faults", "test_app_real",
+                 "test_benchmarks", "test_distributed")
 
 
 def pytest_collection_modifyitems(config, items):

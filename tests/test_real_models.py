@@ -42,6 +42,37 @@ def embeddings_torch(directory, texts: list[str]) -> np.ndarray:
     return ((hidden * mask).sum(1) / mask.sum(1)).numpy()
 
 
+def test_default_training_command_on_a_reduced_budget(minilm_run):
+    """`python -m tljax.train` (LoRA, MiniLM-L6, Rotten Tomatoes) for 100 steps (a session fixture, run as a user
+    runs it, on one CPU device): well above chance, and every artifact exists and reloads, in tljax and in
+    PyTorch (`transformers` and `peft`)."""
+    import json
+
+    import peft
+
+    from tljax.predict import Predictor
+
+    run = minilm_run
+    stdout, stderr = ((run.parent / f"{run.name}{suffix}").read_text() for suffix in (".stdout", ".stderr"))
+    assert "PyTorch was not found" not in stderr  # transformers' advice, meaningless to a JAX run
+    assert "test: accuracy" in stdout and "python -m tljax.predict" in stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 100 and np.sum(summary["test"]["confusion_matrix"]) == 512, summary
+    assert summary["test"]["accuracy"] > 0.7, summary["test"]  # the majority class is ~60%
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "diagnosis.txt"):
+        assert (run / name).stat().st_size > 0
+    texts = ["A moving, beautifully acted film.", "Tedious, predictable and far too long."]
+    ours = np.array([list(p.values()) for _, p in Predictor.load(run)(texts)])
+    assert ours[0, 1] > 0.5 > ours[1, 1]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(run / "export" / "model")
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(run / "export" / "model").eval()
+    adapter = peft.AutoPeftModelForSequenceClassification.from_pretrained(run / "export" / "adapter").eval()
+    with torch.no_grad():
+        for reference in (merged, adapter):
+            np.testing.assert_allclose(torch.softmax(reference(**batch).logits, -1).numpy(), ours, atol=1e-4)
+
+
 @pytest.mark.parametrize("name, prefix", [("minilm-l6", ""), ("e5-small", "query: "), ("e5-small-enpt", "query: ")])
 def test_sentence_embeddings_match_pytorch(name, prefix):
     texts = [prefix + s for s in SENTENCES]
@@ -108,34 +139,3 @@ def test_smollm2_greedy_chat_equals_transformers_token_for_token():
 def test_parameter_count_matches_the_zoo_listing(name):
     model = tljax.models.from_pretrained(zoo.resolve(name))
     assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == zoo.PACKAGED[name].parameters
-
-
-def test_default_training_command_on_a_reduced_budget(minilm_run):
-    """`python -m tljax.train` (LoRA, MiniLM-L6, Rotten Tomatoes) for 100 steps (a session fixture, run as a user
-    runs it, on one CPU device): well above chance, and every artifact exists and reloads, in tljax and in
-    PyTorch (`transformers` and `peft`)."""
-    import json
-
-    import peft
-
-    from tljax.predict import Predictor
-
-    run = minilm_run
-    stdout, stderr = ((run.parent / f"{run.name}{suffix}").read_text() for suffix in (".stdout", ".stderr"))
-    assert "PyTorch was not found" not in stderr  # transformers' advice, meaningless to a JAX run
-    assert "test: accuracy" in stdout and "python -m tljax.predict" in stdout
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 100 and np.sum(summary["test"]["confusion_matrix"]) == 512, summary
-    assert summary["test"]["accuracy"] > 0.7, summary["test"]  # the majority class is ~60%
-    for name in ("config.yaml", "metrics.jsonl", "curves.png", "diagnosis.txt"):
-        assert (run / name).stat().st_size > 0
-    texts = ["A moving, beautifully acted film.", "Tedious, predictable and far too long."]
-    ours = np.array([list(p.values()) for _, p in Predictor.load(run)(texts)])
-    assert ours[0, 1] > 0.5 > ours[1, 1]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(run / "export" / "model")
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
-    merged = transformers.AutoModelForSequenceClassification.from_pretrained(run / "export" / "model").eval()
-    adapter = peft.AutoPeftModelForSequenceClassification.from_pretrained(run / "export" / "adapter").eval()
-    with torch.no_grad():
-        for reference in (merged, adapter):
-            np.testing.assert_allclose(torch.softmax(reference(**batch).logits, -1).numpy(), ours, atol=1e-4)

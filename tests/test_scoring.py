@@ -63,3 +63,20 @@ def test_decoder_scoring_equals_lm_evaluation_harness(tiny_decoder):
     for context, answers in REQUESTS:
         for answer in answers:
             assert encode_pair(tokenizer, context, answer) == tuple(reference_pair(tokenizer, context, answer))
+
+
+def test_the_scored_flops_count_every_layer(tiny_decoder):
+    """The scorer runs its layers as one scan, whose body XLA's cost analysis counts once: its FLOPs are taken
+    from the unrolled twin, and equal what compiling that twin counts."""
+    import tljax
+    from tljax.models.transforms import program_cost
+
+    model, tokenizer = tljax.load(str(tiny_decoder))
+    scorer = DecoderScorer(model, tokenizer)
+    scorer(REQUESTS)
+    cost, _ = scorer.typical_cost()
+    call = scorer.shapes.typical()
+    unrolled = program_cost(scorer._unrolled, scorer._state, *call).flops
+    scanned = program_cost(scorer._score, scorer._state, *call).flops
+    assert abs(cost.flops / unrolled - 1) < 0.05, (cost.flops, unrolled)
+    assert scanned < 0.8 * unrolled  # one of the two layers counted: why the twin is needed

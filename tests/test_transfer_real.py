@@ -5,6 +5,7 @@ each effect shows at a budget CI affords. Each run is a `python -m tljax.train` 
 sizes are global).
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,20 @@ def test_cross_lingual_transfer_to_portuguese(e5_english_run):
     portuguese = summary["evaluation"]["pt"]
     assert portuguese["examples"] == 440 and portuguese["language"] == "pt-BR"
     assert portuguese["accuracy"] > 0.65, portuguese  # balanced: chance is 0.5
+
+
+def test_e5_trained_on_english_is_above_chance_on_portuguese(tmp_path, e5_english_run):
+    """Cross-lingual transfer through the harness: LoRA on English reviews only, scored on the 440 Brazilian
+    Portuguese reviews (one-sided binomial against chance, p < 0.01, and skill beyond the majority: MCC > 0.1)."""
+    from harness.suite import load_suite, run_suite
+    from harness.variants import parse_variant
+
+    suite = dataclasses.replace(load_suite("ci"), name="cross-lingual", tasks=("sentiment-pt",), limit=None,
+                                variants=(parse_variant({"kind": "run", "run": str(e5_english_run)}),))
+    rows = run_suite(suite, tmp_path, say=print)
+    summary = rows[0]["summary"]
+    assert rows[0]["language"] == "pt" and summary["items"] == 440 and rows[0]["costs"]["overlap"] == 0
+    assert summary["acc"]["p_above_chance"] < 0.01 and summary["acc"]["mcc"] > 0.1, summary["acc"]
 
 
 def test_masked_lm_on_movie_reviews_lowers_the_held_out_loss(tmp_path_factory):

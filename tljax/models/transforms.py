@@ -45,10 +45,13 @@ class ProgramCost:
     peak_bytes: int  # arguments + outputs + temporaries - aliased buffers (XLA's memory analysis)
 
 
-def program_cost(jitted: Any, *args: Any) -> ProgramCost:
-    """The cost of `jitted(*args)` (a `jax.jit` function) from its compiled program; compiles if not cached."""
+def program_cost(jitted: Any, *args: Any, flops_of: Any = None) -> ProgramCost:
+    """The cost of `jitted(*args)` (a `jax.jit` function) from its compiled program; compiles if not cached.
+    `flops_of`: another `jax.jit` function of the same arguments and arithmetic whose FLOPs are counted instead,
+    from its lowered program (not compiled): XLA counts a loop's body once, so a program that scans over layers
+    is counted through its unrolled twin."""
     compiled = jitted.lower(*args).compile()
-    analysis = compiled.cost_analysis()
+    analysis = (flops_of.lower(*args) if flops_of is not None else compiled).cost_analysis()
     analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis  # older JAX: one per device
     memory = compiled.memory_analysis()
     peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
@@ -80,10 +83,12 @@ class CallShapes:
         return ordered[-1]
 
 
-def typical_cost(jitted: Any, state: Any, shapes: CallShapes) -> tuple[ProgramCost, int] | None:
-    """(cost, rows of its batch) of the median recorded call of `jitted(state, *arrays)`; None if none was made."""
+def typical_cost(jitted: Any, state: Any, shapes: CallShapes, flops_of: Any = None
+                 ) -> tuple[ProgramCost, int] | None:
+    """(cost, rows of its batch) of the median recorded call of `jitted(state, *arrays)`; None if none was made.
+    `flops_of`: as `program_cost`'s."""
     call = shapes.typical()
-    return None if call is None else (program_cost(jitted, state, *call), call[0].shape[0])
+    return None if call is None else (program_cost(jitted, state, *call, flops_of=flops_of), call[0].shape[0])
 
 
 class BoundFunction:
