@@ -102,3 +102,26 @@ def test_the_sweep_workload_trains_every_point(work):
     together = jax_side.sweep(spec)["final_loss"]
     alone = [jax_side.sweep({**spec, "scale": scale})["final_loss"] for scale in spec["scales"]]
     np.testing.assert_allclose(together, alone, rtol=1e-4)
+
+
+def test_the_long_scoring_benchmark_gives_both_commands_the_same_reviews_and_prompt(tmp_path):
+    """`python -m benchmarks.long_scoring`'s inputs: the harness suite and the lm-evaluation-harness task hold the
+    same reviews (the harness's own sample), and lm-eval's question renders as the harness's instruction."""
+    import jinja2
+    import yaml
+
+    from benchmarks.long_scoring import LM_EVAL_TASK, write_inputs
+    from harness.suite import load_suite, sample
+    from harness.tasks import load_task
+
+    suite_file, chosen = write_inputs(tmp_path, 3)
+    [task] = [load_task(name) for name in load_suite(suite_file).tasks]
+    assert [item.id for item in sample(task.items, 3)] == [row["id"] for row in chosen]
+    lm_eval_task = yaml.safe_load((tmp_path / "lm_eval_tasks" / f"{LM_EVAL_TASK}.yaml").read_text())
+    rows = [json.loads(line) for line in Path(lm_eval_task["dataset_kwargs"]["data_files"]["test"]).read_text()
+            .splitlines()]
+    assert rows == chosen and len({row["label"] for row in rows} | {0, 1}) == 2
+    for row in rows:
+        rendered = jinja2.Template(lm_eval_task["doc_to_text"]).render(**row)
+        assert rendered == task.template("en").question(row["text"])
+    assert lm_eval_task["doc_to_choice"] == list(task.template("en").verbalisers)
