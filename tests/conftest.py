@@ -120,6 +120,12 @@ def write_reviews(path: Path, n: int = 240, seed: int = 0, label_names=("neg", "
     return path
 
 
+def shared_folder(tmp_path_factory) -> Path:
+    """The folder every test worker of this session sees (the workers' common parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 def shared_run(tmp_path_factory, name: str, config: dict | None = None, *overrides: str) -> Path:
     """A `python -m tljax.train` run trained once per test session, shared by the test workers: the first
     worker to ask trains it, the others wait for it (a lock beside it); a run left unfinished is retrained.
@@ -127,8 +133,7 @@ def shared_run(tmp_path_factory, name: str, config: dict | None = None, *overrid
     that its model's memory is not held by the test worker: `config` as its --config file, or the embedded
     default run when None; `overrides` as its --set arguments. Its stdout and stderr are kept beside it
     (`<name>.stdout`, `<name>.stderr`)."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    root = shared_folder(tmp_path_factory)
     run_dir = root / name
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -152,8 +157,7 @@ def shared_value(tmp_path_factory, name: str, compute):
     worker to ask computes it and pickles it beside the runs, the others read it."""
     import pickle
 
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared_folder(tmp_path_factory)
     path = root / f"{name}.pickle"
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

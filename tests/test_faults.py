@@ -8,7 +8,6 @@ two at a time; the whole file takes about three minutes on two cores.
 
 import concurrent.futures
 import json
-import os
 import random
 import re
 import signal
@@ -22,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import cli_env, shared_value, write_reviews
+from conftest import cli_env, shared_folder, shared_value, write_reviews
 from safetensors.numpy import load_file
 
 MAX_STEPS, EVAL_STEPS = 20, 4  # a checkpoint (latest, and best when it improved) every 4 steps
@@ -137,8 +136,7 @@ def records(run_dir: Path) -> list[dict]:
 def config(tmp_path_factory, tiny_model) -> Path:
     """The trials' config, in a folder the test workers share (the trials run once per session, by whichever
     worker asks first: `shared_value`)."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared_folder(tmp_path_factory)
     return shared_value(tmp_path_factory, "faults-config", lambda: write_config(mkdir(root / "faults"), tiny_model))
 
 
