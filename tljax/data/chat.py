@@ -13,12 +13,21 @@ from tljax.data.dataset import DataError
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids), no special tokens added."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return context_ids, whole[len(context_ids):]
+    return encode_pairs(tokenizer, [(context, continuation)])[0]
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """`encode_pair` of each (context, continuation), tokenised in two batched calls (a fast tokenizer's batch
+    runs in parallel, without a Python round trip per text)."""
+    split = []
+    for context, continuation in pairs:
+        spaces = len(context) - len(context.rstrip())
+        split.append((context[:-spaces], context[-spaces:] + continuation) if spaces else (context, continuation))
+    if not split:
+        return []
+    wholes = tokenizer([c + t for c, t in split], add_special_tokens=False)["input_ids"]
+    contexts = tokenizer([c for c, _ in split], add_special_tokens=False)["input_ids"]
+    return [(context, whole[len(context):]) for context, whole in zip(contexts, wholes)]
 
 
 def chat_context(tokenizer, messages: list[dict[str, str]]) -> str:

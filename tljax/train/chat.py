@@ -10,6 +10,7 @@ harness scores a decoder zero-shot, few-shot, or after this tuning: the three co
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +18,10 @@ import numpy as np
 
 from tljax.data import DataError, TextDataset
 from tljax.data.batches import BatchIterator, Encoded
-from tljax.data.chat import chat_context, encode_pair
+from tljax.data.chat import chat_context, encode_pairs
 from tljax.metrics import classification_metrics
 from tljax.train.config import ChatConfig, ConfigKeyError
-from tljax.train.losses import language_model_loss
+from tljax.train.losses import cross_entropy
 from tljax.train.objectives import MappedBatches, Objective
 
 
@@ -29,19 +30,20 @@ def encode_chat(dataset: TextDataset, settings: ChatConfig, tokenizer, max_lengt
     the reply begins), `example` and `label` (the row's), `gold` (the example's label). Prompts longer than
     `max_length` minus the longest reply keep their end (the question and the text's last words)."""
     verbalisers = [settings.verbalisers[name] for name in dataset.label_names]
+    contexts = [chat_context(tokenizer, [{"role": "user", "content": settings.instruction.format(text=text)}])
+                for text in dataset.texts]
+    pairs = encode_pairs(tokenizer, [(context, reply) for context in contexts for reply in verbalisers])
     rows, starts, examples, labels, gold = [], [], [], [], []
-    for index, (text, label) in enumerate(zip(dataset.texts, dataset.labels)):
-        context = chat_context(tokenizer, [{"role": "user", "content": settings.instruction.format(text=text)}])
-        pairs = [encode_pair(tokenizer, context, reply) for reply in verbalisers]
-        for choice, (prompt, reply) in enumerate(pairs):
-            if not reply:
-                raise ConfigKeyError(f"chat.verbalisers: {verbalisers[choice]!r} leaves no token after the prompt")
-            prompt = prompt[-(max_length - len(reply)):]
-            rows.append(np.asarray(prompt + reply, np.int32))
-            starts.append(len(prompt))
-            examples.append(index)
-            labels.append(choice)
-            gold.append(label)
+    for row, (prompt, reply) in enumerate(pairs):
+        index, choice = divmod(row, len(verbalisers))
+        if not reply:
+            raise ConfigKeyError(f"chat.verbalisers: {verbalisers[choice]!r} leaves no token after the prompt")
+        prompt = prompt[-(max_length - len(reply)):]
+        rows.append(np.asarray(prompt + reply, np.int32))
+        starts.append(len(prompt))
+        examples.append(index)
+        labels.append(choice)
+        gold.append(dataset.labels[index])
     extras = {"reply_start": np.asarray(starts, np.int32), "example": np.asarray(examples, np.int32),
               "label": np.asarray(labels, np.int32), "gold": np.asarray(gold, np.int32)}
     return Encoded(tuple(rows), np.asarray(labels, np.int32), 0, extras)
@@ -63,16 +65,35 @@ class ChatTuning(Objective):
     settings: ChatConfig | None = None
 
     def loss(self, model, batch, dropout_key):
-        return language_model_loss(model, batch, dropout_key)
+        logits, targets, scored = self._reply_logits(model, batch, dropout_key)
+        loss, accuracy = cross_entropy(logits, targets, scored)
+        return loss, {"accuracy": accuracy}
 
     def outputs(self, model, batch):
         """Each row's reply log-probability [B]: the sum over the reply's tokens."""
-        logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
-        targets = batch["labels"][:, 1:]
-        scored = targets != -100
-        log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-        token = jnp.take_along_axis(log_probs, jnp.where(scored, targets, 0)[..., None], axis=-1)[..., 0]
+        logits, targets, scored = self._reply_logits(model, batch)
+        log_probs = jax.nn.log_softmax(logits)
+        token = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
         return jnp.where(scored, token, 0.0).sum(-1)
+
+    @functools.cached_property
+    def reply_width(self) -> int:
+        """The most tokens of any row's reply."""
+        return max(len(ids) - start for rows in self.encoded.values()
+                   for ids, start in zip(rows.ids, rows.extras["reply_start"]))
+
+    def _reply_logits(self, model, batch, dropout_key=None):
+        """(logits [B, R, V] predicting each reply token, its id [B, R], whether it is one [B, R]), R the longest
+        reply of any row: the causal-LM loss on the reply's tokens, without the logits of the prompt's."""
+        labels = batch["labels"]
+        length = (labels != -100).sum(-1, keepdims=True)  # [B, 1]: the reply's tokens (0 for a padding row)
+        offset = jnp.arange(self.reply_width)[None]
+        scored = offset < length
+        # token reply_start + j is predicted at position reply_start + j - 1 (a prompt is never empty)
+        at = jnp.where(scored, batch["reply_start"][:, None] - 1 + offset, 0)
+        targets = jnp.where(scored, jnp.take_along_axis(labels, at + 1, axis=1), 0)
+        logits = model.logits_at(batch["input_ids"], batch["attention_mask"], at, dropout_key=dropout_key)
+        return logits, targets, scored
 
     def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}

@@ -296,6 +296,17 @@ class LlamaForCausalLM(PretrainedModel):
         hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
         return self.logits(hidden[:, self.model.num_virtual_tokens:])
 
+    def logits_at(self, input_ids: Array, attention_mask: Array, at: Array, *,
+                  dropout_key: Array | None = None) -> Array:
+        """[B, T] ids -> next-token logits [B, R, V] at the token positions `at` [B, R] (0 <= at < T) only.
+
+        For a loss on a few tokens of each row (a chat reply): the vocabulary projection is a small decoder's
+        costliest layer (SmolLM2-135M: a fifth of its forward FLOPs), and its logits [B, T, V] its largest
+        activation, so it runs on the R chosen positions instead of all T."""
+        hidden, _ = self.model(input_ids, attention_mask, dropout_key=dropout_key)
+        hidden = hidden[:, self.model.num_virtual_tokens:]
+        return self.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
+
 
 class LlamaForSequenceClassification(PretrainedModel):
     """Backbone + linear `score` read at each sequence's last real token: logits [B, L]."""
