@@ -578,3 +578,14 @@ def test_mean_pooling_is_for_encoder_classifiers(tmp_path, tiny_model, capsys):
     config = write_config(tmp_path, "other", {"model": str(tiny_model), "pooling": "max"})
     assert main(["--config", str(config)]) == 2
     assert "pooling 'max' is unknown; valid: pooler, mean" in capsys.readouterr().err
+
+
+def test_throughput_compiles_each_shape_once_then_times_whole_passes():
+    from tljax.train.distill import throughput
+
+    batches = [{"input_ids": np.zeros((4, width), np.int32), "weights": np.asarray([1, 1, 1, weight], np.float32)}
+               for width, weight in ((16, 1), (16, 0), (32, 1))]
+    calls = []
+    speed = throughput(lambda batch: calls.append(batch["input_ids"].shape) or np.zeros(4), batches, repeats=2)
+    assert calls == [(4, 16), (4, 32)] + [(4, 16), (4, 16), (4, 32)] * 2  # a warm-up per shape, two timed passes
+    assert speed > 0 and np.isfinite(speed)

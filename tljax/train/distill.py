@@ -136,9 +136,13 @@ def predict_logits(model: nnx.Module, encoded: Encoded, pad_id: int, max_length:
 
 
 def throughput(forward, batches: list[dict], repeats: int = 2) -> float:
-    """Examples per second of `forward` over `batches` (compiled first, then the best of `repeats` passes)."""
+    """Examples per second of `forward` over `batches` (each shape compiled first, then the best of `repeats`
+    passes)."""
+    shapes = {}
     for batch in batches:
-        forward(batch)  # compile every shape
+        shapes.setdefault(tuple(sorted((k, v.shape) for k, v in batch.items())), batch)
+    for batch in shapes.values():
+        jax.block_until_ready(forward(batch))  # one batch of each shape compiles it; the others would add nothing
     best = float("inf")
     examples = sum(int(b["weights"].sum()) for b in batches)
     for _ in range(repeats):
