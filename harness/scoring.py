@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tljax.data.chat import encode_pair
+from tljax.data.chat import encode_pairs
 from tljax.errors import InputError
 from tljax.models import KVCache
 from tljax.models.transforms import CallShapes, ProgramCost, backbone, typical_cost
@@ -103,10 +103,11 @@ class DecoderScorer:
     def __call__(self, requests: Sequence[tuple[str, Sequence[str]]], *, plain: bool = False) -> Scores:
         """`requests`: (context, answers) per item, every item with the same number of answers. `plain`: the
         contexts are plain prompts (tokenised with the tokenizer's special tokens, `plain_pair`), not chat ones."""
-        encoded = []
-        pair = plain_pair if plain else encode_pair
+        flat = [(context, answer) for context, answers in requests for answer in answers]
+        split = [plain_pair(self.tokenizer, c, a) for c, a in flat] if plain else encode_pairs(self.tokenizer, flat)
+        encoded, used = [], 0
         for context, answers in requests:
-            pairs = [pair(self.tokenizer, context, answer) for answer in answers]
+            pairs, used = split[used: used + len(answers)], used + len(answers)
             empty = [answer for answer, (_, ids) in zip(answers, pairs) if not ids]
             if empty:
                 raise InputError(f"the answers {empty} leave no token of their own after {context[-40:]!r} (the "
