@@ -6,11 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # its own figures, not pyplot's global state: safe from the app's threads
+import numpy as np
 
 
 def _accuracy(row: dict[str, Any]) -> float:
@@ -29,7 +26,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def accuracy_against(rows: list[dict], cost: str, path: Path, xlabel: str) -> None:
     """One scatter per task: accuracy against a cost (log scale; a variant that trains nothing sits at 1)."""
     tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    fig = Figure(figsize=(6 * len(tasks), 4.5))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["task"] == task]
         points = [(max(float(r["costs"].get(cost) or 0), 1.0), _accuracy(r)) for r in mine]
@@ -43,11 +41,11 @@ def accuracy_against(rows: list[dict], cost: str, path: Path, xlabel: str) -> No
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def heat_map(matrix: np.ndarray, rows: list[str], columns: list[str], title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(5.0, 3.5 + 1.1 * len(columns)), max(3.0, 1.8 + 0.45 * len(rows))))
+    fig = Figure(figsize=(max(5.0, 3.5 + 1.1 * len(columns)), max(3.0, 1.8 + 0.45 * len(rows))))
+    ax = fig.subplots()
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -59,7 +57,6 @@ def heat_map(matrix: np.ndarray, rows: list[str], columns: list[str], title: str
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_all(rows: list[dict], agreements: dict[str, float | None], directory: Path) -> list[Path]:

@@ -63,3 +63,51 @@ def test_pairs_encoded_in_a_batch_split_as_lm_evaluation_harness_splits_them(tin
     assert encode_pairs(tokenizer, pairs) == [tuple(map(list, reference_pair(tokenizer, c, t))) for c, t in pairs]
     assert encode_pairs(tokenizer, pairs)[1] == encode_pair(tokenizer, "the film was", " bad")  # the space moves
     assert encode_pairs(tokenizer, []) == []
+
+
+@pytest.mark.parametrize("method", [None, "prompt", "lora"])
+def test_rows_that_share_a_start_give_the_whole_rows_loss_gradients_and_scores(rng, method):
+    """The shared start is kept once and run once per batch (`split_shared_start`); without dropout, the loss, its
+    gradients and the reply scores are those of the whole rows."""
+    from flax import nnx
+
+    from tljax.methods import adapt, make_method
+    from tljax.train.chat import split_shared_start
+
+    model = LlamaForCausalLM.from_config(DecoderConfig.from_hf({**TINY, "attention_dropout": 0.0}), seed=0)
+    trainable = nnx.Param  # every parameter without a method, else what the method trains
+    if method:
+        settings = {"num_virtual_tokens": 3} if method == "prompt" else {"rank": 4, "dropout": 0.0}
+        adaptation = adapt(model, [make_method(method, settings)])
+        model, trainable = adaptation.model, adaptation.trainable()
+    start = rng.randint(3, TINY["vocab_size"], 20).astype(np.int32)  # 20 tokens every prompt starts with
+    prompts, replies = [3, 9, 1, 12], [1, 3, 2, 3]  # each prompt's own tokens after the start
+    rows = tuple(np.concatenate([start, rng.randint(3, TINY["vocab_size"], p + r)]).astype(np.int32)
+                 for p, r in zip(prompts, replies))
+    extras = {"reply_start": np.asarray(prompts, np.int32) + 20, "example": np.arange(4, dtype=np.int32),
+              "label": np.zeros(4, np.int32), "gold": np.zeros(4, np.int32)}
+    whole = {"train": Encoded(rows, np.zeros(4, np.int32), 0, extras)}
+    shared, rest = split_shared_start(whole)
+    np.testing.assert_array_equal(shared, start)
+    assert [len(ids) for ids in rest["train"].ids] == [p + r for p, r in zip(prompts, replies)]
+    objectives = {"whole": ChatTuning(None, whole, 0, 40, label_names=("a", "b")),
+                  "shared": ChatTuning(None, rest, 0, 40, label_names=("a", "b"), shared=shared)}
+    results = {}
+    for name, objective in objectives.items():
+        batch = reply_labels(make_batch(objective.encoded["train"], [0, 1, 2, 3], 5, 0, 40))
+        graphdef, params, rest_state = nnx.split(model, trainable, ...)
+
+        def loss_of(params, batch=batch, objective=objective):
+            return objective.loss(nnx.merge(graphdef, params, rest_state), batch, jax.random.key(0))[0]
+
+        loss, grads = jax.jit(jax.value_and_grad(loss_of))(params)
+        results[name] = (float(loss), grads, np.asarray(objective.outputs(model, batch)))
+    (loss, grads, scores), (reference, reference_grads, reference_scores) = results["shared"], results["whole"]
+    # the same arithmetic over keys and values of the same tokens, summed in another order: float32 rounding
+    np.testing.assert_allclose(loss, reference, rtol=1e-5)
+    np.testing.assert_allclose(scores, reference_scores, rtol=1e-5)
+    expected = dict(nnx.to_flat_state(reference_grads))
+    assert expected  # compared leaf by leaf below
+    for path, value in nnx.to_flat_state(grads):
+        np.testing.assert_allclose(np.asarray(value[...]), np.asarray(expected[path][...]), rtol=1e-4, atol=1e-6,
+                                   err_msg=str(path))

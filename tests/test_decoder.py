@@ -82,11 +82,30 @@ def greedy_by_recomputation(model, ids, mask, steps):
     return np.stack(out, 1)
 
 
-def test_cached_generation_equals_recomputation_and_pytorch(tmp_path, rng):
+def with_shared_start(rng, ids: np.ndarray, mask: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts [B, T] -> the same prompts after one start of `length` random tokens (as chat prompts
+    start with one system prompt), left-padded [B, length + T]."""
+    start = rng.randint(3, TINY["vocab_size"], length)
+    ids = np.concatenate([np.zeros((len(ids), length), ids.dtype), ids], 1)
+    mask = np.concatenate([np.zeros((len(mask), length), mask.dtype), mask], 1)
+    for row in range(len(ids)):
+        first = int(np.argmax(mask[row]))  # each row's first real token: the start goes right before it
+        ids[row, first - length: first], mask[row, first - length: first] = start, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("shared", [0, 20], ids=["own", "shared-start"])
+def test_cached_generation_equals_recomputation_and_pytorch(tmp_path, rng, shared):
+    """Also for prompts that share their first 20 tokens, which are then run once for the batch."""
+    from tljax.models.decoder.generate import _split_shared
+
     reference = torch_model(tie_word_embeddings=True)
     reference.save_pretrained(tmp_path)
     model = LlamaForCausalLM.from_pretrained(tmp_path)
     ids, mask = padded_batch(rng, TINY["vocab_size"], [8, 5, 1], left=True)
+    if shared:
+        ids, mask = with_shared_start(rng, ids, mask, shared)
+    assert _split_shared(ids, mask)[0].shape == (1, shared)
     cached = np.asarray(generate(model, ids, mask, max_new_tokens=12, eos_token_ids=()))
     assert len(set(cached[0].tolist())) > 3, "the tiny model should not repeat one token"
     np.testing.assert_array_equal(cached, greedy_by_recomputation(model, ids, mask, 12))
@@ -109,10 +128,13 @@ def test_generation_stops_at_end_of_sequence_with_padding(tmp_path, rng):
 
 
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "seed": 4}], ids=["greedy", "sampled"])
-def test_streamed_tokens_are_generates_and_stop_when_every_sequence_ended(tmp_path, rng, sampling):
+@pytest.mark.parametrize("shared", [0, 20], ids=["own", "shared-start"])
+def test_streamed_tokens_are_generates_and_stop_when_every_sequence_ended(tmp_path, rng, sampling, shared):
     torch_model().save_pretrained(tmp_path)
     model = LlamaForCausalLM.from_pretrained(tmp_path)
     ids, mask = padded_batch(rng, TINY["vocab_size"], [6, 3], left=True)
+    if shared:
+        ids, mask = with_shared_start(rng, ids, mask, shared)
     whole = np.asarray(generate(model, ids, mask, max_new_tokens=10, eos_token_ids=(), **sampling))
     streamed = np.stack(list(stream_generate(model, ids, mask, max_new_tokens=10, eos_token_ids=(), **sampling)), 1)
     np.testing.assert_array_equal(streamed, whole)

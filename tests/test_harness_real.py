@@ -53,12 +53,15 @@ def test_smollm2_log_likelihoods_equal_lm_evaluation_harness():
         demos = draw_demonstrations(task.demonstration_items, item, 2, 2, 0)
         assert [(context, " " + a) for a in answers] == plain_requests(
             template.plain_question(item.text), answers, [(template.plain_question(d.text), d.label) for d in demos])
-    requests = [(context, answers) for context in zero + few]
-    requests += [("Review: a dull film\nSentiment:", [" positive", " negative"]),
-                 ("The review is", ["n't good", " good"])]  # "is" + "n't" merge: " isn" + "'t"
+    chat = [(context, answers) for context in zero + few]  # their shared start is run once per batch
+    others = [("Review: a dull film\nSentiment:", [" positive", " negative"]),
+              ("The review is", ["n't good", " good"])]  # "is" + "n't" merge: " isn" + "'t"
     merged = encode_pair(tokenizer, "The review is", "n't good")
     assert tokenizer("The review isn't good", add_special_tokens=False)["input_ids"][: len(merged[0])] != merged[0]
-    ours = DecoderScorer(model, tokenizer)(requests).logprob
+    scorer = DecoderScorer(model, tokenizer)
+    requests, ours = chat + others, np.concatenate([scorer(chat).logprob, scorer(others).logprob])
+    # the system prompt and the instruction (prefix, its mask, the shared start [1, S], ...)
+    assert sorted(call[2].shape[1] for call in scorer.shapes.counts) == [0, 47]
     theirs = np.asarray([v for v, _ in loglikelihoods(directory, [(c, a) for c, options in requests
                                                                    for a in options])]).reshape(ours.shape)
     np.testing.assert_allclose(ours, theirs, atol=1e-3)

@@ -13,18 +13,29 @@ from tljax.data.chat import encode_pair
 REQUESTS = [("the film was good and", [" great", " awful boring dull"]),
             ("it was a movie", [" fine", " poor really"]),
             ("the plot the actors the story was quite ", ["lovely", "bad"])]  # a trailing space moves
+# contexts that start with the same 19 words (as prompts share a chat template's system prompt and an instruction):
+# those are run once per batch and shared by its rows, the rest of each context on its own
+START = "the film was a movie and the plot the actors the story was really quite a film and it "
+SHARING = [(START + "was good", [" great", " awful boring"]),
+           (START + "was bad and dull and the story was poor", [" fine", " poor really"]),
+           (START + "really", [" lovely", " bad"])]
 
 
 @pytest.mark.parametrize("method", [None, "prompt", "prefix"])
-def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method):
+@pytest.mark.parametrize("requests", [REQUESTS, SHARING], ids=["own", "shared-start"])
+def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method, requests):
     import tljax
+    from tljax.models.decoder.modeling import MIN_SHARED_TOKENS
     from tljax.methods import adapt, make_method
 
     model, tokenizer = tljax.load(str(tiny_decoder))
     if method:  # virtual tokens take cache slots too; prefix keys sit in front of the cache's
         model = adapt(model, [make_method(method, {"num_virtual_tokens": 3})]).model
-    scores = DecoderScorer(model, tokenizer)(REQUESTS)
-    for row, (context, answers) in enumerate(REQUESTS):
+    scorer = DecoderScorer(model, tokenizer)
+    scores = scorer(requests)
+    (call,) = scorer.shapes.counts  # prefix, its mask, the shared start [1, S], answers, their mask
+    assert call[2].shape[1] == (19 if requests is SHARING else 0) and 19 >= MIN_SHARED_TOKENS
+    for row, (context, answers) in enumerate(requests):
         for label, answer in enumerate(answers):
             context_ids, answer_ids = encode_pair(tokenizer, context, answer)
             logits = jax.nn.log_softmax(model(jnp.asarray([context_ids + answer_ids])))[0]

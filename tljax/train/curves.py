@@ -52,12 +52,12 @@ def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, 
 def plot(train: list[tuple[int, float]], validation: list[tuple[int, float, float]], metric: str, path: Path,
          title: str) -> None:
     """Writes the curves: loss (train, smoothed, and validation) and the validation metric."""
-    import matplotlib
+    # a Figure of its own, not pyplot's global state: safe from any thread (the app trains in one), and half
+    # the import and drawing time of pyplot (a second of every run's end)
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    left, right = figure.subplots(1, 2)
     if train:
         steps, losses = zip(*train)
         left.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
@@ -72,4 +72,3 @@ def plot(train: list[tuple[int, float]], validation: list[tuple[int, float, floa
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)

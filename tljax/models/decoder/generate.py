@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from tljax.models.config import ConfigError
-from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM
+from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM, shared_start
 
 Array = jax.Array
 PROMPT_STEP = 32  # stream_chat pads prompts to multiples of this
@@ -36,11 +36,34 @@ def sample_token(logits: Array, key: Array | None, temperature: float, top_k: in
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-def _first_token(model: LlamaForCausalLM, input_ids, attention_mask, key, total: int, sampling: dict):
-    """The prompt [B, T] run into a fresh cache of `total` positions -> (first new token [B], cache)."""
-    dtype = model.model.embed_tokens.embedding.dtype
-    cache = KVCache.empty(model.config, input_ids.shape[0], total, dtype)
-    hidden, cache = model.model(input_ids, attention_mask, cache=cache, scan_layers=True)  # one layer to compile
+def _split_shared(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-padded prompts [B, T] -> (the start they all share [1, S] (`shared_start`; S may be 0), the rest of
+    each [B, T'] left-padded to a multiple of PROMPT_STEP, its mask [B, T'])."""
+    ids, mask = np.asarray(input_ids, np.int32), np.asarray(attention_mask, np.int32)
+    prompts = [row[real > 0] for row, real in zip(ids, mask)]
+    common = shared_start(prompts)
+    if not common:
+        return np.zeros((1, 0), np.int32), ids, mask
+    rest = [prompt[common:] for prompt in prompts]
+    width = -(-max(map(len, rest)) // PROMPT_STEP) * PROMPT_STEP
+    rest_ids, rest_mask = np.zeros((len(rest), width), np.int32), np.zeros((len(rest), width), np.int32)
+    for row, tokens in enumerate(rest):
+        rest_ids[row, width - len(tokens):], rest_mask[row, width - len(tokens):] = tokens, 1
+    return prompts[0][None, :common], rest_ids, rest_mask
+
+
+def _first_token(model: LlamaForCausalLM, shared, input_ids, attention_mask, key, total: int, sampling: dict):
+    """The prompt (shared [1, S], then each row's own [B, T]) run into a fresh cache of `total` positions ->
+    (first new token [B], cache). The shared start is run once, its keys and values copied to every row."""
+    dtype, batch = model.model.embed_tokens.embedding.dtype, input_ids.shape[0]
+    if shared.shape[1]:
+        _, cache = model.model(shared, jnp.ones_like(shared), cache=KVCache.empty(model.config, 1, total, dtype),
+                               scan_layers=True)
+        hidden, cache = model.model(input_ids, attention_mask, cache=cache.rows(batch), use_prompt=False,
+                                    scan_layers=True)
+    else:
+        cache = KVCache.empty(model.config, batch, total, dtype)
+        hidden, cache = model.model(input_ids, attention_mask, cache=cache, scan_layers=True)  # one layer to compile
     return sample_token(model.logits(hidden[:, -1]), key, **sampling), cache
 
 
@@ -55,13 +78,13 @@ SAMPLING = ("temperature", "top_k", "top_p")
 
 
 @partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad"))
-def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k, top_p,
-              eos, pad):
+def _generate(graphdef, state, shared, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k,
+              top_p, eos, pad):
     model: LlamaForCausalLM = nnx.merge(graphdef, state)
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    total = model.model.num_virtual_tokens + input_ids.shape[1] + max_new_tokens
+    total = model.model.num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
     keys = jax.random.split(key, max_new_tokens)
-    first, cache = _first_token(model, input_ids, attention_mask, keys[0], total, sampling)
+    first, cache = _first_token(model, shared, input_ids, attention_mask, keys[0], total, sampling)
     is_eos = lambda token: jnp.isin(token, jnp.asarray(eos or (-1,), jnp.int32))  # noqa: E731
 
     def step(carry, step_key):
@@ -76,8 +99,8 @@ def _generate(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens
 
 # the same two functions, each compiled on its own, for generation one token at a time
 @partial(jax.jit, static_argnames=("graphdef", "total", *SAMPLING))
-def _stream_first(graphdef, state, input_ids, attention_mask, key, *, total, **sampling):
-    return _first_token(nnx.merge(graphdef, state), input_ids, attention_mask, key, total, sampling)
+def _stream_first(graphdef, state, shared, input_ids, attention_mask, key, *, total, **sampling):
+    return _first_token(nnx.merge(graphdef, state), shared, input_ids, attention_mask, key, total, sampling)
 
 
 @partial(jax.jit, static_argnames=("graphdef", *SAMPLING))
@@ -121,16 +144,17 @@ def generate(
 
     Greedy when `temperature` is 0, otherwise sampled (optionally restricted to the `top_k` tokens or the
     `top_p` probability mass). After a sequence emits an end-of-sequence token (the config's unless given)
-    it emits `pad_token_id`.
+    it emits `pad_token_id`. The start that every prompt shares (a chat template's system prompt; see
+    `shared_start`) is run once for the batch.
     """
     _check_generation(model, input_ids.shape[1], max_new_tokens, top_k, top_p)
     eos, pad = _eos_and_pad(model.config, eos_token_ids, pad_token_id)
     if attention_mask is None:
-        attention_mask = jnp.ones_like(input_ids)
+        attention_mask = np.ones(np.shape(input_ids), np.int32)
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
-                     jax.random.key(seed), max_new_tokens=max_new_tokens, temperature=float(temperature),
-                     top_k=top_k, top_p=top_p, eos=eos, pad=pad)
+    return _generate(graphdef, state, *_split_shared(input_ids, attention_mask), jax.random.key(seed),
+                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k, top_p=top_p,
+                     eos=eos, pad=pad)
 
 
 def stream_generate(
@@ -152,13 +176,14 @@ def stream_generate(
     _check_generation(model, input_ids.shape[1], max_new_tokens, top_k, top_p)
     eos, pad = _eos_and_pad(model.config, eos_token_ids, pad_token_id)
     if attention_mask is None:
-        attention_mask = jnp.ones_like(input_ids)
+        attention_mask = np.ones(np.shape(input_ids), np.int32)
     graphdef, state = nnx.split(model)
     sampling = {"temperature": float(temperature), "top_k": top_k, "top_p": top_p}
     keys = jax.random.split(jax.random.key(seed), max_new_tokens)
-    total = model.model.num_virtual_tokens + input_ids.shape[1] + max_new_tokens
-    token, cache = _stream_first(graphdef, state, jnp.asarray(input_ids, jnp.int32),
-                                 jnp.asarray(attention_mask, jnp.int32), keys[0], total=total, **sampling)
+    shared, input_ids, attention_mask = _split_shared(input_ids, attention_mask)
+    total = model.model.num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
+    token, cache = _stream_first(graphdef, state, shared, input_ids, attention_mask, keys[0], total=total,
+                                 **sampling)
     done = np.zeros(input_ids.shape[0], bool)
     for step in range(max_new_tokens):
         if step:

@@ -7,6 +7,7 @@ Shapes: B batch, T new tokens, S cache slots, H hidden, N heads, K key/value hea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, NamedTuple
 
 import jax
@@ -37,6 +38,32 @@ class KVCache(NamedTuple):
         # the index as a NumPy value: known when tracing a call that fills a fresh cache, so that its prompt's
         # causal attention may skip the blocks above the diagonal (`attend`'s causal_from)
         return cls(zeros, zeros, jnp.zeros((batch, size), bool), np.zeros((), np.int32))
+
+    def rows(self, batch: int) -> KVCache:
+        """A cache of one sequence [1, ...] as the same start of `batch` sequences [batch, ...]."""
+        rows = lambda x: jnp.broadcast_to(x, (batch, *x.shape[1:]))  # noqa: E731
+        return KVCache(tuple(map(rows, self.keys)), tuple(map(rows, self.values)), rows(self.mask), self.index)
+
+
+# the fewest leading tokens worth running once for a whole batch: a shorter shared start saves less than the
+# extra pass (and its compiled program) costs
+MIN_SHARED_TOKENS = 16
+
+
+def shared_start(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt (token ids, no padding) shares, leaving each at least one of its own
+    (its last token's logits predict what follows); 0 below `MIN_SHARED_TOKENS` or for fewer than two prompts.
+    A chat template's system prompt and a shared instruction are such a start: run once for the batch, their keys
+    and values copied to every row (`KVCache.rows`), they give the same logits as each row's whole prompt."""
+    if len(prompts) < 2:
+        return 0
+    shortest = min(len(ids) for ids in prompts)
+    first = np.asarray(prompts[0][:shortest])
+    same = np.ones(shortest, bool)
+    for ids in prompts[1:]:
+        same &= np.asarray(ids[:shortest]) == first
+    count = min(shortest if same.all() else int(np.argmin(same)), shortest - 1)
+    return count if count >= MIN_SHARED_TOKENS else 0
 
 
 def rotary(x: Array, positions: Array, theta: float) -> Array:
@@ -296,15 +323,28 @@ class LlamaForCausalLM(PretrainedModel):
         hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
         return self.logits(hidden[:, self.model.num_virtual_tokens:])
 
-    def logits_at(self, input_ids: Array, attention_mask: Array, at: Array, *,
+    def logits_at(self, input_ids: Array, attention_mask: Array, at: Array, *, shared: Array | None = None,
                   dropout_key: Array | None = None) -> Array:
         """[B, T] ids -> next-token logits [B, R, V] at the token positions `at` [B, R] (0 <= at < T) only.
 
         For a loss on a few tokens of each row (a chat reply): the vocabulary projection is a small decoder's
         costliest layer (SmolLM2-135M: a fifth of its forward FLOPs), and its logits [B, T, V] its largest
-        activation, so it runs on the R chosen positions instead of all T."""
-        hidden, _ = self.model(input_ids, attention_mask, dropout_key=dropout_key)
-        hidden = hidden[:, self.model.num_virtual_tokens:]
+        activation, so it runs on the R chosen positions instead of all T.
+
+        `shared` [1, S]: tokens that every row starts with, before its `input_ids` (a chat template's system
+        prompt and an instruction: `shared_start`). They are run once, and their keys and values copied to every
+        row: the same logits as the whole rows, for less work (with dropout on, the rows share the shared
+        tokens' dropout masks). `at` counts from the rows' own tokens."""
+        if shared is None or shared.shape[1] == 0:
+            hidden, _ = self.model(input_ids, attention_mask, dropout_key=dropout_key)
+            hidden = hidden[:, self.model.num_virtual_tokens:]
+        else:
+            first_key, rest_key = layer_keys(dropout_key, 2)
+            size = self.model.num_virtual_tokens + shared.shape[1] + input_ids.shape[1]
+            cache = KVCache.empty(self.config, 1, size, self.model.embed_tokens.embedding.dtype)
+            _, cache = self.model(shared, jnp.ones_like(shared), cache=cache, dropout_key=first_key)
+            hidden, _ = self.model(input_ids, attention_mask, cache=cache.rows(input_ids.shape[0]), use_prompt=False,
+                                   dropout_key=rest_key)
         return self.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
 
 
