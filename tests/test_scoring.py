@@ -2,9 +2,9 @@
 and against lm-evaluation-harness, and batches bounded by their prompt tokens."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from harness.scoring import DecoderScorer
 from tljax.data.chat import encode_pair
@@ -35,12 +35,17 @@ def test_decoder_scoring_equals_a_full_recomputation(tiny_decoder, method, reque
     scores = scorer(requests)
     (call,) = scorer.shapes.counts  # prefix, its mask, the shared start [1, S], answers, their mask
     assert call[2].shape[1] == (19 if requests is SHARING else 0) and 19 >= MIN_SHARED_TOKENS
-    for row, (context, answers) in enumerate(requests):
-        for label, answer in enumerate(answers):
-            context_ids, answer_ids = encode_pair(tokenizer, context, answer)
-            logits = jax.nn.log_softmax(model(jnp.asarray([context_ids + answer_ids])))[0]
-            expected = sum(float(logits[len(context_ids) - 1 + k, t]) for k, t in enumerate(answer_ids))
-            np.testing.assert_allclose(scores.logprob[row, label], expected, atol=1e-5)
+    # the reference: every whole sequence (context + answer) in one right-padded batch through the plain forward
+    # (no cache; the padding after a sequence is never attended to by its own tokens)
+    pairs = [encode_pair(tokenizer, context, answer) for context, answers in requests for answer in answers]
+    width = max(len(c) + len(a) for c, a in pairs)
+    ids, mask = np.zeros((len(pairs), width), np.int32), np.zeros((len(pairs), width), np.int32)
+    for row, (context_ids, answer_ids) in enumerate(pairs):
+        ids[row, : len(context_ids) + len(answer_ids)], mask[row, : len(context_ids) + len(answer_ids)] = \
+            context_ids + answer_ids, 1
+    log_probs = np.asarray(nnx.jit(lambda m, i, k: jax.nn.log_softmax(m(i, k)))(model, ids, mask))
+    expected = [sum(log_probs[row, len(c) - 1 + k, t] for k, t in enumerate(a)) for row, (c, a) in enumerate(pairs)]
+    np.testing.assert_allclose(scores.logprob.ravel(), expected, atol=1e-5)
 
 
 def test_long_prompts_are_scored_in_fewer_rows_within_the_token_budget(tiny_decoder, monkeypatch):
