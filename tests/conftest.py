@@ -218,9 +218,12 @@ DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.
 # (`pytest -n 2`, which the project's settings make hand out whole modules, in this order, to whichever worker is
 # free). The harness's CI suite trains the shared chat-tuned SmolLM2 run on one worker while the real-model tests
 # train the shared MiniLM run (the default command's) on the other; the transfer tests (e5, distillation from the
-# MiniLM run) and the fault trials follow, then the app's, which needs both shared runs; the short modules fill in.
+# MiniLM run) and the fault trials follow, then the app's, which needs both shared runs; then the modules of a
+# minute or more, longest first, so that the last ones to run are the short modules, which even out the two
+# workers' ends (with those mid-size modules in name order one worker ended 56 s before the other).
 LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_transfer_real", "test_faults", "test_app_real",
-                 "test_benchmarks", "test_distributed")
+                 "test_benchmarks", "test_methods", "test_transfer", "test_harness", "test_distributed",
+                 "test_train", "test_app", "test_checkpoints", "test_sharding", "test_decoder", "test_chat")
 
 
 def pytest_collection_modifyitems(config, items):
