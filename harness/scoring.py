@@ -69,16 +69,10 @@ def _score_fn(graphdef, scan_layers: bool = True):
         model = nnx.merge(graphdef, state)
         body = backbone(model)
         batch, labels, width = answers.shape
-        dtype = body.embed_tokens.embedding.dtype
         size = body.num_virtual_tokens + shared.shape[1] + prefix.shape[1] + width
-        if shared.shape[1]:  # run once, its keys and values copied to every row (padding then sits between)
-            _, cache = body(shared, jnp.ones_like(shared), cache=KVCache.empty(model.config, 1, size, dtype),
-                            scan_layers=scan_layers)
-            hidden, cache = body(prefix, prefix_mask, cache=cache.rows(batch), use_prompt=False,
-                                 scan_layers=scan_layers)
-        else:  # one layer to compile (scan_layers)
-            hidden, cache = body(prefix, prefix_mask, cache=KVCache.empty(model.config, batch, size, dtype),
-                                 scan_layers=scan_layers)
+        # the shared start run once (padding then sits between it and a row's own tokens); scan_layers: one layer
+        # to compile
+        hidden, cache = body.after_shared_start(shared, prefix, prefix_mask, size, scan_layers=scan_layers)
         first = jax.nn.log_softmax(model.logits(hidden[:, -1]))  # [B, V]: the answers' first token
         repeat = lambda x: jnp.repeat(x, labels, axis=0)  # noqa: E731 - one copy of the cache per answer
         cache = KVCache(tuple(map(repeat, cache.keys)), tuple(map(repeat, cache.values)), repeat(cache.mask),

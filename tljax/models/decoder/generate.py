@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from tljax.models.config import ConfigError
-from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM, shared_start
+from tljax.models.decoder.modeling import LlamaForCausalLM, shared_start
 
 Array = jax.Array
 PROMPT_STEP = 32  # stream_chat pads prompts to multiples of this
@@ -55,15 +55,8 @@ def _split_shared(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray, np
 def _first_token(model: LlamaForCausalLM, shared, input_ids, attention_mask, key, total: int, sampling: dict):
     """The prompt (shared [1, S], then each row's own [B, T]) run into a fresh cache of `total` positions ->
     (first new token [B], cache). The shared start is run once, its keys and values copied to every row."""
-    dtype, batch = model.model.embed_tokens.embedding.dtype, input_ids.shape[0]
-    if shared.shape[1]:
-        _, cache = model.model(shared, jnp.ones_like(shared), cache=KVCache.empty(model.config, 1, total, dtype),
-                               scan_layers=True)
-        hidden, cache = model.model(input_ids, attention_mask, cache=cache.rows(batch), use_prompt=False,
-                                    scan_layers=True)
-    else:
-        cache = KVCache.empty(model.config, batch, total, dtype)
-        hidden, cache = model.model(input_ids, attention_mask, cache=cache, scan_layers=True)  # one layer to compile
+    hidden, cache = model.model.after_shared_start(shared, input_ids, attention_mask, total,
+                                                   scan_layers=True)  # one layer to compile
     return sample_token(model.logits(hidden[:, -1]), key, **sampling), cache
 
 

@@ -264,6 +264,23 @@ class LlamaModel(PretrainedModel):
             cache = KVCache(tuple(keys), tuple(values), key_real, cache.index + length)
         return self.norm(x), cache
 
+    def after_shared_start(self, shared: Array, input_ids: Array, attention_mask: Array, size: int, *,
+                           dropout_key: Array | None = None, scan_layers: bool = False) -> tuple[Array, KVCache]:
+        """Rows [B, T] that all start with `shared` [1, S] (not in `input_ids`; S may be 0), run into a fresh
+        cache of `size` slots -> (the rows' hidden states [B, T, H], the cache). The shared start is run once, its
+        keys and values copied to every row (`KVCache.rows`): the same values as each whole row, for less work
+        (with dropout on, the rows share the shared tokens' dropout masks)."""
+        dtype, batch = self.embed_tokens.embedding.dtype, input_ids.shape[0]
+        if shared.shape[1] == 0:
+            hidden, cache = self(input_ids, attention_mask, cache=KVCache.empty(self.config, batch, size, dtype),
+                                 dropout_key=dropout_key, scan_layers=scan_layers)
+            return hidden[:, self.num_virtual_tokens:], cache
+        first_key, rest_key = layer_keys(dropout_key, 2)
+        _, cache = self(shared, jnp.ones_like(shared), cache=KVCache.empty(self.config, 1, size, dtype),
+                        dropout_key=first_key, scan_layers=scan_layers)
+        return self(input_ids, attention_mask, cache=cache.rows(batch), use_prompt=False, dropout_key=rest_key,
+                    scan_layers=scan_layers)
+
 
 def _stacked_layers(layers) -> tuple[nnx.GraphDef, nnx.State] | None:
     """(the layers' shared structure, their states stacked on a new leading axis), or None when the layers differ
@@ -335,16 +352,12 @@ class LlamaForCausalLM(PretrainedModel):
         prompt and an instruction: `shared_start`). They are run once, and their keys and values copied to every
         row: the same logits as the whole rows, for less work (with dropout on, the rows share the shared
         tokens' dropout masks). `at` counts from the rows' own tokens."""
-        if shared is None or shared.shape[1] == 0:
+        if shared is None or shared.shape[1] == 0:  # a plain forward: no cache
             hidden, _ = self.model(input_ids, attention_mask, dropout_key=dropout_key)
             hidden = hidden[:, self.model.num_virtual_tokens:]
         else:
-            first_key, rest_key = layer_keys(dropout_key, 2)
             size = self.model.num_virtual_tokens + shared.shape[1] + input_ids.shape[1]
-            cache = KVCache.empty(self.config, 1, size, self.model.embed_tokens.embedding.dtype)
-            _, cache = self.model(shared, jnp.ones_like(shared), cache=cache, dropout_key=first_key)
-            hidden, _ = self.model(input_ids, attention_mask, cache=cache.rows(input_ids.shape[0]), use_prompt=False,
-                                   dropout_key=rest_key)
+            hidden, _ = self.model.after_shared_start(shared, input_ids, attention_mask, size, dropout_key=dropout_key)
         return self.logits(jnp.take_along_axis(hidden, at[..., None], axis=1))
 
 
