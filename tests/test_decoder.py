@@ -10,7 +10,8 @@ from flax import nnx
 
 from conftest import padded_batch
 from test_encoder import assert_rounds_like_pytorch
-from tljax.models import DecoderConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, generate, \
+from tljax.models import DecoderConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaForTokenClassification, \
+    LlamaModel, generate, \
     stream_generate
 
 # A wide initialisation makes greedy decoding of a random model vary from step to step.
@@ -55,6 +56,24 @@ def test_backbone_and_classifier_match_pytorch(tmp_path, rng):
         expected, atol=1e-5)
     ours, _ = LlamaModel.from_pretrained(tmp_path)(jnp.asarray(ids), jnp.asarray(mask))
     np.testing.assert_allclose(np.asarray(ours)[mask == 1], hidden[mask == 1], atol=1e-5)
+
+
+def test_token_classifier_matches_pytorch_and_saves_as_its_class(tmp_path, rng):
+    ids, mask = padded_batch(rng, TINY["vocab_size"], [7, 4])
+    reference = torch_model(transformers.LlamaForTokenClassification, num_labels=5)
+    reference.save_pretrained(tmp_path / "torch")
+    with torch.no_grad():
+        expected = reference(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model = LlamaForTokenClassification.from_pretrained(tmp_path / "torch")
+    logits = np.asarray(nnx.jit(lambda m, i, a: m(i, a))(model, jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask == 1
+    np.testing.assert_allclose(logits[real], expected[real], atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path / "ours")
+    again = transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "ours").eval()
+    assert type(again).__name__ == "LlamaForTokenClassification"
+    with torch.no_grad():
+        np.testing.assert_allclose(again(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()[real],
+                                   expected[real], atol=1e-5, rtol=0)
 
 
 def test_saved_directory_loads_in_pytorch(tmp_path, rng):

@@ -9,7 +9,8 @@ import transformers
 from flax import nnx
 
 from conftest import padded_batch
-from tljax.models import BertForMaskedLM, BertForSequenceClassification, BertModel, from_pretrained, mean_pool
+from tljax.models import (BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertModel,
+                          from_pretrained, mean_pool)
 
 TINY = dict(vocab_size=211, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=64, type_vocab_size=2)
@@ -17,6 +18,7 @@ CLASSES = [
     (transformers.BertModel, BertModel),
     (transformers.BertForSequenceClassification, BertForSequenceClassification),
     (transformers.BertForMaskedLM, BertForMaskedLM),
+    (transformers.BertForTokenClassification, BertForTokenClassification),
 ]
 
 

@@ -1,14 +1,18 @@
-"""`python -m tljax.predict RUN_DIR "some text" ...`: the label and probabilities of each text.
+"""`python -m tljax.predict RUN_DIR "some text" ...`: what a trained run says about each text.
 
-RUN_DIR is a finished classification run (`python -m tljax.train`) or its export directory. One line per
-text: the label, every label's probability, the text. Put `--` before the texts when one starts with `-`.
+RUN_DIR is a finished run (`python -m tljax.train`) or its export directory. A sequence classifier prints
+one line per text: the label, every label's probability, the text. A token classifier (named entities) prints
+each text's entities, one per line: the type, the character span in the text, the score (the mean probability
+of its words' tags) and the words; `--json` prints them as JSON for programs. Put `--` before the texts when
+one starts with `-`.
 
-In Python: `Predictor.load(RUN_DIR)(["some text"])`.
+In Python: `load_predictor(RUN_DIR)(["some text"])` (a `Predictor` or an `EntityTagger`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,9 +21,14 @@ import numpy as np
 
 from tljax.cache import enable_compilation_cache
 from tljax.data.batches import encode, evaluation_batches
+from tljax.data.tagged import word_spans
+from tljax.data.windows import encode_words, score_words, word_tags
 from tljax.errors import InputError
 from tljax.models.transforms import jit_bound
 from tljax.runs import RunInfo, find_export, load_exported
+from tljax.tagging import entities
+
+DEFAULT_STRIDE = 32  # the overlap of the windows a text longer than the model reads is tagged in
 
 
 class Predictor:
@@ -33,12 +42,10 @@ class Predictor:
     @classmethod
     def load(cls, run_dir: str | Path) -> Predictor:
         """The classifier of a finished run (its directory, or its export directory)."""
-        directory = find_export(run_dir)
-        model, tokenizer, info = load_exported(directory)
-        if info.task != "sequence-classification":
-            raise InputError(f"{run_dir} is a {info.task} run (continued pre-training), not a classifier; "
-                             f"fine-tune from it: python -m tljax.train --set model={directory}/model")
-        return cls(model, tokenizer, info)
+        predictor = load_predictor(run_dir)
+        if not isinstance(predictor, cls):
+            raise InputError(f"{run_dir} is a {predictor.info.task} run, not a sequence classifier")
+        return predictor
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> list[tuple[str, dict[str, float]]]:
         """(label, {label: probability}) for each text."""
@@ -53,6 +60,51 @@ class Predictor:
             p = self.probabilities(batch["input_ids"], batch["attention_mask"])
             probabilities[rows] = np.asarray(p)[: len(rows)]
         return [(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p)))) for p in probabilities]
+
+
+class EntityTagger:
+    """A trained token classifier's export, ready to find the entities of texts."""
+
+    def __init__(self, model, tokenizer, info: RunInfo, stride: int = DEFAULT_STRIDE):
+        self.tokenizer, self.info, self.stride = tokenizer, info, stride
+        self.labels = tuple(info.labels)
+        self.logits = jit_bound(model, lambda m, ids, mask: m(ids, mask))
+
+    def __call__(self, texts: list[str], batch_size: int = 32) -> list[list[dict]]:
+        """For each text, its entities: {"label", "start", "end" (character offsets), "text", "score"}."""
+        check_texts_to_classify(texts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        words = [word_spans(text) for text in texts]
+        windows = encode_words(texts, words, None, self.tokenizer, self.info.max_length, prefix=self.info.text_prefix,
+                               stride=self.stride)
+        batches = evaluation_batches(windows.encoded, batch_size, pad, self.info.max_length)
+        scores = score_words(lambda batch: self.logits(batch["input_ids"], batch["attention_mask"]), batches,
+                             windows)
+        found = []
+        for text, spans, word_scores, follow in zip(texts, words, scores, windows.followers):
+            tags = word_tags(word_scores, follow, self.labels)
+            confidence = np.exp(np.nanmax(word_scores, axis=-1))  # NaN for words predicted with another
+            items = []
+            for entity in entities(tags):
+                start, end = spans[entity.start][0], spans[entity.end - 1][1]
+                score = confidence[entity.start: entity.end]
+                items.append({"label": entity.label, "start": int(start), "end": int(end), "text": text[start:end],
+                              "score": round(float(np.nanmean(score)), 4)})
+            found.append(items)
+        return found
+
+
+PREDICTORS = {"sequence-classification": Predictor, "token-classification": EntityTagger}
+
+
+def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger:
+    """What a finished run (its directory, or its export directory) predicts with, by its task."""
+    directory = find_export(run_dir)
+    model, tokenizer, info = load_exported(directory)
+    if info.task not in PREDICTORS:
+        raise InputError(f"{run_dir} is a {info.task} run (continued pre-training), not a classifier; "
+                         f"fine-tune from it: python -m tljax.train --set model={directory}/model")
+    return PREDICTORS[info.task](model, tokenizer, info)
 
 
 def check_texts_to_classify(texts: list[str]) -> None:
@@ -73,16 +125,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tljax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished classification run or its export directory")
-    parser.add_argument("texts", nargs="+", metavar="TEXT", help="a text to classify (one or more)")
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="a text to classify or tag (one or more)")
+    parser.add_argument("--json", action="store_true", help="print JSON: one object per text")
     args = parser.parse_args(argv)
     enable_compilation_cache()
     try:
         check_texts_to_classify(args.texts)  # before the model is loaded: that takes a while
-        predictor = Predictor.load(args.run_dir)
+        predictor = load_predictor(args.run_dir)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if isinstance(predictor, EntityTagger):
+        for text, found in zip(args.texts, predictor(args.texts)):
+            if args.json:
+                print(json.dumps({"text": text, "entities": found}, ensure_ascii=False))
+                continue
+            print(f"{text}\n" + ("".join(f"  {e['label']:6} {e['start']:>4}-{e['end']:<4} {e['score']:.3f}  "
+                                          f"{e['text']}\n" for e in found) or "  (no entities)\n"), end="")
+        return 0
     for text, (label, probabilities) in zip(args.texts, predictor(args.texts)):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": probabilities}, ensure_ascii=False))
+            continue
         shown = "  ".join(f"{name} {p:.3f}" for name, p in probabilities.items())
         print(f"{label}\t({shown})\t{text}")
     return 0

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 HF_EXPORTABLE = frozenset({"full", "partial", "gradual-unfreezing", "feature-extraction", "bitfit"})
 PEFT_EXPORTABLE = frozenset({"lora", "prompt", "p-tuning", "prefix"})
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-FINAL_STEP = 10**9  # a step beyond every schedule (gradual unfreezing): the largest trainable set
+FINAL_STEP = 10**9
+LABELLED_TASKS = ("sequence-classification", "token-classification")  # a head with one output per label  # a step beyond every schedule (gradual unfreezing): the largest trainable set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +101,8 @@ def make_methods(specs: Sequence[dict[str, Any]]) -> list[Method]:
 def build_model(info: RunInfo, model_dir: Path, tokenizer: Any, internal: Sequence[Method] = ()) -> Adaptation:
     """The pre-trained model of `info` (with a head for `info.labels` when classifying, cut to its student layers)
     and its methods, plus `internal` ones (a distillation teacher, multi-task heads), applied in one `adapt`."""
-    head = {"id2label": dict(enumerate(info.labels))} if info.task == "sequence-classification" else {}
-    if head and pooled_classifier(model_dir):
+    head = {"id2label": dict(enumerate(info.labels))} if info.task in LABELLED_TASKS else {}
+    if info.task == "sequence-classification" and pooled_classifier(model_dir):
         head["classifier_pooling"] = info.pooling
     elif info.pooling != "pooler":
         raise ConfigError(f"pooling {info.pooling!r} is for encoder sequence classifiers; {info.model} as "

@@ -21,10 +21,11 @@ BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-    """Token ids of every example (variable lengths) and their labels."""
+    """Token ids of every example (variable lengths) and their labels: one class per example ([N]), or one label
+    per token (a tuple of [len] arrays, -100 where no loss is taken: token classification)."""
 
     ids: tuple[np.ndarray, ...]
-    labels: np.ndarray  # [N] int32
+    labels: np.ndarray | tuple[np.ndarray, ...]  # [N] int32, or per example [len] int32
     truncated: int  # how many examples were cut to max_length
     # per-example arrays [N, ...] that batches carry along (e.g. a teacher's logits, a task index)
     extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -57,8 +58,8 @@ def bucket(length: int, limit: int) -> int:
 def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id: int, max_length: int,
                *, left_pad: bool = False, width: int | None = None) -> dict[str, np.ndarray]:
     """Rows `indices` (at most `batch_size`) as arrays [batch_size, width]: input_ids, attention_mask,
-    labels, weights (0 for padding rows), and the rows of each of `encoded.extras`. `width` defaults to the
-    bucket of the longest row."""
+    labels ([batch_size], or [batch_size, width] padded with -100 for per-token labels), weights (0 for padding
+    rows), and the rows of each of `encoded.extras`. `width` defaults to the bucket of the longest row."""
     width = width or batch_width(encoded, indices, max_length)
     ids = np.full((batch_size, width), pad_id, np.int32)
     mask = np.zeros((batch_size, width), np.int32)
@@ -68,8 +69,17 @@ def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id
             ids[row, width - len(tokens):], mask[row, width - len(tokens):] = tokens, 1
         else:
             ids[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1
-    labels = np.zeros((batch_size,), np.int32)
-    labels[: len(indices)] = encoded.labels[list(indices)]
+    if isinstance(encoded.labels, tuple):  # a label per token, aligned with the ids
+        labels = np.full((batch_size, width), -100, np.int32)
+        for row, index in enumerate(indices):
+            values = encoded.labels[index]
+            if left_pad:
+                labels[row, width - len(values):] = values
+            else:
+                labels[row, : len(values)] = values
+    else:
+        labels = np.zeros((batch_size,), np.int32)
+        labels[: len(indices)] = encoded.labels[list(indices)]
     weights = np.zeros((batch_size,), np.float32)
     weights[: len(indices)] = 1.0
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
+from tljax.data.bundled.ner_corpus import NER_CORPORA, load_ner
 from tljax.data.dataset import SPLIT_ALIASES, DataError, TextDataset, check_texts, columns_of, encode_labels
 from tljax.data.frameworks import load_hf, load_tfds
 from tljax.data.packaged import PACKAGED_CORPORA, load_packaged
+from tljax.data.tagged import (CONLL_SUFFIXES, JSONL_SUFFIXES, TaggedDataset, declared_types, read_conll,
+                               read_entity_jsonl, read_hf_tokens)
+from tljax.tagging import SCHEMES
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
@@ -200,3 +205,29 @@ def select_split(dataset: TextDataset, split: str | None) -> TextDataset:
     if not indices:
         raise DataError(f"{dataset.name} has no {split!r} split; it has {sorted(set(dataset.predefined_split))}")
     return dataset.subset(indices, name=f"{dataset.name}[{wanted}]")
+
+
+def load_tagged(source: str, *, scheme: str = "auto", types: Sequence[str] | None = None) -> TaggedDataset:
+    """Words with entity tags from a bundled corpus (`ner-pt`, `ner-en`), a CoNLL column file, a JSON Lines file
+    of texts with entity spans, or `hf:DIR` (see `tljax.data.tagged`); `types` declares the entity types (and
+    their order in the model's labels), otherwise the types found, sorted."""
+    if scheme not in SCHEMES:
+        raise DataError(f"data.tag_scheme {scheme!r} is unknown; valid: {', '.join(SCHEMES)}")
+    if source in NER_CORPORA:
+        dataset = load_ner(source)
+        return dataset if types is None else dataclasses.replace(dataset, types=declared_types(
+            dataset.types, types, source))
+    if source.startswith("hf:"):
+        return read_hf_tokens(Path(source[3:]).expanduser(), types, scheme)
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise DataError(f"data.source {source!r} is neither a tagged corpus ({', '.join(NER_CORPORA)}) nor a file; "
+                        f"for token classification give a CoNLL file ({', '.join(CONLL_SUFFIXES)}), a JSON Lines "
+                        "file of texts with entity spans, or hf:DIR")
+    if suffix in JSONL_SUFFIXES:
+        return read_entity_jsonl(path, _decode(path), types)
+    if suffix in CONLL_SUFFIXES:
+        return read_conll(path, _decode(path), scheme, types)
+    raise DataError(f"{path}: the suffix {path.suffix!r} is not a tagged format; use {', '.join(CONLL_SUFFIXES)} for "
+                    f"column files or {', '.join(JSONL_SUFFIXES)} for JSON Lines with entity spans")

@@ -9,11 +9,18 @@ from tljax.models.checkpoint import CheckpointError
 from tljax.models.config import ConfigError
 from tljax.models.decoder.config import DecoderConfig
 from tljax.models.decoder.generate import chat, generate, stream_chat, stream_generate
-from tljax.models.decoder.modeling import KVCache, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
+from tljax.models.decoder.modeling import (
+    KVCache,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    LlamaForTokenClassification,
+    LlamaModel,
+)
 from tljax.models.encoder.config import EncoderConfig
 from tljax.models.encoder.modeling import (
     BertForMaskedLM,
     BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     cls_pool,
     mean_pool,
@@ -24,11 +31,13 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
     "bert": {
         "base": BertModel,
         "sequence-classification": BertForSequenceClassification,
+        "token-classification": BertForTokenClassification,
         "masked-lm": BertForMaskedLM,
     },
     "llama": {
         "base": LlamaModel,
         "sequence-classification": LlamaForSequenceClassification,
+        "token-classification": LlamaForTokenClassification,
         "causal-lm": LlamaForCausalLM,
     },
 }
@@ -56,8 +65,8 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 
 
 __all__ = [
-    "BertForMaskedLM", "BertForSequenceClassification", "BertModel", "CheckpointError", "ConfigError",
+    "BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
     "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForSequenceClassification",
-    "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
+    "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
     "generate", "mean_pool", "model_class", "stream_chat", "stream_generate",
 ]

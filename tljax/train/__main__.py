@@ -101,6 +101,9 @@ def _claim(run_dir: Path, resume: bool):
 
 
 def _metrics_line(metrics: dict) -> str:
+    if "per_type" in metrics:  # entities (token classification)
+        return (f"entity F1 {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
+                f"  macro F1 {metrics['macro_f1']:.4f}  word accuracy {metrics['accuracy']:.4f}")
     return (f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
             f"  F1 {metrics['f1']:.4f}  MCC {metrics['mcc']:.4f}")
 
@@ -121,6 +124,11 @@ def _report(summary: dict, run_dir: Path) -> None:
             print(f"  {name:20} {_metrics_line(metrics)}")
     else:
         print(f"\ntest: {_metrics_line(test)}  {step}")
+    if "per_type" in test:
+        for label, scores in test["per_type"].items():
+            print(f"  {label:8} F1 {scores['f1']:.4f}  precision {scores['precision']:.4f}  recall "
+                  f"{scores['recall']:.4f}  ({scores['support']} entities)")
+        print(f"baseline ({summary['baseline']['what']}): entity F1 {summary['baseline']['f1']:.4f}")
     if "distillation" in summary:
         d = summary["distillation"]
         teacher, student = d["teacher"], d["student"]
@@ -146,14 +154,19 @@ def _report(summary: dict, run_dir: Path) -> None:
         return
     predictable = run_dir if (run_dir / "export" / "run.json").is_file() else \
         next((p for p in sorted((run_dir / "export").iterdir()) if (p / "run.json").is_file()), run_dir)
-    print(f"\nuse it:\n  python -m tljax.predict {predictable} \"a delightful, moving film\"")
+    tagging = "per_type" in test
+    example = "Maria Souza moved to Recife in March 2024." if tagging else "a delightful, moving film"
+    kind = "TokenClassification" if tagging else "SequenceClassification"
+    print(f"\nuse it:\n  python -m tljax.predict {predictable} \"{example}\"")
     export_dir = predictable / "export" if predictable == run_dir else predictable
     if (export_dir / "model").is_dir():  # a class of its own (mean pooling) is named by auto_map: code to trust
         remote = ", trust_remote_code=True" if "auto_map" in (export_dir / "model" / "config.json").read_text() else ""
-        print(f"  in PyTorch: transformers.AutoModelForSequenceClassification.from_pretrained('{export_dir}/model'"
-              f"{remote})")
+        print(f"  in PyTorch: transformers.AutoModelFor{kind}.from_pretrained('{export_dir}/model'{remote})")
     if (export_dir / "adapter").is_dir():
-        print(f"  in PyTorch: peft.AutoPeftModelForSequenceClassification.from_pretrained('{export_dir}/adapter')")
+        # PEFT builds the base model's head before it loads the adapter's: it needs the number of labels
+        labels = len(json.loads((export_dir / "run.json").read_text()).get("labels", ()))
+        print(f"  in PyTorch: peft.AutoPeftModelFor{kind}.from_pretrained('{export_dir}/adapter', "
+              f"num_labels={labels})")
 
 
 if __name__ == "__main__":

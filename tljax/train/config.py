@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from tljax.errors import InputError
+from tljax.tagging import SCHEMES as TAG_SCHEMES
 from tljax.train.sharding import check_mesh, parse_rules
 
 
@@ -34,10 +35,19 @@ class DataConfig:
     max_train_examples: int | None = None  # a smaller budget: the first N training examples of the split
     max_eval_examples: int | None = None
     text_prefix: str = ""  # e.g. "query: " for e5 models
+    # token classification: the tags' scheme in the file (auto: detected; iob1, iob2, bioes), the overlap of the
+    # windows a longer text is read in (tokens), and whether a word's later sub-tokens carry its tag too
+    tag_scheme: str = "auto"
+    stride: int = 32
+    label_all_subtokens: bool = False
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise ConfigKeyError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
+        if self.tag_scheme not in TAG_SCHEMES:
+            raise ConfigKeyError(f"data.tag_scheme {self.tag_scheme!r} is unknown; valid: {', '.join(TAG_SCHEMES)}")
+        if self.stride < 0:
+            raise ConfigKeyError(f"data.stride must be >= 0 tokens, got {self.stride}")
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -159,14 +169,14 @@ class ChatConfig:
                                  "reply")
 
 
-TASKS = ("sequence-classification", "masked-lm", "causal-lm")
 POOLING = ("pooler", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     model: str = "minilm-l6"
-    # sequence-classification, or continued pre-training on unlabelled text: masked-lm (encoders), causal-lm (decoders)
+    # sequence-classification, token-classification, or continued pre-training on unlabelled text: masked-lm
+    # (encoders), causal-lm (decoders); the registered tasks: tljax.train.tasks
     task: str = "sequence-classification"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     method: dict[str, Any] | list[dict[str, Any]] = dataclasses.field(
@@ -187,8 +197,6 @@ class RunConfig:
     pooling: str = "pooler"
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigKeyError(f"task {self.task!r} is unknown; valid: {', '.join(TASKS)}")
         if self.pooling not in POOLING:
             raise ConfigKeyError(f"pooling {self.pooling!r} is unknown; valid: {', '.join(POOLING)}")
         if self.pooling != "pooler" and self.task != "sequence-classification":

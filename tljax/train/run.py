@@ -19,10 +19,8 @@ from transformers import AutoTokenizer
 from tljax import zoo
 from tljax.data import DataError, describe_splits, load_source, normalise, split_dataset
 from tljax.data.batches import encode
-from tljax.errors import InputError
-from tljax.methods import Adaptation, Method
-from tljax.models.transforms import backbone
-from tljax.runs import RunInfo, build_model
+from tljax.methods import Adaptation
+from tljax.runs import RunInfo
 from tljax.train.chat import chat_objective
 from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
 from tljax.train.distill import distillation_objective, hidden_state_matching, load_teacher
@@ -32,6 +30,8 @@ from tljax.train.language_modelling import language_modelling_objective, load_te
 from tljax.train.multitask import TaskHeads, multitask_objective, parse_tasks
 from tljax.train.objectives import Classification, EvaluationSet, Objective
 from tljax.train.sharding import make_mesh, parameter_shardings, parse_rules
+from tljax.train.tagging import prepare_token_classification
+from tljax.train.tasks import Setup, build, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +63,9 @@ class Prepared:
         return self.objective.export(model, self.info, directory, model_dir=self.model_dir, tokenizer=self.tokenizer)
 
 
-def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
-    """The export record of a run config (max_length is settled once the model is built)."""
-    return RunInfo(model=config.model, task=config.task, method=tuple(config.methods()), labels=tuple(label_names),
-                   text_prefix=config.data.text_prefix, max_length=config.data.max_length, seed=config.training.seed,
-                   dtype=config.training.dtype,
-                   student_layers=config.distillation.student_layers if config.distillation else None,
-                   chat=dataclasses.asdict(config.chat) if config.chat else None, pooling=config.pooling)
-
-
 def _split(dataset, data: DataConfig, seed: int):
     """Train / validation / test of `dataset` as `data` asks (fractions, then the example budgets)."""
-    splits = split_dataset(dataset, validation=data.validation, test=data.test, seed=seed)
-    limits = {"train": data.max_train_examples, "validation": data.max_eval_examples, "test": data.max_eval_examples}
-    for name, limit in limits.items():
-        if limit is not None and limit < len(splits[name]):
-            splits[name] = splits[name].subset(range(limit))
-    return splits
+    return split_budgets(split_dataset(dataset, validation=data.validation, test=data.test, seed=seed), data)
 
 
 def _load_labelled(data: DataConfig):
@@ -112,106 +98,103 @@ def _one_class_message(where: str, only: str, count: int, in_data: dict[str, int
             f"or split differently (data.validation={data.validation}, data.test={data.test}, training.seed={seed}{budget})")
 
 
-def _text_positions(adaptation: Adaptation, wanted: int) -> int:
-    """The longest text the model takes: virtual prompt tokens and prefix keys take positions too."""
-    body = backbone(adaptation.model)
-    positions = adaptation.model.config.max_position_embeddings - body.num_virtual_tokens - body.num_prefix_tokens
-    if positions < 8:
-        raise InputError(f"the method's {body.num_virtual_tokens + body.num_prefix_tokens} virtual tokens leave "
-                         f"{positions} of the model's positions for text; use fewer virtual tokens")
-    return min(wanted, positions)
-
-
-def _build(config: RunConfig, model_dir: Path, tokenizer, label_names: tuple[str, ...],
-           internal: tuple[Method, ...] = ()) -> tuple[Adaptation, RunInfo]:
-    """The adapted model and the run's export record, its max_length settled."""
-    info = run_info(config, label_names)
-    adaptation = build_model(info, model_dir, tokenizer, internal)
-    return adaptation, dataclasses.replace(info, max_length=_text_positions(adaptation, config.data.max_length))
-
-
-def _check_sections(config: RunConfig) -> None:
-    classifying = config.task == "sequence-classification"
-    if config.tasks is not None and not classifying:
-        raise ConfigKeyError("tasks (multi-task learning) are classification tasks; leave task unset or "
-                             "sequence-classification")
-    if config.distillation is not None and (config.tasks is not None or not classifying):
-        raise ConfigKeyError("distillation trains a single-task classifier; remove tasks / set task: "
-                             "sequence-classification")
-    if config.evaluation and (config.tasks is not None or not classifying):
-        raise ConfigKeyError("evaluation sets are for single-task classification runs")
-    if config.chat is not None and config.task != "causal-lm":
-        raise ConfigKeyError("chat tuning teaches a decoder's replies: set task: causal-lm (with a chat model)")
-
-
 def prepare(config: RunConfig) -> Prepared:
     """Resolves and checks every input of a run; raises a clear error on the first bad one."""
-    _check_sections(config)
+    task = task_of(config)
     model_dir = zoo.resolve(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    data, seed = config.data, config.training.seed
-
-    if config.chat is not None:  # labelled text taught as chat replies
-        splits = _classification_split(_load_labelled(data), data, seed, data.source)
-        adaptation, info = _build(config, model_dir, tokenizer, tuple(splits["train"].label_names))
-        objective = chat_objective(config, adaptation, tokenizer, splits, info.max_length)
-        report = describe_splits(splits)
-    elif config.task in ("masked-lm", "causal-lm"):
-        splits = _split(load_texts(data.source, data.text_column, data.label_column), data, seed)
-        adaptation, info = _build(config, model_dir, tokenizer, ())
-        objective: Objective = language_modelling_objective(config, adaptation, tokenizer, splits, info.max_length)
-        report = describe_splits(splits)
-    elif config.tasks is not None:
-        tasks = parse_tasks(config.tasks, data)
-        loaded = [(name, task_data, _load_labelled(task_data)) for name, task_data in tasks]
-        task_splits = [_classification_split(dataset, task_data, seed, f"task {name} ({task_data.source})")
-                       for name, task_data, dataset in loaded]  # every task's data checked before the model is built
-        heads = TaskHeads(tasks=tuple((name, len(d.label_names)) for name, _, d in loaded), seed=seed)
-        adaptation, info = _build(config, model_dir, tokenizer, tuple(loaded[0][2].label_names), (heads,))
-        prepared_tasks, reports = [], []
-        for (name, task_data, dataset), splits in zip(loaded, task_splits):
-            encoded = {split_name: encode(part.texts, part.labels, tokenizer, info.max_length, task_data.text_prefix)
-                       for split_name, part in splits.items()}
-            prepared_tasks.append((name, tuple(dataset.label_names), encoded))
-            reports.append(f"task {name} ({task_data.source}):\n{describe_splits(splits)}")
-        objective = multitask_objective(config, adaptation, prepared_tasks, [d for _, d in tasks], pad_id,
-                                        info.max_length)
-        report = "\n".join(reports)
-    else:
-        dataset = _load_labelled(data)
-        splits = _classification_split(dataset, data, seed, data.source)
-        label_names = tuple(dataset.label_names)
-        teacher, internal = None, ()
-        if config.distillation is not None:  # the teacher first: its method is part of the student's adaptation
-            teacher = load_teacher(config.distillation.teacher, seed)
-            matching = hidden_state_matching(config, model_dir, tokenizer, teacher, label_names)
-            internal = (matching,) if matching else ()
-        adaptation, info = _build(config, model_dir, tokenizer, label_names, internal)
-        encoded = {name: encode(split.texts, split.labels, tokenizer, info.max_length, data.text_prefix)
-                   for name, split in splits.items()}
-        evaluation_sets = load_evaluation_sets(config, tokenizer, info.max_length, label_names)
-        if teacher is not None:
-            objective = distillation_objective(
-                config, Classification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
-                                       evaluation_sets=evaluation_sets),
-                teacher, {name: split.texts for name, split in splits.items()})
-        elif trains_only_the_head(adaptation):  # a frozen backbone's features are computed once
-            objective = FeatureClassification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
-                                              evaluation_sets=evaluation_sets)
-        elif _cache_frozen_bottom(adaptation, encoded, info.max_length):  # so are frozen bottom layers'
-            objective = FrozenBottomClassification(adaptation, encoded, pad_id, info.max_length,
-                                                   label_names=label_names, evaluation_sets=evaluation_sets,
-                                                   layers=frozen_bottom(adaptation))
-        else:
-            objective = Classification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
-                                       evaluation_sets=evaluation_sets)
-        report = describe_splits(splits)
-    objective.check_metric(config.training.metric_for_best_model)
+    setup = task.prepare(config, model_dir, tokenizer)
+    setup.objective.check_metric(config.training.metric_for_best_model)
     # the mesh fits the devices and the sharding rules cover every parameter (nothing is placed yet)
-    parameter_shardings(nnx.state(objective.adaptation.model, nnx.Param), make_mesh(config.training.mesh),
+    parameter_shardings(nnx.state(setup.objective.adaptation.model, nnx.Param), make_mesh(config.training.mesh),
                         parse_rules(config.training.sharding))
-    return Prepared(config, model_dir, tokenizer, info, report, objective, pad_id)
+    return Prepared(config, model_dir, tokenizer, setup.info, setup.report, setup.objective, _pad_id(tokenizer))
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@register("sequence-classification", "one label per text", sections=("tasks", "distillation", "evaluation"))
+def _prepare_sequence_classification(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    if config.tasks is not None:
+        if config.distillation is not None or config.evaluation:
+            raise ConfigKeyError("multi-task runs take neither distillation nor evaluation sets; remove them or "
+                                 "the tasks section")
+        return _prepare_multitask(config, model_dir, tokenizer)
+    data, seed, pad_id = config.data, config.training.seed, _pad_id(tokenizer)
+    dataset = _load_labelled(data)
+    splits = _classification_split(dataset, data, seed, data.source)
+    label_names = tuple(dataset.label_names)
+    teacher, internal = None, ()
+    if config.distillation is not None:  # the teacher first: its method is part of the student's adaptation
+        teacher = load_teacher(config.distillation.teacher, seed)
+        matching = hidden_state_matching(config, model_dir, tokenizer, teacher, label_names)
+        internal = (matching,) if matching else ()
+    adaptation, info = build(config, model_dir, tokenizer, label_names, internal)
+    encoded = {name: encode(split.texts, split.labels, tokenizer, info.max_length, data.text_prefix)
+               for name, split in splits.items()}
+    evaluation_sets = load_evaluation_sets(config, tokenizer, info.max_length, label_names)
+    if teacher is not None:
+        objective: Objective = distillation_objective(
+            config, Classification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
+                                   evaluation_sets=evaluation_sets),
+            teacher, {name: split.texts for name, split in splits.items()})
+    elif trains_only_the_head(adaptation):  # a frozen backbone's features are computed once
+        objective = FeatureClassification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
+                                          evaluation_sets=evaluation_sets)
+    elif _cache_frozen_bottom(adaptation, encoded, info.max_length):  # so are frozen bottom layers'
+        objective = FrozenBottomClassification(adaptation, encoded, pad_id, info.max_length,
+                                               label_names=label_names, evaluation_sets=evaluation_sets,
+                                               layers=frozen_bottom(adaptation))
+    else:
+        objective = Classification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
+                                   evaluation_sets=evaluation_sets)
+    return Setup(objective, info, describe_splits(splits))
+
+
+def _prepare_multitask(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    data, seed = config.data, config.training.seed
+    tasks = parse_tasks(config.tasks, data)
+    loaded = [(name, task_data, _load_labelled(task_data)) for name, task_data in tasks]
+    task_splits = [_classification_split(dataset, task_data, seed, f"task {name} ({task_data.source})")
+                   for name, task_data, dataset in loaded]  # every task's data checked before the model is built
+    heads = TaskHeads(tasks=tuple((name, len(d.label_names)) for name, _, d in loaded), seed=seed)
+    adaptation, info = build(config, model_dir, tokenizer, tuple(loaded[0][2].label_names), (heads,))
+    prepared_tasks, reports = [], []
+    for (name, task_data, dataset), splits in zip(loaded, task_splits):
+        encoded = {split_name: encode(part.texts, part.labels, tokenizer, info.max_length, task_data.text_prefix)
+                   for split_name, part in splits.items()}
+        prepared_tasks.append((name, tuple(dataset.label_names), encoded))
+        reports.append(f"task {name} ({task_data.source}):\n{describe_splits(splits)}")
+    objective = multitask_objective(config, adaptation, prepared_tasks, [d for _, d in tasks], _pad_id(tokenizer),
+                                    info.max_length)
+    return Setup(objective, info, "\n".join(reports))
+
+
+@register("causal-lm", "continued pre-training of a decoder on unlabelled text; with chat: chat tuning on "
+          "labelled text", sections=("chat",))
+def _prepare_causal_lm(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    if config.chat is None:
+        return _prepare_language_modelling(config, model_dir, tokenizer)
+    data, seed = config.data, config.training.seed
+    splits = _classification_split(_load_labelled(data), data, seed, data.source)
+    adaptation, info = build(config, model_dir, tokenizer, tuple(splits["train"].label_names))
+    objective = chat_objective(config, adaptation, tokenizer, splits, info.max_length)
+    return Setup(objective, info, describe_splits(splits))
+
+
+@register("masked-lm", "continued pre-training of an encoder on unlabelled text (masked tokens)")
+def _prepare_language_modelling(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    data = config.data
+    splits = _split(load_texts(data.source, data.text_column, data.label_column), data, config.training.seed)
+    adaptation, info = build(config, model_dir, tokenizer, ())
+    objective = language_modelling_objective(config, adaptation, tokenizer, splits, info.max_length)
+    return Setup(objective, info, describe_splits(splits))
+
+
+register("token-classification", "a tag per word: named entities (CoNLL, JSON Lines spans, hf:DIR, ner-pt / ner-en)",
+         sections=("evaluation",))(prepare_token_classification)
 
 
 def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:
@@ -266,7 +249,7 @@ def load_evaluation_sets(config: RunConfig, tokenizer, max_length: int,
 def training_texts(config: RunConfig) -> set[str]:
     """The normalised texts a run trained on (every task's training split), to check an evaluation set for
     overlap with them."""
-    if config.task != "sequence-classification":
+    if config.task in ("masked-lm", "causal-lm") and config.chat is None:
         data = config.data
         return {normalise(t) for t in _split(load_texts(data.source, data.text_column, data.label_column), data,
                                              config.training.seed)["train"].texts}

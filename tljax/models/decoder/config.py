@@ -38,6 +38,8 @@ class DecoderConfig(HFConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     id2label: dict[int, str] | None = None
+    # the dropout before a token classifier's `score` (None: Hugging Face's generic default, 0.1)
+    classifier_dropout: float | None = None
 
     @classmethod
     def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -78,4 +80,6 @@ class DecoderConfig(HFConfig):
     def to_hf(self, architecture: str) -> dict[str, Any]:
         out = super().to_hf(architecture)
         out["rope_parameters"] = {"rope_type": "default", "rope_theta": out.pop("rope_theta")}
+        if out["classifier_dropout"] is None:  # as before the token classifier existed
+            del out["classifier_dropout"]
         return out

@@ -17,7 +17,7 @@ from flax import nnx
 
 from tljax.models.base import PretrainedModel
 from tljax.models.decoder.config import DecoderConfig
-from tljax.models.layers import ACTIVATIONS, Linear, attend, layer_keys, merge_heads, split_heads
+from tljax.models.layers import ACTIVATIONS, Linear, attend, dropout, layer_keys, merge_heads, split_heads
 
 Array = jax.Array
 
@@ -397,4 +397,45 @@ class LlamaForSequenceClassification(PretrainedModel):
                  *, dropout_key: Array | None = None) -> Array:
         """[B, T] -> logits [B, L]."""
         k1, k2 = layer_keys(dropout_key, 2)
+        return self.classify(self.features(input_ids, attention_mask, positions, dropout_key=k1), dropout_key=k2)
+
+
+class LlamaForTokenClassification(PretrainedModel):
+    """Backbone + dropout + linear `score` on every token, as Hugging Face's class: logits [B, T, L] for the
+    text's positions (a soft prompt's virtual tokens are not labelled)."""
+
+    config_class: ClassVar = DecoderConfig
+    base_model_prefix: ClassVar[str] = "model"
+    new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
+    unused_tensors: ClassVar[str | None] = r"^lm_head\."
+    head_pattern: ClassVar[str] = r"^score/"
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # Hugging Face's generic token classifier: classifier_dropout, else 0.1 (Llama configs have no
+        # hidden_dropout)
+        self.dropout_rate = 0.1 if config.classifier_dropout is None else config.classifier_dropout
+        self.score = _linear(config.hidden_size, config.num_labels, dtype, param_dtype, rngs, bias=True)
+
+    def features(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H]."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
+        return hidden[:, self.model.num_virtual_tokens:]
+
+    def pool(self, features: Array) -> Array:
+        return features
+
+    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
+        """Features [B, T, H] -> logits [B, T, L]: dropout, then the linear `score`."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.score(dropout(features, self.dropout_rate, k1), k2).astype(jnp.float32)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> logits [B, T, L]."""
+        k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
         return self.classify(self.features(input_ids, attention_mask, positions, dropout_key=k1), dropout_key=k2)

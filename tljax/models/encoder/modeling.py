@@ -390,6 +390,57 @@ class BertForMeanPooledSequenceClassification(BertPreTrainedModel):
 '''
 
 
+class BertForTokenClassification(PretrainedModel):
+    """Backbone (no pooler) + dropout + linear classifier on every token, as Hugging Face's class: logits
+    [B, T, L] for the text's positions (a soft prompt's virtual tokens are not labelled)."""
+
+    config_class: ClassVar = EncoderConfig
+    base_model_prefix: ClassVar[str] = "bert"
+    new_parameters: ClassVar[tuple[str, ...]] = ("classifier.",)
+    # a checkpoint's pooler or masked-LM head: a token classifier reads neither
+    unused_tensors: ClassVar[str | None] = r"^(?:cls\.|(?:bert\.)?pooler\.)"
+    head_pattern: ClassVar[str] = r"^classifier/"
+    returns_hidden_states: ClassVar[bool] = True
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
+        self.classifier = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
+        rate = config.classifier_dropout
+        self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
+
+    def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H]: what the classifier reads (`classify`)."""
+        last = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
+        return last[:, self.bert.num_virtual_tokens:]
+
+    def pool(self, features: Array) -> Array:
+        """Features [B, T, H] -> what the classifier's dropout reads: the features themselves."""
+        return features
+
+    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
+        """Features [B, T, H] -> logits [B, T, L]: dropout, then the linear classifier."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.classifier(dropout(features, self.dropout_rate, k1), k2)
+
+    def logits_from_layer(self, hidden: Array, attention_mask: Array, layer: int, *,
+                          dropout_key: Array | None = None) -> Array:
+        """Logits [B, T, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`)."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        last = self.bert.from_layer(hidden, attention_mask, layer, k1)
+        return self.classify(last, dropout_key=k2)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None,
+                 output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
+        """[B, T] -> logits [B, T, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
+        k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
+        last, states = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1, output_hidden_states=True)
+        logits = self.classify(last[:, self.bert.num_virtual_tokens:], dropout_key=k2)
+        return (logits, states) if output_hidden_states else logits
+
+
 class BertPredictionHeadTransform(nnx.Module):
     def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dense = _linear(config, config.hidden_size, config.hidden_size, dtype, param_dtype, rngs)
