@@ -410,3 +410,96 @@ def test_a_tagging_run_resumes_exports_into_pytorch_and_predicts(tmp_path, tiny_
     text = "the plot was a story great dull"
     assert all(text[e["start"]:e["end"]] == e["text"] for e in found)
     assert {(e["text"], e["label"]) for e in found} == {("great", "PER"), ("dull", "LOC")}
+
+
+# -- the CRF layer ------------------------------------------------------------------------------------------------
+
+
+def test_crf_likelihood_and_viterbi_equal_pytorch_crf():
+    from torchcrf import CRF as TorchCRF
+
+    from tljax.models.crf import CRF, compact
+    from tljax.tagging import viterbi
+
+    rng = np.random.RandomState(0)
+    tags_count, lengths = 5, [7, 3, 1, 5]
+    reference = TorchCRF(tags_count, batch_first=True)
+    ours = CRF(tags_count, rngs=nnx.Rngs(0))
+    for name in ("start_transitions", "end_transitions", "transitions"):  # the same (random) parameters
+        getattr(ours, name)[...] = jnp.asarray(getattr(reference, name).detach().numpy())
+    emissions = rng.randn(len(lengths), 7, tags_count).astype(np.float32)
+    tags = rng.randint(0, tags_count, (len(lengths), 7))
+    mask = (np.arange(7)[None] < np.asarray(lengths)[:, None])
+    with torch.no_grad():
+        expected = reference(torch.tensor(emissions), torch.tensor(tags), torch.tensor(mask), reduction="none")
+        paths = reference.decode(torch.tensor(emissions), torch.tensor(mask))
+    got = ours.log_likelihood(jnp.asarray(emissions), jnp.asarray(tags), jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(got), expected.numpy(), atol=1e-5, rtol=0)
+    start, end, transitions = ours.numpy_parameters()
+    for row, n in enumerate(lengths):
+        assert viterbi(emissions[row, :n].astype(np.float64), start, end, transitions) == paths[row]
+    # labelled positions scattered in a row (first sub-tokens) read as one sequence
+    scattered = np.zeros((1, 9), bool)
+    scattered[0, [1, 4, 5, 8]] = True
+    values, real = compact(jnp.arange(9)[None], jnp.asarray(scattered))
+    assert np.asarray(values)[0, :4].tolist() == [1, 4, 5, 8] and np.asarray(real)[0].tolist() == [1] * 4 + [0] * 5
+
+
+def test_a_crf_run_exports_its_transitions_beside_the_model_and_decodes_with_them(tmp_path, tiny_model, capsys):
+    config = tagging_config(tmp_path, tiny_model, max_steps=16)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "crf": True}))
+    assert main(["--config", str(config)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["f1"] > 0.5
+    export = run / "export"
+    crf = load_file(export / "crf.safetensors")
+    assert set(crf) == {"start_transitions", "end_transitions", "transitions"} and crf["transitions"].shape == (5, 5)
+    # the Hugging Face model is the emission model, without the CRF
+    assert not any("crf" in name for name in load_file(export / "model" / "model.safetensors"))
+    from tljax.runs import load_exported
+
+    model, _, info = load_exported(export)
+    assert info.crf and np.array_equal(np.asarray(model.crf.transitions[...]), crf["transitions"])
+    assert json.loads((export / "run.json").read_text())["crf"] is True
+
+    from tljax.predict import main as predict
+
+    capsys.readouterr()
+    assert predict(["--json", str(run), "the plot was a story great dull"]) == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["entities"]
+    assert {(e["text"], e["label"]) for e in found} == {("great", "PER"), ("dull", "LOC")}
+
+
+def test_feature_extraction_trains_the_tagger_on_cached_features_with_the_same_result(tmp_path, tiny_model):
+    """Per-token features computed once give the head (and a CRF) the same training as the whole model."""
+    import dataclasses
+
+    from tljax.train.config import load_config
+    from tljax.train.loop import train
+    from tljax.train.run import prepare
+    from tljax.train.tagging import TokenClassification, TokenFeatureClassification
+
+    config = load_config(tagging_config(tmp_path, tiny_model, {"name": "feature-extraction"}, max_steps=8,
+                                        eval_steps=4), ["crf=true"])
+    fast, slow = prepare(config), prepare(config)
+    assert type(fast.objective) is TokenFeatureClassification
+    assert "input_ids" not in next(fast.objective.train_batches(16, 0))  # the backbone does not run per step
+    slow.objective = TokenClassification(**{f.name: getattr(slow.objective, f.name)
+                                            for f in dataclasses.fields(TokenClassification) if f.init})
+    results = {}
+    for name, prepared in (("fast", fast), ("slow", slow)):
+        (tmp_path / name).mkdir()
+        summary = train(prepared, tmp_path / name)
+        results[name] = (summary["test"], load_file(tmp_path / name / "export" / "trainable.safetensors"),
+                         load_file(tmp_path / name / "export" / "crf.safetensors"))
+    (fast_test, fast_params, fast_crf), (slow_test, slow_params, slow_crf) = results["fast"], results["slow"]
+    assert fast_params.keys() == slow_params.keys() == {"classifier/kernel", "classifier/bias"}
+    for name in fast_params:
+        np.testing.assert_allclose(fast_params[name], slow_params[name], atol=2e-5, err_msg=name)
+    for name in fast_crf:
+        assert not np.allclose(fast_crf[name], 0)
+        np.testing.assert_allclose(fast_crf[name], slow_crf[name], atol=2e-5, err_msg=name)
+    assert fast_test["f1"] == slow_test["f1"]
+    np.testing.assert_allclose(fast_test["loss"], slow_test["loss"], atol=1e-5)

@@ -69,6 +69,8 @@ class EntityTagger:
         self.tokenizer, self.info, self.stride = tokenizer, info, stride
         self.labels = tuple(info.labels)
         self.logits = jit_bound(model, lambda m, ids, mask: m(ids, mask))
+        crf = getattr(model, "crf", None)
+        self.crf = None if crf is None else crf.numpy_parameters()  # Viterbi decoding over each text's words
 
     def __call__(self, texts: list[str], batch_size: int = 32) -> list[list[dict]]:
         """For each text, its entities: {"label", "start", "end" (character offsets), "text", "score"}."""
@@ -82,7 +84,7 @@ class EntityTagger:
                              windows)
         found = []
         for text, spans, word_scores, follow in zip(texts, words, scores, windows.followers):
-            tags = word_tags(word_scores, follow, self.labels)
+            tags = word_tags(word_scores, follow, self.labels, self.crf)
             confidence = np.exp(np.nanmax(word_scores, axis=-1))  # NaN for words predicted with another
             items = []
             for entity in entities(tags):

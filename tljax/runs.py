@@ -29,6 +29,7 @@ from safetensors.numpy import save_file
 from tljax import models, zoo
 from tljax.errors import InputError
 from tljax.methods import Adaptation, Method, MethodContext, MethodError, adapt, make_method, merge_and_unload, save_peft
+from tljax.methods.crf import CRFLayer
 from tljax.methods.rules import parameter_sizes
 from tljax.models.checkpoint import CheckpointError, atomic_directory, path_str, read_safetensors, safetensors_problem
 from tljax.models.config import ConfigError
@@ -63,6 +64,7 @@ class RunInfo:
     # whether the pooler trained with the head under every method; False in exports written before it did
     # (there the methods decided it), so that they rebuild the model their parameters fit
     pooler_with_head: bool = True
+    crf: bool = False  # a token classifier with a CRF over its tags (its transitions: crf.safetensors)
 
     def __post_init__(self) -> None:
         for name in ("method", "labels", "student_layers"):  # JSON gives lists
@@ -75,6 +77,8 @@ class RunInfo:
     def to_json(self) -> str:
         fields = dataclasses.asdict(self)
         fields["method"] = [dict(spec) for spec in self.method]
+        if not self.crf:  # as written before the CRF existed
+            del fields["crf"]
         return json.dumps(fields, indent=2) + "\n"
 
     @classmethod
@@ -111,6 +115,8 @@ def build_model(info: RunInfo, model_dir: Path, tokenizer: Any, internal: Sequen
                                    seed=info.seed, **head)
     if info.student_layers:
         select_layers(model, list(info.student_layers))
+    if info.crf:
+        internal = (*internal, CRFLayer(num_tags=len(info.labels), seed=info.seed))
     methods = [*make_methods(info.method), *internal]
     return adapt(model, methods, context=MethodContext(tokenizer=tokenizer, seed=info.seed),
                  train_pooler=info.pooler_with_head)
@@ -136,12 +142,18 @@ def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], in
     Internal methods (names starting "_") are not part of the result; the model must not hold their modules.
     Exporting merges LoRA into `model`: pass a copy if it is still needed."""
     methods = tuple(m for m in methods if not m.name.startswith("_"))
+    crf = getattr(model, "crf", None)
+    if crf is not None:  # the transitions go beside the model: a Hugging Face token classifier has no CRF
+        del model.crf
     adaptation = Adaptation(model, methods, train_pooler=info.pooler_with_head)
     names = {m.name for m in methods}
     directory = Path(directory)
     written = [str(directory / "trainable.safetensors")]
     with atomic_directory(directory) as staging:
         save_file(trainable_tensors(model, adaptation.trainable(FINAL_STEP)), staging / "trainable.safetensors")
+        if crf is not None:
+            save_file(crf_tensors(crf), staging / CRF_FILE)
+            written.append(f"{directory / CRF_FILE} (the CRF's transitions, pytorch-crf's names)")
         (staging / "run.json").write_text(info.to_json())
         if names & PEFT_EXPORTABLE and info.student_layers:
             log.warning("no PEFT export: the adapter's base would be the full-depth %s, not the student's %d "
@@ -159,6 +171,15 @@ def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], in
             model.save_pretrained(staging / "model", tokenizer_source=model_dir)
             written.append(f"{directory / 'model'} (Hugging Face directory)")
     return written
+
+
+CRF_FILE = "crf.safetensors"
+
+
+def crf_tensors(crf: nnx.Module) -> dict[str, np.ndarray]:
+    """A CRF's parameters by pytorch-crf's names (`torchcrf.CRF`'s state dict)."""
+    return {name: np.asarray(jax.device_get(getattr(crf, name)[...]), np.float32)
+            for name in ("start_transitions", "end_transitions", "transitions")}
 
 
 def find_export(path: str | Path) -> Path:
@@ -225,6 +246,9 @@ def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
     info = _read_run_info(directory)
     trainable = directory / "trainable.safetensors"
     saved = read_safetensors(trainable, _export_remedy(directory))  # before the model is built: that takes a while
+    if info.crf:
+        saved.update({f"crf/{name}": array for name, array in
+                      read_safetensors(directory / CRF_FILE, _export_remedy(directory)).items()})
     _warn_about_damaged_copies(directory)
     model_dir = zoo.resolve(info.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

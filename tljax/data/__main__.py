@@ -1,18 +1,24 @@
 """`python -m tljax.data list` shows the packaged corpora; `fetch NAME ...` prepares them; `describe SOURCE`
-prints a source's default split (sizes, class balance, duplicates dropped)."""
+prints a source's default split (sizes, class balance, duplicates dropped); `export ner-pt DIR` writes a tagged
+corpus as JSON Lines with character offsets and as a CoNLL file (IOB2), with its fixed splits."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
 from tljax.data.bundled import LICENCE as BUNDLED_LICENCE
+from tljax.data.bundled.ner_corpus import LICENCE as NER_LICENCE
+from tljax.data.bundled.ner_corpus import NER_CORPORA, load_ner
+from tljax.data.tagged import TaggedDataset
 from tljax.data.packaged import PACKAGED_CORPORA, cache_path, is_cached, load_packaged
 from tljax.data import load_source
 from tljax.data.splits import describe_splits, split_dataset
 from tljax.errors import InputError
+from tljax.tagging import entities
 
 
 def _rows(name: str) -> str:
@@ -30,6 +36,10 @@ def list_corpora() -> str:
     for corpus in BUNDLED_CORPORA.values():
         rows.append((corpus.name, f"{len(load_bundled(corpus.name)):,}", corpus.language, "tljax (bundled)",
                      corpus.description))
+    for name, language in NER_CORPORA.items():
+        rows.append((name, f"{len(load_ner(name)):,}", language, "tljax (bundled)",
+                     "named entities (PER, ORG, LOC, DATE, MISC) in news, legal, medical, review and everyday texts, "
+                     "Portuguese and English sentence for sentence (token classification)"))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in [header, *rows]]
     notes = sorted({c.licence for c in PACKAGED_CORPORA.values()})
@@ -37,7 +47,35 @@ def list_corpora() -> str:
     for note in notes:
         licences.append(f"  {', '.join(c.name for c in PACKAGED_CORPORA.values() if c.licence == note)}: {note}")
     licences.append(f"  {', '.join(BUNDLED_CORPORA)}: {BUNDLED_LICENCE}")
+    licences.append(f"  {', '.join(NER_CORPORA)}: {NER_LICENCE}")
     return "\n".join(lines + licences)
+
+
+def export_tagged(dataset: TaggedDataset, directory: Path) -> list[Path]:
+    """Writes `<name>.jsonl` (text, entities with character offsets, document, split) and `<name>.<split>.conll`
+    (one word and its IOB2 tag per line, -DOCSTART- between documents) for each split into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines, conll = [], {}
+    for k in range(len(dataset)):
+        spans = dataset.words[k]
+        found = [{"start": spans[e.start][0], "end": spans[e.end - 1][1], "label": e.label,
+                  "text": dataset.texts[k][spans[e.start][0]:spans[e.end - 1][1]]} for e in entities(dataset.tags[k])]
+        split = dataset.predefined_split[k] if dataset.predefined_split else "train"
+        document = dataset.groups[k] if dataset.groups else str(k)
+        lines.append(json.dumps({"text": dataset.texts[k], "entities": found, "document": document, "split": split},
+                                ensure_ascii=False))
+        part = conll.setdefault(split, [])
+        if not part or part[-1][0] != document:
+            part.append((document, []))
+        part[-1][1].append("\n".join(f"{word} {tag}" for word, tag in zip(dataset.word_texts(k), dataset.tags[k])))
+    written = [directory / f"{dataset.name}.jsonl"]
+    written[0].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for split, documents in conll.items():
+        path = directory / f"{dataset.name}.{split}.conll"
+        path.write_text("".join("-DOCSTART- O\n\n" + "\n\n".join(sentences) + "\n\n" for _, sentences in documents),
+                        encoding="utf-8")
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     describe = commands.add_parser("describe", help="load a source and show its default split")
     describe.add_argument("source")
     describe.add_argument("--seed", type=int, default=0)
+    export = commands.add_parser("export", help="write a tagged corpus as JSON Lines (offsets) and CoNLL files")
+    export.add_argument("name", choices=sorted(NER_CORPORA))
+    export.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     if args.command == "list":
         print(list_corpora())
         return 0
     try:
-        if args.command == "fetch":
+        if args.command == "export":
+            for path in export_tagged(load_ner(args.name), args.directory):
+                print(path)
+        elif args.command == "fetch":
             for name in args.names:
                 dataset = load_packaged(name.lower())
                 print(f"{name}: {len(dataset):,} rows in {cache_path(name.lower())}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from tljax.data.batches import Encoded
 from tljax.data.dataset import DataError
-from tljax.tagging import OUTSIDE, split_tag
+from tljax.tagging import OUTSIDE, split_tag, viterbi
 
 IGNORED = -100  # the label of a position no loss or metric reads
 NO_TOKEN = -2  # a word with no token at all (the tokenizer dropped its characters): predicted O
@@ -171,13 +171,20 @@ def continuation_tags(tag_names: Sequence[str]) -> list[int]:
     return result
 
 
-def word_tags(scores: np.ndarray, follow: np.ndarray, tag_names: Sequence[str]) -> list[str]:
+def word_tags(scores: np.ndarray, follow: np.ndarray, tag_names: Sequence[str],
+              crf: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[str]:
     """The tag of each word of one text from its words' scores [words, C] (`WordWindows.word_scores`): the
-    best-scoring tag, and for a word without a token of its own, its source word's tag as a continuation."""
+    best-scoring tag of each word, or with `crf` (start, end, transitions) the best-scoring path over the words
+    that have a token of their own (Viterbi); a word without a token of its own continues its source word's
+    entity."""
+    own = np.flatnonzero(follow == -1)
+    best = {}
+    if crf is not None and len(own):
+        best = dict(zip(own.tolist(), viterbi(scores[own], *crf)))
     tags = []
     for w, row in enumerate(scores):
         if follow[w] == -1:
-            tags.append(tag_names[int(np.argmax(row))])
+            tags.append(tag_names[best[w] if w in best else int(np.argmax(row))])
         elif follow[w] == NO_TOKEN or tags[follow[w]] == OUTSIDE:
             tags.append(OUTSIDE)
         else:

@@ -128,7 +128,10 @@ def _report(summary: dict, run_dir: Path) -> None:
         for label, scores in test["per_type"].items():
             print(f"  {label:8} F1 {scores['f1']:.4f}  precision {scores['precision']:.4f}  recall "
                   f"{scores['recall']:.4f}  ({scores['support']} entities)")
-        print(f"baseline ({summary['baseline']['what']}): entity F1 {summary['baseline']['f1']:.4f}")
+        baseline = summary["baseline"]
+        low, high = baseline["f1_difference_interval"]
+        print(f"baseline ({baseline['what']}): entity F1 {baseline['f1']:.4f}; the model's lead over it, 95% "
+              f"bootstrap interval: {low:+.4f} to {high:+.4f}")
     if "distillation" in summary:
         d = summary["distillation"]
         teacher, student = d["teacher"], d["student"]
@@ -139,6 +142,9 @@ def _report(summary: dict, run_dir: Path) -> None:
     for name, metrics in summary.get("evaluation", {}).items():
         print(f"  {name:20} ({metrics['language']}, {metrics['examples']} examples, not trained on): "
               f"{_metrics_line(metrics)}")
+        if "baseline" in metrics:
+            low, high = metrics["baseline"]["f1_difference_interval"]
+            print(f"  {'':20} baseline entity F1 {metrics['baseline']['f1']:.4f}; lead {low:+.4f} to {high:+.4f}")
     print(f"\n{summary['diagnosis']}\n")
     print(f"written to {run_dir}/: config.yaml, metrics.jsonl, curves.png, diagnosis.txt, summary.json, checkpoints/")
     for item in summary["export"]:

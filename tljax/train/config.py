@@ -195,6 +195,9 @@ class RunConfig:
     # what an encoder classifier's linear layer reads: pooler (BERT's tanh pooler of [CLS], trained with the
     # head) or mean (the masked mean of the last hidden states, no pooler: how sentence encoders were trained)
     pooling: str = "pooler"
+    # token classification: a CRF layer over the tags (transition scores, Viterbi decoding, the sequence's
+    # negative log-likelihood as the loss)
+    crf: bool = False
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING:

@@ -34,12 +34,17 @@ TOKEN_KEYS = ("input_ids", "attention_mask")
 
 
 def trains_only_the_head(adaptation: Adaptation) -> bool:
-    """Whether the fast path applies: feature extraction, and every trainable parameter is the head's."""
+    """Whether the fast path applies: feature extraction, and every trainable parameter is the head's (with
+    an encoder's pooler, and what internal methods add on top of it, e.g. a CRF)."""
     if "feature-extraction" not in {m.name for m in adaptation.methods}:
         return False
-    pattern = task_head_pattern(adaptation.model)  # the head with an encoder's pooler
+    pattern = task_head_pattern(adaptation.model)
+    if pattern is None:
+        return False
+    internal = [p for m in adaptation.methods if m.name.startswith("_") for p in m.new_parameters()]
+    head = re.compile("|".join(f"(?:{p})" for p in (pattern, *internal)))
     trained = [path for path, _, rule in adaptation.rules().report(adaptation.model) if rule.trainable]
-    return pattern is not None and bool(trained) and all(re.search(pattern, path) for path in trained)
+    return bool(trained) and all(head.search(path) for path in trained)
 
 
 def extract_features(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int,

@@ -194,7 +194,7 @@ def _prepare_language_modelling(config: RunConfig, model_dir: Path, tokenizer) -
 
 
 register("token-classification", "a tag per word: named entities (CoNLL, JSON Lines spans, hf:DIR, ner-pt / ner-en)",
-         sections=("evaluation",))(prepare_token_classification)
+         sections=("evaluation", "crf"))(prepare_token_classification)
 
 
 def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:

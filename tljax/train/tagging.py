@@ -13,6 +13,7 @@ evaluation sets (e.g. the Portuguese test set of a model trained on English).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from tljax.data import DataError, split_dataset
-from tljax.data.batches import BatchIterator
+from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
 from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset, describe_tagged_splits
 from tljax.data.windows import WordWindows, continuation_tags, encode_words, score_words, word_tags
-from tljax.tagging import OUTSIDE, entity_metrics, type_confusion
+from tljax.tagging import OUTSIDE, entity_metrics, f1_difference_interval, sentence_counts, type_confusion
 from tljax.train.config import ConfigKeyError, RunConfig
+from tljax.models.crf import compact
+from tljax.models.layers import layer_keys
+from tljax.models.transforms import jit_bound
 from tljax.train.losses import cross_entropy
-from tljax.train.objectives import Objective
+from tljax.train.features import trains_only_the_head
+from tljax.train.objectives import MappedBatches, Objective
 from tljax.train.tasks import Setup, build, split_budgets
 
 Array = jax.Array
@@ -38,13 +43,30 @@ EVALUATION_KEYS = ("source", "split", "max_examples")
 
 
 def token_classification_loss(model, batch: dict[str, Array], dropout_key: Array | None):
-    """model(input_ids, attention_mask) -> logits [B, T, L]; `labels` [B, T] (-100: no loss); `weights` [B]."""
+    """model(input_ids, attention_mask) -> tag scores [B, T, L]; `labels` [B, T] (-100: no loss); `weights` [B].
+
+    Softmax cross-entropy per labelled token; with a CRF (`model.crf`), the negative log-likelihood of each row's
+    tag sequence over its labelled tokens, per labelled token (the same scale). `accuracy`: of the best tag per
+    token (the scores' argmax)."""
     logits = model(batch["input_ids"], batch["attention_mask"], dropout_key=dropout_key)
+    return tag_loss(model, logits, batch)
+
+
+def tag_loss(model, logits: Array, batch: dict[str, Array]):
+    """`token_classification_loss` of given tag scores `logits` [B, T, L]."""
     labels = batch["labels"]
-    weights = (labels != -100).astype(jnp.float32)
+    labelled = labels != -100
+    weights = labelled.astype(jnp.float32)
     if "weights" in batch:
         weights = weights * batch["weights"][:, None]
-    loss, accuracy = cross_entropy(logits, jnp.where(labels == -100, 0, labels), weights)
+    loss, accuracy = cross_entropy(logits, jnp.where(labelled, labels, 0), weights)
+    crf = getattr(model, "crf", None)
+    if crf is not None:
+        emissions, real = compact(logits, labelled)
+        tags, _ = compact(labels[..., None], labelled)
+        rows = weights.sum(1) > 0  # padding rows and windows without a labelled token take no part
+        likelihood = crf.log_likelihood(emissions, tags[..., 0], jnp.where(rows[:, None], real, False))
+        loss = -(likelihood * rows.astype(jnp.float32)).sum() / jnp.maximum(weights.sum(), 1.0)
     return loss, {"accuracy": accuracy}
 
 
@@ -67,15 +89,23 @@ def encode_tagged(dataset: TaggedDataset, tokenizer, max_length: int, config: Ru
     return TaggedSplit(dataset, windows)
 
 
-def tag_metrics(split: TaggedSplit, scores: list[np.ndarray], label_names: tuple[str, ...]) -> dict[str, Any]:
-    """Entity metrics, word accuracy, the loss on the words that have a token of their own, and the confusion
-    table of types, of the words' `scores` against the split's gold tags."""
+def predicted_tags(split: TaggedSplit, scores: list[np.ndarray], label_names: tuple[str, ...],
+                   crf: tuple[np.ndarray, ...] | None = None) -> list[list[str]]:
+    """The tag of every word of every text, from the words' `scores` (decoded with the CRF's `crf` = (start,
+    end, transitions) when there is one)."""
+    return [word_tags(word_scores, split.windows.followers[k], label_names, crf)
+            for k, word_scores in enumerate(scores)]
+
+
+def tag_metrics(split: TaggedSplit, scores: list[np.ndarray], label_names: tuple[str, ...],
+                crf: tuple[np.ndarray, ...] | None = None) -> dict[str, Any]:
+    """Entity metrics, word accuracy, the loss on the words that have a token of their own (each word's tag
+    alone, also under a CRF: comparable across runs), and the confusion table of types, of the words' `scores`
+    against the split's gold tags."""
     index = {name: i for i, name in enumerate(label_names)}
-    predicted, losses = [], []
+    predicted, losses = predicted_tags(split, scores, label_names, crf), []
     for k, word_scores in enumerate(scores):
-        follow = split.windows.followers[k]
-        predicted.append(word_tags(word_scores, follow, label_names))
-        own = np.flatnonzero(follow == -1)
+        own = np.flatnonzero(split.windows.followers[k] == -1)
         gold = np.asarray([index[split.dataset.tags[k][w]] for w in own], np.int64)
         losses.append(-word_scores[own, gold])
     gold_tags = [list(tags) for tags in split.dataset.tags]
@@ -95,16 +125,22 @@ def most_frequent_tags(train: TaggedDataset) -> dict[str, str]:
     return {word: tags.most_common(1)[0][0] for word, tags in counts.items()}
 
 
-def baseline_metrics(train: TaggedDataset, test: TaggedDataset) -> dict[str, Any]:
-    """The entity metrics of tagging each word with its most frequent training tag (O for unseen words), B- made
-    I- where it continues an entity of its type."""
+def baseline_tags(train: TaggedDataset, test: TaggedDataset) -> list[list[str]]:
+    """Each word of `test` tagged with its most frequent tag in `train` (O for unseen words)."""
     memory = most_frequent_tags(train)
-    predicted = []
-    for k in range(len(test)):
-        tags = [memory.get(word.casefold(), OUTSIDE) for word in test.word_texts(k)]
-        predicted.append(tags)
-    metrics = entity_metrics([list(t) for t in test.tags], predicted)
-    return {name: metrics[name] for name in ("f1", "precision", "recall", "accuracy", "macro_f1")}
+    return [[memory.get(word.casefold(), OUTSIDE) for word in test.word_texts(k)] for k in range(len(test))]
+
+
+def against_baseline(train: TaggedDataset, test: TaggedDataset, predicted: list[list[str]]) -> dict[str, Any]:
+    """The most-frequent-tag baseline's entity metrics on `test`, and the paired bootstrap interval of the
+    model's micro entity F1 minus the baseline's (over test sentences)."""
+    gold = [list(t) for t in test.tags]
+    baseline = baseline_tags(train, test)
+    metrics = entity_metrics(gold, baseline)
+    low, high = f1_difference_interval(sentence_counts(gold, predicted), sentence_counts(gold, baseline))
+    return {"what": "each word tagged with its most frequent training tag",
+            **{name: metrics[name] for name in ("f1", "precision", "recall", "accuracy", "macro_f1")},
+            "f1_difference_interval": [round(low, 4), round(high, 4)]}
 
 
 @dataclasses.dataclass
@@ -121,37 +157,115 @@ class TokenClassification(Objective):
         return token_classification_loss(model, batch, dropout_key)
 
     def outputs(self, model, batch):
-        return model(batch["input_ids"], batch["attention_mask"])
+        """The tag scores [B, T, L], and with a CRF its (start, end, transitions) for decoding."""
+        logits = model.classify(batch["features"]) if "features" in batch else \
+            model(batch["input_ids"], batch["attention_mask"])
+        crf = getattr(model, "crf", None)
+        if crf is None:
+            return logits
+        return logits, crf.start_transitions[...], crf.end_transitions[...], crf.transitions[...]
 
     def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}
         return BatchIterator(self.encoded["train"].windows.encoded, batch_size, self.pad_id, self.max_length,
                              seed=seed, epoch=position["epoch"], index=position["index"], share=share)
 
-    def _evaluate(self, forward, split: TaggedSplit, batch_size: int) -> dict[str, Any]:
-        batches = self.evaluation_batches(split.windows.encoded, batch_size)
-        return tag_metrics(split, score_words(forward, batches, split.windows), self.label_names)
+    def _scores(self, forward, split: TaggedSplit, batch_size: int):
+        """The words' tag log-probabilities ([words, L] per text), and the CRF's parameters (None without one)."""
+        crf = []
+
+        def scores_of(batch):
+            output = forward(batch)
+            if isinstance(output, tuple):  # (logits, start, end, transitions)
+                crf[:] = [np.asarray(x, np.float64) for x in output[1:]]
+                return output[0]
+            return output
+
+        scores = score_words(scores_of, self.evaluation_batches(split.windows.encoded, batch_size), split.windows)
+        return scores, (tuple(crf) or None)
 
     def evaluate(self, forward, split, batch_size):
-        return self._evaluate(forward, self.encoded[split], batch_size)
+        part = self.encoded[split]
+        scores, crf = self._scores(forward, part, batch_size)
+        return tag_metrics(part, scores, self.label_names, crf)
 
     def title(self) -> str:
         return f"{super().title()} (token classification)"
 
     def report(self, forward, batch_size, model, test):
-        """The most-frequent-tag baseline on the test split, and the test metrics of each extra evaluation set."""
-        result: dict[str, Any] = {"baseline": {"what": "each word tagged with its most frequent training tag",
-                                               **baseline_metrics(self.encoded["train"].dataset,
-                                                                  self.encoded["test"].dataset)}}
+        """The most-frequent-tag baseline on the test split (with the bootstrap interval of the model's lead over
+        it), and the test metrics of each extra evaluation set."""
+        train, test_split = self.encoded["train"].dataset, self.encoded["test"]
+        scores, crf = self._scores(forward, test_split, batch_size)
+        predicted = predicted_tags(test_split, scores, self.label_names, crf)
+        result: dict[str, Any] = {"baseline": against_baseline(train, test_split.dataset, predicted)}
         evaluation = {}
         for name, source, split in self.evaluation_sets:
-            metrics = self._evaluate(forward, split, batch_size)
+            scores, crf = self._scores(forward, split, batch_size)
+            versus = against_baseline(train, split.dataset, predicted_tags(split, scores, self.label_names, crf))
             evaluation[name] = {"source": source, "language": split.dataset.language, "examples": len(split.dataset),
-                                "baseline": baseline_metrics(self.encoded["train"].dataset, split.dataset)["f1"],
-                                **metrics}
+                                "baseline": versus, **tag_metrics(split, scores, self.label_names, crf)}
         if evaluation:
             result["evaluation"] = evaluation
         return result
+
+
+def extract_token_features(model, encoded: Encoded, pad_id: int, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """What a token classifier's head reads for every token of every window of `encoded` (its frozen backbone,
+    dropout off), in window order, padded with zeros: [N, max_length, H] float32."""
+    features = jit_bound(model, lambda m, ids, mask: m.features(ids, mask))
+    order = np.argsort([len(x) for x in encoded.ids], kind="stable")
+    result = np.zeros((len(encoded), max_length, model.config.hidden_size), np.float32)
+    for start, batch in zip(range(0, len(order), batch_size),
+                            evaluation_batches(encoded, batch_size, pad_id, max_length)):
+        rows = order[start: start + batch_size]
+        values = np.asarray(features(batch["input_ids"], batch["attention_mask"]), np.float32)
+        result[rows, : values.shape[1]] = values[: len(rows)]
+    return result
+
+
+@dataclasses.dataclass
+class TokenFeatureClassification(TokenClassification):
+    """Feature extraction: the frozen backbone's per-token features computed once per window (the first time a
+    split is needed); each step trains the head (and a CRF) on them, with the dropout key the whole model's
+    pass gives the head: the same training as running the whole model every step."""
+
+    _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def _cached(self, encoded: Encoded) -> Encoded:
+        key = id(encoded)  # the encoded sets live as long as the objective
+        if key not in self._cache:
+            print(f"feature extraction: the frozen backbone encodes {len(encoded):,} windows once ...",
+                  file=sys.stderr, flush=True)
+            features = extract_token_features(self.adaptation.model, encoded, self.pad_id, self.max_length)
+            self._cache[key] = dataclasses.replace(encoded, extras={**encoded.extras, "features": features})
+        return self._cache[key]
+
+    @staticmethod
+    def _shaped(batch: dict) -> dict:  # features cut to the batch's width [B, T, H]; the token arrays dropped
+        width = batch["input_ids"].shape[1]
+        return {**{k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")},
+                "features": batch["features"][:, :width]}
+
+    def loss(self, model, batch, dropout_key):
+        if "features" not in batch:
+            return token_classification_loss(model, batch, dropout_key)
+        return tag_loss(model, model.classify(batch["features"], dropout_key=layer_keys(dropout_key, 2)[1]), batch)
+
+    def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
+        for part in (*self.encoded.values(), *(split for _, _, split in self.evaluation_sets)):
+            self._cached(part.windows.encoded)  # every split now, before training starts
+        position = position or {"epoch": 0, "index": 0}
+        return MappedBatches(BatchIterator(self._cached(self.encoded["train"].windows.encoded), batch_size,
+                                           self.pad_id, self.max_length, seed=seed, epoch=position["epoch"],
+                                           index=position["index"], share=share),
+                             lambda batch, _: self._shaped(batch))
+
+    def evaluation_batches(self, encoded, batch_size):
+        return [self._shaped(b) for b in super().evaluation_batches(self._cached(encoded), batch_size)]
+
+    def title(self) -> str:
+        return f"{super().title()} (cached features)"
 
 
 def _tagged_split(dataset: TaggedDataset, config: RunConfig):
@@ -198,8 +312,9 @@ def prepare_token_classification(config: RunConfig, model_dir: Path, tokenizer) 
                for name, part in splits.items()}
     evaluation_sets = _evaluation_sets(config, tokenizer, info.max_length, dataset.types, label_names)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    objective = TokenClassification(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
-                                    evaluation_sets=evaluation_sets)
+    kind = TokenFeatureClassification if trains_only_the_head(adaptation) else TokenClassification
+    objective = kind(adaptation, encoded, pad_id, info.max_length, label_names=label_names,
+                     evaluation_sets=evaluation_sets)
     report = describe_tagged_splits(splits)
     longer = {name: int((np.bincount(part.windows.window_of) > 1).sum()) for name, part in encoded.items()}
     if any(longer.values()):

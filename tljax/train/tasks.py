@@ -27,7 +27,7 @@ from tljax.train.objectives import Objective
 
 # optional config sections -> what their error says they are for
 SECTIONS = {"tasks": "multi-task learning", "distillation": "distillation", "evaluation": "extra evaluation sets",
-            "chat": "chat tuning"}
+            "chat": "chat tuning", "crf": "a CRF layer over the tags"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,8 @@ def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
                    text_prefix=config.data.text_prefix, max_length=config.data.max_length, seed=config.training.seed,
                    dtype=config.training.dtype,
                    student_layers=config.distillation.student_layers if config.distillation else None,
-                   chat=dataclasses.asdict(config.chat) if config.chat else None, pooling=config.pooling)
+                   chat=dataclasses.asdict(config.chat) if config.chat else None, pooling=config.pooling,
+                   crf=config.crf)
 
 
 def text_positions(adaptation: Adaptation, wanted: int) -> int:
