@@ -503,3 +503,67 @@ def test_feature_extraction_trains_the_tagger_on_cached_features_with_the_same_r
         np.testing.assert_allclose(fast_crf[name], slow_crf[name], atol=2e-5, err_msg=name)
     assert fast_test["f1"] == slow_test["f1"]
     np.testing.assert_allclose(fast_test["loss"], slow_test["loss"], atol=1e-5)
+
+
+def test_continued_pretraining_reads_the_ner_sets_training_documents_only():
+    from tljax.data import split_dataset
+    from tljax.train.language_modelling import load_texts
+
+    texts = load_texts("ner-pt")
+    splits = split_dataset(texts, validation=0.1, test=0.1, seed=0)
+    held_out = {g for name in ("validation", "test") for g in splits[name].groups}
+    assert len(splits["train"]) == 628 and not held_out & set(splits["train"].groups)
+    assert texts.language == "pt-BR" and "[" not in "".join(texts.texts)  # plain text, no markup
+
+
+def test_ner_as_one_head_of_a_multi_task_run(tmp_path, tiny_model):
+    from conftest import write_reviews
+    from tljax.predict import load_predictor
+
+    config = {"model": str(tiny_model), "data": {"max_length": 32}, "method": {"name": "full"},
+              "tasks": [{"name": "sentiment", "source": str(write_reviews(tmp_path / "reviews.csv")),
+                         "text_column": "review", "label_column": "sentiment"},
+                        {"name": "ner", "task": "token-classification",
+                         "source": str(write_tagged(tmp_path / "tagged.jsonl"))}],
+              "training": {"learning_rate": 1e-2, "max_steps": 48, "per_device_train_batch_size": 16,
+                           "eval_steps": 24, "early_stopping_patience": None, "task_sampling_temperature": 1.0},
+              "output_dir": str(tmp_path / "run")}
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["--config", str(path)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    ner, sentiment = summary["test"]["tasks"]["ner"], summary["test"]["tasks"]["sentiment"]
+    assert "per_type" in ner and ner["f1"] > 0.5 and sentiment["accuracy"] > 0.7, (ner["f1"], sentiment["accuracy"])
+    assert summary["tasks"]["ner"]["kind"] == "token-classification"
+    # each task exports as its own kind of model
+    tagger = load_predictor(tmp_path / "run" / "export" / "ner")
+    assert tagger.info.task == "token-classification" and tagger.labels == ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
+    found = tagger(["the plot was a story great dull"])[0]
+    assert {(e["text"], e["label"]) for e in found} == {("great", "PER"), ("dull", "LOC")}
+    assert load_predictor(tmp_path / "run" / "export" / "sentiment")(["a superb great film"])[0][0] == "pos"
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "run" / "export" / "ner" / "model").architectures == \
+        ["BertForTokenClassification"]
+
+
+def test_a_tagger_distils_from_a_teacher_tagger(tmp_path, tiny_model, capsys):
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    teacher_dir.mkdir()
+    student_dir.mkdir()
+    assert main(["--config", str(tagging_config(teacher_dir, tiny_model))]) == 0
+    config = tagging_config(student_dir, tiny_model)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "distillation": {"teacher": str(teacher_dir / "run"), "alpha": 0.5,
+                                                                  "temperature": 2.0}}))
+    assert main(["--config", str(config)]) == 0
+    summary = json.loads((student_dir / "run" / "summary.json").read_text())
+    distilled = summary["distillation"]
+    assert distilled["teacher"]["f1"] > 0.5 and distilled["student"]["f1"] == summary["test"]["f1"] > 0.5
+    logged = [json.loads(line) for line in (student_dir / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(record.get("soft_loss", 0) > 0 for record in logged)  # the teacher's term was trained on
+    # a teacher whose tags differ is refused before anything is written
+    capsys.readouterr()
+    config.write_text(yaml.safe_dump({**raw, "output_dir": str(student_dir / "other"),
+                                      "data": {**raw["data"], "labels": ["PER", "LOC"]},
+                                      "distillation": {"teacher": str(teacher_dir / "run")}}))
+    assert main(["--config", str(config)]) == 2
+    assert "the same tags" in capsys.readouterr().err and not (student_dir / "other").exists()

@@ -87,13 +87,15 @@ class WordWindows:
 
     `encoded` holds one row per window (ids with special tokens; labels per token, -100 where ignored);
     `window_of[i]` the text it reads; `owned[i]` [len] the word each position predicts (-1: none; every
-    word is owned by one position of one window); `followers[k]` [words of text k] (see `followers`)."""
+    word is owned by one position of one window); `followers[k]` [words of text k] (see `followers`);
+    `firsts[i]` [len] the word each position is the first token of, in every window it appears in (-1: none)."""
 
     encoded: Encoded
     window_of: np.ndarray  # [windows] the text of each window
     owned: tuple[np.ndarray, ...]
     followers: tuple[np.ndarray, ...]
     word_counts: tuple[int, ...]
+    firsts: tuple[np.ndarray, ...] = ()  # per window [len]: the word whose first token each position is, else -1
 
     def word_scores(self, window_scores: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per-position scores of each window ([len, C] each) -> per word of each text ([words, C]; a word
@@ -122,7 +124,7 @@ def encode_words(texts: Sequence[str], words: Sequence[Sequence[tuple[int, int]]
                         f"the text prefix; raise data.max_length")
     stride = min(stride, capacity // 2)
     tokenised = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-    ids, labels, owned, window_of, follow = [], [], [], [], []
+    ids, labels, owned, window_of, follow, firsts = [], [], [], [], [], []
     for k, (text_ids, offsets) in enumerate(zip(tokenised["input_ids"], tokenised["offset_mapping"])):
         word_of_token = token_words(offsets, words[k])
         follow.append(followers(offsets, words[k], word_of_token))
@@ -151,6 +153,10 @@ def encode_words(texts: Sequence[str], words: Sequence[Sequence[tuple[int, int]]
             frame = np.full(len(head) + end - start + len(layout.trail), -1, np.int64)
             mine = np.flatnonzero(best == n)
             frame[len(head) + first[mine] - start] = mine
+            starting = np.full_like(frame, -1)
+            inside = np.flatnonzero((first >= start) & (first < end))
+            starting[len(head) + first[inside] - start] = inside
+            firsts.append(starting)
             ids.append(np.asarray([*head, *text_ids[start:end], *layout.trail], np.int32))
             labels.append(np.concatenate([np.full(len(head), IGNORED), token_labels[start:end],
                                           np.full(len(layout.trail), IGNORED)]).astype(np.int32))
@@ -158,7 +164,7 @@ def encode_words(texts: Sequence[str], words: Sequence[Sequence[tuple[int, int]]
             window_of.append(k)
     encoded = Encoded(tuple(ids), tuple(labels), truncated=0)
     return WordWindows(encoded, np.asarray(window_of, np.int64), tuple(owned), tuple(follow),
-                       tuple(len(w) for w in words))
+                       tuple(len(w) for w in words), tuple(firsts))
 
 
 def continuation_tags(tag_names: Sequence[str]) -> list[int]:

@@ -104,8 +104,9 @@ def _metrics_line(metrics: dict) -> str:
     if "per_type" in metrics:  # entities (token classification)
         return (f"entity F1 {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
                 f"  macro F1 {metrics['macro_f1']:.4f}  word accuracy {metrics['accuracy']:.4f}")
+    mcc = f"  MCC {metrics['mcc']:.4f}" if "mcc" in metrics else ""  # (absent from a mean over tasks of two kinds)
     return (f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
-            f"  F1 {metrics['f1']:.4f}  MCC {metrics['mcc']:.4f}")
+            f"  F1 {metrics['f1']:.4f}{mcc}")
 
 
 def _report(summary: dict, run_dir: Path) -> None:
@@ -132,7 +133,12 @@ def _report(summary: dict, run_dir: Path) -> None:
         low, high = baseline["f1_difference_interval"]
         print(f"baseline ({baseline['what']}): entity F1 {baseline['f1']:.4f}; the model's lead over it, 95% "
               f"bootstrap interval: {low:+.4f} to {high:+.4f}")
-    if "distillation" in summary:
+    if "distillation" in summary and "f1_retained" in summary["distillation"]:  # a tagger's
+        d = summary["distillation"]
+        print(f"distillation: student entity F1 {d['student']['f1']:.4f} vs teacher {d['teacher']['f1']:.4f} "
+              f"({100 * d['f1_retained']:.1f}% retained); {d['student']['parameters']:,} vs "
+              f"{d['teacher']['parameters']:,} parameters")
+    elif "distillation" in summary:
         d = summary["distillation"]
         teacher, student = d["teacher"], d["student"]
         print(f"distillation: student accuracy {student['accuracy']:.4f} vs teacher {teacher['accuracy']:.4f} "

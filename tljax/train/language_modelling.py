@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from tljax.data import DataError, TextDataset, load_source
+from tljax.data.bundled.ner_corpus import NER_CORPORA, load_ner
 from tljax.data.batches import BatchIterator, Encoded
 from tljax.train.config import ConfigKeyError
 from tljax.train.losses import cross_entropy, language_model_loss
@@ -29,7 +30,7 @@ MASK_FRACTION, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 
 def load_texts(source: str, text_column: str = "text", label_column: str = "label") -> TextDataset:
     """Unlabelled documents: a .txt file (one document per non-empty line) or any labelled source with its
-    labels dropped (a packaged corpus, CSV / JSON Lines, hf:, tfds:)."""
+    labels dropped (a packaged corpus, CSV / JSON Lines, hf:, tfds:, a bundled NER set's sentences)."""
     path = Path(str(source)).expanduser()
     if path.suffix.lower() == ".txt":
         if not path.is_file():
@@ -39,6 +40,10 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
         if not texts:
             raise DataError(f"text file {path} has no text (it is empty or blank); put one document per line")
         return TextDataset(path.stem, tuple(texts), (0,) * len(texts), ("text",))
+    if source in NER_CORPORA:  # a tagged corpus's text, with its fixed splits: the held-out documents stay out
+        tagged = load_ner(source)
+        return TextDataset(tagged.name, tagged.texts, (0,) * len(tagged), ("text",), groups=tagged.groups,
+                           predefined_split=tagged.predefined_split, language=tagged.language)
     dataset = load_source(source, text_column=text_column, label_column=label_column)
     return TextDataset(dataset.name, dataset.texts, (0,) * len(dataset), ("text",), groups=dataset.groups,
                        language=dataset.language)

@@ -1,10 +1,12 @@
-"""Multi-task learning: one shared backbone, one classification head per task.
+"""Multi-task learning: one shared backbone, one head per task: sequence classification (a label per text) or
+token classification (a tag per word, e.g. named entities: `task: token-classification` in the task's entry).
 
 Each training batch comes from one task, drawn with temperature-scaled sampling: P(task) is proportional
 to (its training examples) ** (1 / T), so T = 1 samples by size and a large T evens the tasks out (the
-rule multilingual and multi-task models use to keep small tasks from being drowned). The heads read the
-model's own features (the pooled output of an encoder, the last token's state of a decoder); each task is
-evaluated with its own metrics, and the run's metrics are their means over the tasks.
+rule multilingual and multi-task models use to keep small tasks from being drowned). A sequence task's head
+reads the model's own features (the pooled output of an encoder, the last token's state of a decoder), a token
+task's head every token's last hidden state; each task is evaluated with its own metrics (entity F1 for a
+token task), and the run's metrics are their means over the tasks.
 """
 
 from __future__ import annotations
@@ -23,20 +25,25 @@ from tljax.methods.base import Method, MethodContext, head_pattern
 from tljax.methods.rules import PathRules, Rule
 from tljax.models.checkpoint import atomic_directory
 from tljax.models.layers import Linear, dropout, layer_keys
+from tljax.data.windows import score_words
+from tljax.models import model_class
 from tljax.runs import RunInfo, export_run
 from tljax.train.config import ConfigKeyError, DataConfig, from_dict
 from tljax.train.losses import cross_entropy
 from tljax.train.objectives import Objective, classify_batches
+from tljax.train.tagging import TaggedSplit, tag_metrics
 
 Array = jax.Array
 # what a task may set itself; the rest (max_length) is shared through the run's `data` section
-TASK_KEYS = ("name", "source", "text_column", "label_column", "labels", "validation", "test", "max_train_examples",
-             "max_eval_examples", "text_prefix")
+TASK_KEYS = ("name", "task", "source", "text_column", "label_column", "labels", "validation", "test",
+             "max_train_examples", "max_eval_examples", "text_prefix", "tag_scheme", "stride", "label_all_subtokens")
+TASK_KINDS = ("sequence-classification", "token-classification")
 NOT_A_CLASS = -1e9  # the logit of a class a task does not have (padding up to the widest head)
 
 
-def parse_tasks(tasks: list[Any], shared: DataConfig) -> list[tuple[str, DataConfig]]:
-    """(name, data config) of each task; the shared `data` section fills what a task leaves out."""
+def parse_tasks(tasks: list[Any], shared: DataConfig) -> list[tuple[str, str, DataConfig]]:
+    """(name, kind, data config) of each task (kind: sequence-classification, the default, or
+    token-classification); the shared `data` section fills what a task leaves out."""
     if not isinstance(tasks, list) or not tasks:
         raise ConfigKeyError("tasks must be a non-empty list, e.g. [{name: sentiment, source: rotten-tomatoes}, "
                              "{name: subjectivity, source: rotten-tomatoes-subjectivity}]")
@@ -57,8 +64,13 @@ def parse_tasks(tasks: list[Any], shared: DataConfig) -> list[tuple[str, DataCon
         if hasattr(nnx.Dict, name) or name.startswith("_"):  # the heads live in an nnx.Dict, keyed by name
             raise ConfigKeyError(f"{where}: task name {name!r} is reserved; choose another (e.g. {name}_task)")
         seen.add(name)
-        fields = {**dataclasses.asdict(shared), "labels": None, **{k: v for k, v in raw.items() if k != "name"}}
-        parsed.append((name, from_dict(DataConfig, fields, f"{where}.")))
+        kind = raw.get("task", "sequence-classification")
+        if kind not in TASK_KINDS:
+            raise ConfigKeyError(f"{where}: task {kind!r} is not one a multi-task run trains; valid: "
+                                 f"{', '.join(TASK_KINDS)}")
+        fields = {**dataclasses.asdict(shared), "labels": None,
+                  **{k: v for k, v in raw.items() if k not in ("name", "task")}}
+        parsed.append((name, kind, from_dict(DataConfig, fields, f"{where}.")))
     return parsed
 
 
@@ -68,15 +80,17 @@ class TaskHeads(Method):
     model's own single-task head is unused, so it is frozen."""
 
     name: ClassVar[str] = "_task_heads"
-    tasks: tuple[tuple[str, int], ...] = ()  # (name, number of classes)
+    tasks: tuple[tuple[str, int], ...] = ()  # (name, number of classes or tags)
     seed: int = 0
+    token_tasks: tuple[str, ...] = ()  # the tasks that tag tokens (their heads have a bias, as a token classifier's)
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         own = single_task_head(model)
         rngs = nnx.Rngs(self.seed)
         model.task_heads = nnx.Dict({
-            name: Linear(own.in_features, classes, use_bias=own.bias is not None, dtype=own.dtype,
-                         param_dtype=own.kernel.dtype, init_std=getattr(model.config, "initializer_range", 0.02), rngs=rngs)
+            name: Linear(own.in_features, classes, use_bias=own.bias is not None or name in self.token_tasks,
+                         dtype=own.dtype, param_dtype=own.kernel.dtype,
+                         init_std=getattr(model.config, "initializer_range", 0.02), rngs=rngs)
             for name, classes in self.tasks})
 
     def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
@@ -124,89 +138,140 @@ def sampling_probabilities(sizes: list[int], temperature: float) -> np.ndarray:
 
 @dataclasses.dataclass
 class MultiTask(Objective):
-    """`encoded[split]` is a list of one `Encoded` per task (each with a `task` index per example)."""
+    """`encoded[split]` is a list of one part per task, each an `Encoded` (a sequence task) or a `TaggedSplit`
+    (a token task), whose examples carry their task's index (`task`)."""
 
-    tasks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, label names)
+    tasks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, label or tag names)
     temperature: float = 2.0
     task_data: tuple[DataConfig, ...] = ()  # each task's data settings (its text prefix goes into its export)
+    kinds: tuple[str, ...] = ()  # each task's kind (TASK_KINDS)
 
     def logits(self, model, batch, dropout_key=None) -> Array:
-        """Each row's logits from its own task's head, padded to the widest head: [B, max classes]."""
+        """Each row's logits from its own task's head, padded to the widest head: [B, max classes], or
+        [B, T, max tags] for a batch of a token task (per-token labels [B, T])."""
         k_features, k_head = layer_keys(dropout_key, 2)
-        features = model.features(batch["input_ids"], batch["attention_mask"], dropout_key=k_features)
-        features = dropout(model.pool(features), getattr(model, "dropout_rate", 0.0), k_head)
+        tokens = batch["labels"].ndim == 2  # known when the step is traced: one program per kind of batch
+        if tokens:
+            features = model.token_features(batch["input_ids"], batch["attention_mask"], dropout_key=k_features)
+        else:
+            features = model.pool(model.features(batch["input_ids"], batch["attention_mask"],
+                                                 dropout_key=k_features))
+        features = dropout(features, getattr(model, "dropout_rate", 0.0), k_head)
         width = max(len(labels) for _, labels in self.tasks)
+        padding = ((0, 0),) * (features.ndim - 1)
         per_task = [jnp.pad(model.task_heads[name](features).astype(jnp.float32),
-                            ((0, 0), (0, width - len(labels))), constant_values=NOT_A_CLASS)
+                            (*padding, (0, width - len(labels))), constant_values=NOT_A_CLASS)
                     for name, labels in self.tasks]
-        stacked = jnp.stack(per_task, axis=1)  # [B, tasks, width]
-        return jnp.take_along_axis(stacked, batch["task"][:, None, None], axis=1)[:, 0]
+        stacked = jnp.stack(per_task, axis=1)  # [B, tasks, (T,) width]
+        task = batch["task"].reshape((-1, 1) + (1,) * (stacked.ndim - 2))
+        return jnp.take_along_axis(stacked, task, axis=1)[:, 0]
 
     def loss(self, model, batch, dropout_key):
-        loss, accuracy = cross_entropy(self.logits(model, batch, dropout_key), batch["labels"], batch["weights"])
+        logits, labels = self.logits(model, batch, dropout_key), batch["labels"]
+        if labels.ndim == 2:
+            weights = (labels != -100).astype(jnp.float32) * batch["weights"][:, None]
+            labels = jnp.where(labels == -100, 0, labels)
+        else:
+            weights = batch["weights"]
+        loss, accuracy = cross_entropy(logits, labels, weights)
         return loss, {"accuracy": accuracy}
 
     def outputs(self, model, batch):
         return self.logits(model, batch)
 
+    def _encoded(self, part) -> Encoded:
+        return part.windows.encoded if isinstance(part, TaggedSplit) else part
+
     def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"draw": 0, "tasks": [{"epoch": 0, "index": 0}] * len(self.tasks)}
-        iterators = [BatchIterator(encoded, batch_size, self.pad_id, self.max_length, seed=seed + number,
+        iterators = [BatchIterator(self._encoded(part), batch_size, self.pad_id, self.max_length, seed=seed + number,
                                    epoch=place["epoch"], index=place["index"], share=share)
-                     for number, (encoded, place) in enumerate(zip(self.encoded["train"], position["tasks"]))]
+                     for number, (part, place) in enumerate(zip(self.encoded["train"], position["tasks"]))]
         return MixtureBatches(iterators, self.probabilities(), seed, position["draw"])
 
     def probabilities(self) -> np.ndarray:
-        return sampling_probabilities([len(e) for e in self.encoded["train"]], self.temperature)
+        return sampling_probabilities([len(self._encoded(e)) for e in self.encoded["train"]], self.temperature)
 
     def evaluate(self, forward, split, batch_size):
         per_task = {}
-        for (name, labels), encoded in zip(self.tasks, self.encoded[split]):
-            per_task[name] = classify_batches(forward, self.evaluation_batches(encoded, batch_size), len(labels))
-        means = {metric: float(np.mean([m[metric] for m in per_task.values()]))
-                 for metric in ("loss", "accuracy", "precision", "recall", "f1", "mcc")}
-        return {**means, "tasks": per_task}
+        for (name, labels), part in zip(self.tasks, self.encoded[split]):
+            batches = self.evaluation_batches(self._encoded(part), batch_size)
+            if isinstance(part, TaggedSplit):
+                per_task[name] = tag_metrics(part, score_words(forward, batches, part.windows), labels)
+            else:
+                per_task[name] = classify_batches(forward, batches, len(labels))
+        shared = [m for m in ("loss", "accuracy", "precision", "recall", "f1", "mcc")
+                  if all(m in metrics for metrics in per_task.values())]
+        return {**{m: float(np.mean([metrics[m] for metrics in per_task.values()])) for m in shared},
+                "tasks": per_task}
 
     def chance(self):
         shares = []
-        for (_, labels), encoded in zip(self.tasks, self.encoded["validation"]):
-            counts = np.bincount(encoded.labels, minlength=len(labels))
+        for (_, labels), part in zip(self.tasks, self.encoded["validation"]):
+            if isinstance(part, TaggedSplit):
+                return None  # a tagger's baseline is not a class share
+            counts = np.bincount(part.labels, minlength=len(labels))
             shares.append(counts.max() / counts.sum())
         return float(np.mean(shares))
 
     def report(self, forward, batch_size, model, test):
         names = [name for name, _ in self.tasks]
-        return {"tasks": {name: {"training_examples": len(encoded), "sampling_probability": float(p)}
-                          for name, encoded, p in zip(names, self.encoded["train"], self.probabilities())}}
+        return {"tasks": {name: {"kind": kind, "training_examples": len(self._encoded(part)),
+                                 "sampling_probability": float(p)}
+                          for name, kind, part, p in zip(names, self.kinds, self.encoded["train"],
+                                                         self.probabilities())}}
 
     def title(self) -> str:
         return f"{super().title()}, {len(self.tasks)} tasks"
 
     def export(self, model, info: RunInfo, directory: Path, *, model_dir: Path, tokenizer) -> list[str]:
         """One ordinary single-task export per task (`export/<task>/`): the shared backbone with that task's
-        head in the model's own head slot, so each loads in `tljax.predict` and Hugging Face alone."""
+        head in the head slot of the task's own model class (a token classifier for a token task), so each
+        loads in `tljax.predict` and Hugging Face alone."""
         heads = dict(model.task_heads.items())
         model.task_heads = None
         written = []
         with atomic_directory(directory) as staging:  # every task's export, or none
-            for (name, labels), data in zip(self.tasks, self.task_data):
-                single = nnx.clone(model)
+            for (name, labels), kind, data in zip(self.tasks, self.kinds, self.task_data):
+                single = token_classifier(model) if kind == "token-classification" else nnx.clone(model)
                 setattr(single, head_attribute(single), heads[name])
                 single.config = single.config.replace(id2label=dict(enumerate(labels)))
-                task_info = dataclasses.replace(info, labels=tuple(labels), text_prefix=data.text_prefix)
+                task_info = dataclasses.replace(info, task=kind, labels=tuple(labels), text_prefix=data.text_prefix)
                 items = export_run(staging / name, single, self.adaptation.methods, task_info, model_dir=model_dir,
                                    tokenizer=tokenizer)
                 written += [f"{name}: {item.replace(str(staging), str(directory))}" for item in items]
         return written
 
 
-def multitask_objective(config, adaptation, tasks: list[tuple[str, tuple[str, ...], dict[str, Encoded]]],
+def token_classifier(model: nnx.Module) -> nnx.Module:
+    """A token classifier of `model`'s family around a copy of `model`'s backbone (its pooler dropped): what a
+    token task of a multi-task run exports as."""
+    cls = model_class(model.config.model_type, "token-classification")
+    single = nnx.eval_shape(lambda: cls(model.config, rngs=nnx.Rngs(0)))
+    body = nnx.clone(getattr(model, cls.base_model_prefix))
+    if getattr(body, "pooler", None) is not None:
+        body.pooler = None
+    setattr(single, cls.base_model_prefix, body)
+    return single
+
+
+def multitask_objective(config, adaptation, tasks: list[tuple[str, str, tuple[str, ...], dict[str, Any]]],
                         task_data: list[DataConfig], pad_id: int, max_length: int) -> MultiTask:
-    """The objective over prepared tasks: (name, label names, encoded splits) each, and their data settings;
-    `adaptation` holds the `TaskHeads` of the same tasks."""
+    """The objective over prepared tasks: (name, kind, label names, encoded splits) each (an `Encoded` per split
+    for a sequence task, a `TaggedSplit` for a token task), and their data settings; `adaptation` holds the
+    `TaskHeads` of the same tasks."""
     encoded = {}
     for split in ("train", "validation", "test"):
-        encoded[split] = [dataclasses.replace(parts[split], extras={"task": np.full(len(parts[split]), k, np.int32)})
-                          for k, (_, _, parts) in enumerate(tasks)]
-    return MultiTask(adaptation, encoded, pad_id, max_length, tasks=tuple((n, tuple(l)) for n, l, _ in tasks),
-                     temperature=config.training.task_sampling_temperature, task_data=tuple(task_data))
+        encoded[split] = [_with_task(parts[split], k) for k, (_, _, _, parts) in enumerate(tasks)]
+    return MultiTask(adaptation, encoded, pad_id, max_length, tasks=tuple((n, tuple(l)) for n, _, l, _ in tasks),
+                     temperature=config.training.task_sampling_temperature, task_data=tuple(task_data),
+                     kinds=tuple(kind for _, kind, _, _ in tasks))
+
+
+def _with_task(part, index: int):
+    """`part` (an `Encoded` or a `TaggedSplit`) whose examples carry the task index `index`."""
+    if isinstance(part, TaggedSplit):
+        windows = part.windows
+        return dataclasses.replace(part, windows=dataclasses.replace(windows, encoded=_with_task(windows.encoded,
+                                                                                                  index)))
+    return dataclasses.replace(part, extras={"task": np.full(len(part), index, np.int32)})

@@ -30,7 +30,10 @@ from tljax.train.language_modelling import language_modelling_objective, load_te
 from tljax.train.multitask import TaskHeads, multitask_objective, parse_tasks
 from tljax.train.objectives import Classification, EvaluationSet, Objective
 from tljax.train.sharding import make_mesh, parameter_shardings, parse_rules
-from tljax.train.tagging import prepare_token_classification
+from tljax.data.sources import load_tagged
+from tljax.data.tagged import describe_tagged_splits
+from tljax.train.tag_distill import token_distillation_objective
+from tljax.train.tagging import encode_tagged, prepare_token_classification, tagged_splits
 from tljax.train.tasks import Setup, build, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
@@ -156,18 +159,33 @@ def _prepare_sequence_classification(config: RunConfig, model_dir: Path, tokeniz
 def _prepare_multitask(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     data, seed = config.data, config.training.seed
     tasks = parse_tasks(config.tasks, data)
-    loaded = [(name, task_data, _load_labelled(task_data)) for name, task_data in tasks]
-    task_splits = [_classification_split(dataset, task_data, seed, f"task {name} ({task_data.source})")
-                   for name, task_data, dataset in loaded]  # every task's data checked before the model is built
-    heads = TaskHeads(tasks=tuple((name, len(d.label_names)) for name, _, d in loaded), seed=seed)
-    adaptation, info = build(config, model_dir, tokenizer, tuple(loaded[0][2].label_names), (heads,))
+    loaded, task_splits = [], []
+    for name, kind, task_data in tasks:  # every task's data checked before the model is built
+        where = f"task {name} ({task_data.source})"
+        if kind == "token-classification":
+            dataset = load_tagged(task_data.source, scheme=task_data.tag_scheme, types=task_data.labels)
+            splits = tagged_splits(dataset, task_data, seed)
+        else:
+            dataset = _load_labelled(task_data)
+            splits = _classification_split(dataset, task_data, seed, where)
+        loaded.append((name, kind, task_data, dataset))
+        task_splits.append(splits)
+    heads = TaskHeads(tasks=tuple((name, len(d.label_names)) for name, _, _, d in loaded), seed=seed,
+                      token_tasks=tuple(name for name, kind, _, _ in loaded if kind == "token-classification"))
+    adaptation, info = build(config, model_dir, tokenizer, tuple(loaded[0][3].label_names), (heads,))
     prepared_tasks, reports = [], []
-    for (name, task_data, dataset), splits in zip(loaded, task_splits):
-        encoded = {split_name: encode(part.texts, part.labels, tokenizer, info.max_length, task_data.text_prefix)
-                   for split_name, part in splits.items()}
-        prepared_tasks.append((name, tuple(dataset.label_names), encoded))
-        reports.append(f"task {name} ({task_data.source}):\n{describe_splits(splits)}")
-    objective = multitask_objective(config, adaptation, prepared_tasks, [d for _, d in tasks], _pad_id(tokenizer),
+    for (name, kind, task_data, dataset), splits in zip(loaded, task_splits):
+        labels = tuple(dataset.label_names)
+        if kind == "token-classification":
+            encoded = {split_name: encode_tagged(part, tokenizer, info.max_length, task_data, labels)
+                       for split_name, part in splits.items()}
+            reports.append(f"task {name} ({task_data.source}, tags):\n{describe_tagged_splits(splits)}")
+        else:
+            encoded = {split_name: encode(part.texts, part.labels, tokenizer, info.max_length, task_data.text_prefix)
+                       for split_name, part in splits.items()}
+            reports.append(f"task {name} ({task_data.source}):\n{describe_splits(splits)}")
+        prepared_tasks.append((name, kind, labels, encoded))
+    objective = multitask_objective(config, adaptation, prepared_tasks, [d for _, _, d in tasks], _pad_id(tokenizer),
                                     info.max_length)
     return Setup(objective, info, "\n".join(reports))
 
@@ -193,8 +211,13 @@ def _prepare_language_modelling(config: RunConfig, model_dir: Path, tokenizer) -
     return Setup(objective, info, describe_splits(splits))
 
 
-register("token-classification", "a tag per word: named entities (CoNLL, JSON Lines spans, hf:DIR, ner-pt / ner-en)",
-         sections=("evaluation", "crf"))(prepare_token_classification)
+@register("token-classification", "a tag per word: named entities (CoNLL, JSON Lines spans, hf:DIR, ner-pt / "
+          "ner-en)", sections=("evaluation", "crf", "distillation"))
+def _prepare_token_classification(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    setup = prepare_token_classification(config, model_dir, tokenizer)
+    if config.distillation is None:
+        return setup
+    return dataclasses.replace(setup, objective=token_distillation_objective(config, setup.objective))
 
 
 def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:
@@ -253,6 +276,15 @@ def training_texts(config: RunConfig) -> set[str]:
         data = config.data
         return {normalise(t) for t in _split(load_texts(data.source, data.text_column, data.label_column), data,
                                              config.training.seed)["train"].texts}
-    tasks = [data for _, data in parse_tasks(config.tasks, config.data)] if config.tasks else [config.data]
-    return {normalise(text) for data in tasks
-            for text in _split(_load_labelled(data), data, config.training.seed)["train"].texts}
+    if config.task == "token-classification":
+        return {normalise(text) for text in tagged_splits(load_tagged(
+            config.data.source, scheme=config.data.tag_scheme), config.data, config.training.seed)["train"].texts}
+    tasks = parse_tasks(config.tasks, config.data) if config.tasks else [("", "sequence-classification", config.data)]
+    texts = set()
+    for _, kind, data in tasks:
+        if kind == "token-classification":
+            train = tagged_splits(load_tagged(data.source, scheme=data.tag_scheme), data, config.training.seed)["train"]
+        else:
+            train = _split(_load_labelled(data), data, config.training.seed)["train"]
+        texts |= {normalise(text) for text in train.texts}
+    return texts

@@ -28,7 +28,7 @@ from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset, describe_tagged_splits
 from tljax.data.windows import WordWindows, continuation_tags, encode_words, score_words, word_tags
 from tljax.tagging import OUTSIDE, entity_metrics, f1_difference_interval, sentence_counts, type_confusion
-from tljax.train.config import ConfigKeyError, RunConfig
+from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
 from tljax.models.crf import compact
 from tljax.models.layers import layer_keys
 from tljax.models.transforms import jit_bound
@@ -78,11 +78,11 @@ class TaggedSplit:
     windows: WordWindows
 
 
-def encode_tagged(dataset: TaggedDataset, tokenizer, max_length: int, config: RunConfig,
+def encode_tagged(dataset: TaggedDataset, tokenizer, max_length: int, data: DataConfig,
                   label_names: tuple[str, ...]) -> TaggedSplit:
+    """`dataset` tokenised in windows as `data` (the run's data section) says, its tags as `label_names` ids."""
     index = {name: i for i, name in enumerate(label_names)}
     tag_ids = [[index[tag] for tag in tags] for tags in dataset.tags]
-    data = config.data
     continuation = continuation_tags(label_names) if data.label_all_subtokens else None
     windows = encode_words(dataset.texts, dataset.words, tag_ids, tokenizer, max_length, prefix=data.text_prefix,
                            stride=data.stride, continuation=continuation)
@@ -268,10 +268,9 @@ class TokenFeatureClassification(TokenClassification):
         return f"{super().title()} (cached features)"
 
 
-def _tagged_split(dataset: TaggedDataset, config: RunConfig):
-    data = config.data
-    splits = split_dataset(dataset, validation=data.validation, test=data.test, seed=config.training.seed)
-    return split_budgets(splits, data)
+def tagged_splits(dataset: TaggedDataset, data: DataConfig, seed: int):
+    """Train / validation / test of `dataset` (its own fixed splits where it has them), cut to the budgets."""
+    return split_budgets(split_dataset(dataset, validation=data.validation, test=data.test, seed=seed), data)
 
 
 def _evaluation_sets(config: RunConfig, tokenizer, max_length: int, train_types: tuple[str, ...],
@@ -286,8 +285,8 @@ def _evaluation_sets(config: RunConfig, tokenizer, max_length: int, train_types:
         dataset = load_tagged(spec["source"], scheme=config.data.tag_scheme, types=train_types)
         split = spec.get("split", "all")
         if split == "test":
-            dataset = _tagged_split(dataset, dataclasses.replace(config, data=dataclasses.replace(
-                config.data, max_train_examples=None, max_eval_examples=None)))["test"]
+            dataset = tagged_splits(dataset, dataclasses.replace(config.data, max_train_examples=None,
+                                                                 max_eval_examples=None), config.training.seed)["test"]
         elif split != "all":
             raise ConfigKeyError(f"evaluation.{name}.split {split!r} is unknown; valid: all, test")
         limit = spec.get("max_examples")
@@ -295,20 +294,20 @@ def _evaluation_sets(config: RunConfig, tokenizer, max_length: int, train_types:
             if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
                 raise ConfigKeyError(f"evaluation.{name}.max_examples must be a whole number >= 1, got {limit!r}")
             dataset = dataset.subset(range(min(limit, len(dataset))))
-        sets.append((name, spec["source"], encode_tagged(dataset, tokenizer, max_length, config, label_names)))
+        sets.append((name, spec["source"], encode_tagged(dataset, tokenizer, max_length, config.data, label_names)))
     return tuple(sets)
 
 
 def prepare_token_classification(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     data = config.data
     dataset = load_tagged(data.source, scheme=data.tag_scheme, types=data.labels)
-    splits = _tagged_split(dataset, config)
+    splits = tagged_splits(dataset, data, config.training.seed)
     if not any(splits["train"].entity_counts().values()):
         raise DataError(f"{data.source}: the training split has no entities; a tagger needs examples of what it "
                         "should find")
     label_names = dataset.label_names
     adaptation, info = build(config, model_dir, tokenizer, label_names)
-    encoded = {name: encode_tagged(part, tokenizer, info.max_length, config, label_names)
+    encoded = {name: encode_tagged(part, tokenizer, info.max_length, data, label_names)
                for name, part in splits.items()}
     evaluation_sets = _evaluation_sets(config, tokenizer, info.max_length, dataset.types, label_names)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

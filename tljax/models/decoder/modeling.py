@@ -385,6 +385,15 @@ class LlamaForSequenceClassification(PretrainedModel):
         last = jnp.max(jnp.arange(input_ids.shape[1])[None] * attention_mask.astype(jnp.int32), axis=-1)
         return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
 
+    def token_features(self, input_ids: Array, attention_mask: Array | None = None, *,
+                       dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H]: what a token head reads (a token task of a
+        multi-task run shares this backbone)."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden, _ = self.model(input_ids, attention_mask, dropout_key=dropout_key)
+        return hidden[:, self.model.num_virtual_tokens:]
+
     def pool(self, features: Array) -> Array:
         """Features [B, H] -> what the linear head reads [B, H]: the features themselves (no pooler)."""
         return features

@@ -308,6 +308,12 @@ class BertForSequenceClassification(PretrainedModel):
         last = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=body_key)
         return self.summary(last, attention_mask)
 
+    def token_features(self, input_ids: Array, attention_mask: Array | None = None, *,
+                       dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H]: what a token head reads (a token task of a
+        multi-task run shares this backbone)."""
+        return self.bert(input_ids, attention_mask, dropout_key=dropout_key)[:, self.bert.num_virtual_tokens:]
+
     def pool(self, features: Array) -> Array:
         """Features [B, H] -> what the linear classifier's dropout reads [B, H]: the pooler's output, or the
         features themselves under mean pooling."""

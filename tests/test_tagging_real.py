@@ -1,0 +1,39 @@
+"""Named-entity recognition on the real packaged models and tljax's NER set, reduced budgets (the full-budget
+figures, every method on both models and languages, are in docs/transfer.md). Each run is a
+`python -m tljax.train` process on one CPU device, shared by the test workers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import shared_run
+
+pytestmark = pytest.mark.real
+
+
+def test_minilm_lora_tags_english_entities_well_above_the_most_frequent_tag(tmp_path_factory):
+    run = shared_run(tmp_path_factory, "minilm-ner", _config("ner.yaml", max_steps=100, eval_steps=50))
+    summary = json.loads((run / "summary.json").read_text())
+    test, baseline = summary["test"], summary["baseline"]
+    assert test["f1"] >= 0.5, test
+    low, high = baseline["f1_difference_interval"]  # the paired bootstrap interval of the lead over the baseline
+    assert low > 0 and test["f1"] - baseline["f1"] > 0, baseline
+    assert set(test["per_type"]) == {"DATE", "LOC", "MISC", "ORG", "PER"} and test["entities"] == 175
+
+
+def test_e5_trained_on_english_tags_portuguese_above_the_baseline(tmp_path_factory):
+    run = shared_run(tmp_path_factory, "e5-ner-en", _config("ner_cross_lingual.yaml", max_steps=60, eval_steps=30))
+    summary = json.loads((run / "summary.json").read_text())
+    portuguese = summary["evaluation"]["pt"]
+    assert portuguese["language"] == "pt-BR" and portuguese["examples"] == 107
+    low, _ = portuguese["baseline"]["f1_difference_interval"]
+    assert low > 0, portuguese["baseline"]  # above "each word's most frequent English training tag"
+
+
+def _config(name: str, **training) -> dict:
+    """configs/<name> at a reduced budget (the runs' own figures at the full one: docs/transfer.md)."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text())
+    config["training"] = {**config["training"], **training, "early_stopping_patience": None}
+    return config
