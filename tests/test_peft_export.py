@@ -29,6 +29,7 @@ from tljax.methods.peft import save_peft
 from tljax.models import (
     BertForMaskedLM,
     BertForSequenceClassification,
+    BertForTokenClassification,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
 )
@@ -39,6 +40,7 @@ LLAMA = dict(vocab_size=173, hidden_size=32, num_hidden_layers=2, num_attention_
              intermediate_size=48, max_position_embeddings=128, rope_theta=500.0, initializer_range=0.1,
              bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
 LABELS = {0: "neg", 1: "pos", 2: "mix"}
+TAGS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 
 
 @pytest.fixture
@@ -84,6 +86,8 @@ def export_and_load(adaptation, base_dir, tmp_path):
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     if config["task_type"] == "SEQ_CLS":
         base = transformers.AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=len(LABELS))
+    elif config["task_type"] == "TOKEN_CLS":
+        base = transformers.AutoModelForTokenClassification.from_pretrained(base_dir, num_labels=len(TAGS))
     else:
         base = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
     return peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval(), config
@@ -252,6 +256,24 @@ def test_methods_without_a_peft_layout_are_refused(bert_dir, tmp_path, methods):
                                          "save_pretrained"):
         save_peft(adaptation, tmp_path / "adapter", "base")
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.parametrize("method", [LoRA(rank=4, alpha=8.0), PromptTuning(num_virtual_tokens=3),
+                                    PrefixTuning(num_virtual_tokens=3)], ids=["lora", "prompt", "prefix"])
+def test_a_bert_token_classifier_exports_as_a_token_cls_adapter(bert_dir, tmp_path, method):
+    """The tags of every text token equal PEFT's (its logits of a soft prompt's virtual tokens dropped)."""
+    adaptation = adapt(BertForTokenClassification.from_pretrained(bert_dir, id2label=TAGS), [method])
+    perturb(adaptation)
+    reference, config = export_and_load(adaptation, bert_dir, tmp_path)
+    assert config["task_type"] == "TOKEN_CLS" and "classifier" in config["modules_to_save"]
+    ids, mask, token_types = bert_batch()
+    ours = np.asarray(forward(adaptation.model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(token_types)))
+    with torch.no_grad():
+        theirs = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                           token_type_ids=torch.tensor(token_types)).logits.numpy()
+    virtual = config.get("num_virtual_tokens", 0) if config["peft_type"] == "PROMPT_TUNING" else 0
+    real = mask.astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[:, virtual:][real], atol=1e-4, rtol=0)
 
 
 def test_a_model_class_without_a_peft_task_type_is_refused(bert_dir, tmp_path):

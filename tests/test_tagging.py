@@ -324,6 +324,33 @@ def test_every_method_learns_tags_and_keeps_frozen_parameters_bit_identical(meth
     assert trained_loss < 0.5 * untrained_loss, f"{method}: {untrained_loss:.3f} -> {trained_loss:.3f}"
 
 
+def test_the_decoder_token_classifier_learns_tags_with_lora():
+    from tljax.models import DecoderConfig, LlamaForTokenClassification
+
+    config = DecoderConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
+                           id2label=dict(enumerate(LABELS)), classifier_dropout=0.0)
+    adaptation = adapt(LlamaForTokenClassification.from_config(config, seed=1), [make_method("lora", {"rank": 4})])
+    frozen_before = {"/".join(map(str, p)): np.asarray(v.get_value())
+                     for p, v in nnx.to_flat_state(nnx.state(adaptation.model, nnx.Not(adaptation.trainable())))}
+    graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable())
+    tx = build_optimizer(OptimizerConfig(learning_rate=1e-2, lr_scheduler_type="constant"), 100)
+    opt_state, step = tx.init(trainable), make_train_step(graphdef, token_classification_loss, tx)
+    batch = tagged_batch(0)
+    for i in range(100):
+        trainable, opt_state, _ = step(trainable, frozen, opt_state, batch, jax.random.key(i))
+    model = nnx.merge(graphdef, trainable, frozen)
+    frozen_after = {"/".join(map(str, p)): np.asarray(v.get_value())
+                    for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(adaptation.trainable())))}
+    assert frozen_before.keys() == frozen_after.keys()
+    assert all(np.array_equal(frozen_before[k], frozen_after[k]) for k in frozen_before)
+    # every tag here is told by its token alone, which a causal model sees as well as an encoder
+    held_out = tagged_batch(1)
+    untrained = LlamaForTokenClassification.from_config(config, seed=1)
+    trained_loss = float(token_classification_loss(model, held_out, None)[0])
+    assert trained_loss < 0.5 * float(token_classification_loss(untrained, held_out, None)[0])
+
+
 # -- the command on a tiny model ----------------------------------------------------------------------------------
 
 
@@ -357,11 +384,23 @@ def tagging_config(tmp_path, tiny_model, method=None, **training):
     return path
 
 
-def test_a_tagging_run_resumes_exports_into_pytorch_and_predicts(tmp_path, tiny_model, capsys):
-    straight = tmp_path / "straight"
-    straight.mkdir()
-    assert main(["--config", str(tagging_config(straight, tiny_model))]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory, tiny_model):
+    """A finished LoRA tagging run on the tiny model (its directory holds `run/` and `config.yaml`), and what
+    the command printed: the resume, export and prediction tests read it, and it teaches the distillation
+    test's student."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("tagger")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--config", str(tagging_config(folder, tiny_model))]) == 0
+    return folder, printed.getvalue()
+
+
+def test_a_tagging_run_resumes_exports_into_pytorch_and_predicts(tmp_path, tiny_model, tagger, capsys):
+    straight, out = tagger
     assert "entity F1" in out and "baseline" in out and "AutoModelForTokenClassification" in out
     summary = json.loads((straight / "run" / "summary.json").read_text())
     # 0.90 measured (the baseline, each word's most frequent tag, is perfect on this data: entity words are
@@ -545,11 +584,9 @@ def test_ner_as_one_head_of_a_multi_task_run(tmp_path, tiny_model):
         ["BertForTokenClassification"]
 
 
-def test_a_tagger_distils_from_a_teacher_tagger(tmp_path, tiny_model, capsys):
-    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    teacher_dir.mkdir()
+def test_a_tagger_distils_from_a_teacher_tagger(tmp_path, tiny_model, tagger, capsys):
+    teacher_dir, student_dir = tagger[0], tmp_path / "student"
     student_dir.mkdir()
-    assert main(["--config", str(tagging_config(teacher_dir, tiny_model))]) == 0
     config = tagging_config(student_dir, tiny_model)
     raw = yaml.safe_load(config.read_text())
     config.write_text(yaml.safe_dump({**raw, "distillation": {"teacher": str(teacher_dir / "run"), "alpha": 0.5,

@@ -22,9 +22,9 @@ __version__ = "0.1.0"
 def load(name_or_path: str, task: str | None = None, *, dtype: DTypeLike | None = "auto", **kwargs):
     """A packaged model name, Hugging Face id or local directory -> (model, tokenizer).
 
-    `task` is "base", "sequence-classification", "masked-lm" or "causal-lm" (default: the backbone for
-    encoders, the language model for decoders). `dtype` is what the model computes in and stores its parameters
-    in: "auto" (the default) or None keeps the checkpoint's dtype, as `transformers` 5 does; "float32",
+    `task` is "base", "sequence-classification", "token-classification", "masked-lm" or "causal-lm" (default:
+    the backbone for encoders, the language model for decoders). `dtype` is what the model computes in and
+    stores its parameters in: "auto" (the default) or None keeps the checkpoint's dtype, as `transformers` 5 does; "float32",
     "bfloat16", "float16" (or the jnp dtype) casts to it. `kwargs` go to `from_pretrained` (param_dtype,
     id2label, ...).
     """

@@ -1,6 +1,9 @@
 """`python -m tljax.train [--config configs/X.yaml] [--set section.key=value ...] [--resume]`
 
-With no arguments: the embedded default (LoRA on MiniLM-L6, Rotten Tomatoes sentiment).
+With no arguments: the embedded default (LoRA on MiniLM-L6, Rotten Tomatoes sentiment). A config's `task`
+chooses what the run predicts: sequence-classification (a label per text), token-classification (a tag per
+word: named entities, configs/ner.yaml), masked-lm / causal-lm (continued pre-training; causal-lm with `chat`:
+chat tuning).
 Several processes (hosts) train one run together when started with --coordinator / --num-processes /
 --process-id, the JAX_* variables, or under SLURM / Open MPI with several tasks (see the README).
 """
