@@ -24,7 +24,7 @@ def test_minilm_lora_tags_english_entities_well_above_the_most_frequent_tag(tmp_
 
 
 def test_e5_trained_on_english_tags_portuguese_above_the_baseline(tmp_path_factory):
-    run = shared_run(tmp_path_factory, "e5-ner-en", _config("ner_cross_lingual.yaml", max_steps=100, eval_steps=50))
+    run = shared_run(tmp_path_factory, "e5-ner-en", _config("ner_cross_lingual.yaml", max_steps=60, eval_steps=30))
     summary = json.loads((run / "summary.json").read_text())
     portuguese = summary["evaluation"]["pt"]
     assert portuguese["language"] == "pt-BR" and portuguese["examples"] == 107
