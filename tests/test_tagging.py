@@ -203,11 +203,11 @@ def test_the_bundled_corpus_is_parallel_original_and_split_by_document():
     counts = check_corpus()  # unique ids, spans, entity for entity, no near-duplicates
     assert counts["documents"] >= 100 and set(counts["registers"]) == {"news", "legal", "medical", "reviews",
                                                                         "everyday"}
-    sentences = sum(counts["pt"][split]["sentences"] for split in ("train", "validation", "test"))
+    sentences = sum(counts["pt"][part]["sentences"] for part in ("train", "validation", "test"))
     assert sentences >= 600
     for language in ("pt", "en"):
-        for split in ("validation", "test"):
-            assert all(counts[language][split][t] >= 15 for t in ("DATE", "LOC", "MISC", "ORG", "PER"))
+        for part in ("validation", "test"):
+            assert all(counts[language][part][t] >= 15 for t in ("DATE", "LOC", "MISC", "ORG", "PER"))
 
 
 # -- alignment and windows ----------------------------------------------------------------------------------------
