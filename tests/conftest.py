@@ -222,9 +222,9 @@ DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.
 # minute or more, longest first, so that the last ones to run are the short modules, which even out the two
 # workers' ends (with those mid-size modules in name order one worker ended 56 s before the other).
 LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_transfer_real", "test_tagging_real", "test_faults",
-                 "test_app_real", "test_benchmarks", "test_methods", "test_tagging", "test_transfer", "test_harness",
-                 "test_distributed", "test_train", "test_app", "test_checkpoints", "test_sharding", "test_decoder",
-                 "test_chat")
+                 "test_app_real", "test_benchmarks", "test_methods", "test_tagging_runs", "test_transfer",
+                 "test_harness", "test_distributed", "test_train", "test_app", "test_checkpoints", "test_sharding",
+                 "test_decoder", "test_chat", "test_tagging")
 
 
 def pytest_collection_modifyitems(config, items):

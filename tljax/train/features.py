@@ -47,20 +47,30 @@ def trains_only_the_head(adaptation: Adaptation) -> bool:
     return bool(trained) and all(head.search(path) for path in trained)
 
 
-def extract_features(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int,
-                     batch_size: int = 64) -> np.ndarray:
-    """The head's input for every example of `encoded`, in example order: [N, H] float32."""
-    features = jit_bound(model, lambda m, ids, mask: m.features(ids, mask))
-    order = np.argsort([len(x) for x in encoded.ids], kind="stable")
+def per_example(call, encoded: Encoded, pad_id: int, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """`call(input_ids, attention_mask)` (a compiled function) for every example of `encoded`, in example order,
+    float32: [N, H] for one output per example ([B, H]), [N, max_length, H] for one per token ([B, T, H]: zeros
+    beyond each batch's width)."""
+    order = np.argsort([len(x) for x in encoded.ids], kind="stable")  # as evaluation_batches takes them
     result = None
     for start, batch in zip(range(0, len(order), batch_size),
                             evaluation_batches(encoded, batch_size, pad_id, max_length)):
         rows = order[start: start + batch_size]
-        values = np.asarray(features(batch["input_ids"], batch["attention_mask"]), np.float32)
+        values = np.asarray(call(batch["input_ids"], batch["attention_mask"]), np.float32)
         if result is None:
-            result = np.zeros((len(encoded), values.shape[-1]), np.float32)
-        result[rows] = values[: len(rows)]
+            per_token = (max_length,) if values.ndim == 3 else ()
+            result = np.zeros((len(encoded), *per_token, values.shape[-1]), np.float32)
+        if values.ndim == 3:
+            result[rows, : values.shape[1]] = values[: len(rows)]
+        else:
+            result[rows] = values[: len(rows)]
     return result
+
+
+def extract_features(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int) -> np.ndarray:
+    """The head's input for every example of `encoded`, in example order: [N, H] float32 (a token classifier's:
+    [N, max_length, H], zeros beyond each example)."""
+    return per_example(jit_bound(model, lambda m, ids, mask: m.features(ids, mask)), encoded, pad_id, max_length)
 
 
 @dataclasses.dataclass
@@ -154,19 +164,11 @@ def cached_bytes(adaptation: Adaptation, encoded: dict[str, Encoded], max_length
     return sum(len(e) for e in encoded.values()) * max_length * adaptation.model.config.hidden_size * 4
 
 
-def extract_hidden(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int, layer: int,
-                   batch_size: int = 64) -> np.ndarray:
+def extract_hidden(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int, layer: int) -> np.ndarray:
     """The input of layer `layer` for every example of `encoded` (dropout off), in example order, padded with
     zeros: [N, max_length, H] float32."""
     hidden = jit_bound(model, lambda m, ids, mask: m.bert.hidden_before(ids, mask, layer))
-    order = np.argsort([len(x) for x in encoded.ids], kind="stable")
-    result = np.zeros((len(encoded), max_length, model.config.hidden_size), np.float32)
-    for start, batch in zip(range(0, len(order), batch_size),
-                            evaluation_batches(encoded, batch_size, pad_id, max_length)):
-        rows = order[start: start + batch_size]
-        values = np.asarray(hidden(batch["input_ids"], batch["attention_mask"]), np.float32)
-        result[rows, : values.shape[1]] = values[: len(rows)]
-    return result
+    return per_example(hidden, encoded, pad_id, max_length)
 
 
 @dataclasses.dataclass

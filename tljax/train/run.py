@@ -34,7 +34,7 @@ from tljax.data.sources import load_tagged
 from tljax.data.tagged import describe_tagged_splits
 from tljax.train.tag_distill import token_distillation_objective
 from tljax.train.tagging import encode_tagged, prepare_token_classification, tagged_splits
-from tljax.train.tasks import Setup, build, register, split_budgets, task_of
+from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
 
@@ -232,40 +232,21 @@ def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int)
     return True
 
 
-EVALUATION_KEYS = ("source", "split", "max_examples", "text_column", "label_column")
-
-
 def load_evaluation_sets(config: RunConfig, tokenizer, max_length: int,
                          label_names: tuple[str, ...]) -> tuple[EvaluationSet, ...]:
     """The config's extra evaluation sets, encoded like the run's data, labels mapped by name."""
     sets = []
-    for name, spec in config.evaluation.items():
-        spec = {"source": spec} if isinstance(spec, str) else spec
-        if not isinstance(spec, dict) or "source" not in spec or set(spec) - set(EVALUATION_KEYS):
-            raise ConfigKeyError(f"evaluation.{name} must be a source name or a mapping with a source (keys: "
-                             f"{', '.join(EVALUATION_KEYS)}); got {spec!r}")
-        split = spec.get("split", "all")
-        dataset = load_source(spec["source"], text_column=spec.get("text_column", "text"),
-                              label_column=spec.get("label_column", "label"))
-        if split == "test":  # the held-out part, as a run training on this source would split it
-            dataset = split_dataset(dataset, validation=config.data.validation, test=config.data.test,
-                                    seed=config.training.seed)["test"]
-        elif split != "all":
-            raise ConfigKeyError(f"evaluation.{name}.split {split!r} is unknown; valid: all, test")
+    for spec in evaluation_specs(config, ("text_column", "label_column")):
+        dataset = evaluation_part(load_source(spec.source, **spec.options), spec, config)
         if set(dataset.label_names) != set(label_names):
-            raise DataError(f"evaluation.{name} ({spec['source']}) has labels {list(dataset.label_names)}, but the "
-                            f"model is trained for {list(label_names)}; evaluate on a set with the same labels")
-        limit = spec.get("max_examples")
-        if limit is not None:
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                raise ConfigKeyError(f"evaluation.{name}.max_examples must be a whole number >= 1, got {limit!r}")
-            dataset = dataset.subset(range(min(limit, len(dataset))))
+            raise DataError(f"evaluation.{spec.name} ({spec.source}) has labels {list(dataset.label_names)}, but "
+                            f"the model is trained for {list(label_names)}; evaluate on a set with the same labels")
         if not len(dataset):
-            raise DataError(f"evaluation.{name} ({spec['source']}, split {split}) has no examples")
+            raise DataError(f"evaluation.{spec.name} ({spec.source}, split {spec.split}) has no examples")
         to_model = [label_names.index(n) for n in dataset.label_names]
         labels = [to_model[label] for label in dataset.labels]
-        sets.append(EvaluationSet(name, spec["source"], encode(dataset.texts, labels, tokenizer, max_length,
-                                                               config.data.text_prefix), dataset.language))
+        sets.append(EvaluationSet(spec.name, spec.source, encode(dataset.texts, labels, tokenizer, max_length,
+                                                                 config.data.text_prefix), dataset.language))
     return tuple(sets)
 
 

@@ -23,23 +23,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from tljax.data import DataError, split_dataset
-from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
+from tljax.data.batches import BatchIterator, Encoded
 from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset, describe_tagged_splits
 from tljax.data.windows import WordWindows, continuation_tags, encode_words, score_words, word_tags
 from tljax.tagging import OUTSIDE, entity_metrics, f1_difference_interval, sentence_counts, type_confusion
-from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
+from tljax.train.config import DataConfig, RunConfig
 from tljax.models.crf import compact
 from tljax.models.layers import layer_keys
-from tljax.models.transforms import jit_bound
 from tljax.train.losses import cross_entropy
-from tljax.train.features import trains_only_the_head
+from tljax.train.features import extract_features, trains_only_the_head
 from tljax.train.objectives import MappedBatches, Objective
-from tljax.train.tasks import Setup, build, split_budgets
+from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, split_budgets
 
 Array = jax.Array
 TAGGING_METRICS = ("f1", "precision", "recall", "accuracy", "loss")
-EVALUATION_KEYS = ("source", "split", "max_examples")
 
 
 def token_classification_loss(model, batch: dict[str, Array], dropout_key: Array | None):
@@ -149,6 +147,7 @@ class TokenClassification(Objective):
 
     label_names: tuple[str, ...] = ()
     evaluation_sets: tuple[tuple[str, str, TaggedSplit], ...] = ()  # (name, source, split)
+    _test_scores: tuple | None = dataclasses.field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = TAGGING_METRICS
@@ -187,6 +186,8 @@ class TokenClassification(Objective):
     def evaluate(self, forward, split, batch_size):
         part = self.encoded[split]
         scores, crf = self._scores(forward, part, batch_size)
+        if split == "test":  # the loop's last evaluation, of the model `report` is then asked about
+            self._test_scores = (scores, crf)
         return tag_metrics(part, scores, self.label_names, crf)
 
     def title(self) -> str:
@@ -196,7 +197,7 @@ class TokenClassification(Objective):
         """The most-frequent-tag baseline on the test split (with the bootstrap interval of the model's lead over
         it), and the test metrics of each extra evaluation set."""
         train, test_split = self.encoded["train"].dataset, self.encoded["test"]
-        scores, crf = self._scores(forward, test_split, batch_size)
+        scores, crf = self._test_scores or self._scores(forward, test_split, batch_size)
         predicted = predicted_tags(test_split, scores, self.label_names, crf)
         result: dict[str, Any] = {"baseline": against_baseline(train, test_split.dataset, predicted)}
         evaluation = {}
@@ -208,20 +209,6 @@ class TokenClassification(Objective):
         if evaluation:
             result["evaluation"] = evaluation
         return result
-
-
-def extract_token_features(model, encoded: Encoded, pad_id: int, max_length: int, batch_size: int = 64) -> np.ndarray:
-    """What a token classifier's head reads for every token of every window of `encoded` (its frozen backbone,
-    dropout off), in window order, padded with zeros: [N, max_length, H] float32."""
-    features = jit_bound(model, lambda m, ids, mask: m.features(ids, mask))
-    order = np.argsort([len(x) for x in encoded.ids], kind="stable")
-    result = np.zeros((len(encoded), max_length, model.config.hidden_size), np.float32)
-    for start, batch in zip(range(0, len(order), batch_size),
-                            evaluation_batches(encoded, batch_size, pad_id, max_length)):
-        rows = order[start: start + batch_size]
-        values = np.asarray(features(batch["input_ids"], batch["attention_mask"]), np.float32)
-        result[rows, : values.shape[1]] = values[: len(rows)]
-    return result
 
 
 @dataclasses.dataclass
@@ -237,7 +224,7 @@ class TokenFeatureClassification(TokenClassification):
         if key not in self._cache:
             print(f"feature extraction: the frozen backbone encodes {len(encoded):,} windows once ...",
                   file=sys.stderr, flush=True)
-            features = extract_token_features(self.adaptation.model, encoded, self.pad_id, self.max_length)
+            features = extract_features(self.adaptation.model, encoded, self.pad_id, self.max_length)
             self._cache[key] = dataclasses.replace(encoded, extras={**encoded.extras, "features": features})
         return self._cache[key]
 
@@ -275,27 +262,10 @@ def tagged_splits(dataset: TaggedDataset, data: DataConfig, seed: int):
 
 def _evaluation_sets(config: RunConfig, tokenizer, max_length: int, train_types: tuple[str, ...],
                      label_names: tuple[str, ...]) -> tuple[tuple[str, str, TaggedSplit], ...]:
-    """The config's extra evaluation sets: {name: source} or {name: {source, split: all | test, max_examples}}."""
-    sets = []
-    for name, spec in config.evaluation.items():
-        spec = {"source": spec} if isinstance(spec, str) else spec
-        if not isinstance(spec, dict) or "source" not in spec or set(spec) - set(EVALUATION_KEYS):
-            raise ConfigKeyError(f"evaluation.{name} must be a source name or a mapping with a source (keys: "
-                                 f"{', '.join(EVALUATION_KEYS)}); got {spec!r}")
-        dataset = load_tagged(spec["source"], scheme=config.data.tag_scheme, types=train_types)
-        split = spec.get("split", "all")
-        if split == "test":
-            dataset = tagged_splits(dataset, dataclasses.replace(config.data, max_train_examples=None,
-                                                                 max_eval_examples=None), config.training.seed)["test"]
-        elif split != "all":
-            raise ConfigKeyError(f"evaluation.{name}.split {split!r} is unknown; valid: all, test")
-        limit = spec.get("max_examples")
-        if limit is not None:
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                raise ConfigKeyError(f"evaluation.{name}.max_examples must be a whole number >= 1, got {limit!r}")
-            dataset = dataset.subset(range(min(limit, len(dataset))))
-        sets.append((name, spec["source"], encode_tagged(dataset, tokenizer, max_length, config.data, label_names)))
-    return tuple(sets)
+    """The config's extra evaluation sets (`tasks.evaluation_specs`), read as tagged text with the run's types."""
+    return tuple((spec.name, spec.source, encode_tagged(
+        evaluation_part(load_tagged(spec.source, scheme=config.data.tag_scheme, types=train_types), spec, config),
+        tokenizer, max_length, config.data, label_names)) for spec in evaluation_specs(config))
 
 
 def prepare_token_classification(config: RunConfig, model_dir: Path, tokenizer) -> Setup:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tljax.data import split_dataset
 from tljax.errors import InputError
 from tljax.methods import Adaptation, Method
 from tljax.models.transforms import backbone
@@ -108,3 +109,44 @@ def split_budgets(splits: dict, data: DataConfig) -> dict:
         if limit is not None and limit < len(splits[name]):
             splits[name] = splits[name].subset(range(limit))
     return splits
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSpec:
+    """One entry of a config's `evaluation` section: {name: source} or {name: {source, split, max_examples, ...}}."""
+
+    name: str
+    source: str
+    split: str = "all"  # all | test (the held-out part, as a run training on the source would split it)
+    max_examples: int | None = None
+    options: dict = dataclasses.field(default_factory=dict)  # what the task's reader takes (e.g. text_column)
+
+
+def evaluation_specs(config: RunConfig, options: tuple[str, ...] = ()) -> list[EvaluationSpec]:
+    """The config's extra evaluation sets, checked; `options`: the keys a task's reader takes besides source,
+    split and max_examples."""
+    keys = ("source", "split", "max_examples", *options)
+    specs = []
+    for name, spec in config.evaluation.items():
+        spec = {"source": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict) or "source" not in spec or set(spec) - set(keys):
+            raise ConfigKeyError(f"evaluation.{name} must be a source name or a mapping with a source (keys: "
+                                 f"{', '.join(keys)}); got {spec!r}")
+        split, limit = spec.get("split", "all"), spec.get("max_examples")
+        if split not in ("all", "test"):
+            raise ConfigKeyError(f"evaluation.{name}.split {split!r} is unknown; valid: all, test")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ConfigKeyError(f"evaluation.{name}.max_examples must be a whole number >= 1, got {limit!r}")
+        specs.append(EvaluationSpec(name, spec["source"], split, limit, {k: spec[k] for k in options if k in spec}))
+    return specs
+
+
+def evaluation_part(dataset, spec: EvaluationSpec, config: RunConfig):
+    """The part of `dataset` (a `TextDataset` or `TaggedDataset`) that `spec` evaluates on: all of it, or the test
+    split a run training on it would hold out; then its first `max_examples`."""
+    if spec.split == "test":
+        dataset = split_dataset(dataset, validation=config.data.validation, test=config.data.test,
+                                seed=config.training.seed)["test"]
+    if spec.max_examples is not None:
+        dataset = dataset.subset(range(min(spec.max_examples, len(dataset))))
+    return dataset

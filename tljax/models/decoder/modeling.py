@@ -264,6 +264,15 @@ class LlamaModel(PretrainedModel):
             cache = KVCache(tuple(keys), tuple(values), key_real, cache.index + length)
         return self.norm(x), cache
 
+    def text_states(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+                    *, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's own positions [B, T, H] (a soft prompt's virtual tokens dropped):
+        what every head on this backbone reads from."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden, _ = self(input_ids, attention_mask, positions, dropout_key=dropout_key)
+        return hidden[:, self.num_virtual_tokens:]
+
     def after_shared_start(self, shared: Array, input_ids: Array, attention_mask: Array, size: int, *,
                            dropout_key: Array | None = None, scan_layers: bool = False) -> tuple[Array, KVCache]:
         """Rows [B, T] that all start with `shared` [1, S] (not in `input_ids`; S may be 0), run into a fresh
@@ -380,8 +389,7 @@ class LlamaForSequenceClassification(PretrainedModel):
         """What the classifier reads: the hidden state of each sequence's last real token [B, H]."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
-        hidden = hidden[:, self.model.num_virtual_tokens:]
+        hidden = self.model.text_states(input_ids, attention_mask, positions, dropout_key=dropout_key)
         last = jnp.max(jnp.arange(input_ids.shape[1])[None] * attention_mask.astype(jnp.int32), axis=-1)
         return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
 
@@ -389,10 +397,7 @@ class LlamaForSequenceClassification(PretrainedModel):
                        dropout_key: Array | None = None) -> Array:
         """The last hidden state of the text's positions [B, T, H]: what a token head reads (a token task of a
         multi-task run shares this backbone)."""
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        hidden, _ = self.model(input_ids, attention_mask, dropout_key=dropout_key)
-        return hidden[:, self.model.num_virtual_tokens:]
+        return self.model.text_states(input_ids, attention_mask, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         """Features [B, H] -> what the linear head reads [B, H]: the features themselves (no pooler)."""
@@ -430,10 +435,7 @@ class LlamaForTokenClassification(PretrainedModel):
     def features(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
         """The last hidden state of the text's positions [B, T, H]."""
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        hidden, _ = self.model(input_ids, attention_mask, positions, dropout_key=dropout_key)
-        return hidden[:, self.model.num_virtual_tokens:]
+        return self.model.text_states(input_ids, attention_mask, positions, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         return features

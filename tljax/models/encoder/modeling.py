@@ -216,6 +216,13 @@ class BertModel(PretrainedModel):
         states = self.encoder(x, mask, k2)
         return (states[-1], states) if output_hidden_states else states[-1]
 
+    def text_states(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                    *, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's own positions [B, T, H] (a soft prompt's virtual tokens dropped):
+        what a token head reads."""
+        last = self(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
+        return last[:, self.num_virtual_tokens:]
+
     def hidden_before(self, input_ids: Array, attention_mask: Array, layer: int) -> Array:
         """The input of layer `layer` [B, T, H] (the embeddings, then layers 0 .. layer - 1), dropout off: what
         a frozen bottom of the model computes, the same at every step."""
@@ -312,7 +319,7 @@ class BertForSequenceClassification(PretrainedModel):
                        dropout_key: Array | None = None) -> Array:
         """The last hidden state of the text's positions [B, T, H]: what a token head reads (a token task of a
         multi-task run shares this backbone)."""
-        return self.bert(input_ids, attention_mask, dropout_key=dropout_key)[:, self.bert.num_virtual_tokens:]
+        return self.bert.text_states(input_ids, attention_mask, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         """Features [B, H] -> what the linear classifier's dropout reads [B, H]: the pooler's output, or the
@@ -418,8 +425,7 @@ class BertForTokenClassification(PretrainedModel):
     def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
         """The last hidden state of the text's positions [B, T, H]: what the classifier reads (`classify`)."""
-        last = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
-        return last[:, self.bert.num_virtual_tokens:]
+        return self.bert.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         """Features [B, T, H] -> what the classifier's dropout reads: the features themselves."""
