@@ -19,29 +19,14 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import ROOT
-
-# each method's options and its usual rate (the rates of configs/<method>.yaml, where sentiment tuned them,
-# raised for the 100-step budget)
-METHODS = {
-    "feature-extraction": ({}, 1e-2),
-    "full": ({}, 1e-4),
-    "partial": ({"freeze_embeddings": True, "freeze_layers": 3}, 2e-4),
-    "gradual-unfreezing": ({"every": 25}, 2e-4),
-    "bitfit": ({}, 3e-3),
-    "lora": ({"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "key", "value", "dense"]}, 3e-3),
-    "houlsby": ({"reduction_factor": 16}, 2e-3),
-    "pfeiffer": ({"reduction_factor": 16}, 2e-3),
-    "prefix": ({"num_virtual_tokens": 20}, 3e-3),
-    "prompt": ({"num_virtual_tokens": 20}, 1e-2),
-    "p-tuning": ({"num_virtual_tokens": 20, "encoder": "mlp"}, 1e-2),
-}
+from harness.training import NER_METHODS
 
 
 def run(out: Path, name: str, config: str, method: str, rate: float, steps: int, *extra: str) -> dict:
     """One training run in its own process; its summary (cached: a finished run is not trained again)."""
     run_dir = out / name
     if not (run_dir / "summary.json").is_file():
-        options, _ = METHODS[method]
+        options, _ = NER_METHODS[method]
         spec = json.dumps({"name": method, **options})
         command = [sys.executable, "-m", "tljax.train", "--config", str(ROOT / "configs" / config),
                    "--set", f"method={spec}", "--set", f"training.learning_rate={rate}",
@@ -69,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--runs", type=Path, default=Path("runs/ner-methods"))
     parser.add_argument("--output", type=Path, default=None)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(NER_METHODS))
     parser.add_argument("--scales", default="1,3", help="the learning rates tried on MiniLM, as multiples of each "
                                                         "method's usual one")
     parser.add_argument("--minilm-only", action="store_true", help="skip the e5-small runs (both languages)")
@@ -79,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             "(en -> pt vs pt -> pt) | trainable (MiniLM / e5) | seconds (MiniLM / e5 en) |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for method in args.methods.split(","):
-        _, rate = METHODS[method]
+        _, rate = NER_METHODS[method]
         minilm = {}
         for scale in map(float, args.scales.split(",")):
             name = f"minilm-{method}-{rate * scale:g}"

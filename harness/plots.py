@@ -1,5 +1,6 @@
-"""The harness's pictures (PNG): accuracy against trainable parameters (the Pareto front marked) and against
-training time, the task-language matrix as a heat map, and the agreement between variants."""
+"""The harness's pictures (PNG): each row's score (accuracy; entity F1 on entity tasks) against trainable
+parameters (the Pareto front marked) and against training time, the task-language matrix as a heat map, and the
+agreement between variants."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ from matplotlib.figure import Figure  # its own figures, not pyplot's global sta
 import numpy as np
 
 
-def _accuracy(row: dict[str, Any]) -> float:
-    return row["summary"].get("acc", {}).get("accuracy", float("nan"))
+def _score(row: dict[str, Any]) -> float:
+    """The row's headline figure: accuracy, or entity F1 on an entity task."""
+    score = row.get("score")
+    return float("nan") if score is None else float(score)
+
+
+def _metric(rows: list[dict[str, Any]]) -> str:
+    return " / ".join(sorted({r.get("metric", "accuracy") for r in rows})) or "accuracy"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -30,14 +37,14 @@ def accuracy_against(rows: list[dict], cost: str, path: Path, xlabel: str) -> No
     axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         mine = [r for r in rows if r["task"] == task]
-        points = [(max(float(r["costs"].get(cost) or 0), 1.0), _accuracy(r)) for r in mine]
+        points = [(max(float(r["costs"].get(cost) or 0), 1.0), _score(r)) for r in mine]
         for (x, y), row in zip(points, mine):
             ax.scatter(x, y)
             ax.annotate(row["variant"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
         ax.set_xscale("log")
-        ax.set(title=task, xlabel=xlabel, ylabel="accuracy")
+        ax.set(title=task, xlabel=xlabel, ylabel=_metric(mine))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -71,8 +78,8 @@ def write_all(rows: list[dict], agreements: dict[str, float | None], directory: 
         tasks = sorted({r["task"] for r in rows})
         matrix = np.full((len(variants), len(tasks)), np.nan)
         for r in rows:
-            matrix[variants.index(r["variant"]), tasks.index(r["task"])] = _accuracy(r)
-        heat_map(matrix, variants, tasks, "accuracy by task (language)", directory / "language_matrix.png")
+            matrix[variants.index(r["variant"]), tasks.index(r["task"])] = _score(r)
+        heat_map(matrix, variants, tasks, f"{_metric(rows)} by task (language)", directory / "language_matrix.png")
         written.append(directory / "language_matrix.png")
     for task in sorted({key.rsplit(" | ", 1)[1] for key in agreements}):
         pairs = {tuple(k.split(" | ")[:2]): v for k, v in agreements.items() if k.endswith(f" | {task}")}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from harness import bias, plots
+from harness.entities import entity_table, summarise_entities
 from harness.results import agreement, markdown_table, summarise_seeds
 from harness.tasks import TASKS_DIR, Task, load_task, read_spec, spec_path
 from harness.training import train_sweep
@@ -144,19 +145,30 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
                 (out / "predictions" / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                                 for r in evaluation["records"]))
                 per_seed.append(evaluation)
-            # every figure of the row over the same thing: the seeds alike (means, spreads, the seed mean's interval)
-            summary = summarise_seeds([e["records"] for e in per_seed], len(task.labels))
-            accuracies = summary.get("acc", {}).get("accuracy_per_seed", [])
-            row = {"variant": variant.label, "kind": variant.kind, "task": task_name, "language": task.language,
-                   "settings": variant.settings(), "seeds": list(seeds), "summary": summary,
-                   "seed_accuracies": accuracies, "seed_mean": summary.get("acc", {}).get("accuracy"),
-                   "seed_spread": summary.get("acc", {}).get("accuracy_sd"),
-                   "costs": mean_costs([e["costs"] for e in per_seed]), "notes": per_seed[0]["notes"],
-                   "bias": bias.probe([e["records"] for e in per_seed], _positive(task))}
-            rows.append(row)
-            by_key[(variant.label, task_name)] = per_seed[0]["records"]
+            rows.append(_row(variant, task, task_name, seeds, per_seed))
+            if task.kind == "classification":  # agreement: how often two variants give a text the same label
+                by_key[(variant.label, task_name)] = per_seed[0]["records"]
     _write(out, suite, rows, by_key)
     return rows
+
+
+def _row(variant: Variant, task, task_name: str, seeds, per_seed: list[dict]) -> dict[str, Any]:
+    """A results row: every figure over the seeds alike (means, spreads, the seed mean's interval); `score` is
+    the headline figure (accuracy; entity F1 on an entity task)."""
+    records = [e["records"] for e in per_seed]
+    row = {"variant": variant.label, "kind": variant.kind, "task": task_name, "task_kind": task.kind,
+           "language": task.language, "settings": variant.settings(), "seeds": list(seeds),
+           "costs": mean_costs([e["costs"] for e in per_seed]), "notes": per_seed[0]["notes"]}
+    if task.kind == "entities":
+        summary = summarise_entities(records, task.labels)
+        entity = summary.get("entity", {})
+        return {**row, "summary": summary, "metric": "entity F1", "score": entity.get("f1"),
+                "seed_scores": entity.get("f1_per_seed", []), "seed_spread": entity.get("f1_sd"), "bias": None}
+    summary = summarise_seeds(records, len(task.labels))
+    accuracy = summary.get("acc", {})
+    return {**row, "summary": summary, "metric": "accuracy", "score": accuracy.get("accuracy"),
+            "seed_scores": accuracy.get("accuracy_per_seed", []), "seed_spread": accuracy.get("accuracy_sd"),
+            "bias": bias.probe(records, _positive(task))}
 
 
 PER_SEED_COSTS = ("examples_per_second", "flops_per_example", "memory_mb")  # what a few-shot draw changes
@@ -203,7 +215,11 @@ def _write(out: Path, suite: Suite, rows: list[dict], by_key: dict) -> None:
                 agreements[f"{a} | {b} | {task}"] = agreement(first, second)
     (out / "results.json").write_text(json.dumps({"suite": suite.name, "rows": rows, "agreement": agreements},
                                                  indent=2, ensure_ascii=False) + "\n")
-    probe = bias.markdown_table(rows)
-    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n" + markdown_table(rows)
+    labelled = [r for r in rows if r.get("task_kind", "classification") == "classification"]
+    found = [r for r in rows if r.get("task_kind") == "entities"]
+    probe = bias.markdown_table(labelled)
+    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n"
+                                    + (markdown_table(labelled) if labelled else "")
+                                    + (("\n## Entities\n\n" if labelled else "") + entity_table(found) if found else "")
                                     + (f"\n## Bias probe\n\n{probe}" if probe else ""))
     plots.write_all(rows, agreements, out / "plots")

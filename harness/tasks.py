@@ -32,7 +32,8 @@ from tljax.errors import InputError
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 SPLITS = ("all", "train", "validation", "test")
-TASK_KEYS = ("name", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
+TASK_KEYS = ("name", "kind", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
+TASK_KINDS = ("classification", "entities")  # a label per text | the entities of a text (harness/entities.py)
 DATA_KEYS = ("source", "split", "text_column", "label_column", "validation", "test", "seed")
 TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions", "plain")
 REQUIRED_TEMPLATE_KEYS = TEMPLATE_KEYS[:3]
@@ -84,8 +85,33 @@ class DataSpec:
         return split_dataset(dataset, validation=self.validation, test=self.test, seed=self.seed)[self.split]
 
 
+class Templated:
+    """What every kind of task shares: the language of its items and the template a model is asked in."""
+
+    name: str
+    templates: dict[str, Any]
+    prompt_language: str | None
+    items: tuple[Any, ...]
+
+    @property
+    def language(self) -> str:
+        """The base language of the items (`pt-BR` -> `pt`)."""
+        return self.items[0].language.split("-")[0] if self.items else "und"
+
+    def template(self, language: str | None = None):
+        """The template of `language` (default: the task's prompt language, else the items' own language; items
+        of an unknown language, such as a CSV's, take the task's first template)."""
+        language = (language or self.prompt_language or self.language).split("-")[0]
+        if language == "und":
+            language = next(iter(self.templates))
+        if language not in self.templates:
+            raise TaskError(f"task {self.name} has no {language!r} template (it has {', '.join(self.templates)}); "
+                            f"add templates.{language} to its YAML file")
+        return self.templates[language]
+
+
 @dataclasses.dataclass(frozen=True)
-class Task:
+class Task(Templated):
     name: str
     data: DataSpec
     demonstrations: DataSpec
@@ -98,25 +124,11 @@ class Task:
     def items(self) -> tuple[Item, ...]:
         return tuple(_items(self.data.load(), self.labels, self.name))
 
+    kind = "classification"
+
     @cached_property
     def demonstration_items(self) -> tuple[Item, ...]:
         return tuple(_items(self.demonstrations.load(), self.labels, self.name))
-
-    @property
-    def language(self) -> str:
-        """The base language of the items (`pt-BR` -> `pt`)."""
-        return self.items[0].language.split("-")[0] if self.items else "und"
-
-    def template(self, language: str | None = None) -> Template:
-        """The template of `language` (default: the task's prompt language, else the items' own language; items
-        of an unknown language, such as a CSV's, take the task's first template)."""
-        language = (language or self.prompt_language or self.language).split("-")[0]
-        if language == "und":
-            language = next(iter(self.templates))
-        if language not in self.templates:
-            raise TaskError(f"task {self.name} has no {language!r} template (it has {', '.join(self.templates)}); "
-                            f"add templates.{language} to its YAML file")
-        return self.templates[language]
 
 
 def _items(dataset: TextDataset, labels: tuple[str, ...], task: str) -> list[Item]:
@@ -154,13 +166,20 @@ def read_spec(name_or_path: str | Path, directory: Path, kind: str) -> tuple[Pat
         raise TaskError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
 
 
-def load_task(name_or_path: str | Path) -> Task:
-    """A built-in task by name (`python -m harness list`) or a task YAML file."""
+def load_task(name_or_path: str | Path):
+    """A built-in task by name (`python -m harness list`) or a task YAML file: a `Task` (a label per text), or
+    with `kind: entities` an `EntityTask` (harness/entities.py)."""
     path, raw = read_spec(name_or_path, TASKS_DIR, "task")
+    kind = raw.get("kind", "classification") if isinstance(raw, dict) else "classification"
+    if kind not in TASK_KINDS:
+        raise TaskError(f"{path}: kind {kind!r} is unknown; valid: {', '.join(TASK_KINDS)}")
+    if kind == "entities":
+        from harness.entities import parse_entity_task  # that module builds on this one
+        return parse_entity_task(raw, str(path))
     return parse_task(raw, str(path))
 
 
-def _check_keys(raw: Any, valid: tuple[str, ...], where: str) -> dict:
+def check_keys(raw: Any, valid: tuple[str, ...], where: str) -> dict:
     if not isinstance(raw, dict):
         raise TaskError(f"{where} must be a mapping, got {raw!r}")
     unknown = sorted(set(raw) - set(valid))
@@ -169,8 +188,9 @@ def _check_keys(raw: Any, valid: tuple[str, ...], where: str) -> dict:
     return raw
 
 
-def _data(raw: Any, where: str) -> DataSpec:
-    raw = {"source": raw} if isinstance(raw, str) else _check_keys(raw, DATA_KEYS, where)
+def data_spec(raw: Any, where: str) -> DataSpec:
+    """A task's `data` or `demonstrations` entry (a source name, or a mapping of `DATA_KEYS`)."""
+    raw = {"source": raw} if isinstance(raw, str) else check_keys(raw, DATA_KEYS, where)
     if "source" not in raw:
         raise TaskError(f"{where} needs a source (a tljax data source, e.g. rotten-tomatoes or a CSV file)")
     spec = DataSpec(**raw)
@@ -181,22 +201,22 @@ def _data(raw: Any, where: str) -> DataSpec:
 
 def parse_task(raw: Any, where: str = "task") -> Task:
     """A task from its YAML mapping; every problem is a `TaskError` naming the key."""
-    raw = _check_keys(raw, TASK_KEYS, where)
+    raw = check_keys(raw, TASK_KEYS, where)
     for key in ("name", "data", "labels", "templates"):
         if key not in raw:
             raise TaskError(f"{where} needs {key}")
     labels = tuple(str(label) for label in raw["labels"])
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise TaskError(f"{where}: labels must be two or more distinct names, got {list(labels)}")
-    data = _data(raw["data"], f"{where}: data")
-    demonstrations = _data(raw["demonstrations"], f"{where}: demonstrations") if "demonstrations" in raw else \
+    data = data_spec(raw["data"], f"{where}: data")
+    demonstrations = data_spec(raw["demonstrations"], f"{where}: demonstrations") if "demonstrations" in raw else \
         dataclasses.replace(data, split="train" if data.split != "all" else "all")
     templates = {}
     if not isinstance(raw["templates"], dict):
         raise TaskError(f"{where}: templates must map languages to templates, e.g. {{en: {{instruction: ...}}}}")
     for language, spec in raw["templates"].items():
         at = f"{where}: templates.{language}"
-        spec = _check_keys(spec, TEMPLATE_KEYS, at)
+        spec = check_keys(spec, TEMPLATE_KEYS, at)
         missing = [key for key in REQUIRED_TEMPLATE_KEYS if key not in spec]
         if missing:
             raise TaskError(f"{at} needs {', '.join(missing)}")
@@ -205,7 +225,7 @@ def parse_task(raw: Any, where: str = "task") -> Task:
                 raise TaskError(f"{at}.{key} must be a string containing {{text}} (where the item's text goes)")
         words = []
         for key in ("verbalisers", "descriptions"):
-            given = _check_keys(spec[key], labels, f"{at}.{key}")
+            given = check_keys(spec[key], labels, f"{at}.{key}")
             if set(given) != set(labels):
                 raise TaskError(f"{at}.{key} must name every label ({', '.join(labels)}); missing: "
                                 f"{', '.join(sorted(set(labels) - set(given)))}")

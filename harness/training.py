@@ -34,6 +34,23 @@ from tljax.train.loop import TrainingStopped
 from tljax.train.rundir import has_checkpoint
 
 
+# NER (configs/ner.yaml): each method's options and its usual learning rate (those of configs/<method>.yaml, where
+# sentiment tuned them, raised for a 100-step budget); the `ner` suite sweeps them (harness/suites/ner.yaml)
+NER_METHODS = {
+    "feature-extraction": ({}, 1e-2),
+    "full": ({}, 1e-4),
+    "partial": ({"freeze_embeddings": True, "freeze_layers": 3}, 2e-4),
+    "gradual-unfreezing": ({"every": 25}, 2e-4),
+    "bitfit": ({}, 3e-3),
+    "lora": ({"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "key", "value", "dense"]}, 3e-3),
+    "houlsby": ({"reduction_factor": 16}, 2e-3),
+    "pfeiffer": ({"reduction_factor": 16}, 2e-3),
+    "prefix": ({"num_virtual_tokens": 20}, 3e-3),
+    "prompt": ({"num_virtual_tokens": 20}, 1e-2),
+    "p-tuning": ({"num_virtual_tokens": 20, "encoder": "mlp"}, 1e-2),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
     learning_rate: float

@@ -42,7 +42,7 @@ from tljax.data import normalise
 from tljax.data.chat import chat_context
 from tljax.errors import InputError
 from tljax.models.transforms import CallShapes
-from tljax.predict import Predictor
+from tljax.predict import PREDICTORS, EntityTagger, Predictor
 from tljax.runs import find_export, load_exported
 from tljax.train.config import load_config
 from tljax.train.run import training_texts
@@ -53,6 +53,7 @@ KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "prompt", "for
         "overrides")
 # the input prefixes an encoder was trained with (e5: "query: " for what is searched for, "passage: " for the rest)
 ENCODER_PREFIXES = {"e5-small": ("query: ", "passage: "), "e5-small-enpt": ("query: ", "passage: ")}
+CHAT_MAX_NEW_TOKENS = 8  # a reply naming a label
 SIMILARITY_TEMPERATURE = 0.05  # cosine similarities -> probabilities (sentence-transformers' contrastive scale 20)
 
 
@@ -73,7 +74,7 @@ class Variant:
     form: str = "multi-turn"  # few-shot on a decoder with chat prompts: multi-turn | one-message
     demonstrations: str | None = None  # few-shot: another task to draw them from (cross-lingual); default: the task
     classifier: str = "logistic"  # few-shot on an encoder: logistic | centroid
-    max_new_tokens: int = 8  # chat
+    max_new_tokens: int | None = None  # chat: the reply's length (8 tokens; 64 listing an entity task's entities)
     allow_overlap: bool = False  # run: evaluate even where the run trained on some of the items (flagged)
     text_prefix: str | None = None  # encoders: before each text / each description (default: the model's own)
     description_prefix: str | None = None
@@ -232,7 +233,7 @@ class LoadedRun:
     model: Any
     tokenizer: Any
     info: Any  # tljax.runs.RunInfo
-    predictor: Predictor | None  # classifiers
+    predictor: Predictor | EntityTagger | None  # classifiers, token classifiers
     scorer: DecoderScorer | None  # chat-tuned decoders
     trained_texts: frozenset[str] | None  # the texts it trained on (normalised), if its config is there
 
@@ -244,11 +245,12 @@ class LoadedRun:
         trained = training_texts(load_config(run_dir / "config.yaml")) if (run_dir / "config.yaml").is_file() \
             else None
         causal = info.task == "causal-lm"
-        return cls(run_dir, export, model, tokenizer, info, None if causal else Predictor(model, tokenizer, info),
+        predictor = None if causal else PREDICTORS[info.task](model, tokenizer, info)
+        return cls(run_dir, export, model, tokenizer, info, predictor,
                    DecoderScorer(model, tokenizer) if causal else None, trained)
 
 
-def _compiled_costs(measured) -> dict[str, float]:
+def compiled_costs(measured) -> dict[str, float]:
     """FLOPs per example and the peak memory (MB, parameters included) of the variant's compiled forward on its
     median batch, from the compiler's cost and memory analyses ({} where nothing was compiled: chat replies)."""
     if measured is None:
@@ -257,7 +259,7 @@ def _compiled_costs(measured) -> dict[str, float]:
     return {"flops_per_example": cost.flops / max(rows, 1), "memory_mb": round(cost.peak_bytes / 2**20, 1)}
 
 
-def _size_mb(path: Path) -> float:
+def size_mb(path: Path) -> float:
     path = Path(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return round(sum(p.stat().st_size for p in files) / 2**20, 1)
@@ -334,12 +336,17 @@ def demonstration_pool(variant: Variant, task: Task) -> list[Item]:
 def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loaded: Models, *,
              measure_costs: bool = True) -> Evaluation:
     """Every item's record under `variant` (seed: the few-shot draw). `measure_costs`: also cost the compiled
-    programs (FLOPs, memory; a compile of the median shape, so the app, answering one text, leaves it off)."""
+    programs (FLOPs, memory; a compile of the median shape, so the app, answering one text, leaves it off).
+    An entity task's variants are `harness.entity_variants`'."""
+    if task.kind == "entities":
+        from harness.entity_variants import evaluate_entities  # that module builds on this one
+
+        return evaluate_entities(variant, task, items, seed, loaded, measure_costs=measure_costs)
     if variant.kind == "run":
         return _evaluate_run(variant, task, items, loaded, measure_costs)
     model, tokenizer, is_decoder, directory = loaded.get(variant.model)
     costs: dict[str, Any] = {"trainable_parameters": 0, "training_seconds": 0.0,
-                             "size_mb": _size_mb(directory / "model.safetensors")}
+                             "size_mb": size_mb(directory / "model.safetensors")}
     template = task.template(variant.language)
     started = time.perf_counter()
     if is_decoder and variant.kind in ("zero-shot", "few-shot"):
@@ -360,7 +367,7 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
     elif variant.prompt == "plain":
         raise VariantError(f"prompt: plain is for decoders; {variant.model} is an encoder (drop the prompt setting)")
     elif variant.kind == "zero-shot":
-        text_prefix, description_prefix = _prefixes(variant)
+        text_prefix, description_prefix = encoder_prefixes(variant)
         embed = loaded.embedder(variant.model)
         embed.embed_batch.shapes = CallShapes()
         texts = embed([i.text for i in items], text_prefix)
@@ -378,10 +385,10 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
     else:
         raise VariantError(f"a {variant.kind} variant needs a chat decoder; {variant.model} is an encoder")
     costs["examples_per_second"] = round(len(items) / max(time.perf_counter() - started, 1e-9), 2)
-    return Evaluation(records, {**costs, **_compiled_costs(compiled)})
+    return Evaluation(records, {**costs, **compiled_costs(compiled)})
 
 
-def _prefixes(variant: Variant) -> tuple[str, str]:
+def encoder_prefixes(variant: Variant) -> tuple[str, str]:
     default = ENCODER_PREFIXES.get(variant.model, ("", ""))
     return (variant.text_prefix if variant.text_prefix is not None else default[0],
             variant.description_prefix if variant.description_prefix is not None else default[1])
@@ -399,7 +406,7 @@ def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed:
         chosen += [of_label[i] for i in rng.choice(len(of_label), min(variant.k, len(of_label)), replace=False)]
     used = {d.id for d in chosen} | {d.text for d in chosen}
     items = [i for i in items if i.id not in used and i.text not in used]
-    prefix = _prefixes(variant)[0]
+    prefix = encoder_prefixes(variant)[0]
     started = time.perf_counter()
 
     def fit():
@@ -437,7 +444,7 @@ def _chat(variant: Variant, task: Task, items: Sequence[Item], model, tokenizer)
         batch = items[start: start + 16]
         began = time.perf_counter()
         replies = models.chat(model, tokenizer, [chat_messages(template, i.text) for i in batch],
-                              max_new_tokens=variant.max_new_tokens)
+                              max_new_tokens=variant.max_new_tokens or CHAT_MAX_NEW_TOKENS)
         latency = (time.perf_counter() - began) / len(batch)
         for item, reply in zip(batch, replies):
             label = parse_reply(reply, template.verbalisers)
@@ -451,6 +458,9 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: M
                   measure_costs: bool) -> Evaluation:
     run = loaded.run(variant.run)
     info = run.info
+    if isinstance(run.predictor, EntityTagger):
+        raise VariantError(f"run {variant.run} tags entities; evaluate it on an entity task (e.g. ner-en), not on "
+                           f"{task.name}")
     if set(info.labels) != set(task.labels):
         raise VariantError(f"run {variant.run} predicts labels {list(info.labels)}, the task {task.name} has "
                            f"{list(task.labels)}; evaluate a run trained for the task's labels")
@@ -490,7 +500,7 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: M
     summary_path = run.directory / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     costs = {"trainable_parameters": summary.get("trainable_parameters"),
-             "training_seconds": summary.get("training_seconds"), "size_mb": _size_mb(run.export),
+             "training_seconds": summary.get("training_seconds"), "size_mb": size_mb(run.export),
              "examples_per_second": round(len(items) / max(latency, 1e-9), 2), "overlap": overlap,
-             **_compiled_costs(measured.typical_cost() if measure_costs else None)}
+             **compiled_costs(measured.typical_cost() if measure_costs else None)}
     return Evaluation(_rule_records(items, scores, prompts, latency), costs, notes)

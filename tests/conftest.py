@@ -3,6 +3,7 @@
 import csv
 import fcntl
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -256,3 +257,53 @@ def tiny_decoder(tmp_path_factory):
                                       max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=True)
     transformers.LlamaForCausalLM(config).save_pretrained(directory)
     return directory
+
+
+# -- a tiny tagging task (tests/test_tagging_runs.py, tests/test_harness_entities.py) ---------------------------
+
+
+def write_tagged(path, n: int = 160, seed: int = 0):
+    """Texts of filler words with a few entity words: POSITIVE words are people, NEGATIVE words places."""
+    rng = np.random.RandomState(seed)
+    with path.open("w") as handle:
+        for i in range(n):
+            words = list(rng.choice(FILLER, rng.randint(3, 8)))
+            spans, text = [], ""
+            for word in words + [rng.choice(POSITIVE), rng.choice(NEGATIVE)]:
+                text += (" " if text else "")
+                if word in POSITIVE or word in NEGATIVE:
+                    spans.append({"start": len(text), "end": len(text) + len(word),
+                                  "label": "PER" if word in POSITIVE else "LOC"})
+                text += word
+            handle.write(json.dumps({"text": text, "entities": spans, "document": f"d{i // 4}"}) + "\n")
+    return path
+
+
+def tagging_config(tmp_path, tiny_model, method=None, **training):
+    config = {"model": str(tiny_model), "task": "token-classification",
+              "data": {"source": str(write_tagged(tmp_path / "tagged.jsonl")), "max_length": 32},
+              "method": method or {"name": "lora", "rank": 8},
+              "training": {"learning_rate": 5e-2, "max_steps": 24, "per_device_train_batch_size": 16,
+                           "eval_steps": 8, "early_stopping_patience": None, "metric_for_best_model": "f1",
+                           **training},
+              "output_dir": str(tmp_path / "run")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tagger(tmp_path_factory, tiny_model):
+    """A finished LoRA tagging run on the tiny model (its directory holds `run/` and `config.yaml`), and what
+    the command printed: the resume, export and prediction tests read it, it teaches the distillation test's
+    student, and the harness scores it on an entity task."""
+    import contextlib
+    import io
+
+    from tljax.train.__main__ import main
+
+    folder = tmp_path_factory.mktemp("tagger")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--config", str(tagging_config(folder, tiny_model))]) == 0
+    return folder, printed.getvalue()

@@ -30,11 +30,12 @@ SENTIMENT = {
 def test_every_builtin_task_parses_with_english_and_portuguese_templates():
     names = builtin_tasks()
     assert {"sentiment-en", "sentiment-pt", "sentiment-fr", "sentiment-nl", "sentiment-de", "sentiment-pt-parallel",
-            "sentiment-en-parallel", "subjectivity-en", "topics-en"} <= set(names)
+            "sentiment-en-parallel", "subjectivity-en", "topics-en", "ner-en", "ner-pt"} <= set(names)
     for name in names:
         task = load_task(name)
         assert {"en", "pt"} <= set(task.templates), name
-        assert all(len(t.verbalisers) == len(task.labels) for t in task.templates.values())
+        words = [t.verbalisers if task.kind == "classification" else t.types for t in task.templates.values()]
+        assert all(len(w) == len(task.labels) for w in words)
     assert len(load_task("topics-en").labels) == 20
 
 

@@ -31,6 +31,17 @@ def test_e5_trained_on_english_tags_portuguese_above_the_baseline(tmp_path_facto
     low, _ = portuguese["baseline"]["f1_difference_interval"]
     assert low > 0, portuguese["baseline"]  # above "each word's most frequent English training tag"
 
+    # the harness's cross-lingual row: the run on both languages' test sentences, as its report scored them
+    from harness.entities import summarise_entities
+    from harness.tasks import load_task
+    from harness.variants import Models, evaluate, parse_variant
+
+    loaded, variant = Models(), parse_variant({"kind": "run", "run": str(run)})
+    for name, expected in (("ner-en", summary["test"]["f1"]), ("ner-pt", portuguese["f1"])):
+        task = load_task(name)
+        records = evaluate(variant, task, task.items, 0, loaded).records
+        assert summarise_entities([records], task.labels)["entity"]["f1"] == pytest.approx(expected, abs=1e-9)
+
 
 def _config(name: str, **training) -> dict:
     """configs/<name> at a reduced budget (the runs' own figures at the full one: docs/transfer.md)."""

@@ -72,11 +72,14 @@ class EntityTagger:
         crf = getattr(model, "crf", None)
         self.crf = None if crf is None else crf.numpy_parameters()  # Viterbi decoding over each text's words
 
-    def __call__(self, texts: list[str], batch_size: int = 32) -> list[list[dict]]:
-        """For each text, its entities: {"label", "start", "end" (character offsets), "text", "score"}."""
+    def __call__(self, texts: list[str], batch_size: int = 32,
+                 words: list[list[tuple[int, int]]] | None = None) -> list[list[dict]]:
+        """For each text, its entities: {"label", "start", "end" (character offsets), "text", "score"}. `words`:
+        the (start, end) of each word of each text, where the data gives them (a CoNLL file's tokens); default:
+        the words tljax reads in raw text (`tljax.data.tagged.word_spans`)."""
         check_texts_to_classify(texts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        words = [word_spans(text) for text in texts]
+        words = [word_spans(text) for text in texts] if words is None else [list(w) for w in words]
         windows = encode_words(texts, words, None, self.tokenizer, self.info.max_length, prefix=self.info.text_prefix,
                                stride=self.stride)
         batches = evaluation_batches(windows.encoded, batch_size, pad, self.info.max_length)

@@ -203,9 +203,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def score_words(forward: Callable[[dict], Any], batches: list[dict], windows: WordWindows) -> list[np.ndarray]:
+def score_words(forward: Callable[[dict], Any], batches: list[dict], windows: WordWindows, *,
+                log_softmax: bool = True) -> list[np.ndarray]:
     """Log-probabilities of every tag for every word of every text ([words, L] each), from `forward`'s logits
-    over `batches` (`evaluation_batches` of `windows.encoded`: every window once, shortest first)."""
+    over `batches` (`evaluation_batches` of `windows.encoded`: every window once, shortest first);
+    `log_softmax=False`: `forward`'s own outputs per word (e.g. hidden states [words, H])."""
     lengths = [len(x) for x in windows.encoded.ids]
     order = np.argsort(lengths, kind="stable")  # the order evaluation_batches takes the rows in
     window_scores: list[Any] = [None] * len(lengths)
@@ -215,6 +217,7 @@ def score_words(forward: Callable[[dict], Any], batches: list[dict], windows: Wo
         rows = order[start: start + len(logits)]
         rows = rows[: int((batch["weights"] > 0).sum())]
         for row, window in enumerate(rows):
-            window_scores[window] = _log_softmax(logits[row, : lengths[window]])
+            values = logits[row, : lengths[window]]
+            window_scores[window] = _log_softmax(values) if log_softmax else values
         start += len(logits)
     return windows.word_scores(window_scores)
