@@ -8,5 +8,6 @@ at a time), replies from `tljax.models.stream_chat`, training from `python -m tl
     arena.py      blind votes (JSON lines) and Bradley-Terry ratings with bootstrap intervals
     trainer.py    training runs started from the page (a `python -m tljax.train` process each)
     texts.py      every label and help text, in English and Portuguese
-    ui.py         the page itself
+    ui.py         the page itself: the header, the tabs in order, what spans them
+    tabs/         one module per tab (side, blind, results, runs, train, methods) and what they share
 """
