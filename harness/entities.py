@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from harness.prompts import FEWSHOT_DELIMITER, TARGET_DELIMITER, item_rng
-from harness.tasks import DataSpec, TaskError, Templated, check_keys, data_spec
+from harness.task_parts import DataSpec, TaskError, Templated, check_keys, data_spec
 from tljax.data import split_dataset
 from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset

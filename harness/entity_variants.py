@@ -26,7 +26,7 @@ from harness.entities import (EntityItem, EntityTask, draw_entity_demonstrations
                               entity_plain_context, parse_entity_reply)
 from harness.prompts import FEWSHOT_DELIMITER, item_rng
 from harness.tasks import load_task
-from harness.variants import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
+from harness.evaluation import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
 from tljax import models
 from tljax.data import normalise
 from tljax.data.batches import evaluation_batches

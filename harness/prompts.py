@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from harness.bias import pair_key
-from harness.tasks import Item, Template
+from harness.task_parts import Item, Template
 
 FORMS = ("multi-turn", "one-message")
 PROMPTS = ("chat", "plain")

@@ -31,7 +31,8 @@ import numpy as np
 from harness import bias, plots
 from harness.entities import entity_table, summarise_entities
 from harness.results import agreement, markdown_table, summarise_seeds
-from harness.tasks import TASKS_DIR, Task, load_task, read_spec, spec_path
+from harness.task_parts import read_spec, spec_path
+from harness.tasks import TASKS_DIR, Task, load_task
 from harness.training import train_sweep
 from harness.variants import Models, Variant, VariantError, evaluate, parse_variant
 

@@ -25,89 +25,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tljax.data import TextDataset, load_source, split_dataset
-from tljax.errors import InputError
+from harness.entities import EntityTask, parse_entity_task
+from harness.task_parts import DataSpec, Item, TaskError, Template, Templated, check_keys, data_spec, read_spec
+from tljax.data import TextDataset
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-SPLITS = ("all", "train", "validation", "test")
 TASK_KEYS = ("name", "kind", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
 TASK_KINDS = ("classification", "entities")  # a label per text | the entities of a text (harness/entities.py)
-DATA_KEYS = ("source", "split", "text_column", "label_column", "validation", "test", "seed")
 TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions", "plain")
 REQUIRED_TEMPLATE_KEYS = TEMPLATE_KEYS[:3]
-
-
-class TaskError(InputError):
-    """A task file that is missing something, or asks for something that does not exist."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-    id: str
-    text: str
-    label: int  # index into the task's labels
-    language: str  # the data's language ("en", "pt-BR", ...)
-
-
-@dataclasses.dataclass(frozen=True)
-class Template:
-    """What a model is told in one language: the question, each label's answer word and description."""
-
-    instruction: str  # with {text}
-    verbalisers: tuple[str, ...]  # one per label, in label order
-    descriptions: tuple[str, ...]  # one per label
-    plain: str | None = None  # with {text}: a plain prompt's question (lm-eval's doc_to_text); None: instruction
-
-    def question(self, text: str) -> str:
-        return self.instruction.format(text=text)
-
-    def plain_question(self, text: str) -> str:
-        """The question of a plain prompt, which a base model continues with the answer word."""
-        return (self.plain if self.plain is not None else self.instruction).format(text=text)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    source: str
-    split: str = "all"
-    text_column: str = "text"
-    label_column: str = "label"
-    validation: float = 0.1  # as tljax.train splits a source (the same defaults, so "test" is a run's test)
-    test: float = 0.1
-    seed: int = 42
-
-    def load(self) -> TextDataset:
-        dataset = load_source(self.source, text_column=self.text_column, label_column=self.label_column)
-        if self.split == "all":
-            return dataset
-        return split_dataset(dataset, validation=self.validation, test=self.test, seed=self.seed)[self.split]
-
-
-class Templated:
-    """What every kind of task shares: the language of its items and the template a model is asked in."""
-
-    name: str
-    templates: dict[str, Any]
-    prompt_language: str | None
-    items: tuple[Any, ...]
-
-    @property
-    def language(self) -> str:
-        """The base language of the items (`pt-BR` -> `pt`)."""
-        return self.items[0].language.split("-")[0] if self.items else "und"
-
-    def template(self, language: str | None = None):
-        """The template of `language` (default: the task's prompt language, else the items' own language; items
-        of an unknown language, such as a CSV's, take the task's first template)."""
-        language = (language or self.prompt_language or self.language).split("-")[0]
-        if language == "und":
-            language = next(iter(self.templates))
-        if language not in self.templates:
-            raise TaskError(f"task {self.name} has no {language!r} template (it has {', '.join(self.templates)}); "
-                            f"add templates.{language} to its YAML file")
-        return self.templates[language]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,28 +71,7 @@ def builtin_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
-def spec_path(name_or_path: str | Path, directory: Path) -> Path:
-    """A built-in name's file in `directory` (a name has no suffix), else the path as given."""
-    path = Path(name_or_path)
-    return directory / f"{name_or_path}.yaml" if not path.suffix else path
-
-
-def read_spec(name_or_path: str | Path, directory: Path, kind: str) -> tuple[Path, Any]:
-    """(path, parsed YAML) of a built-in `kind` ("task", "suite") by name, or of a YAML file."""
-    path = spec_path(name_or_path, directory)
-    if not path.is_file():
-        if Path(name_or_path).suffix:
-            raise TaskError(f"{kind} file {path} does not exist")
-        builtin = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise TaskError(f"unknown {kind} {name_or_path!r}; built-in {kind}s: {', '.join(builtin)} "
-                        f"(or give a {kind} YAML file)")
-    try:
-        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise TaskError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
-
-
-def load_task(name_or_path: str | Path):
+def load_task(name_or_path: str | Path) -> Task | EntityTask:
     """A built-in task by name (`python -m harness list`) or a task YAML file: a `Task` (a label per text), or
     with `kind: entities` an `EntityTask` (harness/entities.py)."""
     path, raw = read_spec(name_or_path, TASKS_DIR, "task")
@@ -174,29 +79,8 @@ def load_task(name_or_path: str | Path):
     if kind not in TASK_KINDS:
         raise TaskError(f"{path}: kind {kind!r} is unknown; valid: {', '.join(TASK_KINDS)}")
     if kind == "entities":
-        from harness.entities import parse_entity_task  # that module builds on this one
         return parse_entity_task(raw, str(path))
     return parse_task(raw, str(path))
-
-
-def check_keys(raw: Any, valid: tuple[str, ...], where: str) -> dict:
-    if not isinstance(raw, dict):
-        raise TaskError(f"{where} must be a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - set(valid))
-    if unknown:
-        raise TaskError(f"{where}: unknown keys {unknown}; valid: {', '.join(valid)}")
-    return raw
-
-
-def data_spec(raw: Any, where: str) -> DataSpec:
-    """A task's `data` or `demonstrations` entry (a source name, or a mapping of `DATA_KEYS`)."""
-    raw = {"source": raw} if isinstance(raw, str) else check_keys(raw, DATA_KEYS, where)
-    if "source" not in raw:
-        raise TaskError(f"{where} needs a source (a tljax data source, e.g. rotten-tomatoes or a CSV file)")
-    spec = DataSpec(**raw)
-    if spec.split not in SPLITS:
-        raise TaskError(f"{where}.split {spec.split!r} is unknown; valid: {', '.join(SPLITS)}")
-    return spec
 
 
 def parse_task(raw: Any, where: str = "task") -> Task:

@@ -32,6 +32,8 @@ import jax
 import numpy as np
 
 import tljax
+from harness.entity_variants import evaluate_entities
+from harness.evaluation import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
 from harness.encoders import CLASSIFIERS, Embedder, logistic_regression, nearest_centroid
 from harness.prompts import (CONTENT_FREE, FORMS, PROMPTS, answer_continuation, chat_messages, draw_demonstrations,
                              item_rng, plain_context)
@@ -40,7 +42,6 @@ from harness.tasks import Item, Task, load_task
 from tljax import models, zoo
 from tljax.data import normalise
 from tljax.data.chat import chat_context
-from tljax.errors import InputError
 from tljax.models.transforms import CallShapes
 from tljax.predict import PREDICTORS, EntityTagger, Predictor
 from tljax.runs import find_export, load_exported
@@ -51,14 +52,8 @@ KINDS = ("zero-shot", "few-shot", "chat", "run", "train")
 KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "prompt", "form", "demonstrations", "classifier",
         "max_new_tokens", "allow_overlap", "text_prefix", "description_prefix", "calibrate", "config", "lr_scales",
         "overrides")
-# the input prefixes an encoder was trained with (e5: "query: " for what is searched for, "passage: " for the rest)
-ENCODER_PREFIXES = {"e5-small": ("query: ", "passage: "), "e5-small-enpt": ("query: ", "passage: ")}
 CHAT_MAX_NEW_TOKENS = 8  # a reply naming a label
 SIMILARITY_TEMPERATURE = 0.05  # cosine similarities -> probabilities (sentence-transformers' contrastive scale 20)
-
-
-class VariantError(InputError):
-    """A variant that is unknown, incomplete, or cannot be used on the task."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,13 +144,6 @@ def parse_variant(raw: Any, where: str = "variant") -> Variant:
     if variant.kind == "few-shot" and not 1 <= variant.k <= 64:
         raise VariantError(f"{where}: k must be between 1 and 64, got {variant.k}")
     return variant
-
-
-@dataclasses.dataclass
-class Evaluation:
-    records: list[dict[str, Any]]
-    costs: dict[str, Any]
-    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class Models:
@@ -250,21 +238,6 @@ class LoadedRun:
                    DecoderScorer(model, tokenizer) if causal else None, trained)
 
 
-def compiled_costs(measured) -> dict[str, float]:
-    """FLOPs per example and the peak memory (MB, parameters included) of the variant's compiled forward on its
-    median batch, from the compiler's cost and memory analyses ({} where nothing was compiled: chat replies)."""
-    if measured is None:
-        return {}
-    cost, rows = measured
-    return {"flops_per_example": cost.flops / max(rows, 1), "memory_mb": round(cost.peak_bytes / 2**20, 1)}
-
-
-def size_mb(path: Path) -> float:
-    path = Path(path)
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return round(sum(p.stat().st_size for p in files) / 2**20, 1)
-
-
 def _rule_records(items: Sequence[Item], scores: dict[str, np.ndarray], prompts: Sequence[str],
                   latency: float, temperature: float = 1.0) -> list[dict[str, Any]]:
     """Records from each rule's scores [N, L]; probabilities: softmax(acc scores / temperature)."""
@@ -339,8 +312,6 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
     programs (FLOPs, memory; a compile of the median shape, so the app, answering one text, leaves it off).
     An entity task's variants are `harness.entity_variants`'."""
     if task.kind == "entities":
-        from harness.entity_variants import evaluate_entities  # that module builds on this one
-
         return evaluate_entities(variant, task, items, seed, loaded, measure_costs=measure_costs)
     if variant.kind == "run":
         return _evaluate_run(variant, task, items, loaded, measure_costs)
@@ -386,12 +357,6 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
         raise VariantError(f"a {variant.kind} variant needs a chat decoder; {variant.model} is an encoder")
     costs["examples_per_second"] = round(len(items) / max(time.perf_counter() - started, 1e-9), 2)
     return Evaluation(records, {**costs, **compiled_costs(compiled)})
-
-
-def encoder_prefixes(variant: Variant) -> tuple[str, str]:
-    default = ENCODER_PREFIXES.get(variant.model, ("", ""))
-    return (variant.text_prefix if variant.text_prefix is not None else default[0],
-            variant.description_prefix if variant.description_prefix is not None else default[1])
 
 
 def _encoder_few_shot(variant: Variant, task: Task, items: Sequence[Item], seed: int, embed: Embedder,

@@ -215,6 +215,20 @@ def minilm_run(tmp_path_factory) -> Path:
 DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.max_eval_examples=512")
 
 
+def reduced_config(name: str, **training) -> dict:
+    """configs/<name> at a reduced budget (the runs' own figures at the full one: docs/ner.md)."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text())
+    config["training"] = {**config["training"], **training, "early_stopping_patience": None}
+    return config
+
+
+@pytest.fixture(scope="session")
+def minilm_ner_run(tmp_path_factory) -> Path:
+    """configs/ner.yaml (LoRA on MiniLM-L6, the English NER set) at 100 steps: its test checks the figures, the
+    app shows it."""
+    return shared_run(tmp_path_factory, "minilm-ner", reduced_config("ner.yaml", max_steps=100, eval_steps=50))
+
+
 # The modules whose tests train or score real models, in the order the two test workers take them
 # (`pytest -n 2`, which the project's settings make hand out whole modules, in this order, to whichever worker is
 # free). The harness's CI suite trains the shared chat-tuned SmolLM2 run on one worker while the real-model tests
@@ -224,8 +238,8 @@ DEFAULT_RUN_BUDGET = ("training.max_steps=100", "training.eval_steps=50", "data.
 # workers' ends (with those mid-size modules in name order one worker ended 56 s before the other).
 LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_transfer_real", "test_tagging_real", "test_faults",
                  "test_app_real", "test_benchmarks", "test_methods", "test_tagging_runs", "test_transfer",
-                 "test_harness", "test_distributed", "test_train", "test_app", "test_checkpoints", "test_sharding",
-                 "test_decoder", "test_chat", "test_tagging")
+                 "test_harness", "test_harness_entities", "test_distributed", "test_train", "test_app",
+                 "test_checkpoints", "test_sharding", "test_decoder", "test_chat", "test_tagging")
 
 
 def pytest_collection_modifyitems(config, items):

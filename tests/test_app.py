@@ -243,32 +243,33 @@ def test_the_side_by_side_endpoint_returns_the_harness_probabilities(tiny_page, 
     client, service, _ = tiny_page
     task = str(tiny_runs / "tiny-reviews.yaml")
     for i, name in enumerate(("zero-shot", "LoRA r4 · tiny-lora")):
-        history, label, tag = client.predict(str(tiny_model), task, "en", name, "great lovely film", [],
-                                             api_name=f"/answer_{i + 1}")
+        history, label, tag, view = client.predict(str(tiny_model), task, "en", name, "great lovely film", [],
+                                                   api_name=f"/answer_{i + 1}")
         choice = service.choice(str(tiny_model), name)
         direct = evaluate(Variant(**{**choice.variant.settings(), "language": "en"}), service.task(task),
                           [item_for("great lovely film", "en")], 0, Models())
         shown = {c["label"]: c["confidence"] for c in label["confidences"]}
         np.testing.assert_allclose([shown["neg"], shown["pos"]], direct.records[0]["probabilities"], atol=1e-6)
         assert "trainable parameters" in tag and "latency" in tag and history[-1]["role"] == "assistant"
+        assert view == ""  # entities are marked only on an entity task
 
 
 def test_an_empty_message_gets_a_notice_and_no_model_call(tiny_page, tiny_model, monkeypatch):
     client, service, _ = tiny_page
     calls = []
     monkeypatch.setattr(service, "answer", lambda *a, **k: calls.append(a))
-    history, label, tag = client.predict(str(tiny_model), "sentiment-en", "en", "zero-shot", "  ", [],
-                                         api_name="/answer_1")
+    history, label, tag, _ = client.predict(str(tiny_model), "sentiment-en", "en", "zero-shot", "  ", [],
+                                            api_name="/answer_1")
     assert "empty message" in tag and not label and calls == []
     assert "empty message" in client.predict("", api_name="/check_message")
 
 
 def test_the_train_endpoint_starts_a_run_that_finishes_and_becomes_a_variant(tiny_page, tiny_model, tiny_runs):
     client, service, settings = tiny_page
-    status, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment",
+    status, _ = client.predict(str(tiny_model), "lora", "sequence-classification", str(tiny_runs / "reviews.csv"), None, "review", "sentiment",
                                "", 4, "from-page", api_name="/train_start")
     assert "from-page" in status
-    again, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment",
+    again, _ = client.predict(str(tiny_model), "lora", "sequence-classification", str(tiny_runs / "reviews.csv"), None, "review", "sentiment",
                               "", 4, "from-page", api_name="/train_start")
     assert "already training" in again or "another run is using" in again
     deadline = time.time() + 300
@@ -278,7 +279,7 @@ def test_the_train_endpoint_starts_a_run_that_finishes_and_becomes_a_variant(tin
         state = client.predict("from-page", api_name="/train_state")
     assert state["state"] == "finished", state
     assert any("from-page" in c.name and c.available for c in service.choices(str(tiny_model)))
-    bad, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "text", "sentiment",
+    bad, _ = client.predict(str(tiny_model), "lora", "sequence-classification", str(tiny_runs / "reviews.csv"), None, "text", "sentiment",
                             "", 4, "bad-columns", api_name="/train_start")
     assert "review" in bad and "⚠️" in bad
 
@@ -287,17 +288,17 @@ def test_the_page_cuts_a_long_message_says_so_and_shows_a_deleted_run_as_unavail
                                                                                        tiny_runs):
     client, service, settings = tiny_page
     task = str(tiny_runs / "tiny-reviews.yaml")
-    _, label, tag = client.predict(str(tiny_model), task, "en", "zero-shot", "great " * 2000, [],
-                                   api_name="/answer_1")
+    _, label, tag, _ = client.predict(str(tiny_model), task, "en", "zero-shot", "great " * 2000, [],
+                                      api_name="/answer_1")
     assert "reads 62 tokens" in tag and label["confidences"]
     copy = settings.runs[0] / "doomed"
     shutil.copytree(settings.runs[0] / "tiny-lora", copy)
     name = next(c.name for c in service.choices(str(tiny_model)) if c.run and c.run.path == copy)
     shutil.rmtree(copy / "export")  # deleted while listed: its summary is still there
-    _, label, tag = client.predict(str(tiny_model), task, "en", name, "good", [], api_name="/answer_2")
+    _, label, tag, _ = client.predict(str(tiny_model), task, "en", name, "good", [], api_name="/answer_2")
     assert not label and "unavailable" in tag.lower() and "export" in tag
     shutil.rmtree(copy)
-    _, label, tag = client.predict(str(tiny_model), task, "en", name, "good", [], api_name="/answer_2")
+    _, label, tag, _ = client.predict(str(tiny_model), task, "en", name, "good", [], api_name="/answer_2")
     assert not label and "not a variant" in tag
 
 
@@ -306,8 +307,10 @@ def test_the_blind_comparison_hides_names_until_the_vote_and_rates_from_the_vote
     before = len(arena.read_votes(settings.votes))
     notice, _ = client.predict("", api_name="/vote_a")  # nothing answered yet: no vote
     assert "before voting" in notice and len(arena.read_votes(settings.votes)) == before
-    client.predict(str(tiny_model), api_name="/draw")
-    a, b, label_a, label_b, _ = client.predict(str(tiny_model), "great lovely film", api_name="/arena_answer")
+    client.predict(str(tiny_model), "sentiment", api_name="/draw")
+    a, b, label_a, label_b, view_a, view_b, _ = client.predict(str(tiny_model), "sentiment", "great lovely film",
+                                                               api_name="/arena_answer")
+    assert view_a == view_b == ""
     assert label_a["confidences"] and label_b["confidences"]
     shown = json.dumps([a, b])
     assert not any(c.name in shown for c in service.choices(str(tiny_model)) if c.name != "zero-shot")
@@ -509,8 +512,8 @@ def test_a_loopback_page_opens_local_paths_but_keeps_run_names_in_the_runs_folde
     head, *_ = client.predict(str(tiny_runs / "runs" / "tiny-lora"), api_name="/run_view")  # not a listed run
     assert "LoRA r4" in head
     for name in ("..", "../escaped"):
-        status, _ = client.predict(str(tiny_model), "lora", str(tiny_runs / "reviews.csv"), None, "review",
-                                   "sentiment", "", 4, name, api_name="/train_start")
+        status, _ = client.predict(str(tiny_model), "lora", "sequence-classification", str(tiny_runs / "reviews.csv"),
+                                   None, "review", "sentiment", "", 4, name, api_name="/train_start")
         assert status.startswith(f"⚠️ the run's name {name!r} must be letters") and "\n" not in status
     assert not (settings.runs[0].parent / "escaped").exists()
 
@@ -530,18 +533,18 @@ def public_page(tiny_runs, tmp_path_factory):
 def test_the_public_page_says_in_one_line_what_it_does_not_open(public_page, tiny_model, tiny_runs):
     client, settings = public_page
     task = str(tiny_runs / "tiny-reviews.yaml")
-    _, label, tag = client.predict("/etc", "sentiment-en", "en", "zero-shot", "good", [], api_name="/answer_1")
+    _, label, tag, _ = client.predict("/etc", "sentiment-en", "en", "zero-shot", "good", [], api_name="/answer_1")
     assert not label and tag.startswith("⚠️ this page opens only the base models it lists, not '/etc'")
-    _, label, tag = client.predict(str(tiny_model), task, "en", "zero-shot", "good", [], api_name="/answer_1")
+    _, label, tag, _ = client.predict(str(tiny_model), task, "en", "zero-shot", "good", [], api_name="/answer_1")
     assert not label and "opens only the tasks it lists" in tag and "\n" not in tag
-    status, _ = client.predict(str(tiny_model), "lora", "rotten-tomatoes", None, "text", "label", "", 4, "x",
-                               api_name="/train_start")
+    status, _ = client.predict(str(tiny_model), "lora", "sequence-classification", "rotten-tomatoes", None, "text",
+                               "label", "", 4, "x", api_name="/train_start")
     assert status.startswith("⚠️ this page opens only the models it lists")
-    status, _ = client.predict("minilm-l6", "lora", str(tiny_runs / "reviews.csv"), None, "review", "sentiment", "",
-                               4, "x", api_name="/train_start")
+    status, _ = client.predict("minilm-l6", "lora", "sequence-classification", str(tiny_runs / "reviews.csv"), None,
+                               "review", "sentiment", "", 4, "x", api_name="/train_start")
     assert status.startswith("⚠️ this page trains only on a packaged corpus")
-    status, _ = client.predict("minilm-l6", "lora", "rotten-tomatoes", None, "text", "label", "", 4, "..",
-                               api_name="/train_start")
+    status, _ = client.predict("minilm-l6", "lora", "sequence-classification", "rotten-tomatoes", None, "text",
+                               "label", "", 4, "..", api_name="/train_start")
     assert status.startswith("⚠️ the run's name '..' must be letters")
     head, *_ = client.predict(str(tiny_runs / "runs" / "tiny-lora"), api_name="/run_view")  # not this page's runs
     assert head.startswith("⚠️ this page opens only the runs it lists")
@@ -556,11 +559,11 @@ def test_the_public_page_says_in_one_line_what_it_does_not_open(public_page, tin
 
 def test_the_public_page_opens_what_it_lists_and_the_files_uploaded_to_it(public_page, tiny_model, tiny_runs):
     client, settings = public_page
-    _, label, tag = client.predict("minilm-l6", "sentiment-en", "en", "no such variant", "good", [],
-                                   api_name="/answer_1")  # a packaged base opens (and says what is not its variant)
+    _, label, tag, _ = client.predict("minilm-l6", "sentiment-en", "en", "no such variant", "good", [],
+                                      api_name="/answer_1")  # a packaged base opens (and says what is not its variant)
     assert not label and "not a variant of minilm-l6" in tag
-    _, label, _ = client.predict(str(tiny_model), "sentiment-en", "en", "zero-shot", "great lovely film", [],
-                                 api_name="/answer_1")  # a listed run's base, a listed task
+    _, label, _, _ = client.predict(str(tiny_model), "sentiment-en", "en", "zero-shot", "great lovely film", [],
+                                    api_name="/answer_1")  # a listed run's base, a listed task
     assert set(c["label"] for c in label["confidences"]) == {"negative", "positive"}
     head, *_ = client.predict(str(settings.runs[0] / "tiny-lora"), api_name="/run_view")
     assert "LoRA r4" in head
@@ -568,9 +571,100 @@ def test_the_public_page_opens_what_it_lists_and_the_files_uploaded_to_it(public
     table = client.predict("demo", "sentiment-en", ["zero-shot minilm-l6", "other"], api_name="/explore")
     assert [row[0] for row in table["value"]["data"]] == ["i0"]  # the item the two variants disagree on
     csv_file = handle_file(str(tiny_runs / "reviews.csv"))
-    text_column, label_column, _ = client.predict(csv_file, api_name="/columns_of")
+    text_column, label_column, _ = client.predict(csv_file, "sequence-classification", api_name="/columns_of")
     assert text_column["value"] == "review" and label_column["value"] == "sentiment"
     # the uploaded file passes the page's rules: the data check names its columns instead
-    status, _ = client.predict("minilm-l6", "lora", "upload", csv_file, "text", "sentiment", "", 4, "from-upload",
-                               api_name="/train_start")
+    status, _ = client.predict("minilm-l6", "lora", "sequence-classification", "upload", csv_file, "text",
+                               "sentiment", "", 4, "from-upload", api_name="/train_start")
     assert status.startswith("⚠️") and "review" in status and "only" not in status
+
+
+# -- named entities ------------------------------------------------------------------------------------------------
+def test_entities_are_marked_in_their_text_by_type_with_the_score_on_hover():
+    from harness.app.highlight import entity_html, type_colour
+
+    text = "Ana <b> & Rui met at Recife"
+    shown = entity_html(text, [{"start": 21, "end": 27, "label": "LOC", "score": 0.875},
+                               {"start": 0, "end": 3, "label": "PER", "score": None},
+                               {"start": 1, "end": 5, "label": "ORG", "score": 0.5}])  # overlaps: not drawn
+    assert shown.count("<mark") == 2 and 'title="LOC · score 0.88"' in shown and 'title="PER"' in shown
+    assert "&lt;b&gt; &amp; Rui" in shown and "<b>" not in shown  # the text is escaped
+    assert type_colour("LOC") in shown and type_colour("ORG") not in shown.split("entity-legend")[0]
+    assert type_colour("LAW") == type_colour("LAW") and entity_html("no entities", []).count("<mark") == 0
+
+
+def _entity_task_file(folder: Path, source: Path) -> str:
+    task = {"name": "tiny-entities", "kind": "entities", "data": {"source": str(source), "split": "test"},
+            "labels": ["PER", "LOC"],
+            "templates": {"en": {"instruction": "entities of {text}", "types": {"PER": "good", "LOC": "bad"}}}}
+    path = folder / "tiny-entities.yaml"
+    path.write_text(yaml.safe_dump(task))
+    return str(path)
+
+
+def test_the_page_shows_a_taggers_entities_trains_one_and_explores_entity_results(tiny_page, tiny_model, tagger,
+                                                                                  tmp_path):
+    client, service, settings = tiny_page
+    folder, _ = tagger
+    shutil.copytree(folder / "run", settings.runs[0] / "tiny-ner")
+    task = _entity_task_file(tmp_path, folder / "tagged.jsonl")
+    choices = {c.name: c for c in service.choices(str(tiny_model))}
+    name = next(n for n, c in choices.items() if c.run and c.run.path.name == "tiny-ner")
+    assert [n for n, c in choices.items() if service.fits(c, task)] == ["few-shot k=8", name]
+    message = "the plot was good in awful"
+    history, label, tag, view = client.predict(str(tiny_model), task, "en", name, message, [], api_name="/answer_1")
+    answer = service.answer(choices[name], task, "en", message)
+    assert not label and "latency" in tag and answer.label in json.dumps(history[-1]["content"])
+    assert answer.entities and view.count("<mark") == len(answer.entities)
+    for entity in answer.entities:
+        assert f'data-type="{entity["label"]}" title="{entity["label"]} · score {entity["score"]:.2f}"' in view
+    _, _, tag, view = client.predict(str(tiny_model), task, "en", "zero-shot", message, [], api_name="/answer_2")
+    assert "does not answer the task" in tag and view == ""
+    # the blind comparison on the built-in NER task needs two variants that tag its five types
+    *_, notice = client.predict(str(tiny_model), "ner", api_name="/draw")
+    assert "needs two variants" in notice
+
+    # a tagging run started from the page on a JSON Lines file of spans (a CSV-only column check is skipped)
+    upload = handle_file(str(folder / "tagged.jsonl"))
+    assert client.predict(upload, "token-classification", api_name="/columns_of")[2]["value"] == "upload"
+    status, _ = client.predict(str(tiny_model), "lora", "token-classification", "upload", upload, "text", "label",
+                               "", 4, "ner-from-page", api_name="/train_start")
+    assert "ner-from-page" in status, status
+    deadline, state = time.time() + 300, client.predict("ner-from-page", api_name="/train_state")
+    while state["state"] == "running" and time.time() < deadline:
+        time.sleep(1)
+        state = client.predict("ner-from-page", api_name="/train_state")
+    assert state["state"] == "finished", state
+    trained = next(c for c in service.choices(str(tiny_model)) if c.run and c.run.path.name == "ner-from-page")
+    assert trained.run.task == "token-classification" and service.fits(trained, task)
+    status, _ = client.predict(str(tiny_model), "lora", "token-classification", "upload",
+                               handle_file(str(tiny_runs_csv(settings))), "text", "label", "", 4, "ner-bad",
+                               api_name="/train_start")
+    assert status.startswith("⚠️") and "neither a tagged corpus nor a file" not in status
+
+    # an entity suite's results: their own table, and the explorer lists the entities each variant found
+    out = settings.results[0] / "entities"
+    (out / "predictions").mkdir(parents=True)
+    row = {"variant": "tagger", "kind": "run", "task": "ner-en", "task_kind": "entities", "language": "en",
+           "settings": {"kind": "run", "run": str(folder / "run")}, "metric": "entity F1", "score": 0.8,
+           "summary": {"items": 2, "unread": 0, "entity": {"f1": 0.8, "precision": 0.75, "recall": 0.857,
+                                                           "f1_ci": [0.6, 0.95]}},
+           "costs": {"trainable_parameters": 2213}}
+    (out / "results.json").write_text(json.dumps({"suite": "entities", "rows": [row, {**row, "variant": "other"}],
+                                                   "agreement": {}}))
+    for variant, found in (("tagger", [[0, 3, "PER"]]), ("other", [])):
+        (out / "predictions" / f"{variant}__ner-en__seed0.jsonl").write_text(json.dumps(
+            {"id": "d/0", "text": "Ana in Recife", "gold": [[0, 3, "PER"], [7, 13, "LOC"]], "predicted": found}) + "\n")
+    outputs = client.predict(None, None, None, "entities", api_name="/results_view")
+    assert outputs[5]["data"][0][:8] == ["entities", "tagger", str(tiny_model), "ner-en", "en", 2, 0.8, "0.600-0.950"]
+    assert not [r for r in outputs[4]["data"] if r[0] == "entities"]  # not in the classification table
+    client.predict("entities", "ner-en", api_name="/explorer_variant_choices")
+    table = client.predict("entities", "ner-en", ["tagger", "other"], api_name="/explore")
+    assert table["value"]["data"] == [["d/0", "Ana in Recife", "PER: Ana; LOC: Recife", "PER: Ana", "-"]]
+
+
+def tiny_runs_csv(settings) -> Path:
+    """A CSV of reviews: not a file a tagging run reads."""
+    path = settings.runs[0].parent / "not-tagged.csv"
+    write_reviews(path, n=8)
+    return path

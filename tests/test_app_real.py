@@ -5,6 +5,7 @@ browser (Debian's chromium, driven by Playwright) uses the page."""
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +26,18 @@ from tljax.runs import find_export
 CHROMIUM = os.environ.get("TLJAX_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("TLJAX_SCREENSHOTS", Path(__file__).parent.parent / "harness-results" / "screenshots"))
 REVIEW_PT = "Um filme emocionante e muito bem atuado, adorei cada minuto."
+NEWS_EN = "Maria Souza left Petrobras in March 2024 to teach at the Federal University of Pernambuco in Recife."
 
 
 @pytest.fixture(scope="module")
-def real_page(tmp_path_factory, minilm_run, smollm2_chat_run):
-    """The page over a runs folder holding the shared MiniLM LoRA and chat-tuned SmolLM2 runs, and a small
-    harness result (MiniLM zero-shot and its LoRA run, 40 items per language)."""
+def real_page(tmp_path_factory, minilm_run, smollm2_chat_run, minilm_ner_run):
+    """The page over a runs folder holding the shared MiniLM LoRA, chat-tuned SmolLM2 and MiniLM NER runs, and a
+    small harness result (MiniLM zero-shot and its LoRA run, 40 items per language)."""
     folder = tmp_path_factory.mktemp("real-page")
     (folder / "runs").mkdir()
     (folder / "runs" / "minilm-lora").symlink_to(minilm_run)
     (folder / "runs" / "smollm2-chat").symlink_to(smollm2_chat_run)
+    (folder / "runs" / "minilm-ner").symlink_to(minilm_ner_run)
     suite = {"name": "app-demo", "tasks": ["sentiment-en", "sentiment-pt"],
              "variants": [{"kind": "zero-shot", "model": "minilm-l6"}, {"kind": "run", "run": str(minilm_run)}]}
     (folder / "suite.yaml").write_text(yaml.safe_dump(suite))
@@ -96,7 +99,7 @@ def test_a_column_shows_what_the_suite_recorded_for_the_same_review(real_page):
     for name, variant in (("zero-shot", "zero-shot-minilm-l6"), ("LoRA r8 · minilm-lora", "run-minilm-lora")):
         record = json.loads((results / "predictions" / f"{variant}__sentiment-pt__seed0.jsonl").read_text()
                             .splitlines()[0])
-        _, label, _ = client.predict("minilm-l6", "sentiment-pt", "pt", name, record["text"], [], api_name="/answer_2")
+        _, label, _, _ = client.predict("minilm-l6", "sentiment-pt", "pt", name, record["text"], [], api_name="/answer_2")
         shown = {c["label"]: c["confidence"] for c in label["confidences"]}
         # The suite scored the review inside a padded batch, the page alone: the same float32 function on
         # other shapes, whose sums XLA blocks (so rounds) differently. Each of the model's ~25 matmul and norm
@@ -115,7 +118,7 @@ def test_classifier_and_decoder_answers_equal_the_harness_and_the_reply_streams_
         job = client.submit(base, "sentiment-pt", "pt", name, REVIEW_PT, [], api_name="/answer_1")
         job.result(timeout=600)
         outputs = job.outputs()  # every update the page streamed
-        history, label, tag = outputs[-1]
+        history, label, tag, _ = outputs[-1]
         expected = pytorch_probabilities(service, base, name, "sentiment-pt", "pt", REVIEW_PT)
         shown = {c["label"]: c["confidence"] for c in label["confidences"]}
         # The page computes in float32 (JAX), the reference in float64: they differ by the page's float32
@@ -186,6 +189,21 @@ def test_users_under_load_get_their_own_answers(real_page):
     assert report.requests >= 8, report.summary()
 
 
+def test_ner_variants_answer_side_by_side_and_blind(real_page):
+    url, service, _ = real_page
+    client = Client(url, verbose=False)
+    names = [c.name for c in service.choices("minilm-l6") if service.fits(c, "ner-en")]
+    assert names == ["few-shot k=8", "LoRA r8 · minilm-ner"]
+    history, _, tag, view = client.predict("minilm-l6", "ner-en", "en", "LoRA r8 · minilm-ner", NEWS_EN, [],
+                                           api_name="/answer_1")
+    marked = {(m.group(2), m.group(1)) for m in re.finditer(r'data-type="(\w+)"[^>]*>([^<]+?) <small', view)}
+    assert {("Maria Souza", "PER"), ("Recife", "LOC")} <= marked, view  # the MiniLM run finds these at 100 steps
+    client.predict("minilm-l6", "ner", api_name="/draw")
+    chat_a, chat_b, _, _, view_a, view_b, notice = client.predict("minilm-l6", "ner", NEWS_EN,
+                                                                  api_name="/arena_answer")
+    assert notice == "" and "<mark" in view_a + view_b and "minilm-ner" not in json.dumps([chat_a, chat_b])
+
+
 def test_a_real_browser_sends_a_portuguese_review_switches_language_and_opens_the_results(real_page):
     url, _, _ = real_page
     if not Path(CHROMIUM).is_file():
@@ -222,7 +240,28 @@ def test_a_real_browser_sends_a_portuguese_review_switches_language_and_opens_th
             page.wait_for_function("document.querySelector('#results-table').innerText.includes('zero-shot')",
                                    timeout=30_000)
             page.screenshot(path=str(SCREENSHOTS / "results-pt.png"), full_page=True)
+
+            # named entities: the NER run and the few-shot tagger mark what they found in the message
+            page.locator("#page-language").get_by_text("English").click()
+            page.get_by_role("tab", name="Side by side").click()
+            page.locator("#message-language").get_by_text("English").click()
+            page.locator("#task input").fill("ner-en")
+            page.locator("#task input").press("Enter")
+            for i, name in enumerate(("LoRA r8 · minilm-ner", "few-shot k=8")):
+                page.locator(f"#variant-{i} input").fill(name)
+                page.locator(f"#variant-{i} input").press("Enter")
+            for i in (2, 3):
+                page.locator(f"#variant-{i} input").fill("(none)")
+                page.locator(f"#variant-{i} input").press("Enter")
+            page.locator("#message textarea").fill(NEWS_EN)
+            page.locator("#send").click()
+            for i in range(2):
+                page.wait_for_function(f"document.querySelector('#tag-{i}').innerText.includes('ms')",
+                                       timeout=120_000)
+            assert page.locator("#entities-0 mark").count() >= 3, page.locator("#entities-0").inner_html()
+            assert "score" in page.locator("#entities-0 mark").first.get_attribute("title")
+            page.screenshot(path=str(SCREENSHOTS / "side-by-side-ner.png"), full_page=True)
         finally:
             browser.close()
-    for name in ("side-by-side.png", "side-by-side-pt.png", "results-pt.png"):
+    for name in ("side-by-side.png", "side-by-side-pt.png", "results-pt.png", "side-by-side-ner.png"):
         assert (SCREENSHOTS / name).stat().st_size > 10_000

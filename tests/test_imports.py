@@ -1,4 +1,4 @@
-"""The `tljax` package has no import cycles, checked statically with `ast` (nothing under test is imported).
+"""The `tljax` and `harness` packages have no import cycles, checked statically with `ast` (nothing under test is imported).
 
 Graph: one node per module (`tljax/train/loop.py` -> `tljax.train.loop`, `tljax/methods/__init__.py` ->
 `tljax.methods`). Every `import` / `from ... import ...` anywhere in a module is an edge (`ast.walk`: inside
@@ -21,6 +21,8 @@ from __future__ import annotations
 import ast
 from collections import deque
 from pathlib import Path
+
+import pytest
 
 Graph = dict[str, dict[str, list[str]]]  # importer -> imported -> ["file:line", ...]
 _PLAIN = (ast.Constant, ast.Name, ast.Attribute, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Starred,
@@ -140,10 +142,11 @@ def find_cycles(graph: Graph) -> list[str]:
     return [reports[key] for key in sorted(reports)]
 
 
-def test_no_import_cycles() -> None:
-    """No module of tljax imports itself back, however indirectly."""
-    cycles = find_cycles(import_graph(Path(__file__).resolve().parents[1] / "tljax", "tljax"))
-    assert not cycles, f"{len(cycles)} import cycle(s) in tljax:\n" + "\n".join(cycles)
+@pytest.mark.parametrize("package", ["tljax", "harness"])
+def test_no_import_cycles(package: str) -> None:
+    """No module of tljax, or of the harness and its app, imports itself back, however indirectly."""
+    cycles = find_cycles(import_graph(Path(__file__).resolve().parents[1] / package, package))
+    assert not cycles, f"{len(cycles)} import cycle(s) in {package}:\n" + "\n".join(cycles)
 
 
 def test_checker_finds_cycles_and_allows_reexports(tmp_path: Path) -> None:

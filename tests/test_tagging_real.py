@@ -1,21 +1,18 @@
 """Named-entity recognition on the real packaged models and tljax's NER set, reduced budgets (the full-budget
-figures, every method on both models and languages, are in docs/transfer.md). Each run is a
+figures, every method on both models and languages, are in docs/ner.md). Each run is a
 `python -m tljax.train` process on one CPU device, shared by the test workers."""
 
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import shared_run
+from conftest import reduced_config, shared_run
 
 pytestmark = pytest.mark.real
 
 
-def test_minilm_lora_tags_english_entities_well_above_the_most_frequent_tag(tmp_path_factory):
-    run = shared_run(tmp_path_factory, "minilm-ner", _config("ner.yaml", max_steps=100, eval_steps=50))
-    summary = json.loads((run / "summary.json").read_text())
+def test_minilm_lora_tags_english_entities_well_above_the_most_frequent_tag(minilm_ner_run):
+    summary = json.loads((minilm_ner_run / "summary.json").read_text())
     test, baseline = summary["test"], summary["baseline"]
     assert test["f1"] >= 0.5, test
     low, high = baseline["f1_difference_interval"]  # the paired bootstrap interval of the lead over the baseline
@@ -24,7 +21,8 @@ def test_minilm_lora_tags_english_entities_well_above_the_most_frequent_tag(tmp_
 
 
 def test_e5_trained_on_english_tags_portuguese_above_the_baseline(tmp_path_factory):
-    run = shared_run(tmp_path_factory, "e5-ner-en", _config("ner_cross_lingual.yaml", max_steps=60, eval_steps=30))
+    run = shared_run(tmp_path_factory, "e5-ner-en", reduced_config("ner_cross_lingual.yaml", max_steps=60,
+                                                                  eval_steps=30))
     summary = json.loads((run / "summary.json").read_text())
     portuguese = summary["evaluation"]["pt"]
     assert portuguese["language"] == "pt-BR" and portuguese["examples"] == 107
@@ -41,10 +39,3 @@ def test_e5_trained_on_english_tags_portuguese_above_the_baseline(tmp_path_facto
         task = load_task(name)
         records = evaluate(variant, task, task.items, 0, loaded).records
         assert summarise_entities([records], task.labels)["entity"]["f1"] == pytest.approx(expected, abs=1e-9)
-
-
-def _config(name: str, **training) -> dict:
-    """configs/<name> at a reduced budget (the runs' own figures at the full one: docs/transfer.md)."""
-    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text())
-    config["training"] = {**config["training"], **training, "early_stopping_patience": None}
-    return config

@@ -35,7 +35,7 @@ class RunEntry:
     name: str  # relative to the folder it was found in
     model: str  # the base model it adapted
     method: str  # e.g. "LoRA r8", "distilled (6 layers) + LoRA"
-    task: str  # sequence-classification | causal-lm
+    task: str  # sequence-classification | token-classification | causal-lm
     labels: tuple[str, ...]
     chat: bool  # a chat-tuned decoder (scored like zero-shot)
     trainable: int | None
@@ -197,23 +197,51 @@ TABLE_COLUMNS = ("suite", "variant", "base", "task", "language", "items", "accur
 
 def table_rows(sets: Sequence[ResultSet], task: str | None = None, language: str | None = None,
                base: str | None = None) -> list[list[Any]]:
-    """The results table (TABLE_COLUMNS), `acc` rule, filtered by task, language and base model (None: all)."""
+    """The results table of the classification tasks (TABLE_COLUMNS), `acc` rule, filtered by task, language and
+    base model (None: all)."""
     rows = []
+    for result, row, model in _rows(sets, "classification", task, language, base):
+        summary, costs = row["summary"], row.get("costs") or {}
+        acc = summary.get("acc") or {}
+        low, high = acc.get("accuracy_ci") or (None, None)
+        flops = costs.get("flops_per_example")
+        rows.append([result.name, row["variant"], model, row["task"], row.get("language"), summary.get("items"),
+                     _round(acc.get("accuracy")), f"{low:.3f}-{high:.3f}" if low is not None else "",
+                     _round(acc.get("f1")), _round(acc.get("mcc")), costs.get("trainable_parameters"),
+                     _round(costs.get("training_seconds"), 1), costs.get("examples_per_second"),
+                     _round(flops / 1e9 if flops else None, 2), costs.get("memory_mb")])
+    return rows
+
+
+def _rows(sets: Sequence[ResultSet], kind: str, task: str | None, language: str | None, base: str | None):
+    """(result set, row, base model) of each row of a `kind` of task ("classification", "entities") that the
+    filters keep."""
     for result in sets:
         for row in result.rows:
             model = base_model(row)
-            if (task and row["task"] != task) or (language and row.get("language") != language) or \
-                    (base and model != base):
+            if row.get("task_kind", "classification") != kind or (task and row["task"] != task) or \
+                    (language and row.get("language") != language) or (base and model != base):
                 continue
-            summary, costs = row["summary"], row.get("costs") or {}
-            acc = summary.get("acc") or {}
-            low, high = acc.get("accuracy_ci") or (None, None)
-            flops = costs.get("flops_per_example")
-            rows.append([result.name, row["variant"], model, row["task"], row.get("language"), summary.get("items"),
-                         _round(acc.get("accuracy")), f"{low:.3f}-{high:.3f}" if low is not None else "",
-                         _round(acc.get("f1")), _round(acc.get("mcc")), costs.get("trainable_parameters"),
-                         _round(costs.get("training_seconds"), 1), costs.get("examples_per_second"),
-                         _round(flops / 1e9 if flops else None, 2), costs.get("memory_mb")])
+            yield result, row, model
+
+
+ENTITY_COLUMNS = ("suite", "variant", "base", "task", "language", "texts", "entity F1", "entity F1 95% CI",
+                  "precision", "recall", "unread replies", "trainable parameters", "training s", "examples/s")
+
+
+def entity_rows(sets: Sequence[ResultSet], task: str | None = None, language: str | None = None,
+                base: str | None = None) -> list[list[Any]]:
+    """The results table of the entity tasks (ENTITY_COLUMNS), filtered as `table_rows`."""
+    rows = []
+    for result, row, model in _rows(sets, "entities", task, language, base):
+        summary, costs = row["summary"], row.get("costs") or {}
+        entity = summary.get("entity") or {}
+        low, high = entity.get("f1_ci") or (None, None)
+        rows.append([result.name, row["variant"], model, row["task"], row.get("language"), summary.get("items"),
+                     _round(entity.get("f1")), f"{low:.3f}-{high:.3f}" if low is not None else "",
+                     _round(entity.get("precision")), _round(entity.get("recall")), summary.get("unread"),
+                     costs.get("trainable_parameters"), _round(costs.get("training_seconds"), 1),
+                     costs.get("examples_per_second")])
     return rows
 
 
@@ -239,19 +267,28 @@ def bias_rows(sets: Sequence[ResultSet]) -> list[list[Any]]:
     return rows
 
 
+def _prediction(record: dict[str, Any]) -> Any:
+    """A record's prediction: its label (`acc` rule), or on an entity task its set of entities."""
+    if "prediction" in record:
+        return record["prediction"].get("acc")
+    return frozenset(tuple(e) for e in record.get("predicted", ()))
+
+
 def disagreements(result: ResultSet, task: str, variants: Sequence[str], seed: int = 0,
                   limit: int = 50) -> list[dict[str, Any]]:
     """The items of `task` on which the chosen variants' predictions differ: id, text, gold and, per variant,
-    its prediction, probabilities and prompt or reply (the first `limit`)."""
+    its prediction, probabilities and prompt or reply (the first `limit`). On an entity task a prediction is
+    the set of entities (labels: None; gold: the gold entities)."""
     try:
-        labels = list(load_task(task).labels)
+        loaded = load_task(task)
+        labels = list(loaded.labels) if loaded.kind == "classification" else None
     except TaskError:  # a task file that is gone since: the indices are shown as they are
         labels = None
     records = {v: {r["id"]: r for r in result.predictions(v, task, seed)} for v in variants}
     common = [i for i in (records[variants[0]] if variants else {}) if all(i in records[v] for v in variants)]
     found = []
     for item in common:
-        predicted = [records[v][item]["prediction"].get("acc") for v in variants]
+        predicted = [_prediction(records[v][item]) for v in variants]
         if len(set(predicted)) > 1:
             first = records[variants[0]][item]
             found.append({"id": item, "text": first["text"], "gold": first["gold"], "labels": labels,

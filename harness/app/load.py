@@ -58,8 +58,8 @@ class Report:
 
 
 def _ask(client, column: Column, text: str):
-    _, label, tag = client.predict(column.base, column.task, column.language, column.variant, text, [],
-                                   api_name=column.endpoint)
+    _, label, tag, _ = client.predict(column.base, column.task, column.language, column.variant, text, [],
+                                      api_name=column.endpoint)
     shown = {c["label"]: round(c["confidence"], 6) for c in (label or {}).get("confidences", [])}
     if not shown:  # the page answered with a notice instead of a label
         raise RuntimeError(f"no answer from {column.variant}: {tag}")

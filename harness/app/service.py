@@ -21,11 +21,15 @@ from harness.app.access import check_listed
 from harness.app.catalogue import RunEntry, find_runs, read_run
 from harness.app.guard import guard
 from harness.app.texts import text
+from harness.entities import EntityItem, EntityTask, draw_entity_demonstrations, entity_messages
+from harness.entity_variants import ENTITY_MAX_NEW_TOKENS, entity_pool
+from harness.evaluation import ENCODER_PREFIXES
 from harness.tasks import Item, Task, builtin_tasks, load_task
-from harness.variants import (ENCODER_PREFIXES, LoadedRun, Models, Variant, conversation, demonstration_pool,
-                              evaluate, parse_reply)
+from harness.variants import LoadedRun, Models, Variant, conversation, demonstration_pool, evaluate, parse_reply
 from tljax import models, zoo
+from tljax.data.tagged import word_spans
 from tljax.errors import InputError
+from tljax.tagging import split_tag
 
 DECODER_TOKENS = 512  # of a message asked of a decoder: a reply in seconds on a CPU
 DECODER_FEW_SHOT = (2, 4)  # demonstrations in all
@@ -61,13 +65,14 @@ class Choice:
 class Answer:
     """One variant's answer to one text."""
 
-    label: str  # the predicted label (by the `acc` rule)
-    probabilities: dict[str, float]  # every label's
+    label: str  # the predicted label (by the `acc` rule); on an entity task, the entities found in a few words
+    probabilities: dict[str, float]  # every label's (none on an entity task)
     record: dict[str, Any]  # the harness's record for the text, as a suite's predictions file holds it
     latency_s: float
     text: str  # what the model read (the message, truncated to what it reads)
     trainable: int | None  # parameters trained for the variant (a few-shot classifier's, once fitted)
     cut: Cut | None = None  # how the message was cut to what the model reads, if it was
+    entities: tuple[dict[str, Any], ...] | None = None  # an entity task's: {start, end, label, score (or None)}
 
     def notice(self, language: str = "en") -> str:
         return self.cut.notice(language) if self.cut else ""
@@ -87,10 +92,21 @@ class Cut:
                                                   kept=self.kept)
 
 
-def item_for(text: str, language: str) -> Item:
+def item_for(text: str, language: str, task: Task | EntityTask | None = None) -> Item | EntityItem:
     """The message as a harness item: its id is a hash of the text (so few-shot draws the same demonstrations for
-    the same text, as the harness does for an item), its gold label unknown (0)."""
-    return Item(f"app:{hashlib.sha256(text.encode()).hexdigest()[:16]}", text, 0, language)
+    the same text, as the harness does for an item), its gold label unknown (0; no entities on an entity task,
+    whose words are those tljax reads in raw text)."""
+    identifier = f"app:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    if task is not None and task.kind == "entities":
+        return EntityItem(identifier, text, (), language, tuple(word_spans(text)))
+    return Item(identifier, text, 0, language)
+
+
+def entity_count(spans: Sequence[dict[str, Any]], language: str = "en") -> str:
+    """"2 entities: PER, LOC" (in the page's language)."""
+    if not spans:
+        return text("no_entities", language)
+    return text("entities_found", language).format(n=len(spans), types=", ".join(s["label"] for s in spans))
 
 
 RUN_SEPARATOR = " · "  # between a run's method and its folder in its choice's name
@@ -127,6 +143,11 @@ def is_decoder(model: str) -> bool:
         return False
 
 
+def run_types(labels: Sequence[str]) -> list[str]:
+    """The entity types of a token classifier's tags (O, B-PER, I-PER, ... -> PER, ...)."""
+    return sorted({split_tag(tag)[1] for tag in labels if tag != "O"})
+
+
 class SharedModels(Models):
     """The harness's model cache, each tokenizer guarded before anyone uses it: the request threads share a model's
     tokenizer (its embedder, scorer, predictor and the page's own calls all hold the same one)."""
@@ -151,7 +172,7 @@ class Service:
         self.run_folders = [Path(f) for f in run_folders]
         self.models = SharedModels(capacity)
         self.public = public
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, Task | EntityTask] = {}
         self._lock = threading.Lock()
 
     # -- what there is -------------------------------------------------------------------------------------
@@ -164,7 +185,7 @@ class Service:
         """The tasks the page lists (the harness's built-in ones)."""
         return builtin_tasks()
 
-    def task(self, name: str) -> Task:
+    def task(self, name: str) -> Task | EntityTask:
         """The task `name`, parsed once: a listed task, or on a loopback page also a task file."""
         check_listed(self.public, "tasks", name, self.tasks())
         with self._lock:
@@ -185,8 +206,15 @@ class Service:
             check_listed(True, "base models", base, list(zoo.PACKAGED) + [r.model for r in found])
 
     def fits(self, choice: Choice, task_name: str) -> bool:
-        """Whether the variant can answer the task (a run trained for other labels cannot)."""
-        return choice.run is None or set(choice.run.labels) == set(self.task(task_name).labels)
+        """Whether the variant can answer the task: a run trained for other labels (or another kind of task)
+        cannot; on an entity task an encoder answers few-shot (a tag classifier), not zero-shot."""
+        task = self.task(task_name)
+        if task.kind == "entities":
+            if choice.run is None:
+                return choice.decoder or choice.variant.kind == "few-shot"
+            return choice.run.task == "token-classification" and set(run_types(choice.run.labels)) == set(task.labels)
+        return choice.run is None or (choice.run.task != "token-classification"
+                                      and set(choice.run.labels) == set(task.labels))
 
     def choice(self, base: str, name: str) -> Choice:
         """The variant `name` of `base` as it is now (a run is read again: it may have gone since it was listed)."""
@@ -243,16 +271,22 @@ class Service:
         if not text:
             raise AppError("empty message")
         task = self.task(task_name)
-        fitted, cut = self.fit(choice, text)
+        # a tagger reads a long text whole, in overlapping windows (a decoder's prompt is cut as on other tasks)
+        fitted, cut = (text, None) if task.kind == "entities" and not choice.decoder else self.fit(choice, text)
         variant = dataclasses.replace(choice.variant, language=language)
         started = time.perf_counter()
-        evaluation = evaluate(variant, task, [item_for(fitted, language)], 0, self.models, measure_costs=False)
+        evaluation = evaluate(variant, task, [item_for(fitted, language, task)], 0, self.models, measure_costs=False)
         latency = time.perf_counter() - started
         if not evaluation.records:  # the harness leaves out a text that is one of its few-shot examples
             raise AppError("this text is one of the few-shot variant's own labelled examples; try another")
         record = evaluation.records[0]
-        probabilities = dict(zip(task.labels, record["probabilities"]))
         trainable = choice.trainable if choice.trainable is not None else evaluation.costs.get("trainable_parameters")
+        if task.kind == "entities":
+            scores = record.get("scores") or [None] * len(record["predicted"])
+            spans = tuple({"start": s, "end": e, "label": label, "score": score}
+                          for (s, e, label), score in zip(record["predicted"], scores))
+            return Answer(entity_count(spans, language), {}, record, latency, fitted, trainable, cut, spans)
+        probabilities = dict(zip(task.labels, record["probabilities"]))
         return Answer(task.labels[record["prediction"]["acc"]], probabilities, record, latency, fitted, trainable, cut)
 
     def reply(self, choice: Choice, task_name: str, language: str, text: str,
@@ -262,8 +296,15 @@ class Service:
         task = self.task(task_name)
         fitted, _ = self.fit(choice, text.strip())  # what the scored answer read
         variant = dataclasses.replace(choice.variant, language=language)
-        pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
-        messages = conversation(variant, task, item_for(fitted, language), 0, pool)
+        if task.kind == "entities":  # the reply is the answer: the one its record holds, said again
+            item = item_for(fitted, language, task)
+            pool = entity_pool(variant, task) if variant.kind == "few-shot" else []
+            demos = draw_entity_demonstrations(pool, item, variant.k, task.labels, 0) if pool else []
+            messages = entity_messages(task.template(language), task.labels, fitted, demos, variant.form)
+            max_new_tokens = max(max_new_tokens, ENTITY_MAX_NEW_TOKENS)  # a list of entities
+        else:
+            pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
+            messages = conversation(variant, task, item_for(fitted, language), 0, pool)
         if choice.run is not None:
             loaded = self.models.run(choice.variant.run)
             model, tokenizer = loaded.model, loaded.tokenizer
@@ -272,7 +313,10 @@ class Service:
         yield from models.stream_chat(model, tokenizer, messages, max_new_tokens=max_new_tokens)
 
     def implied_label(self, task_name: str, language: str, reply: str) -> str | None:
-        """The label a reply names (the harness's chat parser), or None."""
+        """The label a reply names (the harness's chat parser), or None (always on an entity task: its reply is
+        read into entities by the answer)."""
         task = self.task(task_name)
+        if task.kind == "entities":
+            return None
         index = parse_reply(reply, task.template(language).verbalisers)
         return task.labels[index] if index >= 0 else None

@@ -22,7 +22,11 @@ from pathlib import Path
 from harness.app.access import check_corpus, check_listed, check_run_name
 from harness.app.catalogue import learning_curves
 from tljax import zoo
+from harness.training import NER_METHODS
 from tljax.data import PACKAGED_CORPORA, load_source
+from tljax.data.bundled.ner_corpus import NER_CORPORA
+from tljax.data.sources import load_tagged
+from tljax.data.tagged import CONLL_SUFFIXES, JSONL_SUFFIXES
 from tljax.errors import InputError
 from tljax.methods import METHODS
 from tljax.train.__main__ import EXIT_STOPPED
@@ -32,6 +36,10 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # each method's run config (its learning rates); the page sets the model, data, budget and folder
 METHOD_CONFIGS = {name: CONFIGS / f"{name.replace('-', '_')}.yaml" for name in METHODS}
 TEXT_PREFIXES = {"e5-small": "query: ", "e5-small-enpt": "query: "}
+# what the page trains, with the packaged corpora of each
+TASKS = {"sequence-classification": tuple(PACKAGED_CORPORA), "token-classification": tuple(NER_CORPORA)}
+UPLOAD_SUFFIXES = {"sequence-classification": (".csv", ".tsv"),
+                   "token-classification": (*CONLL_SUFFIXES, *JSONL_SUFFIXES)}
 
 
 class TrainError(InputError):
@@ -45,10 +53,16 @@ def csv_columns(path: Path) -> list[str]:
     return next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
 
 
-def check_data(source: str, text_column: str, label_column: str, labels: list[str] | None) -> str:
-    """Loads the data as the run will (`tljax.data.load_source`); a one-line summary, or a TrainError saying
-    what was found (columns missing, labels outside the declared set, ...)."""
+def check_data(source: str, text_column: str, label_column: str, labels: list[str] | None,
+               task: str = "sequence-classification") -> str:
+    """Loads the data as the run will (`tljax.data.load_source`, or `load_tagged` for token classification); a
+    one-line summary, or a TrainError saying what was found (columns missing, labels outside the declared set, a
+    tag that breaks its scheme, ...)."""
     try:
+        if task == "token-classification":
+            tagged = load_tagged(source, types=labels or None)
+            counts = ", ".join(f"{name} {count}" for name, count in tagged.entity_counts().items())
+            return f"{len(tagged)} texts (entities: {counts})"
         dataset = load_source(source, text_column=text_column, label_column=label_column, labels=labels or None)
     except InputError as error:
         raise TrainError(str(error)) from None
@@ -111,15 +125,18 @@ class Trainer:
 
     def start(self, *, model: str, method: str, source: str, steps: int, name: str, text_column: str = "text",
               label_column: str = "label", labels: list[str] | None = None, resume: bool = False,
-              batch_size: int = 16) -> Job:
+              batch_size: int = 16, task: str = "sequence-classification") -> Job:
         """Starts `python -m tljax.train` for `method` on `model` with `source` for `steps` steps into
         runs_folder/name (or resumes it). Refuses at once what the engine would refuse, and what the page may not
-        open (access.py)."""
+        open (access.py). `task`: sequence-classification (the method's config) or token-classification
+        (configs/ner.yaml with the method swapped in, at its NER rate; `labels`: the entity types)."""
+        if task not in TASKS:
+            raise TrainError(f"unknown task {task!r}; the page trains {', '.join(TASKS)}")
         if method not in METHOD_CONFIGS:
             raise TrainError(f"unknown method {method!r}; valid: {', '.join(METHOD_CONFIGS)}")
         run_dir = check_run_name(name, self.runs_folder)
         check_listed(self.public, "models", model, zoo.PACKAGED)
-        check_corpus(self.public, source, PACKAGED_CORPORA)
+        check_corpus(self.public, source, TASKS[task])
         if not 1 <= steps <= 100_000:
             raise TrainError(f"steps must be between 1 and 100000, got {steps}")
         with self._lock:
@@ -131,17 +148,25 @@ class Trainer:
                 check_usable(run_dir, resume=resume)
             except RunDirectoryError as error:
                 raise TrainError(str(error)) from None
-            check_data(source, text_column, label_column, labels)
+            check_data(source, text_column, label_column, labels, task)
             overrides = {"model": model, "output_dir": str(run_dir), "data.source": source,
-                         "data.text_column": text_column, "data.label_column": label_column,
                          "training.max_steps": steps, "training.eval_steps": max(1, steps // 4),
                          "training.logging_steps": max(1, min(10, steps // 10)),
                          "training.per_device_train_batch_size": batch_size}
+            if task == "token-classification":
+                options, rate = NER_METHODS[method]
+                config = CONFIGS / "ner.yaml"
+                overrides.update({"method": {"name": method, **options}, "training.learning_rate": rate})
+                if method == "gradual-unfreezing":  # the new head's own rate, as the NER suite gives it
+                    overrides["training.new_learning_rate"] = 1e-2
+            else:
+                config = METHOD_CONFIGS[method]
+                overrides.update({"data.text_column": text_column, "data.label_column": label_column})
             if labels:
                 overrides["data.labels"] = list(labels)
             if model in TEXT_PREFIXES:
                 overrides["data.text_prefix"] = TEXT_PREFIXES[model]
-            command = [sys.executable, "-m", "tljax.train", "--config", str(METHOD_CONFIGS[method])]
+            command = [sys.executable, "-m", "tljax.train", "--config", str(config)]
             for key, value in overrides.items():
                 command += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: "query: " stays a string
             if resume:

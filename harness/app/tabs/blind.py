@@ -1,7 +1,8 @@
 """The blind comparison tab: two variants of one base model, drawn at random and shown as A and B, answer the
-same review; the user votes for the better answer, and only then are the names shown. Below, each variant's
-rating from the votes on that base (Bradley-Terry, with a 95% interval) beside the harness's English accuracy.
-The votes and ratings themselves are `harness.app.arena`'s.
+same message (a review's sentiment, or the named entities of a text, marked in it); the user votes for the better
+answer, and only then are the names shown. Below, each variant's rating from the votes on that base and kind of
+task (Bradley-Terry, with a 95% interval) beside the harness's English score (accuracy; entity F1). The votes and
+ratings themselves are `harness.app.arena`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gradio as gr
 
 from harness.app import arena
 from harness.app.catalogue import find_results
+from harness.app.highlight import entity_html
 from harness.app.service import Choice, Service
 from harness.app.tabs.common import DEFAULT_BASE, Settings, Translated
 from harness.app.texts import text
@@ -29,14 +31,19 @@ def build(service: Service, settings: Settings, tr: Translated, ui_language: gr.
             arena_base = tr(gr.Dropdown(bases, value=DEFAULT_BASE, label=tr.t("base"), elem_id="arena-base",
                                  allow_custom_value=True),
                             label="base")
+            arena_kind = tr(gr.Radio([(tr.t("kind_sentiment"), "sentiment"), (tr.t("kind_entities"), "ner")],
+                                     value="sentiment", label=tr.t("arena_kind"), elem_id="arena-kind"),
+                            label="arena_kind")
             new_pair = tr(gr.Button(tr.t("new_pair"), elem_id="new-pair"), value="new_pair")
         with gr.Row():
-            arena_chats, arena_labels = [], []
+            arena_chats, arena_labels, arena_views = [], [], []
             for side in ("model_a", "model_b"):
                 with gr.Column():
                     arena_chats.append(tr(gr.Chatbot(label=tr.t(side), height=220, elem_id=f"arena-{side}"),
                                           label=side))
                     arena_labels.append(tr(gr.Label(label=tr.t("probabilities")), label="probabilities"))
+                    arena_views.append(tr(gr.HTML(label=tr.t("entities"), elem_id=f"arena-entities-{side[-1]}"),
+                                          label="entities"))
         arena_message = tr(gr.Textbox(label=tr.t("message"), placeholder=tr.t("placeholder"),
                                       elem_id="arena-message"), label="message", placeholder="placeholder")
         with gr.Row():
@@ -44,67 +51,81 @@ def build(service: Service, settings: Settings, tr: Translated, ui_language: gr.
                             for key, outcome in (("a_better", "a"), ("b_better", "b"), ("tie", "tie"))]
         arena_notice = gr.Markdown(elem_id="arena-notice")
         tr(gr.Markdown(f"### {tr.t('ratings')}"), fmt="### {}", value="ratings")
-        ratings_table = gr.Dataframe(headers=["variant", "rating", "95% CI", "votes", "wins", "harness accuracy"],
+        ratings_table = gr.Dataframe(headers=["variant", "rating", "95% CI", "votes", "wins", "harness score"],
                                      interactive=False, elem_id="ratings")
 
-    def draw(base_name):
-        # variants that can answer the sentiment tasks the comparison asks (a run for other labels cannot)
+    def draw(base_name, kind="sentiment", page_lang="en"):
+        # variants that can answer the kind of task the comparison asks (a run for other labels cannot)
         try:
             choices = service.choices(base_name)
         except InputError as error:
-            return None, [], [], None, None, f"⚠️ {error}"
-        usable = [c.name for c in choices if c.available and service.fits(c, "sentiment-en")]
-        pair = arena.draw_pair(usable, random.Random())
-        return {"base": base_name, "a": pair.a, "b": pair.b, "answered": False}, [], [], None, None, ""
+            return None, [], [], None, None, "", "", f"⚠️ {error}"
+        usable = [c.name for c in choices if c.available and service.fits(c, f"{kind}-en")]
+        try:
+            pair = arena.draw_pair(usable, random.Random())
+        except ValueError:
+            return None, [], [], None, None, "", "", f"⚠️ {text('too_few_variants', page_lang)}: {usable}"
+        return ({"base": base_name, "kind": kind, "a": pair.a, "b": pair.b, "answered": False}, [], [], None, None,
+                "", "", "")
 
-    def arena_answer(pair, base_name, text_in, page_lang):
-        if not pair or pair["base"] != base_name:
-            pair, *_, refused = draw(base_name)
+    def arena_answer(pair, base_name, kind, text_in, page_lang):
+        if not pair or pair["base"] != base_name or pair.get("kind", "sentiment") != kind:
+            pair, *_, refused = draw(base_name, kind, page_lang)
             if pair is None:
-                return None, gr.update(), gr.update(), None, None, refused
+                return None, gr.update(), gr.update(), None, None, "", "", refused
         if not (text_in or "").strip():
-            return pair, gr.update(), gr.update(), None, None, text("empty", page_lang)
+            return pair, gr.update(), gr.update(), None, None, "", "", text("empty", page_lang)
         outputs = []
         lang = "pt" if _looks_portuguese(text_in) else "en"
-        task_name = f"sentiment-{lang}"
+        task_name = f"{kind}-{lang}"
         for side in ("a", "b"):
             try:
                 choice = service.choice(pair["base"], pair[side])
                 answer = service.answer(choice, task_name, lang, text_in)
-                reply = answer.label
-                if choice.decoder:
+                reply, view = answer.label, ""
+                if answer.entities is not None:  # the entities marked in the text; a decoder's reply above
+                    view = entity_html(answer.text, answer.entities)
+                    reply = answer.record.get("reply") or answer.label
+                elif choice.decoder:
                     reply = list(service.reply(choice, task_name, lang, text_in))[-1] or answer.label
             except InputError as error:
-                return pair, gr.update(), gr.update(), None, None, f"⚠️ {error}"
+                return pair, gr.update(), gr.update(), None, None, "", "", f"⚠️ {error}"
             outputs.append(([{"role": "user", "content": answer.text}, {"role": "assistant", "content": reply}],
-                            answer.probabilities))
-        return {**pair, "answered": True}, outputs[0][0], outputs[1][0], outputs[0][1], outputs[1][1], ""
+                            answer.probabilities or None, view))
+        (chat_a, label_a, view_a), (chat_b, label_b, view_b) = outputs
+        return {**pair, "answered": True}, chat_a, chat_b, label_a, label_b, view_a, view_b, ""
 
     def vote(outcome, pair, text_in, page_lang):
         if not pair or not pair.get("answered"):
-            return pair, text("vote_first", page_lang), ratings_frame(pair["base"]) if pair else gr.update()
+            return (pair, text("vote_first", page_lang),
+                    ratings_frame(pair["base"], pair.get("kind", "sentiment")) if pair else gr.update())
+        kind = pair.get("kind", "sentiment")
         arena.record_vote(settings.votes, arena.Pair(pair["a"], pair["b"]), outcome, base=pair["base"],
-                          text=text_in)
+                          kind=kind, text=text_in)
         # the names are shown now: the next votes are on a new pair, drawn blind
-        return (draw(pair["base"])[0], text("voted", page_lang).format(a=pair["a"], b=pair["b"]),
-                ratings_frame(pair["base"]))
+        return (draw(pair["base"], kind, page_lang)[0], text("voted", page_lang).format(a=pair["a"], b=pair["b"]),
+                ratings_frame(pair["base"], kind))
 
-    def ratings_frame(base_name):
-        """The ratings of `base_name`'s variants (its votes only), with the harness's English accuracy."""
+    def ratings_frame(base_name, kind="sentiment"):
+        """The ratings of `base_name`'s variants on a kind of task (those votes only; a vote without a kind is a
+        sentiment one), with the harness's English score on it."""
         try:
             choices = service.choices(base_name)
         except InputError as error:
             raise gr.Error(str(error)) from None
-        accuracy = _harness_accuracy(find_results(settings.results), base_name, choices)
-        votes = [v for v in arena.read_votes(settings.votes) if v.get("base") == base_name]
-        return [[r.name, round(r.rating), f"{r.low:.0f}-{r.high:.0f}", r.votes, r.wins, accuracy.get(r.name, "")]
+        score = _harness_score(find_results(settings.results), base_name, choices, f"{kind}-en")
+        votes = [v for v in arena.read_votes(settings.votes)
+                 if v.get("base") == base_name and v.get("kind", "sentiment") == kind]
+        return [[r.name, round(r.rating), f"{r.low:.0f}-{r.high:.0f}", r.votes, r.wins, score.get(r.name, "")]
                 for r in arena.ratings(votes)]
 
-    new_pair.click(draw, [arena_base], [pair_state, *arena_chats, *arena_labels, arena_notice], queue=False)
-    arena_base.change(lambda b: ratings_frame(b), [arena_base], [ratings_table], queue=False)
-    arena_message.submit(arena_answer, [pair_state, arena_base, arena_message, ui_language],
-                         [pair_state, *arena_chats, *arena_labels, arena_notice], concurrency_id="models",
-                         api_name="arena_answer")
+    shown = [pair_state, *arena_chats, *arena_labels, *arena_views, arena_notice]
+    new_pair.click(draw, [arena_base, arena_kind, ui_language], shown, queue=False)
+    arena_kind.change(draw, [arena_base, arena_kind, ui_language], shown, queue=False).then(
+        ratings_frame, [arena_base, arena_kind], [ratings_table], queue=False)
+    arena_base.change(ratings_frame, [arena_base, arena_kind], [ratings_table], queue=False)
+    arena_message.submit(arena_answer, [pair_state, arena_base, arena_kind, arena_message, ui_language], shown,
+                         concurrency_id="models", api_name="arena_answer")
     for button, outcome in zip(vote_buttons, arena.OUTCOMES):
         button.click(lambda p, m, lang, o=outcome: vote(o, p, m, lang), [pair_state, arena_message, ui_language],
                      [pair_state, arena_notice, ratings_table], queue=False, api_name=f"vote_{outcome}")
@@ -112,13 +133,14 @@ def build(service: Service, settings: Settings, tr: Translated, ui_language: gr.
     return arena_base
 
 
-def _harness_accuracy(sets, base: str, choices: list[Choice], task: str = "sentiment-en") -> dict[str, float]:
-    """The harness's accuracy on `task` of each of `base`'s choices that a results row describes: the same
-    kind, model and k, or the same run directory."""
+def _harness_score(sets, base: str, choices: list[Choice], task: str = "sentiment-en") -> dict[str, float]:
+    """The harness's score on `task` (accuracy; entity F1 on an entity task) of each of `base`'s choices that a
+    results row describes: the same kind, model and k, or the same run directory."""
     found: dict[str, float] = {}
     for result in sets:
         for row in result.rows:
-            settings, accuracy = row.get("settings") or {}, (row["summary"].get("acc") or {}).get("accuracy")
+            settings = row.get("settings") or {}
+            accuracy = row.get("score", (row["summary"].get("acc") or {}).get("accuracy"))
             if row["task"] != task or accuracy is None:
                 continue
             for choice in choices:

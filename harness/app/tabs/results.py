@@ -1,6 +1,7 @@
 """The results tab: the harness results found on disk as one table (filtered by task, language and base model),
-a suite's plots (accuracy against trainable parameters and training time, the language matrix), the bias
-table, and an explorer of the items on which two or more of a suite's variants disagree.
+the entity tasks' table (entity F1), a suite's plots (the score against trainable parameters and training time,
+the language matrix), the bias table, and an explorer of the items on which two or more of a suite's variants
+disagree (on an entity task: the entities each found).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 
 import gradio as gr
 
-from harness.app.catalogue import (BIAS_COLUMNS, TABLE_COLUMNS, base_model, bias_rows, disagreements, find_results,
-                                   table_rows)
+from harness.app.catalogue import (BIAS_COLUMNS, ENTITY_COLUMNS, TABLE_COLUMNS, base_model, bias_rows, disagreements,
+                                   entity_rows, find_results, table_rows)
 from harness.app.tabs.common import Settings, Translated
 from harness.app.texts import text
 
@@ -41,6 +42,8 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
                                  allow_custom_value=True), label="base")
         results_table = tr(gr.Dataframe(headers=list(TABLE_COLUMNS), interactive=False, label=tr.t("table"),
                                         elem_id="results-table", wrap=True), label="table")
+        entity_table = tr(gr.Dataframe(headers=list(ENTITY_COLUMNS), interactive=False, label=tr.t("entity_table"),
+                                       elem_id="entity-table", wrap=True), label="entity_table")
         suite_choice = tr(gr.Dropdown(label=tr.t("suite"), elem_id="suite",
                                  allow_custom_value=True), label="suite")
         with gr.Row():
@@ -65,6 +68,7 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
         rows = [r for s in sets for r in s.rows]
         pick = lambda v: None if not v or v == ALL else v  # noqa: E731
         table = table_rows(sets, pick(task_name), pick(lang), pick(base_name))
+        found = entity_rows(sets, pick(task_name), pick(lang), pick(base_name))
         suites = [s.name for s in sets]
         chosen = next((s for s in sets if s.name == suite_name), sets[0] if sets else None)
         plots = chosen.plots if chosen else {}
@@ -73,12 +77,13 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
                 gr.update(choices=every(r["task"] for r in rows), value=task_name or ALL),
                 gr.update(choices=every(r.get("language") for r in rows), value=lang or ALL),
                 gr.update(choices=every(base_model(r) for r in rows), value=base_name or ALL),
-                table, gr.update(choices=suites, value=chosen.name if chosen else None),
+                table, found, gr.update(choices=suites, value=chosen.name if chosen else None),
                 plots.get("accuracy_vs_parameters"), plots.get("accuracy_vs_training_time"),
                 plots.get("language_matrix"), bias_rows(sets),
                 gr.update(choices=tasks, value=tasks[0] if tasks else None))
 
-    results_outputs = [results_notice, filter_task, filter_language, filter_base, results_table, suite_choice,
+    results_outputs = [results_notice, filter_task, filter_language, filter_base, results_table, entity_table,
+                       suite_choice,
                        plot_parameters, plot_time, plot_languages, bias_table, explorer_task]
     results_inputs = [filter_task, filter_language, filter_base, suite_choice, ui_language]
     for control in (filter_task, filter_language, filter_base, suite_choice):
@@ -99,9 +104,13 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
         found = disagreements(chosen, task_name, variant_names)
         rows = []
         for item in found:
-            labels = item["labels"]
-            named = [labels[i] if labels and i is not None and i >= 0 else i
-                     for i in (item["gold"], *(a["prediction"].get("acc") for a in item["answers"].values()))]
+            if "predicted" in next(iter(item["answers"].values())):  # an entity task: the entities each found
+                named = [_entities(item["text"], spans) for spans in
+                         (item["gold"], *(a["predicted"] for a in item["answers"].values()))]
+            else:
+                labels = item["labels"]
+                named = [labels[i] if labels and i is not None and i >= 0 else i
+                         for i in (item["gold"], *(a["prediction"].get("acc") for a in item["answers"].values()))]
             rows.append([item["id"], item["text"][:80], *named])
         return gr.update(value=rows, headers=["id", "text", "gold", *variant_names]), found
 
@@ -114,3 +123,8 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
     explorer_table.select(explore_item, [explorer_state], [explorer_item], queue=False)
 
     return Results(results_view, results_inputs, results_outputs)
+
+
+def _entities(text_of_item: str, spans: list) -> str:
+    """Entities as the explorer lists them: "PER: Maria Souza; LOC: Recife"."""
+    return "; ".join(f"{label}: {text_of_item[start:end]}" for start, end, label in spans) or "-"

@@ -1,6 +1,7 @@
 """The side-by-side tab: up to four variants of one base model answer the same message, each column showing
 the predicted label with its probabilities, a tag (method, trainable parameters, latency, any notice) and, for
-a decoder, its streamed reply with the label that reply implies.
+a decoder, its streamed reply with the label that reply implies. On an entity task (ner-en, ner-pt) each column
+shows the message with the entities it found marked by type (the score on hover), and a decoder's reply.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from harness.app.highlight import entity_html
 from harness.app.service import Choice, Service
 from harness.app.tabs.common import DEFAULT_BASE, MODEL_CONCURRENCY, Translated
 from harness.app.texts import EXAMPLES, LANGUAGES, text
@@ -57,7 +59,7 @@ def build(service: Service, tr: Translated, ui_language: gr.State, bases: list[s
                                   label="message_language")
         names = choice_names(DEFAULT_BASE)
         defaults = (names + [None] * COLUMNS)[:COLUMNS]
-        selectors, tags, labels, chats = [], [], [], []
+        selectors, tags, labels, views, chats = [], [], [], [], []
         with gr.Row():
             for i in range(COLUMNS):
                 with gr.Column(min_width=220):
@@ -70,6 +72,7 @@ def build(service: Service, tr: Translated, ui_language: gr.State, bases: list[s
                     tags.append(gr.Markdown(elem_id=f"tag-{i}"))
                     labels.append(tr(gr.Label(label=tr.t("probabilities"), elem_id=f"label-{i}"),
                                      label="probabilities"))
+                    views.append(tr(gr.HTML(label=tr.t("entities"), elem_id=f"entities-{i}"), label="entities"))
                     chats.append(tr(gr.Chatbot(label=tr.t("reply"), height=320, elem_id=f"chat-{i}"),
                                     label="reply"))
         message = tr(gr.Textbox(label=tr.t("message"), placeholder=tr.t("placeholder"), lines=2,
@@ -84,40 +87,50 @@ def build(service: Service, tr: Translated, ui_language: gr.State, bases: list[s
                     inputs=[message, message_language], label=tr.t("examples"))
 
     def column_answer(base_name, task_name, lang, variant_name, text_in, history, page_lang) -> Iterator:
-        """One column's answer: the label and its probabilities, then (decoders) the streamed reply."""
+        """One column's answer: the label and its probabilities, then (decoders) the streamed reply; on an entity
+        task, the entities marked in the text (and a decoder's reply, the one they were read from)."""
         history = list(history or [])
         if not variant_name or variant_name == NONE:
-            yield history, None, ""
+            yield history, None, "", ""
             return
         if not (text_in or "").strip():
-            yield history, None, text("empty", page_lang)
+            yield history, None, text("empty", page_lang), ""
             return
         try:
             choice = service.choice(base_name, variant_name)
             if not choice.available:
-                yield history, None, f"**{choice.name}**: {text('unavailable', page_lang)} ({choice.reason})"
+                yield history, None, f"**{choice.name}**: {text('unavailable', page_lang)} ({choice.reason})", ""
+                return
+            if not service.fits(choice, task_name):
+                yield history, None, f"**{choice.name}**: {text('does_not_fit', page_lang)} {task_name}", ""
                 return
             download = service.needs_download(choice)
             if download:
-                yield history, None, f"{text('downloading', page_lang)}: {download}"
+                yield history, None, f"{text('downloading', page_lang)}: {download}", ""
             answer = service.answer(choice, task_name, lang, text_in)
         except InputError as error:
-            yield history, None, f"⚠️ {error}"
+            yield history, None, f"⚠️ {error}", ""
+            return
+        tag = _tag(choice, page_lang, answer.latency_s, answer.notice(page_lang), answer.trainable)
+        if answer.entities is not None:
+            said = answer.record.get("reply")
+            content = f"{said}\n\n→ {answer.label}" if said is not None else answer.label
+            history = history + [{"role": "user", "content": answer.text}, {"role": "assistant", "content": content}]
+            yield history, None, tag, entity_html(answer.text, answer.entities)
             return
         summary = f"{answer.label} ({answer.probabilities[answer.label]:.2f}, {text('by_scoring', page_lang)})"
         history = history + [{"role": "user", "content": answer.text},
                              {"role": "assistant", "content": summary}]
-        tag = _tag(choice, page_lang, answer.latency_s, answer.notice(page_lang), answer.trainable)
-        yield history, answer.probabilities, tag
+        yield history, answer.probabilities, tag, ""
         if choice.decoder:
             reply = ""
             for reply in service.reply(choice, task_name, lang, text_in):
                 history[-1] = {"role": "assistant", "content": reply}
-                yield history, answer.probabilities, tag
+                yield history, answer.probabilities, tag, ""
             implied = service.implied_label(task_name, lang, reply)
             said = f"{text('implies', page_lang)}: **{implied}**" if implied else text("no_label", page_lang)
             history[-1] = {"role": "assistant", "content": f"{reply}\n\n→ {said} · {summary}"}
-            yield history, answer.probabilities, tag
+            yield history, answer.probabilities, tag, ""
 
     def check_message(text_in, page_lang):
         return text("empty", page_lang) if not (text_in or "").strip() else "", text_in
@@ -126,16 +139,16 @@ def build(service: Service, tr: Translated, ui_language: gr.State, bases: list[s
         checked = trigger(check_message, [message, ui_language], [notice, last_message], queue=False)
         for i in range(COLUMNS):
             checked.then(column_answer, [base, task, message_language, selectors[i], message, chats[i],
-                                         ui_language], [chats[i], labels[i], tags[i]],
+                                         ui_language], [chats[i], labels[i], tags[i], views[i]],
                          concurrency_id="models", concurrency_limit=MODEL_CONCURRENCY,
                          api_name=f"answer_{i + 1}" if trigger == send.click else False)
     for i in range(COLUMNS):
         regenerate.click(lambda h: (h or [])[:-2], [chats[i]], [chats[i]], queue=False).then(
             column_answer, [base, task, message_language, selectors[i], last_message, chats[i], ui_language],
-            [chats[i], labels[i], tags[i]], concurrency_id="models", api_name=False)
-        selectors[i].change(lambda: ([], None, ""), None, [chats[i], labels[i], tags[i]], queue=False)
-    clear.click(lambda: [[]] * COLUMNS + [None] * COLUMNS + [""] * COLUMNS + ["", ""], None,
-                chats + labels + tags + [message, notice], queue=False)
+            [chats[i], labels[i], tags[i], views[i]], concurrency_id="models", api_name=False)
+        selectors[i].change(lambda: ([], None, "", ""), None, [chats[i], labels[i], tags[i], views[i]], queue=False)
+    clear.click(lambda: [[]] * COLUMNS + [None] * COLUMNS + [""] * COLUMNS + [""] * COLUMNS + ["", ""], None,
+                chats + labels + tags + views + [message, notice], queue=False)
 
     def switch_base(base_name, page_lang):
         """Each column's selector for `base_name`'s variants, and a notice (why the base cannot be opened)."""
@@ -148,8 +161,22 @@ def build(service: Service, tr: Translated, ui_language: gr.State, bases: list[s
                             value=values[i] or NONE) for i in range(COLUMNS)), said]
 
     base.change(switch_base, [base, ui_language], [*selectors, notice], queue=False)
-    sentiment = {"en": "sentiment-en", "pt": "sentiment-pt"}
-    message_language.change(lambda lang, current: sentiment[lang] if current in sentiment.values() else current,
-                            [message_language, task], [task], queue=False)
+    paired = ({"en": "sentiment-en", "pt": "sentiment-pt"}, {"en": "ner-en", "pt": "ner-pt"})  # a task per language
+
+    def task_in(lang, current):
+        return next((pair[lang] for pair in paired if current in pair.values()), current)
+
+    message_language.change(task_in, [message_language, task], [task], queue=False)
+
+    def label_boxes(task_name):
+        """The probability boxes are hidden on an entity task (it has no labels to weigh: its entities are
+        marked in the text)."""
+        try:
+            entities = service.task(task_name).kind == "entities"
+        except InputError:
+            entities = False
+        return [gr.update(visible=not entities)] * COLUMNS
+
+    task.change(label_boxes, [task], labels, queue=False)
 
     return Side(base, selectors, switch_base)

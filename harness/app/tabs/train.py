@@ -1,10 +1,12 @@
 """The train tab: starts, stops and resumes a training run from the page (a packaged model or a model directory,
-a method, a packaged corpus or an uploaded CSV / TSV with its text and label columns, a step budget), shows how
-many parameters the method trains, and follows the run's progress and loss curves while it runs.
+a task (a label per text, or named entities), a method, a packaged corpus or an uploaded file (CSV / TSV with its
+text and label columns; CoNLL or JSON Lines with entity spans for entities), a step budget), shows how many
+parameters the method trains, and follows the run's progress and loss curves while it runs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -15,9 +17,8 @@ from harness.app.catalogue import learning_curves
 from harness.app.service import Service
 from harness.app.tabs.common import DEFAULT_BASE, Translated, trainable_counts
 from harness.app.texts import text
-from harness.app.trainer import Trainer, csv_columns
+from harness.app.trainer import TASKS, UPLOAD_SUFFIXES, Trainer, csv_columns
 from tljax import zoo
-from tljax.data import PACKAGED_CORPORA
 from tljax.errors import InputError
 from tljax.methods import METHODS
 
@@ -35,11 +36,17 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
             train_trains = tr(gr.Textbox(label=tr.t("trains"), interactive=False, elem_id="train-trains"),
                               label="trains")
         with gr.Row():
-            corpus = tr(gr.Dropdown([*PACKAGED_CORPORA, (tr.t("uploaded"), UPLOADED)], value="rotten-tomatoes",
-                                    allow_custom_value=True,
+            train_task = tr(gr.Radio([(tr.t("task_labels"), "sequence-classification"),
+                                      (tr.t("task_entities"), "token-classification")],
+                                     value="sequence-classification", label=tr.t("train_task"), elem_id="train-task"),
+                            label="train_task")
+            corpus = tr(gr.Dropdown([*TASKS["sequence-classification"], (tr.t("uploaded"), UPLOADED)],
+                                    value="rotten-tomatoes", allow_custom_value=True,
                                     label=tr.t("corpus"), elem_id="train-corpus"), label="corpus")
-            upload = tr(gr.File(label=tr.t("upload"), file_types=[".csv", ".tsv"], type="filepath",
-                                elem_id="train-upload"), label="upload")
+            # every suffix either task reads; the start refuses a file its task does not read
+            upload = tr(gr.File(label=tr.t("upload"), file_types=sorted({x for v in UPLOAD_SUFFIXES.values()
+                                                                           for x in v}),
+                                type="filepath", elem_id="train-upload"), label="upload")
         with gr.Row():
             text_column = tr(gr.Dropdown(["text"], value="text", allow_custom_value=True,
                                          label=tr.t("text_column"), elem_id="train-text-column"), label="text_column")
@@ -69,9 +76,22 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
             return f"⚠️ {error}"
         return f"{count:,} ({share:.2f}%)"
 
-    def columns_of(path):
+    def for_task(task, page_lang):
+        """The corpora of a task (its packaged ones, or an upload), and the columns only a CSV has."""
+        corpora = TASKS[task]
+        tabular = task == "sequence-classification"
+        return (gr.update(choices=[*corpora, (text("uploaded", page_lang), UPLOADED)], value=corpora[0]),
+                gr.update(interactive=tabular), gr.update(interactive=tabular), gr.update(value="app-lora" if tabular
+                                                                                        else "app-ner-lora"))
+
+    def columns_of(path, task):
         if not path:
             return gr.update(), gr.update(), gr.update()
+        suffix = Path(path).suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES[task]:
+            raise gr.Error(text("upload_kind", "en").format(suffix=suffix, valid=", ".join(UPLOAD_SUFFIXES[task])))
+        if task == "token-classification":  # words and tags: no columns to choose
+            return gr.update(), gr.update(), gr.update(value=UPLOADED)
         try:
             found = csv_columns(check_upload(service.public, path))
         except InputError as error:
@@ -81,7 +101,7 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
         return (gr.update(choices=found, value=text_default), gr.update(choices=found, value=label_default),
                 gr.update(value=UPLOADED))
 
-    def start_run(model, method, source, uploaded, text_col, label_col, labels_text, budget, name, page_lang,
+    def start_run(model, method, task, source, uploaded, text_col, label_col, labels_text, budget, name, page_lang,
                   resuming=False):
         if source == UPLOADED:
             if not uploaded:
@@ -91,7 +111,7 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
         try:
             trainer.start(model=model, method=method, source=source, steps=int(budget or 0),
                           name=(name or "").strip(), text_column=text_col, label_column=label_col, labels=labels,
-                          resume=resuming)
+                          resume=resuming, task=task)
         except InputError as error:  # TrainError, or what a public page does not open
             return f"⚠️ {error}", gr.update(active=False)
         return f"{text('state_running', page_lang)}: {name}", gr.update(active=True)
@@ -111,15 +131,16 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
         return (message, gr.update(value=100.0 * min(step, total) / max(total, 1)), pd.DataFrame(points or
                 {"step": [], "loss": [], "split": []}), gr.update(active=state == "running"))
 
-    train_inputs = [train_model, train_method, corpus, upload, text_column, label_column, declared, steps, run_name,
-                    ui_language]
+    train_inputs = [train_model, train_method, train_task, corpus, upload, text_column, label_column, declared, steps,
+                    run_name, ui_language]
     start.click(start_run, train_inputs, [train_status, timer], api_name="train_start", queue=False)
     resume.click(lambda *a: start_run(*a, resuming=True), train_inputs, [train_status, timer], queue=False,
                  api_name="train_resume")
     stop.click(lambda name: (trainer.job(name.strip()).stop() if trainer.job(name.strip()) else None), [run_name],
                None, queue=False, api_name="train_stop")
     timer.tick(watch, [run_name, ui_language], [train_status, train_progress, train_curve, timer], queue=False)
-    upload.upload(columns_of, [upload], [text_column, label_column, corpus], queue=False)
+    upload.upload(columns_of, [upload, train_task], [text_column, label_column, corpus], queue=False)
+    train_task.change(for_task, [train_task, ui_language], [corpus, text_column, label_column, run_name], queue=False)
     for control in (train_model, train_method):
         control.input(trains, [train_model, train_method], [train_trains], concurrency_id="models")
 
