@@ -146,9 +146,10 @@ def _encoder_few_shot(variant, task: EntityTask, items: Sequence[EntityItem], se
 
     def fit():
         train, _ = features([d.text for d in chosen], [d.words for d in chosen], prefix)
-        tags = [names.index(t) for d in chosen for t in tags_from_spans(d.words, d.entities)]
-        weights, bias = logistic_regression(np.concatenate(train), np.asarray(tags), len(names))
-        return weights, bias
+        train = np.concatenate(train)
+        tags = np.asarray([names.index(t) for d in chosen for t in tags_from_spans(d.words, d.entities)])
+        own = np.isfinite(train).all(-1)  # a word that shares its first token with the word before has no state
+        return logistic_regression(train[own], tags[own], len(names))
 
     weights, bias = loaded.memo((variant.model, "entity-few-shot", task.name, variant.demonstrations,
                                  tuple(d.id for d in chosen), prefix), fit)

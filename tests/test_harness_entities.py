@@ -205,3 +205,25 @@ def test_a_suite_on_an_entity_task_runs_every_variant_kind(tmp_path, tagger, tin
     with pytest.raises(VariantError, match="is an encoder"):
         evaluate(parse_variant({"kind": "zero-shot", "model": str(tiny_model)}),
                  load_task(suite["tasks"][0]), [], 0, Models())
+
+
+def test_the_few_shot_tagger_skips_words_without_a_state_of_their_own(tmp_path, tagger, tiny_model, monkeypatch):
+    """A word whose first token is the previous word's (e5's tokenizer merges some) has no state (NaN): the tag
+    classifier is fitted on the other words, and such a word follows its neighbour."""
+    import harness.entity_variants as entity_variants
+    from tljax.data.windows import NO_TOKEN
+
+    folder, _ = tagger
+    task = load_task(_entity_task(tmp_path, folder / "tagged.jsonl"))
+    plain = entity_variants.WordFeatures.__call__
+
+    def merged_first_words(self, texts, words, prefix=""):
+        features, followers = plain(self, texts, words, prefix)
+        for f, follow in zip(features, followers):
+            f[0], follow[0] = np.nan, NO_TOKEN  # as a word with no token of its own
+        return features, followers
+
+    monkeypatch.setattr(entity_variants.WordFeatures, "__call__", merged_first_words)
+    records = evaluate(parse_variant({"kind": "few-shot", "model": str(tiny_model), "k": 4}), task, task.items, 0,
+                       Models()).records
+    assert summarise_entities([records], task.labels)["entity"]["f1"] > 0.5  # NaN in the fit: every word O, F1 0
