@@ -1,6 +1,7 @@
 """Tasks: labelled items to evaluate on, with what a model is told and asked, per language.
 
-A task is a YAML file (`harness/tasks/*.yaml`, or any path):
+A task is a YAML file (`harness/tasks/*.yaml`, or any path); this module reads a label per text (`kind:
+classification`, the default), `kind: entities` makes it an entity task (harness/entities.py):
 
     name: sentiment-en
     data: {source: rotten-tomatoes, split: test}     # any tljax data source; split: all | train | validation | test
