@@ -38,13 +38,12 @@ from typing import Any
 import numpy as np
 
 from harness.prompts import FEWSHOT_DELIMITER, TARGET_DELIMITER, item_rng
-from harness.task_parts import DataSpec, TaskError, Templated, check_keys, data_spec
+from harness.task_parts import DataSpec, TaskError, Templated, check_keys, task_head
 from tljax.data import split_dataset
 from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset
 from tljax.tagging import entities
 
-ENTITY_TASK_KEYS = ("name", "kind", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
 ENTITY_TEMPLATE_KEYS = ("instruction", "plain", "types", "none")
 BOOTSTRAP_ROUNDS = 1000
 Span = tuple[int, int, str]  # (start, end, type): characters start..end of the text
@@ -138,16 +137,7 @@ class EntityTask(Templated):
 
 def parse_entity_task(raw: Any, where: str = "task") -> EntityTask:
     """An entity task from its YAML mapping; every problem is a `TaskError` naming the key."""
-    raw = check_keys(raw, ENTITY_TASK_KEYS, where)
-    for key in ("name", "data", "labels", "templates"):
-        if key not in raw:
-            raise TaskError(f"{where} needs {key}")
-    labels = tuple(str(label) for label in raw["labels"])
-    if not labels or len(set(labels)) != len(labels):
-        raise TaskError(f"{where}: labels must be one or more distinct entity types, got {list(labels)}")
-    data = data_spec(raw["data"], f"{where}: data")
-    demonstrations = data_spec(raw["demonstrations"], f"{where}: demonstrations") if "demonstrations" in raw else \
-        dataclasses.replace(data, split="train" if data.split != "all" else "all")
+    raw, labels, data, demonstrations = task_head(raw, where, 1, "entity types")
     if not isinstance(raw["templates"], dict) or not raw["templates"]:
         raise TaskError(f"{where}: templates must map languages to templates, e.g. {{en: {{instruction: ...}}}}")
     templates = {}

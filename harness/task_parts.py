@@ -13,6 +13,7 @@ from tljax.data import TextDataset, load_source, split_dataset
 from tljax.errors import InputError
 
 SPLITS = ("all", "train", "validation", "test")
+TASK_KEYS = ("name", "kind", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
 DATA_KEYS = ("source", "split", "text_column", "label_column", "validation", "test", "seed")
 
 
@@ -126,3 +127,21 @@ def data_spec(raw: Any, where: str) -> DataSpec:
     if spec.split not in SPLITS:
         raise TaskError(f"{where}.split {spec.split!r} is unknown; valid: {', '.join(SPLITS)}")
     return spec
+
+
+def task_head(raw: Any, where: str, fewest_labels: int, labels_are: str
+              ) -> tuple[dict, tuple[str, ...], DataSpec, DataSpec]:
+    """What every kind of task file starts with, checked: (the mapping, its labels, its data, its demonstrations:
+    given, or the data's train split). `labels_are` names the labels in the error ("names", "entity types")."""
+    raw = check_keys(raw, TASK_KEYS, where)
+    for key in ("name", "data", "labels", "templates"):
+        if key not in raw:
+            raise TaskError(f"{where} needs {key}")
+    labels = tuple(str(label) for label in raw["labels"])
+    if len(labels) < fewest_labels or len(set(labels)) != len(labels):
+        raise TaskError(f"{where}: labels must be {'two' if fewest_labels == 2 else 'one'} or more distinct "
+                        f"{labels_are}, got {list(labels)}")
+    data = data_spec(raw["data"], f"{where}: data")
+    demonstrations = data_spec(raw["demonstrations"], f"{where}: demonstrations") if "demonstrations" in raw else \
+        dataclasses.replace(data, split="train" if data.split != "all" else "all")
+    return raw, labels, data, demonstrations

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.entities import EntityTask, parse_entity_task
-from harness.task_parts import DataSpec, Item, TaskError, Template, Templated, check_keys, data_spec, read_spec
+from harness.task_parts import DataSpec, Item, TaskError, Template, Templated, check_keys, read_spec, task_head
 from tljax.data import TextDataset
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-TASK_KEYS = ("name", "kind", "description", "data", "demonstrations", "labels", "templates", "prompt_language")
 TASK_KINDS = ("classification", "entities")  # a label per text | the entities of a text (harness/entities.py)
 TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions", "plain")
 REQUIRED_TEMPLATE_KEYS = TEMPLATE_KEYS[:3]
@@ -86,16 +85,7 @@ def load_task(name_or_path: str | Path) -> Task | EntityTask:
 
 def parse_task(raw: Any, where: str = "task") -> Task:
     """A task from its YAML mapping; every problem is a `TaskError` naming the key."""
-    raw = check_keys(raw, TASK_KEYS, where)
-    for key in ("name", "data", "labels", "templates"):
-        if key not in raw:
-            raise TaskError(f"{where} needs {key}")
-    labels = tuple(str(label) for label in raw["labels"])
-    if len(labels) < 2 or len(set(labels)) != len(labels):
-        raise TaskError(f"{where}: labels must be two or more distinct names, got {list(labels)}")
-    data = data_spec(raw["data"], f"{where}: data")
-    demonstrations = data_spec(raw["demonstrations"], f"{where}: demonstrations") if "demonstrations" in raw else \
-        dataclasses.replace(data, split="train" if data.split != "all" else "all")
+    raw, labels, data, demonstrations = task_head(raw, where, 2, "names")
     templates = {}
     if not isinstance(raw["templates"], dict):
         raise TaskError(f"{where}: templates must map languages to templates, e.g. {{en: {{instruction: ...}}}}")

@@ -239,7 +239,7 @@ def minilm_ner_run(tmp_path_factory) -> Path:
 LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_transfer_real", "test_tagging_real", "test_faults",
                  "test_app_real", "test_benchmarks", "test_methods", "test_tagging_runs", "test_transfer",
                  "test_harness", "test_harness_entities", "test_distributed", "test_train", "test_app",
-                 "test_checkpoints", "test_sharding", "test_decoder", "test_chat", "test_tagging")
+                 "test_app_entities", "test_checkpoints", "test_sharding", "test_decoder", "test_chat", "test_tagging")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -321,3 +321,48 @@ def tagger(tmp_path_factory, tiny_model):
     with contextlib.redirect_stdout(printed):
         assert main(["--config", str(tagging_config(folder, tiny_model))]) == 0
     return folder, printed.getvalue()
+
+
+# -- the app's tiny runs and page (tests/test_app.py, tests/test_app_entities.py) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, tiny_model):
+    """A runs folder with one finished LoRA run of the tiny BERT (labels neg / pos) and its CSV (the app's tests)."""
+    from tljax.train.__main__ import main as train
+
+    root = tmp_path_factory.mktemp("app")
+    data = write_reviews(root / "reviews.csv")
+    config = {"model": str(tiny_model),
+              "data": {"source": str(data), "text_column": "review", "label_column": "sentiment", "max_length": 32},
+              "method": {"name": "lora", "rank": 4, "targets": ["query", "value"]},
+              "training": {"learning_rate": 1e-2, "max_steps": 6, "per_device_train_batch_size": 2, "eval_steps": 6},
+              "output_dir": str(root / "runs" / "tiny-lora")}
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
+    assert train(["--config", str(root / "tiny.yaml")]) == 0
+    task = {"name": "tiny-reviews", "data": {"source": str(data), "text_column": "review", "label_column": "sentiment"},
+            "labels": ["neg", "pos"],
+            "templates": {lang: {"instruction": "Review: {text}", "verbalisers": {"neg": "bad", "pos": "good"},
+                                 "descriptions": {"neg": "A bad review.", "pos": "A good review."}}
+                          for lang in ("en", "pt")}}
+    (root / "tiny-reviews.yaml").write_text(yaml.safe_dump(task))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_page(tiny_runs, tmp_path_factory):
+    """The page over a copy of `tiny_runs`, launched: (its client, its service, its settings)."""
+    from gradio_client import Client
+
+    from harness.app.service import Service
+    from harness.app.ui import Settings, build
+
+    folder = tmp_path_factory.mktemp("page")
+    runs = folder / "runs"
+    shutil.copytree(tiny_runs / "runs", runs)
+    settings = Settings([runs], [folder / "results"], folder / "votes.jsonl")
+    service = Service(settings.runs)
+    page = build(service, settings)
+    page.launch(prevent_thread_lock=True, quiet=True, server_port=None)
+    yield Client(page.local_url, verbose=False), service, settings
+    page.close()
