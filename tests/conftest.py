@@ -323,6 +323,55 @@ def tagger(tmp_path_factory, tiny_model):
     return folder, printed.getvalue()
 
 
+def write_squad(path, n: int = 96, seed: int = 0):
+    """A SQuAD v2 file of passages of filler words (some longer than the tiny model's window), one question each
+    ("the film"): its answer is the passage's one POSITIVE word; a sixth of the passages have none (unanswerable)."""
+    rng = np.random.RandomState(seed)
+    data = []
+    for i in range(n):
+        words = list(rng.choice(FILLER, rng.randint(6, 40)))
+        answer = None
+        if i % 6:
+            answer = str(rng.choice(POSITIVE))
+            words.insert(rng.randint(0, len(words) + 1), answer)
+        context = " ".join(words)
+        start = (" " + context + " ").index(f" {answer} ") if answer else None
+        qa = {"id": f"q{i}", "question": "the film", "is_impossible": answer is None,
+              "answers": [{"text": answer, "answer_start": start}] if answer else []}
+        data.append({"title": f"article {i}", "paragraphs": [{"context": context, "qas": [qa]}]})
+    path.write_text(json.dumps({"version": "v2.0", "data": data}))
+    return path
+
+
+def qa_config(tmp_path, tiny_model, method=None, **training):
+    config = {"model": str(tiny_model), "task": "question-answering",
+              "data": {"source": str(write_squad(tmp_path / "squad.json")), "max_length": 24, "stride": 8},
+              "method": method or {"name": "lora", "rank": 8},
+              "training": {"learning_rate": 5e-2, "max_steps": 32, "per_device_train_batch_size": 16,
+                           "eval_steps": 8, "early_stopping_patience": None, "metric_for_best_model": "f1",
+                           **training},
+              "output_dir": str(tmp_path / "run")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def reader(tmp_path_factory, tiny_model):
+    """A finished LoRA question-answering run on the tiny model (its directory holds `run/` and `config.yaml`),
+    and what the command printed: the resume, export and prediction tests read it, and the harness scores it."""
+    import contextlib
+    import io
+
+    from tljax.train.__main__ import main
+
+    folder = tmp_path_factory.mktemp("reader")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--config", str(qa_config(folder, tiny_model))]) == 0
+    return folder, printed.getvalue()
+
+
 # -- the app's tiny runs and page (tests/test_app.py, tests/test_app_entities.py) -----------------------------
 
 

@@ -215,6 +215,7 @@ def wordpiece_tokenizer():
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                              special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]",
                                                 cls_token="[CLS]", sep_token="[SEP]")

@@ -6,7 +6,12 @@ each text's entities, one per line: the type, the character span in the text, th
 of its words' tags) and the words; `--json` prints them as JSON for programs. Put `--` before the texts when
 one starts with `-`.
 
-In Python: `load_predictor(RUN_DIR)(["some text"])` (a `Predictor` or an `EntityTagger`).
+A question-answering run takes `--question "..." --context "..."` (the context as text, or `--context-file
+FILE`; several --question arguments ask the same context several things) and prints each answer, its character
+span in the context and its probability, or that the context does not answer the question.
+
+In Python: `load_predictor(RUN_DIR)(["some text"])` (a `Predictor` or an `EntityTagger`), or
+`load_predictor(RUN_DIR)(questions, contexts)` (an `AnswerFinder`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import jax
 import numpy as np
 
 from tljax.cache import enable_compilation_cache
+from tljax.data.answer_windows import AnswerSettings, answer_questions, encode_questions, window_outputs
 from tljax.data.batches import encode, evaluation_batches
 from tljax.data.tagged import word_spans
 from tljax.data.windows import encode_words, score_words, word_tags
@@ -99,10 +105,39 @@ class EntityTagger:
         return found
 
 
-PREDICTORS = {"sequence-classification": Predictor, "token-classification": EntityTagger}
+class AnswerFinder:
+    """A trained question-answering run's export, ready to find answers in contexts."""
+
+    def __init__(self, model, tokenizer, info: RunInfo):
+        self.tokenizer, self.info = tokenizer, info
+        self.settings = AnswerSettings(**(info.answers or {}))
+        self.logits = jit_bound(model, lambda m, ids, mask, types: m(ids, mask, types))
+
+    def __call__(self, questions: list[str], contexts: list[str], batch_size: int = 32) -> list[dict]:
+        """For each question (about the context at the same place): {"answer", "start", "end" (character offsets
+        in the context; -1 for none), "score" (the span's probability in its window), "answered"}."""
+        if len(questions) != len(contexts):
+            raise InputError(f"{len(questions)} questions for {len(contexts)} contexts; give each question its "
+                             "context")
+        for what, texts in (("question", questions), ("context", contexts)):
+            if any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise InputError(f"a {what} is empty; give each question some words and the text that answers it")
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        windows = encode_questions(questions, contexts, None, self.tokenizer, self.info.max_length,
+                                   stride=self.settings.stride, prefix=self.info.text_prefix)
+        batches = evaluation_batches(windows.encoded, batch_size, pad, self.info.max_length)
+        scores = window_outputs(lambda b: self.logits(b["input_ids"], b["attention_mask"], b["token_type_ids"]),
+                                batches, windows.encoded)
+        found = answer_questions(windows, contexts, scores, self.settings)
+        return [{"answer": p.text, "start": p.start, "end": p.end, "score": round(p.probability, 4),
+                 "answered": p.answered} for p in found]
 
 
-def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger:
+PREDICTORS = {"sequence-classification": Predictor, "token-classification": EntityTagger,
+              "question-answering": AnswerFinder}
+
+
+def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger | AnswerFinder:
     """What a finished run (its directory, or its export directory) predicts with, by its task."""
     directory = find_export(run_dir)
     model, tokenizer, info = load_exported(directory)
@@ -110,6 +145,28 @@ def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger:
         raise InputError(f"{run_dir} is a {info.task} run (continued pre-training), not a classifier; "
                          f"fine-tune from it: python -m tljax.train --set model={directory}/model")
     return PREDICTORS[info.task](model, tokenizer, info)
+
+
+def _context(args) -> str | None:
+    """The context of a question-answering call (None when no question is asked), checked."""
+    if not args.question and args.context is None and args.context_file is None:
+        return None
+    if args.texts:
+        raise InputError("give either TEXTs to classify or tag, or --question and --context, not both")
+    if not args.question or any(not q.strip() for q in args.question):
+        raise InputError('a question is missing or empty; give --question "What ...?" with the context')
+    if (args.context is None) == (args.context_file is None):
+        raise InputError('give the context once: --context "..." or --context-file FILE')
+    if args.context_file is not None:
+        try:
+            context = args.context_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read the context file {args.context_file}: {error}") from None
+    else:
+        context = args.context
+    if not context.strip():
+        raise InputError("the context is empty; give the text the questions are about")
+    return context
 
 
 def check_texts_to_classify(texts: list[str]) -> None:
@@ -130,16 +187,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tljax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished classification run or its export directory")
-    parser.add_argument("texts", nargs="+", metavar="TEXT", help="a text to classify or tag (one or more)")
-    parser.add_argument("--json", action="store_true", help="print JSON: one object per text")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="a text to classify or tag (one or more)")
+    parser.add_argument("--question", action="append", default=[], help="a question (question answering; repeat "
+                        "it to ask several)")
+    parser.add_argument("--context", help="the text the questions are about")
+    parser.add_argument("--context-file", type=Path, help="a UTF-8 text file holding the context")
+    parser.add_argument("--json", action="store_true", help="print JSON: one object per text or question")
     args = parser.parse_args(argv)
     enable_compilation_cache()
     try:
-        check_texts_to_classify(args.texts)  # before the model is loaded: that takes a while
+        context = _context(args)
+        if context is None:
+            check_texts_to_classify(args.texts)  # before the model is loaded: that takes a while
         predictor = load_predictor(args.run_dir)
+        if isinstance(predictor, AnswerFinder) != (context is not None):
+            raise InputError(f"{args.run_dir} is a question-answering run: give --question \"...\" and --context "
+                             "\"...\" (or --context-file FILE)" if isinstance(predictor, AnswerFinder) else
+                             f"{args.run_dir} is a {predictor.info.task} run: give the TEXTs to read, not --question "
+                             "/ --context")
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if isinstance(predictor, AnswerFinder):
+        for question, found in zip(args.question, predictor(args.question, [context] * len(args.question))):
+            if args.json:
+                print(json.dumps({"question": question, **found}, ensure_ascii=False))
+            elif found["answered"]:
+                print(f"{question}\n  {found['answer']}  (characters {found['start']}-{found['end']}, probability "
+                      f"{found['score']:.3f})")
+            else:
+                print(f"{question}\n  (the context does not answer it)")
+        return 0
     if isinstance(predictor, EntityTagger):
         for text, found in zip(args.texts, predictor(args.texts)):
             if args.json:

@@ -65,6 +65,9 @@ class RunInfo:
     # (there the methods decided it), so that they rebuild the model their parameters fit
     pooler_with_head: bool = True
     crf: bool = False  # a token classifier with a CRF over its tags (its transitions: crf.safetensors)
+    # question answering: how span scores become answers (tljax.train.qa.AnswerSettings: stride, n_best_size,
+    # max_answer_length, allow_null, null_score_diff_threshold)
+    answers: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("method", "labels", "student_layers"):  # JSON gives lists

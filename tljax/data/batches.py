@@ -27,8 +27,9 @@ class Encoded:
     ids: tuple[np.ndarray, ...]
     labels: np.ndarray | tuple[np.ndarray, ...]  # [N] int32, or per example [len] int32
     truncated: int  # how many examples were cut to max_length
-    # per-example arrays [N, ...] that batches carry along (e.g. a teacher's logits, a task index)
-    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # per-example arrays [N, ...] that batches carry along (e.g. a teacher's logits, a task index), or a tuple of
+    # [len] arrays: a value per token (e.g. token types), padded as the ids are
+    extras: dict[str, np.ndarray | tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -84,8 +85,16 @@ def make_batch(encoded: Encoded, indices: Sequence[int], batch_size: int, pad_id
     weights[: len(indices)] = 1.0
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
     for name, values in encoded.extras.items():
-        rows = np.zeros((batch_size, *values.shape[1:]), values.dtype)
-        rows[: len(indices)] = values[list(indices)]
+        if isinstance(values, tuple):  # a value per token (e.g. token types), aligned with the ids, padded with 0
+            rows = np.zeros((batch_size, width), values[0].dtype if values else np.int32)
+            for row, index in enumerate(indices):
+                if left_pad:
+                    rows[row, width - len(values[index]):] = values[index]
+                else:
+                    rows[row, : len(values[index])] = values[index]
+        else:
+            rows = np.zeros((batch_size, *values.shape[1:]), values.dtype)
+            rows[: len(indices)] = values[list(indices)]
         batch[name] = rows
     return batch
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
 from tljax.data.bundled.ner_corpus import NER_CORPORA, load_ner
+from tljax.data.bundled.qa_corpus import QA_CORPORA, load_qa
 from tljax.data.dataset import SPLIT_ALIASES, DataError, TextDataset, check_texts, columns_of, encode_labels
 from tljax.data.frameworks import load_hf, load_tfds
+from tljax.data.qa import QA_SUFFIXES, QADataset, read_hf_squad, read_qa_records, read_squad
 from tljax.data.packaged import PACKAGED_CORPORA, load_packaged
 from tljax.data.tagged import (CONLL_SUFFIXES, JSONL_SUFFIXES, TaggedDataset, declared_types, read_conll,
                                read_entity_jsonl, read_hf_tokens)
@@ -231,3 +233,30 @@ def load_tagged(source: str, *, scheme: str = "auto", types: Sequence[str] | Non
         return read_conll(path, _decode(path), scheme, types)
     raise DataError(f"{path}: the suffix {path.suffix!r} is not a tagged format; use {', '.join(CONLL_SUFFIXES)} for "
                     f"column files or {', '.join(JSONL_SUFFIXES)} for JSON Lines with entity spans")
+
+
+def load_questions(source: str) -> QADataset:
+    """Questions with their contexts and answers from a bundled set (`qa-pt`, `qa-en`), a SQuAD JSON file (v1.1 or
+    v2.0), a JSON Lines or CSV file of question / context / answers records, or `hf:DIR` (see `tljax.data.qa`)."""
+    if source in QA_CORPORA:
+        return load_qa(source)
+    if source.startswith("hf:"):
+        return read_hf_squad(Path(source[3:]).expanduser())
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.source {source!r} is neither a question-answering set ({', '.join(QA_CORPORA)}) nor a "
+                        "file; for question answering give a SQuAD JSON file, a JSON Lines or CSV file with question, "
+                        "context and answers, or hf:DIR")
+    suffix = path.suffix.lower()
+    if suffix not in QA_SUFFIXES:
+        raise DataError(f"{path}: the suffix {path.suffix!r} is not a question-answering format; use .json (SQuAD), "
+                        ".jsonl or .csv (question, context, answers records)")
+    text = _decode(path)
+    if suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # JSON Lines under a .json name
+        if isinstance(whole, dict) and "data" in whole:
+            return read_squad(path, text)
+    return read_qa_records(path, text)

@@ -53,6 +53,8 @@ TASK_TYPES = {
     "LlamaForSequenceClassification": "SEQ_CLS",
     "BertForTokenClassification": "TOKEN_CLS",
     "LlamaForTokenClassification": "TOKEN_CLS",
+    "BertForQuestionAnswering": "QUESTION_ANS",
+    "LlamaForQuestionAnswering": "QUESTION_ANS",
     "LlamaForCausalLM": "CAUSAL_LM",
     "BertModel": "FEATURE_EXTRACTION",
     "LlamaModel": "FEATURE_EXTRACTION",
@@ -109,12 +111,13 @@ def _params(model: nnx.Module, which: nnx.filterlib.Filter = nnx.Param) -> dict[
 
 
 def _head(adaptation: Adaptation, task_type: str) -> tuple[list[str], dict[str, np.ndarray]]:
-    """(modules_to_save, {Hugging Face name: tensor}) of a sequence or token classifier's head; nothing otherwise.
+    """(modules_to_save, {Hugging Face name: tensor}) of a sequence or token classifier's or a span model's head;
+    nothing otherwise.
 
     `modules_to_save` names each head module by its last name ("classifier", "pooler"): PEFT wraps every module
     whose name ends so, and finds the file's `...bert.pooler.dense.weight` through that name."""
     model, pattern = adaptation.model, adaptation.task_head()
-    if task_type not in ("SEQ_CLS", "TOKEN_CLS") or pattern is None:
+    if task_type not in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS") or pattern is None:
         return [], {}
     tensors, modules = {}, []
     for path, value in _params(model).items():

@@ -12,6 +12,7 @@ from tljax.models.decoder.generate import chat, generate, stream_chat, stream_ge
 from tljax.models.decoder.modeling import (
     KVCache,
     LlamaForCausalLM,
+    LlamaForQuestionAnswering,
     LlamaForSequenceClassification,
     LlamaForTokenClassification,
     LlamaModel,
@@ -19,6 +20,7 @@ from tljax.models.decoder.modeling import (
 from tljax.models.encoder.config import EncoderConfig
 from tljax.models.encoder.modeling import (
     BertForMaskedLM,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
     BertModel,
@@ -32,12 +34,14 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "base": BertModel,
         "sequence-classification": BertForSequenceClassification,
         "token-classification": BertForTokenClassification,
+        "question-answering": BertForQuestionAnswering,
         "masked-lm": BertForMaskedLM,
     },
     "llama": {
         "base": LlamaModel,
         "sequence-classification": LlamaForSequenceClassification,
         "token-classification": LlamaForTokenClassification,
+        "question-answering": LlamaForQuestionAnswering,
         "causal-lm": LlamaForCausalLM,
     },
 }
@@ -65,8 +69,8 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 
 
 __all__ = [
-    "BertForMaskedLM", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
-    "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForSequenceClassification",
+    "BertForMaskedLM", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
+    "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
     "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
     "generate", "mean_pool", "model_class", "stream_chat", "stream_generate",
 ]

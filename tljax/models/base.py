@@ -106,6 +106,7 @@ class PretrainedModel(nnx.Module):
             abstract,
             tensors,
             base_prefix=cls.base_model_prefix,
+            prefix_aliases=getattr(cls, "checkpoint_prefixes", ()),
             new_parameters=cls.new_parameters,
             tied=abstract.tied_parameters(),
             unused=cls.unused_tensors,

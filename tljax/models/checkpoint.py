@@ -244,6 +244,7 @@ def fill_parameters(
     new_parameters: tuple[str, ...] = (),
     tied: Mapping[str, str] | None = None,
     unused: str | None = None,
+    prefix_aliases: tuple[str, ...] = (),
 ) -> tuple[nnx.Module, list[str]]:
     """Replaces every parameter of `model` by the checkpoint tensor of the same name.
 
@@ -253,9 +254,16 @@ def fill_parameters(
     Parameters whose names start with one of `new_parameters` may be absent: they keep their values in
     `model` (a freshly initialised head). `tied` maps a tensor name to the name of the one it repeats.
 
+    `prefix_aliases`: other names of the backbone in checkpoints (a causal LM's `model.` for a question-answering
+    model's `transformer.`), renamed to `base_prefix`.
+
     Returns the filled model and the names of the parameters that kept their initial values.
     """
     tied = dict(tied or {})
+    for alias in prefix_aliases:
+        if not any(name.startswith(base_prefix + ".") for name in tensors):
+            tensors = {f"{base_prefix}.{name[len(alias) + 1:]}" if name.startswith(alias + ".") else name: array
+                       for name, array in tensors.items()}
     graphdef, state = nnx.split(model)
     flat = list(nnx.to_flat_state(state))
     wanted = {hf_name(path): (path, variable) for path, variable in flat if isinstance(variable, nnx.Param)}

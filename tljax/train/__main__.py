@@ -104,6 +104,10 @@ def _claim(run_dir: Path, resume: bool):
 
 
 def _metrics_line(metrics: dict) -> str:
+    if "exact" in metrics:  # answers (question answering)
+        split = (f"  (answerable: F1 {metrics['has_answer_f1']:.4f}; unanswerable left unanswered: "
+                 f"{metrics['no_answer_exact']:.4f})") if "has_answer_f1" in metrics else ""
+        return f"exact match {metrics['exact']:.4f}  F1 {metrics['f1']:.4f}{split}"
     if "per_type" in metrics:  # entities (token classification)
         return (f"entity F1 {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
                 f"  macro F1 {metrics['macro_f1']:.4f}  word accuracy {metrics['accuracy']:.4f}")
@@ -132,10 +136,11 @@ def _report(summary: dict, run_dir: Path) -> None:
         for label, scores in test["per_type"].items():
             print(f"  {label:8} F1 {scores['f1']:.4f}  precision {scores['precision']:.4f}  recall "
                   f"{scores['recall']:.4f}  ({scores['support']} entities)")
+    if "baseline" in summary:  # a tagger's or a reader's
         baseline = summary["baseline"]
         low, high = baseline["f1_difference_interval"]
-        print(f"baseline ({baseline['what']}): entity F1 {baseline['f1']:.4f}; the model's lead over it, 95% "
-              f"bootstrap interval: {low:+.4f} to {high:+.4f}")
+        print(f"baseline ({baseline['what']}): {'' if 'exact' in test else 'entity '}F1 {baseline['f1']:.4f}; the "
+              f"model's lead over it, 95% bootstrap interval: {low:+.4f} to {high:+.4f}")
     if "distillation" in summary and "f1_retained" in summary["distillation"]:  # a tagger's
         d = summary["distillation"]
         print(f"distillation: student entity F1 {d['student']['f1']:.4f} vs teacher {d['teacher']['f1']:.4f} "
@@ -153,7 +158,8 @@ def _report(summary: dict, run_dir: Path) -> None:
               f"{_metrics_line(metrics)}")
         if "baseline" in metrics:
             low, high = metrics["baseline"]["f1_difference_interval"]
-            print(f"  {'':20} baseline entity F1 {metrics['baseline']['f1']:.4f}; lead {low:+.4f} to {high:+.4f}")
+            print(f"  {'':20} baseline {'' if 'exact' in metrics else 'entity '}F1 {metrics['baseline']['f1']:.4f}; "
+                  f"lead {low:+.4f} to {high:+.4f}")
     print(f"\n{summary['diagnosis']}\n")
     print(f"written to {run_dir}/: config.yaml, metrics.jsonl, curves.png, diagnosis.txt, summary.json, checkpoints/")
     for item in summary["export"]:
@@ -169,19 +175,23 @@ def _report(summary: dict, run_dir: Path) -> None:
         return
     predictable = run_dir if (run_dir / "export" / "run.json").is_file() else \
         next((p for p in sorted((run_dir / "export").iterdir()) if (p / "run.json").is_file()), run_dir)
-    tagging = "per_type" in test
+    tagging, answering = "per_type" in test, "exact" in test
     example = "Maria Souza moved to Recife in March 2024." if tagging else "a delightful, moving film"
-    kind = "TokenClassification" if tagging else "SequenceClassification"
-    print(f"\nuse it:\n  python -m tljax.predict {predictable} \"{example}\"")
+    kind = "QuestionAnswering" if answering else "TokenClassification" if tagging else "SequenceClassification"
+    if answering:
+        print(f"\nuse it:\n  python -m tljax.predict {predictable} --question \"Where did Maria move?\" --context "
+              "\"Maria Souza moved to Recife in March 2024.\"")
+    else:
+        print(f"\nuse it:\n  python -m tljax.predict {predictable} \"{example}\"")
     export_dir = predictable / "export" if predictable == run_dir else predictable
     if (export_dir / "model").is_dir():  # a class of its own (mean pooling) is named by auto_map: code to trust
         remote = ", trust_remote_code=True" if "auto_map" in (export_dir / "model" / "config.json").read_text() else ""
         print(f"  in PyTorch: transformers.AutoModelFor{kind}.from_pretrained('{export_dir}/model'{remote})")
     if (export_dir / "adapter").is_dir():
         # PEFT builds the base model's head before it loads the adapter's: it needs the number of labels
-        labels = len(json.loads((export_dir / "run.json").read_text()).get("labels", ()))
-        print(f"  in PyTorch: peft.AutoPeftModelFor{kind}.from_pretrained('{export_dir}/adapter', "
-              f"num_labels={labels})")
+        labels = "" if answering else \
+            f", num_labels={len(json.loads((export_dir / 'run.json').read_text()).get('labels', ()))}"
+        print(f"  in PyTorch: peft.AutoPeftModelFor{kind}.from_pretrained('{export_dir}/adapter'{labels})")
 
 
 if __name__ == "__main__":

@@ -40,12 +40,21 @@ class DataConfig:
     tag_scheme: str = "auto"
     stride: int = 32
     label_all_subtokens: bool = False
+    # question answering: the answer's longest span (tokens), how many best starts and ends of each window are
+    # paired into candidate spans, and (with unanswerable questions) by how much the null score must beat the
+    # best span's for "no answer" (Hugging Face's run_qa names; stride is its doc_stride)
+    max_answer_length: int = 30
+    n_best_size: int = 20
+    null_score_diff_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise ConfigKeyError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
         if self.tag_scheme not in TAG_SCHEMES:
             raise ConfigKeyError(f"data.tag_scheme {self.tag_scheme!r} is unknown; valid: {', '.join(TAG_SCHEMES)}")
+        for name in ("max_answer_length", "n_best_size"):
+            if getattr(self, name) < 1:
+                raise ConfigKeyError(f"data.{name} must be at least 1, got {getattr(self, name)}")
         if self.stride < 0:
             raise ConfigKeyError(f"data.stride must be >= 0 tokens, got {self.stride}")
         for name in ("max_train_examples", "max_eval_examples"):

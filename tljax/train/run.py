@@ -34,6 +34,7 @@ from tljax.data.sources import load_tagged
 from tljax.data.tagged import describe_tagged_splits
 from tljax.train.tag_distill import token_distillation_objective
 from tljax.train.tagging import encode_tagged, prepare_token_classification, tagged_splits
+from tljax.train import qa  # noqa: F401  (registers question-answering)
 from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)

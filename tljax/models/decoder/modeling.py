@@ -450,3 +450,40 @@ class LlamaForTokenClassification(PretrainedModel):
         """[B, T] -> logits [B, T, L]."""
         k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
         return self.classify(self.features(input_ids, attention_mask, positions, dropout_key=k1), dropout_key=k2)
+
+
+class LlamaForQuestionAnswering(PretrainedModel):
+    """Backbone + linear `qa_outputs` on every token, as Hugging Face's class (whose backbone is named
+    `transformer`): span scores [B, T, 2], [..., 0] where the answer starts and [..., 1] where it ends. A causal
+    model's checkpoint (`model.` names) loads into it."""
+
+    config_class: ClassVar = DecoderConfig
+    base_model_prefix: ClassVar[str] = "transformer"
+    checkpoint_prefixes: ClassVar[tuple[str, ...]] = ("model",)  # a causal LM's backbone is `model.`
+    new_parameters: ClassVar[tuple[str, ...]] = ("qa_outputs.",)
+    unused_tensors: ClassVar[str | None] = r"^lm_head\."
+    head_pattern: ClassVar[str] = r"^qa_outputs/"
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.transformer = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qa_outputs = _linear(config.hidden_size, 2, dtype, param_dtype, rngs, bias=True)
+        self.dropout_rate = 0.0
+
+    def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H] (token types: unused by a decoder)."""
+        return self.transformer.text_states(input_ids, attention_mask, None, dropout_key=dropout_key)
+
+    def pool(self, features: Array) -> Array:
+        return features
+
+    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
+        """Features [B, T, H] -> span scores [B, T, 2]."""
+        return self.qa_outputs(features, layer_keys(dropout_key, 2)[1]).astype(jnp.float32)
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
+                 *, dropout_key: Array | None = None) -> Array:
+        """[B, T] -> span scores [B, T, 2]."""
+        k1, k2 = layer_keys(dropout_key, 2)
+        return self.classify(self.features(input_ids, attention_mask, dropout_key=k1), dropout_key=k2)

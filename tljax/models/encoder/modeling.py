@@ -453,6 +453,25 @@ class BertForTokenClassification(PretrainedModel):
         return (logits, states) if output_hidden_states else logits
 
 
+class BertForQuestionAnswering(BertForTokenClassification):
+    """Backbone (no pooler) + linear `qa_outputs` on every token, as Hugging Face's class: span scores [B, T, 2]
+    for the text's positions, [..., 0] where the answer starts and [..., 1] where it ends (Hugging Face's
+    `start_logits` and `end_logits`). No dropout before the head, as in Hugging Face's."""
+
+    new_parameters: ClassVar[tuple[str, ...]] = ("qa_outputs.",)
+    head_pattern: ClassVar[str] = r"^qa_outputs/"
+
+    def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
+        self.qa_outputs = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
+        self.dropout_rate = 0.0
+
+    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
+        """Features [B, T, H] -> span scores [B, T, 2]."""
+        return self.qa_outputs(features, layer_keys(dropout_key, 2)[1])
+
+
 class BertPredictionHeadTransform(nnx.Module):
     def __init__(self, config: EncoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.dense = _linear(config, config.hidden_size, config.hidden_size, dtype, param_dtype, rngs)
