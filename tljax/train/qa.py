@@ -36,7 +36,7 @@ from tljax.squad import f1_difference_interval, question_scores, squad_metrics
 from tljax.train.config import RunConfig
 from tljax.train.features import trains_only_the_head
 from tljax.train.objectives import MappedBatches, Objective
-from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets
+from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, split_budgets
 
 Array = jax.Array
 QA_METRICS = ("f1", "exact", "loss")
@@ -257,8 +257,6 @@ def answer_settings(config: RunConfig, train: QADataset) -> AnswerSettings:
                           null_score_diff_threshold=data.null_score_diff_threshold)
 
 
-@register("question-answering", "the answer as a span of the passage: extractive QA (SQuAD v1.1 / v2.0 JSON, JSON "
-          "Lines / CSV, hf:DIR, qa-pt / qa-en)", sections=("evaluation",))
 def prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     data = config.data
     dataset = load_questions(data.source)

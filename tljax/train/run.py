@@ -34,7 +34,7 @@ from tljax.data.sources import load_tagged
 from tljax.data.tagged import describe_tagged_splits
 from tljax.train.tag_distill import token_distillation_objective
 from tljax.train.tagging import encode_tagged, prepare_token_classification, tagged_splits
-from tljax.train import qa  # noqa: F401  (registers question-answering)
+from tljax.train.qa import prepare_question_answering
 from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,12 @@ def _prepare_token_classification(config: RunConfig, model_dir: Path, tokenizer)
     if config.distillation is None:
         return setup
     return dataclasses.replace(setup, objective=token_distillation_objective(config, setup.objective))
+
+
+@register("question-answering", "the answer as a span of the passage: extractive QA (SQuAD v1.1 / v2.0 JSON, JSON "
+          "Lines / CSV, hf:DIR, qa-pt / qa-en)", sections=("evaluation",))
+def _prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    return prepare_question_answering(config, model_dir, tokenizer)
 
 
 def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:

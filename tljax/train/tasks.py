@@ -8,6 +8,7 @@ predictor `tljax.predict.PREDICTORS[task]`. `run.prepare` looks the task up and 
 
     sequence-classification   one label per text (run.py)
     token-classification      one tag per word: named entities (tagging.py)
+    question-answering        the answer as a span of a passage: extractive QA (qa.py)
     masked-lm, causal-lm      continued pre-training on unlabelled text; causal-lm with `chat`: chat tuning
 """
 
