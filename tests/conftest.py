@@ -329,7 +329,7 @@ def write_squad(path, n: int = 96, seed: int = 0):
     rng = np.random.RandomState(seed)
     data = []
     for i in range(n):
-        words = list(rng.choice(FILLER, rng.randint(6, 40)))
+        words = list(rng.choice(FILLER, rng.randint(6, 26)))
         answer = None
         if i % 6:
             answer = str(rng.choice(POSITIVE))
@@ -347,8 +347,8 @@ def qa_config(tmp_path, tiny_model, method=None, **training):
     config = {"model": str(tiny_model), "task": "question-answering",
               "data": {"source": str(write_squad(tmp_path / "squad.json")), "max_length": 24, "stride": 8},
               "method": method or {"name": "lora", "rank": 8},
-              "training": {"learning_rate": 5e-2, "max_steps": 32, "per_device_train_batch_size": 16,
-                           "eval_steps": 8, "early_stopping_patience": None, "metric_for_best_model": "f1",
+              "training": {"learning_rate": 5e-2, "max_steps": 96, "per_device_train_batch_size": 16,
+                           "eval_steps": 16, "early_stopping_patience": None, "metric_for_best_model": "f1",
                            **training},
               "output_dir": str(tmp_path / "run")}
     path = tmp_path / "config.yaml"
