@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from harness import bias, plots
+from harness.answers import answer_table, summarise_answers
 from harness.entities import entity_table, summarise_entities
 from harness.results import agreement, markdown_table, summarise_seeds
 from harness.task_parts import read_spec, spec_path
@@ -155,7 +156,7 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
 
 def _row(variant: Variant, task, task_name: str, seeds, per_seed: list[dict]) -> dict[str, Any]:
     """A results row: every figure over the seeds alike (means, spreads, the seed mean's interval); `score` is
-    the headline figure (accuracy; entity F1 on an entity task)."""
+    the headline figure (accuracy; entity F1 on an entity task; SQuAD F1 on an answer task)."""
     records = [e["records"] for e in per_seed]
     row = {"variant": variant.label, "kind": variant.kind, "task": task_name, "task_kind": task.kind,
            "language": task.language, "settings": variant.settings(), "seeds": list(seeds),
@@ -165,6 +166,11 @@ def _row(variant: Variant, task, task_name: str, seeds, per_seed: list[dict]) ->
         entity = summary.get("entity", {})
         return {**row, "summary": summary, "metric": "entity F1", "score": entity.get("f1"),
                 "seed_scores": entity.get("f1_per_seed", []), "seed_spread": entity.get("f1_sd"), "bias": None}
+    if task.kind == "answers":
+        summary = summarise_answers(records)
+        answer = summary.get("answer", {})
+        return {**row, "summary": summary, "metric": "F1", "score": answer.get("f1"),
+                "seed_scores": answer.get("f1_per_seed", []), "seed_spread": answer.get("f1_sd"), "bias": None}
     summary = summarise_seeds(records, len(task.labels))
     accuracy = summary.get("acc", {})
     return {**row, "summary": summary, "metric": "accuracy", "score": accuracy.get("accuracy"),
@@ -218,9 +224,11 @@ def _write(out: Path, suite: Suite, rows: list[dict], by_key: dict) -> None:
                                                  indent=2, ensure_ascii=False) + "\n")
     labelled = [r for r in rows if r.get("task_kind", "classification") == "classification"]
     found = [r for r in rows if r.get("task_kind") == "entities"]
+    answered = [r for r in rows if r.get("task_kind") == "answers"]
     probe = bias.markdown_table(labelled)
-    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n"
-                                    + (markdown_table(labelled) if labelled else "")
-                                    + (("\n## Entities\n\n" if labelled else "") + entity_table(found) if found else "")
+    tables = [("", markdown_table, labelled), ("Entities", entity_table, found), ("Answers", answer_table, answered)]
+    shown = [(title, table(part)) for title, table, part in tables if part]
+    body = "".join((f"\n## {title}\n\n" if n and title else "") + text for n, (title, text) in enumerate(shown))
+    (out / "results.md").write_text(f"# {suite.name}\n\n{suite.description}\n\n{body}"
                                     + (f"\n## Bias probe\n\n{probe}" if probe else ""))
     plots.write_all(rows, agreements, out / "plots")

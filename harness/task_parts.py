@@ -1,5 +1,6 @@
-"""What every kind of task file is made of (harness/tasks.py, harness/entities.py): its errors, its data
-specs, the items and templates of classification, the template chooser, and how a spec file is found and read."""
+"""What every kind of task file is made of (harness/tasks.py, harness/entities.py, harness/answers.py): its
+errors, its data specs, the items and templates of classification, the template chooser, and how a spec file is
+found and read."""
 
 from __future__ import annotations
 
@@ -132,13 +133,16 @@ def data_spec(raw: Any, where: str) -> DataSpec:
 def task_head(raw: Any, where: str, fewest_labels: int, labels_are: str
               ) -> tuple[dict, tuple[str, ...], DataSpec, DataSpec]:
     """What every kind of task file starts with, checked: (the mapping, its labels, its data, its demonstrations:
-    given, or the data's train split). `labels_are` names the labels in the error ("names", "entity types")."""
+    given, or the data's train split). `labels_are` names the labels in the error ("names", "entity types");
+    `fewest_labels` 0: the kind has none (answers)."""
     raw = check_keys(raw, TASK_KEYS, where)
-    for key in ("name", "data", "labels", "templates"):
+    for key in ("name", "data", "templates", *(("labels",) if fewest_labels else ())):
         if key not in raw:
             raise TaskError(f"{where} needs {key}")
-    labels = tuple(str(label) for label in raw["labels"])
-    if len(labels) < fewest_labels or len(set(labels)) != len(labels):
+    if not fewest_labels and "labels" in raw:
+        raise TaskError(f"{where}: a task of this kind has no labels; remove the labels key")
+    labels = tuple(str(label) for label in raw.get("labels", ()))
+    if fewest_labels and (len(labels) < fewest_labels or len(set(labels)) != len(labels)):
         raise TaskError(f"{where}: labels must be {'two' if fewest_labels == 2 else 'one'} or more distinct "
                         f"{labels_are}, got {list(labels)}")
     data = data_spec(raw["data"], f"{where}: data")

@@ -1,7 +1,8 @@
 """Tasks: labelled items to evaluate on, with what a model is told and asked, per language.
 
 A task is a YAML file (`harness/tasks/*.yaml`, or any path); this module reads a label per text (`kind:
-classification`, the default), `kind: entities` makes it an entity task (harness/entities.py):
+classification`, the default), `kind: entities` makes it an entity task (harness/entities.py), `kind: answers`
+a question-answering task (harness/answers.py):
 
     name: sentiment-en
     data: {source: rotten-tomatoes, split: test}     # any tljax data source; split: all | train | validation | test
@@ -26,12 +27,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from harness.answers import AnswerTask, parse_answer_task
 from harness.entities import EntityTask, parse_entity_task
 from harness.task_parts import DataSpec, Item, TaskError, Template, Templated, check_keys, read_spec, task_head
 from tljax.data import TextDataset
 
 TASKS_DIR = Path(__file__).parent / "tasks"
-TASK_KINDS = ("classification", "entities")  # a label per text | the entities of a text (harness/entities.py)
+# a label per text | the entities of a text (harness/entities.py) | the answer to a question (harness/answers.py)
+TASK_KINDS = ("classification", "entities", "answers")
 TEMPLATE_KEYS = ("instruction", "verbalisers", "descriptions", "plain")
 REQUIRED_TEMPLATE_KEYS = TEMPLATE_KEYS[:3]
 
@@ -71,15 +74,18 @@ def builtin_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
-def load_task(name_or_path: str | Path) -> Task | EntityTask:
-    """A built-in task by name (`python -m harness list`) or a task YAML file: a `Task` (a label per text), or
-    with `kind: entities` an `EntityTask` (harness/entities.py)."""
+def load_task(name_or_path: str | Path) -> Task | EntityTask | AnswerTask:
+    """A built-in task by name (`python -m harness list`) or a task YAML file: a `Task` (a label per text), with
+    `kind: entities` an `EntityTask` (harness/entities.py), with `kind: answers` an `AnswerTask`
+    (harness/answers.py)."""
     path, raw = read_spec(name_or_path, TASKS_DIR, "task")
     kind = raw.get("kind", "classification") if isinstance(raw, dict) else "classification"
     if kind not in TASK_KINDS:
         raise TaskError(f"{path}: kind {kind!r} is unknown; valid: {', '.join(TASK_KINDS)}")
     if kind == "entities":
         return parse_entity_task(raw, str(path))
+    if kind == "answers":
+        return parse_answer_task(raw, str(path))
     return parse_task(raw, str(path))
 
 

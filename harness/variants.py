@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 import tljax
+from harness.answer_variants import evaluate_answers
 from harness.entity_variants import evaluate_entities
 from harness.evaluation import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
 from harness.encoders import CLASSIFIERS, Embedder, logistic_regression, nearest_centroid
@@ -310,9 +311,11 @@ def evaluate(variant: Variant, task: Task, items: Sequence[Item], seed: int, loa
              measure_costs: bool = True) -> Evaluation:
     """Every item's record under `variant` (seed: the few-shot draw). `measure_costs`: also cost the compiled
     programs (FLOPs, memory; a compile of the median shape, so the app, answering one text, leaves it off).
-    An entity task's variants are `harness.entity_variants`'."""
+    An entity task's variants are `harness.entity_variants`', an answer task's `harness.answer_variants`'."""
     if task.kind == "entities":
         return evaluate_entities(variant, task, items, seed, loaded, measure_costs=measure_costs)
+    if task.kind == "answers":
+        return evaluate_answers(variant, task, items, seed, loaded, measure_costs=measure_costs)
     if variant.kind == "run":
         return _evaluate_run(variant, task, items, loaded, measure_costs)
     model, tokenizer, is_decoder, directory = loaded.get(variant.model)
@@ -426,6 +429,9 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: M
     if isinstance(run.predictor, EntityTagger):
         raise VariantError(f"run {variant.run} tags entities; evaluate it on an entity task (e.g. ner-en), not on "
                            f"{task.name}")
+    if info.task == "question-answering":
+        raise VariantError(f"run {variant.run} is a question-answering run; evaluate it on an answer task (e.g. "
+                           f"qa-en), not on {task.name}")
     if set(info.labels) != set(task.labels):
         raise VariantError(f"run {variant.run} predicts labels {list(info.labels)}, the task {task.name} has "
                            f"{list(task.labels)}; evaluate a run trained for the task's labels")

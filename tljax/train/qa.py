@@ -33,7 +33,7 @@ from tljax.data.sources import load_questions
 from tljax.models.layers import layer_keys
 from tljax.models.transforms import jit_bound
 from tljax.squad import f1_difference_interval, question_scores, squad_metrics
-from tljax.train.config import RunConfig
+from tljax.train.config import DataConfig, RunConfig
 from tljax.train.features import trains_only_the_head
 from tljax.train.objectives import MappedBatches, Objective
 from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, split_budgets
@@ -250,6 +250,12 @@ def describe_qa_splits(splits: dict[str, QADataset], encoded: dict[str, QASplit]
                      for row in rows)
 
 
+def qa_splits(dataset: QADataset, data: DataConfig, seed: int):
+    """Train / validation / test of `dataset` by passage (its own fixed splits where it has them), cut to the
+    budgets."""
+    return split_budgets(split_dataset(dataset, validation=data.validation, test=data.test, seed=seed), data)
+
+
 def answer_settings(config: RunConfig, train: QADataset) -> AnswerSettings:
     data = config.data
     return AnswerSettings(stride=data.stride, n_best_size=data.n_best_size, max_answer_length=data.max_answer_length,
@@ -259,9 +265,7 @@ def answer_settings(config: RunConfig, train: QADataset) -> AnswerSettings:
 
 def prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     data = config.data
-    dataset = load_questions(data.source)
-    splits = split_budgets(split_dataset(dataset, validation=data.validation, test=data.test,
-                                         seed=config.training.seed), data)
+    splits = qa_splits(load_questions(data.source), data, config.training.seed)
     if not any(splits["train"].answerable):
         raise DataError(f"{data.source}: the training split has no answerable question; a reader needs examples of "
                         "answers to learn where they are")

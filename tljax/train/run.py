@@ -30,11 +30,11 @@ from tljax.train.language_modelling import language_modelling_objective, load_te
 from tljax.train.multitask import TaskHeads, multitask_objective, parse_tasks
 from tljax.train.objectives import Classification, EvaluationSet, Objective
 from tljax.train.sharding import make_mesh, parameter_shardings, parse_rules
-from tljax.data.sources import load_tagged
+from tljax.data.sources import load_questions, load_tagged
 from tljax.data.tagged import describe_tagged_splits
 from tljax.train.tag_distill import token_distillation_objective
 from tljax.train.tagging import encode_tagged, prepare_token_classification, tagged_splits
-from tljax.train.qa import prepare_question_answering
+from tljax.train.qa import prepare_question_answering, qa_splits
 from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
@@ -264,6 +264,9 @@ def training_texts(config: RunConfig) -> set[str]:
         data = config.data
         return {normalise(t) for t in _split(load_texts(data.source, data.text_column, data.label_column), data,
                                              config.training.seed)["train"].texts}
+    if config.task == "question-answering":  # a question with its passage
+        return {normalise(text) for text in qa_splits(load_questions(config.data.source), config.data,
+                                                      config.training.seed)["train"].texts}
     if config.task == "token-classification":
         return {normalise(text) for text in tagged_splits(load_tagged(
             config.data.source, scheme=config.data.tag_scheme), config.data, config.training.seed)["train"].texts}
