@@ -345,7 +345,8 @@ def write_squad(path, n: int = 96, seed: int = 0):
 
 def qa_config(tmp_path, tiny_model, method=None, **training):
     config = {"model": str(tiny_model), "task": "question-answering",
-              "data": {"source": str(write_squad(tmp_path / "squad.json")), "max_length": 24, "stride": 8},
+              "data": {"source": str(write_squad(tmp_path / "squad.json")), "max_length": 24, "stride": 8,
+                       "null_score_diff_threshold": "auto"},
               "method": method or {"name": "lora", "rank": 8},
               "training": {"learning_rate": 5e-2, "max_steps": 96, "per_device_train_batch_size": 16,
                            "eval_steps": 16, "early_stopping_patience": None, "metric_for_best_model": "f1",

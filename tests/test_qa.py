@@ -310,3 +310,41 @@ def test_the_bundled_set_holds_its_invariants_and_reads_the_same_in_both_languag
             assert all(context[s: s + len(text)] == text for text, s in answers)
     splits = {s: {g for g, x in zip(pt.groups, pt.predefined_split) if x == s} for s in ("train", "validation", "test")}
     assert not (splits["train"] & splits["test"]) and not (splits["validation"] & splits["test"])
+
+
+def test_the_set_exports_as_squad_files_that_read_back_the_same(tmp_path, capsys):
+    from tljax.data.__main__ import main
+
+    assert main(["export", "qa-en", str(tmp_path)]) == 0
+    exported = {p.name for p in tmp_path.iterdir()}
+    assert exported == {"qa-en.train.json", "qa-en.validation.json", "qa-en.test.json"}
+    original = load_questions("qa-en")
+    test = original.subset([i for i, s in enumerate(original.predefined_split) if s == "test"])
+    again = load_questions(str(tmp_path / "qa-en.test.json"))  # as a user's SQuAD v2.0 file
+    assert (again.ids, again.questions, again.contexts, again.answers) == \
+        (test.ids, test.questions, test.contexts, test.answers)
+    capsys.readouterr()
+    assert main(["check-qa"]) == 0 and "questions:" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {id: x-001, title: t, pt: 'O [rio]{q1} corre.', en: 'The river runs.', questions: "
+                   "[{id: q1, pt: 'O que corre?', en: 'What runs?'}]}\n")
+    assert main(["check-qa", str(bad)]) == 2
+    assert "x-001/q1 (en): no [answer]{q1} mark" in capsys.readouterr().err
+
+
+def test_the_null_threshold_chosen_is_the_one_with_the_best_f1():
+    from tljax.data.answer_windows import Prediction, choose_null_threshold
+
+    def span(text, score, null):
+        return Prediction(text, 0, len(text), score, null, 0.5)
+
+    # margins (null - span): -3 (right span), 1 (wrong span, unanswerable), 2 (right span), 5 (unanswerable)
+    predictions = [span("Manaus", 6.0, 3.0), span("Recife", 4.0, 5.0), span("1808", 4.0, 6.0), span("x", 1.0, 6.0)]
+    golds = [["Manaus"], [], ["1808"], []]
+    threshold, f1 = choose_null_threshold(predictions, golds)
+    # by hand: t < -3: all unanswered, F1 2/4; -3 <= t < 1: 3/4; 1 <= t < 2: 2/4; 2 <= t < 5: 3/4; t >= 5: 2/4 ...
+    # the best (3/4) at t in [-3, 1) or [2, 5): the candidates are the margins, the nearest 0 of them is 2
+    assert f1 == pytest.approx(0.75) and threshold == pytest.approx(2.0)
+    # ... and what it chose scores what it said
+    found = [("" if p.null_score - p.score > threshold else p.text) for p in predictions]
+    assert squad_metrics(found, golds)["f1"] == pytest.approx(f1)

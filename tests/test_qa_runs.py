@@ -53,6 +53,9 @@ def test_a_qa_run_resumes_exports_into_pytorch_and_predicts(tmp_path, tiny_model
     export = straight / "run" / "export"
     model, tokenizer, info = load_exported(export)
     assert info.task == "question-answering" and info.answers["allow_null"] is True
+    # the null threshold was chosen on validation (auto), and the export answers with the one the test used
+    assert info.answers["threshold_source"] == "validation"
+    assert info.answers["null_score_diff_threshold"] == summary["test"]["null_threshold"]
     encoded = tokenizer(["the film", "the plot"], ["it was good and the actors dull", "a story"], padding=True,
                         return_tensors="np")
     inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],

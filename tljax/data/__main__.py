@@ -1,6 +1,8 @@
 """`python -m tljax.data list` shows the packaged corpora; `fetch NAME ...` prepares them; `describe SOURCE`
 prints a source's default split (sizes, class balance, duplicates dropped); `export ner-pt DIR` writes a tagged
-corpus as JSON Lines with character offsets and as a CoNLL file (IOB2), with its fixed splits."""
+corpus as JSON Lines with character offsets and as a CoNLL file (IOB2), with its fixed splits; `export qa-pt DIR`
+writes the QA set as SQuAD v2.0 JSON files, one per split; `check-qa [FILE.yaml ...]` checks the QA set's files
+(or files written in its format) and prints their counts."""
 
 from __future__ import annotations
 
@@ -9,10 +11,15 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from tljax.data.bundled import BUNDLED_CORPORA, load_bundled
 from tljax.data.bundled import LICENCE as BUNDLED_LICENCE
 from tljax.data.bundled.ner_corpus import LICENCE as NER_LICENCE
 from tljax.data.bundled.ner_corpus import NER_CORPORA, load_ner
+from tljax.data.bundled.qa_corpus import LICENCE as QA_LICENCE
+from tljax.data.bundled.qa_corpus import QA_CORPORA, check_questions, load_qa, questions, read_topic
+from tljax.data.qa import QADataset
 from tljax.data.tagged import TaggedDataset
 from tljax.data.packaged import PACKAGED_CORPORA, cache_path, is_cached, load_packaged
 from tljax.data import load_source
@@ -40,6 +47,10 @@ def list_corpora() -> str:
         rows.append((name, f"{len(load_ner(name)):,}", language, "tljax (bundled)",
                      "named entities (PER, ORG, LOC, DATE, MISC) in news, legal, medical, review and everyday texts, "
                      "Portuguese and English sentence for sentence (token classification)"))
+    for name, language in QA_CORPORA.items():
+        rows.append((name, f"{len(load_qa(name)):,}", language, "tljax (bundled)",
+                     "questions about passages (Brazilian geography, history, science, health, law, services), some "
+                     "unanswerable, Portuguese and English question for question (question answering)"))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[-1] for r in [header, *rows]]
     notes = sorted({c.licence for c in PACKAGED_CORPORA.values()})
@@ -48,6 +59,7 @@ def list_corpora() -> str:
         licences.append(f"  {', '.join(c.name for c in PACKAGED_CORPORA.values() if c.licence == note)}: {note}")
     licences.append(f"  {', '.join(BUNDLED_CORPORA)}: {BUNDLED_LICENCE}")
     licences.append(f"  {', '.join(NER_CORPORA)}: {NER_LICENCE}")
+    licences.append(f"  {', '.join(QA_CORPORA)}: {QA_LICENCE}")
     return "\n".join(lines + licences)
 
 
@@ -78,6 +90,28 @@ def export_tagged(dataset: TaggedDataset, directory: Path) -> list[Path]:
     return written
 
 
+def export_squad(dataset: QADataset, directory: Path) -> list[Path]:
+    """Writes `<name>.<split>.json` (SQuAD v2.0: an article per passage, its questions with their answers and
+    `is_impossible`) for each split of `dataset` into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    splits: dict[str, dict[str, dict]] = {}
+    for k in range(len(dataset)):
+        split = dataset.predefined_split[k] if dataset.predefined_split else "train"
+        articles = splits.setdefault(split, {})
+        article = articles.setdefault(dataset.groups[k], {"title": dataset.groups[k],
+                                                          "paragraphs": [{"context": dataset.contexts[k], "qas": []}]})
+        article["paragraphs"][0]["qas"].append({
+            "id": dataset.ids[k], "question": dataset.questions[k], "is_impossible": not dataset.answers[k],
+            "answers": [{"text": text, "answer_start": start} for text, start in dataset.answers[k]]})
+    written = []
+    for split, articles in splits.items():
+        path = directory / f"{dataset.name}.{split}.json"
+        path.write_text(json.dumps({"version": "v2.0", "data": list(articles.values())}, ensure_ascii=False, indent=1),
+                        encoding="utf-8")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tljax.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,17 +122,26 @@ def main(argv: list[str] | None = None) -> int:
     describe = commands.add_parser("describe", help="load a source and show its default split")
     describe.add_argument("source")
     describe.add_argument("--seed", type=int, default=0)
-    export = commands.add_parser("export", help="write a tagged corpus as JSON Lines (offsets) and CoNLL files")
-    export.add_argument("name", choices=sorted(NER_CORPORA))
+    export = commands.add_parser("export", help="write a tagged corpus as JSON Lines (offsets) and CoNLL files, or "
+                                 "the QA set as SQuAD v2.0 JSON")
+    export.add_argument("name", choices=sorted([*NER_CORPORA, *QA_CORPORA]))
     export.add_argument("directory", type=Path)
+    check = commands.add_parser("check-qa", help="check the QA set's files (or files in its format), print counts")
+    check.add_argument("files", nargs="*", type=Path, metavar="FILE.yaml")
     args = parser.parse_args(argv)
     if args.command == "list":
         print(list_corpora())
         return 0
     try:
         if args.command == "export":
-            for path in export_tagged(load_ner(args.name), args.directory):
+            written = export_squad(load_qa(args.name), args.directory) if args.name in QA_CORPORA else \
+                export_tagged(load_ner(args.name), args.directory)
+            for path in written:
                 print(path)
+        elif args.command == "check-qa":
+            found = [q for path in args.files for q in read_topic(path, path.stem, str(path))] if args.files \
+                else list(questions())
+            print(yaml.safe_dump(check_questions(found), sort_keys=False, allow_unicode=True), end="")
         elif args.command == "fetch":
             for name in args.names:
                 dataset = load_packaged(name.lower())

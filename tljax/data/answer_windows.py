@@ -13,7 +13,8 @@ scores over the context's tokens give the candidate spans (end not before start,
 tokens); the best candidate over all windows is the answer, its text cut from the context by the tokens'
 offsets. The null score is the least start + end score at position 0 over the question's windows; with
 `allow_null` (a set with unanswerable questions, SQuAD v2) a question is left unanswered when the null score
-exceeds the best span's by more than `null_threshold`.
+exceeds the best span's by more than `null_threshold`, given or chosen on validation data for the best F1
+(`choose_null_threshold`, the official SQuAD v2 evaluation's best threshold).
 """
 
 from __future__ import annotations
@@ -212,7 +213,8 @@ class AnswerSettings:
     max_answer_length: int = 30
     allow_null: bool = False  # the training data has unanswerable questions (SQuAD v2): answer none when
     null_score_diff_threshold: float = 0.0  # the null score beats the best span's by more than this
-
+    # "config": the threshold as given; "validation": chosen to maximise F1 on the validation split (`auto`)
+    threshold_source: str = "config"
 
 
 def window_outputs(forward: Callable[[dict], Any], batches: list[dict], encoded: Encoded) -> list[np.ndarray]:
@@ -230,6 +232,24 @@ def window_outputs(forward: Callable[[dict], Any], batches: list[dict], encoded:
         start += len(values)
     return outputs
 
+
+
+def choose_null_threshold(predictions: Sequence[Prediction], golds: Sequence[Sequence[str]]) -> tuple[float, float]:
+    """(threshold, F1): the `null_score_diff_threshold` that maximises SQuAD F1 over questions whose best spans are
+    `predictions` (found with `allow_null=False`, each with its null score) and whose gold answers are `golds` (as
+    the official SQuAD v2 evaluation's best_f1_thresh). A question is left unanswered when its null score exceeds
+    its best span's by more than the threshold; of equally good thresholds, the one nearest 0."""
+    from tljax.squad import question_scores
+
+    margins = np.asarray([p.null_score - p.score for p in predictions], np.float64)
+    answered = np.asarray([question_scores(p.text, g)[1] for p, g in zip(predictions, golds)])
+    unanswered = np.asarray([question_scores("", g)[1] for g in golds])
+    # a threshold at each margin leaves that question and every one with a smaller margin unanswered...
+    candidates = np.unique(np.concatenate([margins, [margins.min() - 1.0] if len(margins) else [0.0]]))
+    scores = [np.where(margins > t, unanswered, answered).mean() if len(margins) else 0.0 for t in candidates]
+    best = max(scores) if scores else 0.0
+    chosen = min((t for t, f in zip(candidates, scores) if f == best), key=abs, default=0.0)
+    return float(chosen), float(best)
 
 
 def answer_questions(windows: QuestionWindows, contexts: Sequence[str], scores: Sequence[np.ndarray],

@@ -45,13 +45,16 @@ class DataConfig:
     # best span's for "no answer" (Hugging Face's run_qa names; stride is its doc_stride)
     max_answer_length: int = 30
     n_best_size: int = 20
-    null_score_diff_threshold: float = 0.0
+    null_score_diff_threshold: float | str = 0.0  # or "auto": chosen on the validation split (best F1)
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
             raise ConfigKeyError(f"data.max_length must be at least 8 tokens, got {self.max_length}")
         if self.tag_scheme not in TAG_SCHEMES:
             raise ConfigKeyError(f"data.tag_scheme {self.tag_scheme!r} is unknown; valid: {', '.join(TAG_SCHEMES)}")
+        if isinstance(self.null_score_diff_threshold, str) and self.null_score_diff_threshold != "auto":
+            raise ConfigKeyError(f"data.null_score_diff_threshold must be a number or auto (chosen on the validation "
+                                 f"split), got {self.null_score_diff_threshold!r}")
         for name in ("max_answer_length", "n_best_size"):
             if getattr(self, name) < 1:
                 raise ConfigKeyError(f"data.{name} must be at least 1, got {getattr(self, name)}")

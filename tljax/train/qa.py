@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tljax.data import DataError, split_dataset
-from tljax.data.answer_windows import (AnswerSettings, QuestionWindows, answer_questions, encode_questions,
-                                       window_outputs)
+from tljax.data.answer_windows import (AnswerSettings, QuestionWindows, answer_questions, choose_null_threshold,
+                                       encode_questions, window_outputs)
 from tljax.data.batches import BatchIterator, Encoded
 from tljax.data.qa import QADataset
 from tljax.data.sources import load_questions
@@ -161,9 +161,30 @@ class QuestionAnswering(Objective):
     def evaluate(self, forward, split, batch_size):
         part = self.encoded[split]
         scores = self.scores(forward, part, batch_size)
-        if split == "test":  # the loop's last evaluation, of the model `report` is then asked about
+        if self.settings.threshold_source == "validation":  # auto: this model's threshold, chosen on validation
+            chosen = scores if split == "validation" else \
+                self.scores(forward, self.encoded["validation"], batch_size)
+            self.choose_threshold(chosen)
+        if split == "test":  # the loop's last evaluation, of the model `report` and `export` are then asked about
             self._test_scores = scores
-        return qa_metrics(part, scores, self.settings)
+        metrics = qa_metrics(part, scores, self.settings)
+        if self.settings.allow_null:
+            metrics["null_threshold"] = self.settings.null_score_diff_threshold
+        return metrics
+
+    def choose_threshold(self, validation_scores: list[np.ndarray]) -> None:
+        """Sets the null threshold that maximises F1 on the validation split, from its windows' span scores."""
+        split = self.encoded["validation"]
+        spans = answer_questions(split.windows, split.dataset.contexts, validation_scores,
+                                 dataclasses.replace(self.settings, allow_null=False))
+        golds = [split.dataset.gold_texts(k) for k in range(len(split.dataset))]
+        threshold, _ = choose_null_threshold(spans, golds)
+        self.settings = dataclasses.replace(self.settings, null_score_diff_threshold=threshold)
+
+    def export(self, model, info, directory, *, model_dir, tokenizer):
+        """The export records the answer settings the test was scored with (an `auto` threshold as chosen)."""
+        info = dataclasses.replace(info, answers=dataclasses.asdict(self.settings))
+        return super().export(model, info, directory, model_dir=model_dir, tokenizer=tokenizer)
 
     def title(self) -> str:
         return f"{super().title()} (question answering)"
@@ -258,9 +279,12 @@ def qa_splits(dataset: QADataset, data: DataConfig, seed: int):
 
 def answer_settings(config: RunConfig, train: QADataset) -> AnswerSettings:
     data = config.data
+    auto = data.null_score_diff_threshold == "auto"
+    allow_null = not all(train.answerable)
     return AnswerSettings(stride=data.stride, n_best_size=data.n_best_size, max_answer_length=data.max_answer_length,
-                          allow_null=not all(train.answerable),
-                          null_score_diff_threshold=data.null_score_diff_threshold)
+                          allow_null=allow_null, null_score_diff_threshold=0.0 if auto else
+                          float(data.null_score_diff_threshold),
+                          threshold_source="validation" if auto and allow_null else "config")
 
 
 def prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:

@@ -5,8 +5,8 @@ spans of the passage (some unanswerable from it), and the English translation of
 Each passage marks its answers inline, readable as written: `O rio [Negro]{q1} encontra o [Solimões]{q2,q4}`
 (one mark may answer several questions; marks never nest). `parse_passage` takes the plain text and the
 character span of each mark, so the offsets are generated, never typed. Loaded by name: `qa-pt` and `qa-en`
-(one example per question, a passage's questions in one split). `python -m tljax.data.bundled.qa_corpus check
-[FILE ...]` checks files as the tests do; `check_corpus` is what the tests hold the files to.
+(one example per question, a passage's questions in one split). `python -m tljax.data check-qa [FILE ...]`
+checks files as the tests do (`check_questions`); `python -m tljax.data export qa-pt DIR` writes SQuAD v2.0 JSON.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import sys
 from collections import Counter
 from functools import cache
 from importlib import resources
-from pathlib import Path
 
 import yaml
 
@@ -201,24 +199,3 @@ def _refuse_near_duplicates(every: list[Question], language: str) -> None:
                     and matcher.ratio() >= NEAR_DUPLICATE:
                 raise DataError(f"{every[i].id} and {every[j].id} ({language}) are near-duplicates: "
                                 f"{texts[i]!r} / {texts[j]!r}")
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] != "check":
-        print("usage: python -m tljax.data.bundled.qa_corpus check [FILE.yaml ...]", file=sys.stderr)
-        return 2
-    try:
-        if argv[1:]:
-            every = [q for name in argv[1:] for q in read_topic(Path(name), Path(name).stem, name)]
-        else:
-            every = list(questions())
-        counts = check_questions(every)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(yaml.safe_dump(counts, sort_keys=False, allow_unicode=True))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
