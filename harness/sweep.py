@@ -139,7 +139,8 @@ def _train(prepared: Prepared, configs, scales, checkpoints, found, say, stack: 
                   for split in ("validation", "test")}
         for run in runs:
             run.state["before"] = before
-            run.state["validation"].append((0, before["validation"]["loss"], before["validation"][_curve_metric(tc)]))
+            run.state["validation"].append((0, before["validation"]["loss"],
+                                            before["validation"][_curve_metric(tc, objective.metrics)]))
             _log(run.log, {"step": 0, "split": "validation", **before["validation"]})
 
     stack_of = lambda trees: jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)  # noqa: E731
@@ -187,7 +188,7 @@ def _train(prepared: Prepared, configs, scales, checkpoints, found, say, stack: 
             trainable = variant(trainables, i)
             result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
             _log(run.log, {"step": step, "split": "validation", **result})
-            improved = _record_evaluation(state, step, result, tc)
+            improved = _record_evaluation(state, step, result, tc, objective.metrics)
             state["position"] = iterator.position()
             _save(run.checkpoints, "latest", step, trainable, variant(opt_states, i), state)
             if improved:

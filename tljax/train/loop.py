@@ -183,7 +183,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         state["before"] = {split: objective.evaluate(_bound(forward, trainable, frozen, mesh), split, eval_batch)
                            for split in ("validation", "test")}
         state["validation"].append((0, state["before"]["validation"]["loss"],
-                                    state["before"]["validation"][_curve_metric(tc)]))
+                                    state["before"]["validation"][_curve_metric(tc, objective.metrics)]))
         if main:
             with (run_dir / "metrics.jsonl").open("a") as handle:
                 _log(handle, {"step": 0, "split": "validation", **state["before"]["validation"]})
@@ -247,7 +247,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                 result = objective.evaluate(_bound(forward, trainable, frozen, mesh), "validation", eval_batch)
                 if main:
                     _log(log_file, {"step": step, "split": "validation", **result})
-                improved = _record_evaluation(state, step, result, tc)
+                improved = _record_evaluation(state, step, result, tc, objective.metrics)
                 state["position"] = iterator.position()
                 _save(checkpoints, "latest", step, trainable, opt_state, state)
                 if improved:
@@ -299,7 +299,7 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     main = is_main()
     bound = _bound(forward, trainable, frozen, mesh)
     test = objective.evaluate(bound, "test", eval_batch)
-    metric = _curve_metric(tc)
+    metric = _curve_metric(tc, objective.metrics)
     chance = objective.chance() if metric == "accuracy" else None  # e.g. always guessing the majority class
     diagnosis = curves.diagnose([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]],
                                 metric, chance)
@@ -361,12 +361,12 @@ def _mean_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {**mean, "parameters_finite": parts[-1]["parameters_finite"]}
 
 
-def _record_evaluation(state: dict, step: int, result: dict, tc: TrainingConfig) -> bool:
+def _record_evaluation(state: dict, step: int, result: dict, tc: TrainingConfig, metrics: tuple[str, ...]) -> bool:
     """Records a validation `result` of `step` in the run's state: the curve point, the best score and the
     evaluations since it improved (`metric_for_best_model`; lower is better for loss and perplexity). Whether it
     improved."""
     score = result[tc.metric_for_best_model]
-    state["validation"].append((step, result["loss"], result[_curve_metric(tc)]))
+    state["validation"].append((step, result["loss"], result[_curve_metric(tc, metrics)]))
     higher_is_better = tc.metric_for_best_model not in ("loss", "perplexity")
     improved = state["best"] is None or (score > state["best"] if higher_is_better else score < state["best"])
     if improved:
@@ -376,8 +376,12 @@ def _record_evaluation(state: dict, step: int, result: dict, tc: TrainingConfig)
     return improved
 
 
-def _curve_metric(tc) -> str:
-    return "accuracy" if tc.metric_for_best_model in ("loss", "perplexity") else tc.metric_for_best_model
+def _curve_metric(tc, metrics: tuple[str, ...]) -> str:
+    """The score the curves and the diagnosis show beside the loss: the one picking checkpoints, or when that is
+    the loss itself, accuracy (an objective's first other metric where it has no accuracy: a reader's F1)."""
+    if tc.metric_for_best_model not in ("loss", "perplexity"):
+        return tc.metric_for_best_model
+    return "accuracy" if "accuracy" in metrics else next(m for m in metrics if m not in ("loss", "perplexity"))
 
 
 def _log(handle, record: dict[str, Any]) -> None:
