@@ -20,6 +20,8 @@ import optax
 
 from tljax.data import DataError, TextDataset, load_source
 from tljax.data.bundled.ner_corpus import NER_CORPORA, load_ner
+from tljax.data.bundled.qa_corpus import QA_CORPORA, load_qa
+from tljax.data.qa import QADataset
 from tljax.data.batches import BatchIterator, Encoded
 from tljax.train.config import ConfigKeyError
 from tljax.train.losses import cross_entropy, language_model_loss
@@ -30,7 +32,8 @@ MASK_FRACTION, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 
 def load_texts(source: str, text_column: str = "text", label_column: str = "label") -> TextDataset:
     """Unlabelled documents: a .txt file (one document per non-empty line) or any labelled source with its
-    labels dropped (a packaged corpus, CSV / JSON Lines, hf:, tfds:, a bundled NER set's sentences)."""
+    labels dropped (a packaged corpus, CSV / JSON Lines, hf:, tfds:, a bundled NER set's sentences, a bundled
+    QA set's passages)."""
     path = Path(str(source)).expanduser()
     if path.suffix.lower() == ".txt":
         if not path.is_file():
@@ -44,9 +47,24 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
         tagged = load_ner(source)
         return TextDataset(tagged.name, tagged.texts, (0,) * len(tagged), ("text",), groups=tagged.groups,
                            predefined_split=tagged.predefined_split, language=tagged.language)
+    if source in QA_CORPORA:  # a QA set's passages, with its fixed splits: the held-out passages stay out
+        return passages(load_qa(source))
     dataset = load_source(source, text_column=text_column, label_column=label_column)
     return TextDataset(dataset.name, dataset.texts, (0,) * len(dataset), ("text",), groups=dataset.groups,
                        language=dataset.language)
+
+
+def passages(dataset: QADataset) -> TextDataset:
+    """The distinct passages (contexts) of a question-answering set, one document each, in first-asked order,
+    each with its passage group and (where the set has one) its split: a passage's questions never straddle
+    splits, so neither does the passage."""
+    first = {}
+    for index, group in enumerate(dataset.groups):
+        first.setdefault(group, index)
+    kept = list(first.values())
+    split = None if dataset.predefined_split is None else tuple(dataset.predefined_split[i] for i in kept)
+    return TextDataset(dataset.name, tuple(dataset.contexts[i] for i in kept), (0,) * len(kept), ("text",),
+                       groups=tuple(first), predefined_split=split, language=dataset.language)
 
 
 def special_frame(tokenizer) -> tuple[list[int], list[int]]:
@@ -64,7 +82,8 @@ def encode_windows(texts: tuple[str, ...], tokenizer, max_length: int) -> Encode
     if width < 4:
         raise ConfigKeyError(f"data.max_length {max_length} leaves no room for text between the special tokens")
     windows = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    # documents are read whole, however long (verbose=False: no warning about the model's length; they are cut here)
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
         for start in range(0, len(ids), width):
             windows.append(np.asarray(head + ids[start: start + width] + tail, np.int32))
     return Encoded(tuple(windows), np.zeros(len(windows), np.int32), 0)
@@ -198,4 +217,5 @@ def language_modelling_objective(config, adaptation, tokenizer, splits: dict[str
                              special_ids=np.asarray(tokenizer.all_special_ids, np.int32), seed=config.training.seed)
 
 
-__all__ = ["LanguageModelling", "encode_windows", "language_modelling_objective", "load_texts", "mask_tokens"]
+__all__ = ["LanguageModelling", "encode_windows", "language_modelling_objective", "load_texts", "mask_tokens",
+           "passages"]
