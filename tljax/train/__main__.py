@@ -2,8 +2,8 @@
 
 With no arguments: the embedded default (LoRA on MiniLM-L6, Rotten Tomatoes sentiment). A config's `task`
 chooses what the run predicts: sequence-classification (a label per text), token-classification (a tag per
-word: named entities, configs/ner.yaml), masked-lm / causal-lm (continued pre-training; causal-lm with `chat`:
-chat tuning).
+word: named entities, configs/ner.yaml), question-answering (the answer's span in a passage, configs/qa.yaml),
+masked-lm / causal-lm (continued pre-training; causal-lm with `chat`: chat tuning).
 Several processes (hosts) train one run together when started with --coordinator / --num-processes /
 --process-id, the JAX_* variables, or under SLURM / Open MPI with several tasks (see the README).
 """
@@ -111,6 +111,8 @@ def _metrics_line(metrics: dict) -> str:
     if "per_type" in metrics:  # entities (token classification)
         return (f"entity F1 {metrics['f1']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
                 f"  macro F1 {metrics['macro_f1']:.4f}  word accuracy {metrics['accuracy']:.4f}")
+    if "accuracy" not in metrics:  # a mean over tasks one of which answers questions: what every kind has
+        return f"F1 {metrics['f1']:.4f}  loss {metrics['loss']:.4f}"
     mcc = f"  MCC {metrics['mcc']:.4f}" if "mcc" in metrics else ""  # (absent from a mean over tasks of two kinds)
     return (f"accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}"
             f"  F1 {metrics['f1']:.4f}{mcc}")
@@ -141,7 +143,13 @@ def _report(summary: dict, run_dir: Path) -> None:
         low, high = baseline["f1_difference_interval"]
         print(f"baseline ({baseline['what']}): {'' if 'exact' in test else 'entity '}F1 {baseline['f1']:.4f}; the "
               f"model's lead over it, 95% bootstrap interval: {low:+.4f} to {high:+.4f}")
-    if "distillation" in summary and "f1_retained" in summary["distillation"]:  # a tagger's
+    if "distillation" in summary and "exact" in summary["distillation"]["student"]:  # a reader's
+        d = summary["distillation"]
+        teacher, student = d["teacher"], d["student"]
+        print(f"distillation: student F1 {student['f1']:.4f} (exact match {student['exact']:.4f}) vs teacher "
+              f"{teacher['f1']:.4f} ({teacher['exact']:.4f}): {100 * d['f1_retained']:.1f}% of its F1 retained; "
+              f"{student['parameters']:,} vs {teacher['parameters']:,} parameters")
+    elif "distillation" in summary and "f1_retained" in summary["distillation"]:  # a tagger's
         d = summary["distillation"]
         print(f"distillation: student entity F1 {d['student']['f1']:.4f} vs teacher {d['teacher']['f1']:.4f} "
               f"({100 * d['f1_retained']:.1f}% retained); {d['student']['parameters']:,} vs "
@@ -175,7 +183,11 @@ def _report(summary: dict, run_dir: Path) -> None:
         return
     predictable = run_dir if (run_dir / "export" / "run.json").is_file() else \
         next((p for p in sorted((run_dir / "export").iterdir()) if (p / "run.json").is_file()), run_dir)
-    tagging, answering = "per_type" in test, "exact" in test
+    export_dir = predictable / "export" if predictable == run_dir else predictable
+    # the kind of the export shown (a multi-task run's first task's, whatever the mean over its tasks holds)
+    task = json.loads((export_dir / "run.json").read_text()).get("task") if (export_dir / "run.json").is_file() \
+        else None
+    tagging, answering = task == "token-classification", task == "question-answering"
     example = "Maria Souza moved to Recife in March 2024." if tagging else "a delightful, moving film"
     kind = "QuestionAnswering" if answering else "TokenClassification" if tagging else "SequenceClassification"
     if answering:
@@ -183,7 +195,6 @@ def _report(summary: dict, run_dir: Path) -> None:
               "\"Maria Souza moved to Recife in March 2024.\"")
     else:
         print(f"\nuse it:\n  python -m tljax.predict {predictable} \"{example}\"")
-    export_dir = predictable / "export" if predictable == run_dir else predictable
     if (export_dir / "model").is_dir():  # a class of its own (mean pooling) is named by auto_map: code to trust
         remote = ", trust_remote_code=True" if "auto_map" in (export_dir / "model" / "config.json").read_text() else ""
         print(f"  in PyTorch: transformers.AutoModelFor{kind}.from_pretrained('{export_dir}/model'{remote})")

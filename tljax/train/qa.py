@@ -40,6 +40,7 @@ from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, s
 
 Array = jax.Array
 QA_METRICS = ("f1", "exact", "loss")
+SPAN_LABELS = ("start", "end")  # what a span head scores at each token
 
 
 def span_loss(logits: Array, batch: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
@@ -271,14 +272,9 @@ def describe_qa_splits(splits: dict[str, QADataset], encoded: dict[str, QASplit]
                      for row in rows)
 
 
-def qa_splits(dataset: QADataset, data: DataConfig, seed: int):
-    """Train / validation / test of `dataset` by passage (its own fixed splits where it has them), cut to the
-    budgets."""
-    return split_budgets(split_dataset(dataset, validation=data.validation, test=data.test, seed=seed), data)
-
-
-def answer_settings(config: RunConfig, train: QADataset) -> AnswerSettings:
-    data = config.data
+def answer_settings(data: DataConfig, train: QADataset) -> AnswerSettings:
+    """How span scores become answers, as `data` says; a null answer is allowed when `train` has unanswerable
+    questions (SQuAD v2), and `auto` chooses its threshold on the validation split."""
     auto = data.null_score_diff_threshold == "auto"
     allow_null = not all(train.answerable)
     return AnswerSettings(stride=data.stride, n_best_size=data.n_best_size, max_answer_length=data.max_answer_length,
@@ -287,14 +283,22 @@ def answer_settings(config: RunConfig, train: QADataset) -> AnswerSettings:
                           threshold_source="validation" if auto and allow_null else "config")
 
 
-def prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
-    data = config.data
-    splits = qa_splits(load_questions(data.source), data, config.training.seed)
+def qa_splits(data: DataConfig, seed: int) -> dict[str, QADataset]:
+    """The questions of `data.source` split into train / validation / test (a passage's questions in one split),
+    cut to the example budgets; refused when the training split has no answer to learn from."""
+    dataset = load_questions(data.source)
+    splits = split_budgets(split_dataset(dataset, validation=data.validation, test=data.test, seed=seed), data)
     if not any(splits["train"].answerable):
         raise DataError(f"{data.source}: the training split has no answerable question; a reader needs examples of "
                         "answers to learn where they are")
-    settings = answer_settings(config, splits["train"])
-    adaptation, info = build(config, model_dir, tokenizer, ("start", "end"))
+    return splits
+
+
+def prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    data = config.data
+    splits = qa_splits(data, config.training.seed)
+    settings = answer_settings(data, splits["train"])
+    adaptation, info = build(config, model_dir, tokenizer, SPAN_LABELS)
     info = dataclasses.replace(info, answers=dataclasses.asdict(settings))
     encoded = {name: encode_qa(part, tokenizer, info.max_length, data.stride, data.text_prefix)
                for name, part in splits.items()}

@@ -27,14 +27,16 @@ from tljax.train.distill import distillation_objective, hidden_state_matching, l
 from tljax.train.features import (FROZEN_CACHE_LIMIT, FeatureClassification, FrozenBottomClassification, cached_bytes,
                                   frozen_bottom, trains_only_the_head)
 from tljax.train.language_modelling import language_modelling_objective, load_texts
-from tljax.train.multitask import TaskHeads, multitask_objective, parse_tasks
+from tljax.train.multitask import READS_TOKENS, TaskHeads, multitask_objective, parse_tasks
 from tljax.train.objectives import Classification, EvaluationSet, Objective
 from tljax.train.sharding import make_mesh, parameter_shardings, parse_rules
-from tljax.data.sources import load_questions, load_tagged
+from tljax.data.sources import load_tagged
 from tljax.data.tagged import describe_tagged_splits
 from tljax.train.tag_distill import token_distillation_objective
 from tljax.train.tagging import encode_tagged, prepare_token_classification, tagged_splits
-from tljax.train.qa import prepare_question_answering, qa_splits
+from tljax.train.qa import (SPAN_LABELS, answer_settings, describe_qa_splits, encode_qa, prepare_question_answering,
+                             qa_splits)
+from tljax.train.qa_distill import qa_distillation_objective
 from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
@@ -160,35 +162,43 @@ def _prepare_sequence_classification(config: RunConfig, model_dir: Path, tokeniz
 def _prepare_multitask(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     data, seed = config.data, config.training.seed
     tasks = parse_tasks(config.tasks, data)
-    loaded, task_splits = [], []
-    for name, kind, task_data in tasks:  # every task's data checked before the model is built
-        where = f"task {name} ({task_data.source})"
-        if kind == "token-classification":
-            dataset = load_tagged(task_data.source, scheme=task_data.tag_scheme, types=task_data.labels)
-            splits = tagged_splits(dataset, task_data, seed)
-        else:
-            dataset = _load_labelled(task_data)
-            splits = _classification_split(dataset, task_data, seed, where)
-        loaded.append((name, kind, task_data, dataset))
-        task_splits.append(splits)
-    heads = TaskHeads(tasks=tuple((name, len(d.label_names)) for name, _, _, d in loaded), seed=seed,
-                      token_tasks=tuple(name for name, kind, _, _ in loaded if kind == "token-classification"))
-    adaptation, info = build(config, model_dir, tokenizer, tuple(loaded[0][3].label_names), (heads,))
-    prepared_tasks, reports = [], []
-    for (name, kind, task_data, dataset), splits in zip(loaded, task_splits):
-        labels = tuple(dataset.label_names)
+    loaded = [_task_splits(name, kind, task_data, seed) for name, kind, task_data in tasks]  # every task's data
+    heads = TaskHeads(tasks=tuple((name, len(labels)) for name, _, labels, _ in loaded), seed=seed,
+                      token_tasks=tuple(name for name, kind, _, _ in loaded if kind in READS_TOKENS))
+    adaptation, info = build(config, model_dir, tokenizer, loaded[0][2], (heads,))
+    prepared_tasks, reports, answers = [], [], {}
+    for (name, kind, labels, splits), (_, _, task_data) in zip(loaded, tasks):
         if kind == "token-classification":
             encoded = {split_name: encode_tagged(part, tokenizer, info.max_length, task_data, labels)
                        for split_name, part in splits.items()}
             reports.append(f"task {name} ({task_data.source}, tags):\n{describe_tagged_splits(splits)}")
+        elif kind == "question-answering":
+            encoded = {split_name: encode_qa(part, tokenizer, info.max_length, task_data.stride, task_data.text_prefix)
+                       for split_name, part in splits.items()}
+            answers[name] = answer_settings(task_data, splits["train"])
+            reports.append(f"task {name} ({task_data.source}, questions):\n"
+                           f"{describe_qa_splits(splits, encoded, info.max_length)}")
         else:
             encoded = {split_name: encode(part.texts, part.labels, tokenizer, info.max_length, task_data.text_prefix)
                        for split_name, part in splits.items()}
             reports.append(f"task {name} ({task_data.source}):\n{describe_splits(splits)}")
         prepared_tasks.append((name, kind, labels, encoded))
     objective = multitask_objective(config, adaptation, prepared_tasks, [d for _, _, d in tasks], _pad_id(tokenizer),
-                                    info.max_length)
+                                    info.max_length, answers)
     return Setup(objective, info, "\n".join(reports))
+
+
+def _task_splits(name: str, kind: str, data: DataConfig, seed: int) -> tuple[str, str, tuple[str, ...], dict]:
+    """(name, kind, label names, splits) of one task of a multi-task run, its data loaded and checked (a
+    question-answering task's head scores where the answer starts and where it ends)."""
+    if kind == "token-classification":
+        dataset = load_tagged(data.source, scheme=data.tag_scheme, types=data.labels)
+        return name, kind, tuple(dataset.label_names), tagged_splits(dataset, data, seed)
+    if kind == "question-answering":
+        return name, kind, SPAN_LABELS, qa_splits(data, seed)
+    dataset = _load_labelled(data)
+    splits = _classification_split(dataset, data, seed, f"task {name} ({data.source})")
+    return name, kind, tuple(dataset.label_names), splits
 
 
 @register("causal-lm", "continued pre-training of a decoder on unlabelled text; with chat: chat tuning on "
@@ -222,9 +232,12 @@ def _prepare_token_classification(config: RunConfig, model_dir: Path, tokenizer)
 
 
 @register("question-answering", "the answer as a span of the passage: extractive QA (SQuAD v1.1 / v2.0 JSON, JSON "
-          "Lines / CSV, hf:DIR, qa-pt / qa-en)", sections=("evaluation",))
+          "Lines / CSV, hf:DIR, qa-pt / qa-en)", sections=("evaluation", "distillation"))
 def _prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
-    return prepare_question_answering(config, model_dir, tokenizer)
+    setup = prepare_question_answering(config, model_dir, tokenizer)
+    if config.distillation is None:
+        return setup
+    return dataclasses.replace(setup, objective=qa_distillation_objective(config, setup.objective, tokenizer))
 
 
 def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:
@@ -258,24 +271,24 @@ def load_evaluation_sets(config: RunConfig, tokenizer, max_length: int,
 
 
 def training_texts(config: RunConfig) -> set[str]:
-    """The normalised texts a run trained on (every task's training split), to check an evaluation set for
-    overlap with them."""
+    """The normalised texts a run trained on (every task's training split; a reader's: its passages), to check
+    an evaluation set for overlap with them."""
     if config.task in ("masked-lm", "causal-lm") and config.chat is None:
         data = config.data
         return {normalise(t) for t in _split(load_texts(data.source, data.text_column, data.label_column), data,
                                              config.training.seed)["train"].texts}
-    if config.task == "question-answering":  # a question with its passage
-        return {normalise(text) for text in qa_splits(load_questions(config.data.source), config.data,
-                                                      config.training.seed)["train"].texts}
-    if config.task == "token-classification":
-        return {normalise(text) for text in tagged_splits(load_tagged(
-            config.data.source, scheme=config.data.tag_scheme), config.data, config.training.seed)["train"].texts}
+    if config.task in ("token-classification", "question-answering"):
+        return _task_texts(config.task, config.data, config.training.seed)
     tasks = parse_tasks(config.tasks, config.data) if config.tasks else [("", "sequence-classification", config.data)]
-    texts = set()
-    for _, kind, data in tasks:
-        if kind == "token-classification":
-            train = tagged_splits(load_tagged(data.source, scheme=data.tag_scheme), data, config.training.seed)["train"]
-        else:
-            train = _split(_load_labelled(data), data, config.training.seed)["train"]
-        texts |= {normalise(text) for text in train.texts}
-    return texts
+    return set().union(*(_task_texts(kind, data, config.training.seed) for _, kind, data in tasks))
+
+
+def _task_texts(kind: str, data: DataConfig, seed: int) -> set[str]:
+    """The normalised texts of one task's training split (a question-answering task's: the passages)."""
+    if kind == "token-classification":
+        texts = tagged_splits(load_tagged(data.source, scheme=data.tag_scheme), data, seed)["train"].texts
+    elif kind == "question-answering":
+        texts = qa_splits(data, seed)["train"].contexts
+    else:
+        texts = _split(_load_labelled(data), data, seed)["train"].texts
+    return {normalise(text) for text in texts}

@@ -394,9 +394,9 @@ class LlamaForSequenceClassification(PretrainedModel):
         return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
 
     def token_features(self, input_ids: Array, attention_mask: Array | None = None, *,
-                       dropout_key: Array | None = None) -> Array:
-        """The last hidden state of the text's positions [B, T, H]: what a token head reads (a token task of a
-        multi-task run shares this backbone)."""
+                       token_type_ids: Array | None = None, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H]: what a token or span head reads (a token or
+        question-answering task of a multi-task run shares this backbone; token types: unused by a decoder)."""
         return self.model.text_states(input_ids, attention_mask, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:

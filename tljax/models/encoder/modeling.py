@@ -316,10 +316,11 @@ class BertForSequenceClassification(PretrainedModel):
         return self.summary(last, attention_mask)
 
     def token_features(self, input_ids: Array, attention_mask: Array | None = None, *,
-                       dropout_key: Array | None = None) -> Array:
-        """The last hidden state of the text's positions [B, T, H]: what a token head reads (a token task of a
-        multi-task run shares this backbone)."""
-        return self.bert.text_states(input_ids, attention_mask, dropout_key=dropout_key)
+                       token_type_ids: Array | None = None, dropout_key: Array | None = None) -> Array:
+        """The last hidden state of the text's positions [B, T, H]: what a token or span head reads (a token or
+        question-answering task of a multi-task run shares this backbone; a question / context pair has its
+        `token_type_ids` [B, T])."""
+        return self.bert.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         """Features [B, H] -> what the linear classifier's dropout reads [B, H]: the pooler's output, or the
