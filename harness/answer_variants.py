@@ -113,7 +113,8 @@ def evaluate_answers(variant, task: AnswerTask, items: Sequence[AnswerItem], see
         run = loaded.run(variant.run)
         overlap = 0
         if run.trained_texts is not None:
-            overlap = sum(normalise(f"{i.question}\n{i.context}") in run.trained_texts for i in items)
+            # a QA run's training texts are its passages: a question about one of them is not held out
+            overlap = sum(normalise(i.context) in run.trained_texts for i in items)
             if overlap and not variant.allow_overlap:
                 raise VariantError(f"run {variant.run} trained on {overlap} of the {len(items)} questions of "
                                    f"{task.name}; evaluate it on held-out passages (the test split), or set "

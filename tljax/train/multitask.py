@@ -35,7 +35,7 @@ from tljax.runs import RunInfo, export_run
 from tljax.train.config import ConfigKeyError, DataConfig, from_dict
 from tljax.train.losses import cross_entropy
 from tljax.train.objectives import Objective, classify_batches
-from tljax.train.qa import QASplit, qa_metrics, span_loss
+from tljax.train.qa import QASplit, qa_metrics, span_loss, tuned_threshold
 from tljax.train.tagging import TaggedSplit, tag_metrics
 
 Array = jax.Array
@@ -216,13 +216,18 @@ class MultiTask(Objective):
 
     def evaluate(self, forward, split, batch_size):
         per_task = {}
-        for (name, labels), part in zip(self.tasks, self.encoded[split]):
+        for (name, labels), part, validation in zip(self.tasks, self.encoded[split], self.encoded["validation"]):
             batches = self.evaluation_batches(self._encoded(part), batch_size)
             if isinstance(part, TaggedSplit):
                 per_task[name] = tag_metrics(part, score_words(forward, batches, part.windows), labels)
             elif isinstance(part, QASplit):
-                per_task[name] = qa_metrics(part, window_outputs(forward, batches, part.windows.encoded),
-                                            self.answers[name])
+                scores = window_outputs(forward, batches, part.windows.encoded)
+                if self.answers[name].threshold_source == "validation":  # auto: chosen for this model
+                    chosen = scores if split == "validation" else window_outputs(
+                        forward, self.evaluation_batches(self._encoded(validation), batch_size),
+                        validation.windows.encoded)
+                    self.answers[name] = tuned_threshold(validation, chosen, self.answers[name])
+                per_task[name] = qa_metrics(part, scores, self.answers[name])
             else:
                 per_task[name] = classify_batches(forward, batches, len(labels))
         shared = [m for m in ("loss", "accuracy", "precision", "recall", "f1", "mcc")

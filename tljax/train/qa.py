@@ -95,6 +95,15 @@ def qa_metrics(split: QASplit, scores: list[np.ndarray], settings: AnswerSetting
             **squad_metrics([p.text for p in predictions], golds)}
 
 
+def tuned_threshold(validation: QASplit, scores: list[np.ndarray], settings: AnswerSettings) -> AnswerSettings:
+    """`settings` with the null threshold that maximises F1 on `validation`, given its windows' span scores."""
+    spans = answer_questions(validation.windows, validation.dataset.contexts, scores,
+                             dataclasses.replace(settings, allow_null=False))
+    golds = [validation.dataset.gold_texts(k) for k in range(len(validation.dataset))]
+    threshold, _ = choose_null_threshold(spans, golds)
+    return dataclasses.replace(settings, null_score_diff_threshold=threshold)
+
+
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"\w+")
 
@@ -175,12 +184,7 @@ class QuestionAnswering(Objective):
 
     def choose_threshold(self, validation_scores: list[np.ndarray]) -> None:
         """Sets the null threshold that maximises F1 on the validation split, from its windows' span scores."""
-        split = self.encoded["validation"]
-        spans = answer_questions(split.windows, split.dataset.contexts, validation_scores,
-                                 dataclasses.replace(self.settings, allow_null=False))
-        golds = [split.dataset.gold_texts(k) for k in range(len(split.dataset))]
-        threshold, _ = choose_null_threshold(spans, golds)
-        self.settings = dataclasses.replace(self.settings, null_score_diff_threshold=threshold)
+        self.settings = tuned_threshold(self.encoded["validation"], validation_scores, self.settings)
 
     def export(self, model, info, directory, *, model_dir, tokenizer):
         """The export records the answer settings the test was scored with (an `auto` threshold as chosen)."""
