@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context-file", type=Path, help="a UTF-8 text file holding the context")
     parser.add_argument("--json", action="store_true", help="print JSON: one object per text or question")
     args = parser.parse_args(argv)
+    if not args.texts and not args.question and args.context is None and args.context_file is None:
+        parser.error("give the TEXTs to classify or tag, or --question and --context for a question-answering run")
     enable_compilation_cache()
     try:
         context = _context(args)

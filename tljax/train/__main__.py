@@ -203,6 +203,9 @@ def _report(summary: dict, run_dir: Path) -> None:
         labels = "" if answering else \
             f", num_labels={len(json.loads((export_dir / 'run.json').read_text()).get('labels', ()))}"
         print(f"  in PyTorch: peft.AutoPeftModelFor{kind}.from_pretrained('{export_dir}/adapter'{labels})")
+        if answering:  # PeftModelForQuestionAnswering.forward does not pass token_type_ids on to the model
+            print("    (call its .base_model(input_ids=..., attention_mask=..., token_type_ids=...): PEFT's question-"
+                  "answering wrapper drops the token types a BERT reads)")
 
 
 if __name__ == "__main__":
