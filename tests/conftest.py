@@ -236,7 +236,8 @@ def minilm_ner_run(tmp_path_factory) -> Path:
 # MiniLM run) and the fault trials follow, then the app's, which needs both shared runs; then the modules of a
 # minute or more, longest first, so that the last ones to run are the short modules, which even out the two
 # workers' ends (with those mid-size modules in name order one worker ended 56 s before the other).
-LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_transfer_real", "test_tagging_real", "test_faults",
+LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_qa_real", "test_transfer_real", "test_tagging_real",
+                 "test_faults",
                  "test_app_real", "test_benchmarks", "test_methods", "test_tagging_runs", "test_transfer",
                  "test_harness", "test_harness_entities", "test_distributed", "test_train", "test_app",
                  "test_app_entities", "test_checkpoints", "test_sharding", "test_decoder", "test_chat", "test_tagging")

@@ -185,10 +185,15 @@ def test_question_answering_as_one_head_of_a_multi_task_run_exports_a_pytorch_re
 
 
 def test_the_qa_strategy_configs_parse_with_the_packaged_models_and_their_tasks_accept_them():
+    import importlib
+
     from tljax.train.config import load_config
     from tljax.train.multitask import parse_tasks
-    from tljax.train.tasks import task_of
+    from tljax.train.tasks import TASKS, task_of
     from tljax.zoo.registry import PACKAGED
+
+    importlib.import_module("tljax.train.run")  # where the tasks register
+    assert "question-answering" in TASKS
 
     configs = {name: load_config(CONFIGS / f"{name}.yaml") for name in (
         "qa_distillation", "qa_domain_pretraining", "qa_after_pretraining", "qa_multitask", "qa_cross_lingual")}
