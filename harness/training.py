@@ -49,6 +49,25 @@ NER_METHODS = {
     "prompt": ({"num_virtual_tokens": 20}, 1e-2),
     "p-tuning": ({"num_virtual_tokens": 20, "encoder": "mlp"}, 1e-2),
 }
+NER_HEAD_RATE = 1e-2  # gradual unfreezing's new head (`training.new_learning_rate`), as the ner suite gives it
+
+# Question answering (configs/qa.yaml): each method's options at the rate the ner suite's MiniLM-L6 sweep chose for
+# it at 100 steps (docs/comparisons.md): a span head scores every token, as a tagger's head does, and 100 steps is
+# the Train tab's default budget; LoRA's is configs/qa.yaml's own
+QA_METHODS = {
+    "feature-extraction": ({}, 1e-1),
+    "full": ({}, 3e-4),
+    "partial": ({"freeze_embeddings": True, "freeze_layers": 3}, 6e-4),
+    "gradual-unfreezing": ({"every": 25}, 2e-3),
+    "bitfit": ({}, 9e-3),
+    "lora": ({"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "key", "value", "dense"]}, 3e-3),
+    "houlsby": ({"reduction_factor": 16}, 6e-3),
+    "pfeiffer": ({"reduction_factor": 16}, 6e-3),
+    "prefix": ({"num_virtual_tokens": 20}, 3e-2),
+    "prompt": ({"num_virtual_tokens": 20}, 1e-1),
+    "p-tuning": ({"num_virtual_tokens": 20, "encoder": "mlp"}, 3e-2),
+}
+QA_HEAD_RATE = 1e-1  # gradual unfreezing's new head: the sweep's chosen point scaled it with the rest (10x 1e-2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import yaml
 
 from harness.suite import predictions_name
 from harness.tasks import TaskError, load_task
+from tljax.squad import normalize_answer
 from tljax.train.rundir import is_held
 
 METHOD_NAMES = {"feature-extraction": "feature extraction", "full": "full fine-tuning", "partial": "partial",
@@ -35,7 +36,7 @@ class RunEntry:
     name: str  # relative to the folder it was found in
     model: str  # the base model it adapted
     method: str  # e.g. "LoRA r8", "distilled (6 layers) + LoRA"
-    task: str  # sequence-classification | token-classification | causal-lm
+    task: str  # sequence-classification | token-classification | question-answering | causal-lm
     labels: tuple[str, ...]
     chat: bool  # a chat-tuned decoder (scored like zero-shot)
     trainable: int | None
@@ -214,8 +215,8 @@ def table_rows(sets: Sequence[ResultSet], task: str | None = None, language: str
 
 
 def _rows(sets: Sequence[ResultSet], kind: str, task: str | None, language: str | None, base: str | None):
-    """(result set, row, base model) of each row of a `kind` of task ("classification", "entities") that the
-    filters keep."""
+    """(result set, row, base model) of each row of a `kind` of task ("classification", "entities", "answers")
+    that the filters keep."""
     for result in sets:
         for row in result.rows:
             model = base_model(row)
@@ -245,6 +246,29 @@ def entity_rows(sets: Sequence[ResultSet], task: str | None = None, language: st
     return rows
 
 
+ANSWER_COLUMNS = ("suite", "variant", "base", "task", "language", "questions", "F1", "F1 95% CI", "EM",
+                  "answerable F1", "no-answer", "unanswered", "trainable parameters", "training s", "examples/s")
+
+
+def answer_rows(sets: Sequence[ResultSet], task: str | None = None, language: str | None = None,
+                base: str | None = None) -> list[list[Any]]:
+    """The results table of the answer tasks (ANSWER_COLUMNS: SQuAD F1 with its interval, exact match, F1 on the
+    answerable questions, the share of unanswerable ones left unanswered, how many the variant left unanswered),
+    filtered as `table_rows`."""
+    rows = []
+    for result, row, model in _rows(sets, "answers", task, language, base):
+        summary, costs = row["summary"], row.get("costs") or {}
+        answer = summary.get("answer") or {}
+        low, high = answer.get("f1_ci") or (None, None)
+        rows.append([result.name, row["variant"], model, row["task"], row.get("language"), summary.get("items"),
+                     _round(answer.get("f1")), f"{low:.3f}-{high:.3f}" if low is not None else "",
+                     _round(answer.get("exact")), _round(answer.get("has_answer_f1")),
+                     _round(answer.get("no_answer_exact")), summary.get("unanswered"),
+                     costs.get("trainable_parameters"), _round(costs.get("training_seconds"), 1),
+                     costs.get("examples_per_second")])
+    return rows
+
+
 def _round(value: Any, digits: int = 3) -> Any:
     return round(float(value), digits) if isinstance(value, (int, float)) else value
 
@@ -268,9 +292,12 @@ def bias_rows(sets: Sequence[ResultSet]) -> list[list[Any]]:
 
 
 def _prediction(record: dict[str, Any]) -> Any:
-    """A record's prediction: its label (`acc` rule), or on an entity task its set of entities."""
+    """A record's prediction: its label (`acc` rule), on an entity task its set of entities, on an answer task its
+    answer after SQuAD's normalisation (answers that score alike are the same answer)."""
     if "prediction" in record:
         return record["prediction"].get("acc")
+    if isinstance(record.get("predicted"), str):
+        return normalize_answer(record["predicted"])
     return frozenset(tuple(e) for e in record.get("predicted", ()))
 
 
@@ -278,7 +305,8 @@ def disagreements(result: ResultSet, task: str, variants: Sequence[str], seed: i
                   limit: int = 50) -> list[dict[str, Any]]:
     """The items of `task` on which the chosen variants' predictions differ: id, text, gold and, per variant,
     its prediction, probabilities and prompt or reply (the first `limit`). On an entity task a prediction is
-    the set of entities (labels: None; gold: the gold entities)."""
+    the set of entities (labels: None; gold: the gold entities); on an answer task the answer (text: the
+    question; gold: the gold answers, none for an unanswerable question)."""
     try:
         loaded = load_task(task)
         labels = list(loaded.labels) if loaded.kind == "classification" else None

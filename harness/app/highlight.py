@@ -1,4 +1,5 @@
-"""Entities shown in their text: each span marked in its type's colour, its type and score on hover."""
+"""What a variant found, shown in its text: entities marked in their type's colour (type and score on hover), an
+answer marked in its passage (its score above and on hover)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import hashlib
 import html
 from collections.abc import Sequence
 from typing import Any
+
+from harness.app.texts import text
 
 # the usual NER types in colours that stay readable with dark text; any other type takes one by its name
 TYPE_COLOURS = {"PER": "#fde68a", "ORG": "#bfdbfe", "LOC": "#bbf7d0", "DATE": "#fbcfe8", "MISC": "#ddd6fe"}
@@ -41,3 +44,34 @@ def entity_html(text: str, spans: Sequence[dict[str, Any]]) -> str:
                       f'{html.escape(t)}</span>' for t in types)
     return (f'<div class="entities" style="line-height:1.9">{"".join(parts)}</div>'
             + (f'<div class="entity-legend" style="margin-top:0.4em;font-size:0.85em">{legend}</div>' if types else ""))
+
+
+ANSWER_COLOUR = "#fde68a"
+
+
+def answer_html(passage: str, span: dict[str, Any], language: str = "en") -> str:
+    """`passage` as HTML with the answer ({text, start, end, score, score_name}) in a `<mark>`, "answer ·
+    probability 0.87" as its hover title, and a line above saying the answer and its score. An answer whose
+    words are not in the passage (start -1) is said but not marked; no answer (empty text) says that the passage
+    does not answer the question (as this variant reads it)."""
+    words, start, end = str(span.get("text") or ""), int(span.get("start", -1)), int(span.get("end", -1))
+    score, score_name = span.get("score"), span.get("score_name")
+    scored = f" · {text('score_' + score_name, language)} {score:.2f}" if words and score is not None and \
+        score_name else ""
+    located = words and 0 <= start < end <= len(passage)
+    if not words:
+        head = f"<b>{html.escape(text('no_answer', language))}</b>: {html.escape(text('passage_silent', language))}"
+    else:
+        head = (f"<b>{html.escape(text('answer', language))}</b>: <span class=\"answer-text\">{html.escape(words)}"
+                f"</span>{html.escape(scored)}")
+        if not located:  # a decoder's words that are not in the passage as written
+            head += f" · {html.escape(text('answer_elsewhere', language))}"
+    if located:
+        title = f"{text('answer', language).lower()}{scored}"
+        body = (f"{html.escape(passage[:start])}<mark class=\"answer\" title=\"{html.escape(title)}\" "
+                f"style=\"background:{ANSWER_COLOUR};color:#111;padding:0 0.2em;border-radius:0.25em;"
+                f"font-weight:600\">{html.escape(passage[start:end])}</mark>{html.escape(passage[end:])}")
+    else:
+        body = html.escape(passage)
+    return (f'<div class="answer-head" style="margin-bottom:0.4em">{head}</div>'
+            f'<div class="passage" style="line-height:1.7;white-space:pre-wrap">{body}</div>')

@@ -1,10 +1,12 @@
-"""The variants of a base model, answering one text as the harness would score it as an item.
+"""The variants of a base model, answering one text (or one question about a passage) as the harness would score
+it as an item.
 
 A `Service` is shared by every user of the page: models load once (least recently used dropped beyond its
 capacity), each tokenizer used by one request thread at a time (`guard.py`), tasks are parsed once, and every
 answer is `harness.variants.evaluate` on a one-item list: what the harness reports for the text as an item (its
-id a hash of the text, which seeds a decoder's few-shot draw). Decoders also reply in words, streamed token by
-token by `tljax.models.stream_chat` (greedy: the same reply `tljax.models.chat` gives).
+id a hash of the text, and of the question on an answer task, which seeds a decoder's few-shot draw). Decoders
+also reply in words, streamed token by token by `tljax.models.stream_chat` (greedy: the same reply
+`tljax.models.chat` gives).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from harness.app.access import check_listed
 from harness.app.catalogue import RunEntry, find_runs, read_run
 from harness.app.guard import guard
 from harness.app.texts import text
+from harness.answer_variants import ANSWER_MAX_NEW_TOKENS, answer_pool
+from harness.answers import AnswerItem, AnswerTask, answer_messages, draw_answer_demonstrations
 from harness.entities import EntityItem, EntityTask, draw_entity_demonstrations, entity_messages
 from harness.entity_variants import ENTITY_MAX_NEW_TOKENS, entity_pool
 from harness.evaluation import ENCODER_PREFIXES
@@ -65,14 +69,19 @@ class Choice:
 class Answer:
     """One variant's answer to one text."""
 
-    label: str  # the predicted label (by the `acc` rule); on an entity task, the entities found in a few words
-    probabilities: dict[str, float]  # every label's (none on an entity task)
+    label: str  # the predicted label (by the `acc` rule); on an entity task, the entities found in a few words; on
+    # an answer task, the answer's words (or "No answer")
+    probabilities: dict[str, float]  # every label's (none on an entity or answer task)
     record: dict[str, Any]  # the harness's record for the text, as a suite's predictions file holds it
     latency_s: float
-    text: str  # what the model read (the message, truncated to what it reads)
+    text: str  # what the model read (the message, truncated to what it reads; on an answer task, the passage)
     trainable: int | None  # parameters trained for the variant (a few-shot classifier's, once fitted)
     cut: Cut | None = None  # how the message was cut to what the model reads, if it was
     entities: tuple[dict[str, Any], ...] | None = None  # an entity task's: {start, end, label, score (or None)}
+    # an answer task's: {text ("" for none), start, end (in the passage; -1: not in it), score, score_name
+    # ("probability": a run's; "similarity": an encoder's most similar sentence; None: a decoder's reply)}
+    span: dict[str, Any] | None = None
+    question: str = ""  # an answer task's question
 
     def notice(self, language: str = "en") -> str:
         return self.cut.notice(language) if self.cut else ""
@@ -92,13 +101,18 @@ class Cut:
                                                   kept=self.kept)
 
 
-def item_for(text: str, language: str, task: Task | EntityTask | None = None) -> Item | EntityItem:
-    """The message as a harness item: its id is a hash of the text (so few-shot draws the same demonstrations for
-    the same text, as the harness does for an item), its gold label unknown (0; no entities on an entity task,
-    whose words are those tljax reads in raw text)."""
-    identifier = f"app:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+def item_for(text: str, language: str, task: Task | EntityTask | AnswerTask | None = None,
+             question: str = "") -> Item | EntityItem | AnswerItem:
+    """The message as a harness item: its id is a hash of the text (and of the question on an answer task; so
+    few-shot draws the same demonstrations for the same text, as the harness does for an item), its gold label
+    unknown (0; no entities on an entity task, whose words are those tljax reads in raw text; no gold answers on
+    an answer task, whose passage is the text)."""
+    asked = f"{question}\n{text}" if task is not None and task.kind == "answers" else text
+    identifier = f"app:{hashlib.sha256(asked.encode()).hexdigest()[:16]}"
     if task is not None and task.kind == "entities":
         return EntityItem(identifier, text, (), language, tuple(word_spans(text)))
+    if task is not None and task.kind == "answers":
+        return AnswerItem(identifier, question, text, (), language)
     return Item(identifier, text, 0, language)
 
 
@@ -107,6 +121,24 @@ def entity_count(spans: Sequence[dict[str, Any]], language: str = "en") -> str:
     if not spans:
         return text("no_entities", language)
     return text("entities_found", language).format(n=len(spans), types=", ".join(s["label"] for s in spans))
+
+
+def answer_said(words: str, language: str = "en") -> str:
+    """An answer's words, or "No answer" (in the page's language) where the variant left the question unanswered."""
+    return words or text("no_answer", language)
+
+
+def answer_span(record: dict[str, Any]) -> dict[str, Any]:
+    """An answer task's record as the page marks it: the answer's words and span, and its score with what the
+    score is (a run's span probability, an encoder's sentence similarity; a decoder's reply has none)."""
+    if "score" in record:
+        score, name = record["score"], "probability"
+    elif "similarity" in record:
+        score, name = record["similarity"], "similarity"
+    else:
+        score, name = None, None
+    return {"text": record["predicted"], "start": record["start"], "end": record["end"], "score": score,
+            "score_name": name}
 
 
 RUN_SEPARATOR = " · "  # between a run's method and its folder in its choice's name
@@ -172,7 +204,7 @@ class Service:
         self.run_folders = [Path(f) for f in run_folders]
         self.models = SharedModels(capacity)
         self.public = public
-        self._tasks: dict[str, Task | EntityTask] = {}
+        self._tasks: dict[str, Task | EntityTask | AnswerTask] = {}
         self._lock = threading.Lock()
 
     # -- what there is -------------------------------------------------------------------------------------
@@ -185,7 +217,7 @@ class Service:
         """The tasks the page lists (the harness's built-in ones)."""
         return builtin_tasks()
 
-    def task(self, name: str) -> Task | EntityTask:
+    def task(self, name: str) -> Task | EntityTask | AnswerTask:
         """The task `name`, parsed once: a listed task, or on a loopback page also a task file."""
         check_listed(self.public, "tasks", name, self.tasks())
         with self._lock:
@@ -207,14 +239,24 @@ class Service:
 
     def fits(self, choice: Choice, task_name: str) -> bool:
         """Whether the variant can answer the task: a run trained for other labels (or another kind of task)
-        cannot; on an entity task an encoder answers few-shot (a tag classifier), not zero-shot."""
+        cannot; on an entity task an encoder answers few-shot (a tag classifier), not zero-shot; on an answer
+        task an encoder answers zero-shot (the passage sentence most similar to the question), not few-shot."""
         task = self.task(task_name)
         if task.kind == "entities":
             if choice.run is None:
                 return choice.decoder or choice.variant.kind == "few-shot"
             return choice.run.task == "token-classification" and set(run_types(choice.run.labels)) == set(task.labels)
-        return choice.run is None or (choice.run.task != "token-classification"
+        if task.kind == "answers":
+            if choice.run is None:
+                return choice.decoder or choice.variant.kind == "zero-shot"
+            return choice.run.task == "question-answering"
+        return choice.run is None or (choice.run.task not in ("token-classification", "question-answering")
                                       and set(choice.run.labels) == set(task.labels))
+
+    def unfit_reason(self, task_name: str, language: str = "en") -> str:
+        """What does answer the task, for a variant that does not (`fits`): what each kind of task takes."""
+        kind = self.task(task_name).kind
+        return text(f"fits_{kind}", language) if kind in ("entities", "answers") else ""
 
     def choice(self, base: str, name: str) -> Choice:
         """The variant `name` of `base` as it is now (a run is read again: it may have gone since it was listed)."""
@@ -263,19 +305,25 @@ class Service:
         kept = text[: offsets[limit - 1][1]]
         return kept, Cut(len(text), len(offsets), limit, len(kept))
 
-    def answer(self, choice: Choice, task_name: str, language: str, text: str) -> Answer:
-        """The variant's answer to `text` in `language` (a template of the task): the harness's record."""
+    def answer(self, choice: Choice, task_name: str, language: str, text: str, question: str = "") -> Answer:
+        """The variant's answer to `text` in `language` (a template of the task): the harness's record. On an
+        answer task `text` is the passage and `question` what is asked about it."""
         if not choice.available:
             raise AppError(f"{choice.name} is unavailable: {choice.reason}")
-        text = text.strip()
+        text, question = text.strip(), (question or "").strip()
         if not text:
             raise AppError("empty message")
         task = self.task(task_name)
-        # a tagger reads a long text whole, in overlapping windows (a decoder's prompt is cut as on other tasks)
-        fitted, cut = (text, None) if task.kind == "entities" and not choice.decoder else self.fit(choice, text)
+        if task.kind == "answers" and not question:
+            raise AppError(f"empty question: {task_name} asks a question about the message (the passage); type one")
+        # a tagger or a reader reads a long text whole, in overlapping windows, and an encoder's most similar
+        # sentence reads every sentence (a decoder's prompt is cut as on other tasks)
+        whole = task.kind in ("entities", "answers") and not choice.decoder
+        fitted, cut = (text, None) if whole else self.fit(choice, text)
         variant = dataclasses.replace(choice.variant, language=language)
         started = time.perf_counter()
-        evaluation = evaluate(variant, task, [item_for(fitted, language, task)], 0, self.models, measure_costs=False)
+        evaluation = evaluate(variant, task, [item_for(fitted, language, task, question)], 0, self.models,
+                              measure_costs=False)
         latency = time.perf_counter() - started
         if not evaluation.records:  # the harness leaves out a text that is one of its few-shot examples
             raise AppError("this text is one of the few-shot variant's own labelled examples; try another")
@@ -286,13 +334,17 @@ class Service:
             spans = tuple({"start": s, "end": e, "label": label, "score": score}
                           for (s, e, label), score in zip(record["predicted"], scores))
             return Answer(entity_count(spans, language), {}, record, latency, fitted, trainable, cut, spans)
+        if task.kind == "answers":
+            return Answer(answer_said(record["predicted"], language), {}, record, latency, fitted, trainable, cut,
+                          span=answer_span(record), question=question)
         probabilities = dict(zip(task.labels, record["probabilities"]))
         return Answer(task.labels[record["prediction"]["acc"]], probabilities, record, latency, fitted, trainable, cut)
 
     def reply(self, choice: Choice, task_name: str, language: str, text: str,
-              max_new_tokens: int = REPLY_TOKENS) -> Iterator[str]:
+              max_new_tokens: int = REPLY_TOKENS, question: str = "") -> Iterator[str]:
         """A decoder's free reply to the task's question about `text` (after the same demonstrations as its
-        scored answer), streamed: the reply so far after each token."""
+        scored answer; on an answer task, `question` about the passage `text`), streamed: the reply so far after
+        each token."""
         task = self.task(task_name)
         fitted, _ = self.fit(choice, text.strip())  # what the scored answer read
         variant = dataclasses.replace(choice.variant, language=language)
@@ -302,6 +354,12 @@ class Service:
             demos = draw_entity_demonstrations(pool, item, variant.k, task.labels, 0) if pool else []
             messages = entity_messages(task.template(language), task.labels, fitted, demos, variant.form)
             max_new_tokens = max(max_new_tokens, ENTITY_MAX_NEW_TOKENS)  # a list of entities
+        elif task.kind == "answers":  # the reply is the answer: the one its record holds, said again
+            item = item_for(fitted, language, task, question.strip())
+            pool = answer_pool(variant, task) if variant.kind == "few-shot" else []
+            demos = draw_answer_demonstrations(pool, item, variant.k, 0) if pool else []
+            messages = answer_messages(task.template(language), item, demos, variant.form)
+            max_new_tokens = ANSWER_MAX_NEW_TOKENS  # as the harness asks: a short span
         else:
             pool = demonstration_pool(variant, task) if variant.kind == "few-shot" else []
             messages = conversation(variant, task, item_for(fitted, language), 0, pool)
@@ -313,10 +371,10 @@ class Service:
         yield from models.stream_chat(model, tokenizer, messages, max_new_tokens=max_new_tokens)
 
     def implied_label(self, task_name: str, language: str, reply: str) -> str | None:
-        """The label a reply names (the harness's chat parser), or None (always on an entity task: its reply is
-        read into entities by the answer)."""
+        """The label a reply names (the harness's chat parser), or None (always on an entity or answer task: its
+        reply is read into entities, or an answer, by the answer)."""
         task = self.task(task_name)
-        if task.kind == "entities":
+        if task.kind in ("entities", "answers"):
             return None
         index = parse_reply(reply, task.template(language).verbalisers)
         return task.labels[index] if index >= 0 else None

@@ -22,13 +22,29 @@ TEXTS: dict[str, tuple[str, str]] = {
     "message_language": ("Language of the message", "Idioma da mensagem"),
     "variant": ("Variant", "Variante"),
     "none": ("(none)", "(nenhuma)"),
-    "message": ("Your message: a review, or any text whose entities you want, in English or Portuguese",
-                "Sua mensagem: uma avaliação, ou qualquer texto cujas entidades você queira, em inglês ou português"),
+    "message": ("Your message: a review, any text whose entities you want, or a passage to ask about, in English or "
+                "Portuguese",
+                "Sua mensagem: uma avaliação, qualquer texto cujas entidades você queira, ou um texto sobre o qual "
+                "perguntar, em inglês ou português"),
+    "question": ("Your question about the passage (the message)", "Sua pergunta sobre o texto (a mensagem)"),
+    "question_placeholder": ("Ask something the passage may answer and press Enter",
+                             "Pergunte algo que o texto possa responder e tecle Enter"),
+    "empty_question": ("Type a question first: an answer task asks it about the message, its passage.",
+                       "Escreva uma pergunta primeiro: uma tarefa de perguntas a faz sobre a mensagem, o texto."),
+    "answer": ("Answer", "Resposta"),
+    "no_answer": ("No answer", "Sem resposta"),
+    "passage_silent": ("the passage does not answer this", "o texto não responde a isto"),
+    "answer_elsewhere": ("not in the passage as written, so nothing is marked",
+                         "não está no texto como escrito, então nada foi marcado"),
+    "score_probability": ("probability", "probabilidade"),
+    "score_similarity": ("similarity", "similaridade"),
     "placeholder": ("Type a review and press Enter", "Escreva uma avaliação e tecle Enter"),
     "send": ("Send", "Enviar"),
     "regenerate": ("Regenerate", "Gerar de novo"),
     "clear": ("Clear", "Limpar"),
     "examples": ("Examples", "Exemplos"),
+    "qa_examples": ("Examples of questions about a passage (question answering)",
+                    "Exemplos de perguntas sobre um texto (perguntas e respostas)"),
     "probabilities": ("Probability of each label", "Probabilidade de cada rótulo"),
     "reply": ("Reply", "Resposta"),
     "no_entities": ("No entities found", "Nenhuma entidade encontrada"),
@@ -36,15 +52,30 @@ TEXTS: dict[str, tuple[str, str]] = {
     "train_task": ("Task", "Tarefa"),
     "task_labels": ("A label per text", "Um rótulo por texto"),
     "task_entities": ("Named entities (NER)", "Entidades nomeadas (NER)"),
+    "task_answers": ("Questions about a passage (extractive QA)", "Perguntas sobre um texto (QA extrativo)"),
+    "qa_no_labels": ("a question-answering run has no labels (its answers are spans of the passage); leave the "
+                     "labels empty", "uma execução de perguntas e respostas não tem rótulos (as respostas são trechos "
+                     "do texto); deixe os rótulos vazios"),
     "upload_kind": ("this task does not read {suffix} files; upload one of: {valid}",
                     "esta tarefa não lê arquivos {suffix}; envie um destes: {valid}"),
     "entity_table": ("Named entities (entity F1)", "Entidades nomeadas (F1 de entidades)"),
+    "answer_table": ("Question answering (SQuAD F1 and exact match)",
+                     "Perguntas e respostas (F1 e correspondência exata do SQuAD)"),
     "arena_kind": ("What the variants are asked", "O que se pergunta às variantes"),
     "kind_sentiment": ("Sentiment", "Sentimento"),
     "kind_entities": ("Named entities", "Entidades nomeadas"),
+    "kind_answers": ("Question answering", "Perguntas e respostas"),
     "too_few_variants": ("a blind comparison needs two variants that answer this task",
                          "uma comparação às cegas precisa de duas variantes que respondam a esta tarefa"),
     "does_not_fit": ("this variant does not answer the task", "esta variante não responde à tarefa"),
+    "fits_entities": ("an entity task takes a token-classification run with the task's types, an encoder's "
+                      "few-shot (a tag classifier) or a decoder's zero- or few-shot",
+                      "uma tarefa de entidades aceita uma execução de classificação de tokens com os tipos da tarefa, "
+                      "o few-shot de um encoder (um classificador de etiquetas) ou o zero- ou few-shot de um decoder"),
+    "fits_answers": ("an answer task takes a question-answering run, an encoder's zero-shot (the passage sentence "
+                     "most similar to the question) or a decoder's zero- or few-shot",
+                     "uma tarefa de perguntas aceita uma execução de perguntas e respostas, o zero-shot de um encoder "
+                     "(a frase do texto mais parecida com a pergunta) ou o zero- ou few-shot de um decoder"),
     "entities_found": ("Entities ({n}): {types}", "Entidades ({n}): {types}"),
     "empty": ("Type a message first: an empty message is not sent to any model.",
               "Escreva uma mensagem primeiro: uma mensagem vazia não é enviada a nenhum modelo."),
@@ -72,8 +103,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "tie": ("Tie", "Empate"),
     "voted": ("Thank you. A was **{a}**, B was **{b}**.", "Obrigado. A era **{a}**, B era **{b}**."),
     "vote_first": ("Send a message to both models before voting.", "Envie uma mensagem aos dois modelos antes de votar."),
-    "ratings": ("Ratings (Bradley-Terry, 95% bootstrap interval), beside the harness's accuracy",
-                "Ranking (Bradley-Terry, intervalo bootstrap de 95%), ao lado da acurácia do harness"),
+    "ratings": ("Ratings (Bradley-Terry, 95% bootstrap interval), beside the harness's English score (accuracy; "
+                "entity F1; SQuAD F1)",
+                "Ranking (Bradley-Terry, intervalo bootstrap de 95%), ao lado da pontuação do harness em inglês "
+                "(acurácia; F1 de entidades; F1 do SQuAD)"),
     "results_help": ("What `python -m harness run SUITE` wrote. Click a column's header to sort.",
                      "O que `python -m harness run SUITE` escreveu. Clique no cabeçalho de uma coluna para ordenar."),
     "all": ("(all)", "(todos)"),
@@ -107,10 +140,12 @@ TEXTS: dict[str, tuple[str, str]] = {
     "model": ("Model", "Modelo"),
     "method": ("Method", "Método"),
     "corpus": ("Data: a packaged corpus, or upload a file", "Dados: um corpus empacotado, ou envie um arquivo"),
-    "upload": ("A file: CSV / TSV (a text and a label column), or for entities CoNLL (a word and its tag per line) "
-               "or JSON Lines (texts with entity spans)",
-               "Um arquivo: CSV / TSV (uma coluna de texto e uma de rótulo), ou para entidades CoNLL (uma palavra e "
-               "sua etiqueta por linha) ou JSON Lines (textos com trechos de entidades)"),
+    "upload": ("A file: CSV / TSV (a text and a label column), for entities CoNLL (a word and its tag per line) "
+               "or JSON Lines (texts with entity spans), for questions SQuAD JSON or JSON Lines / CSV (question, "
+               "context, answers)",
+               "Um arquivo: CSV / TSV (uma coluna de texto e uma de rótulo), para entidades CoNLL (uma palavra e "
+               "sua etiqueta por linha) ou JSON Lines (textos com trechos de entidades), para perguntas JSON do "
+               "SQuAD ou JSON Lines / CSV (question, context, answers)"),
     "uploaded": ("uploaded file", "arquivo enviado"),
     "text_column": ("Text column", "Coluna de texto"),
     "label_column": ("Label column", "Coluna de rótulo"),
@@ -182,6 +217,16 @@ EXAMPLES = {
            "A comida estava ótima, mas a espera foi longa demais.",
            "Maria Souza deixou a Petrobras em março de 2024 para lecionar na Universidade Federal de Pernambuco, "
            "em Recife."],
+}
+
+# a passage and a question about it, per language (answer tasks)
+QA_EXAMPLES = {
+    "en": [("The Meeting of Waters is near Manaus, where the dark Rio Negro meets the sandy Solimões. The two rivers "
+            "run side by side for about six kilometres without mixing.",
+            "How far do the two rivers run side by side?")],
+    "pt": [("O Encontro das Águas fica perto de Manaus, onde o escuro rio Negro encontra o barrento Solimões. Os dois "
+            "rios correm lado a lado por cerca de seis quilômetros sem se misturar.",
+            "Por quantos quilômetros os dois rios correm lado a lado?")],
 }
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from harness.app.access import check_corpus, check_listed, check_run_name
 from harness.app.catalogue import learning_curves
+from harness.training import NER_HEAD_RATE, NER_METHODS, QA_HEAD_RATE, QA_METHODS
 from tljax import zoo
-from harness.training import NER_METHODS
 from tljax.data import PACKAGED_CORPORA, load_source
 from tljax.data.bundled.ner_corpus import NER_CORPORA
-from tljax.data.sources import load_tagged
+from tljax.data.bundled.qa_corpus import QA_CORPORA
+from tljax.data.qa import QA_SUFFIXES
+from tljax.data.sources import load_questions, load_tagged
 from tljax.data.tagged import CONLL_SUFFIXES, JSONL_SUFFIXES
 from tljax.errors import InputError
 from tljax.methods import METHODS
@@ -37,9 +39,15 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 METHOD_CONFIGS = {name: CONFIGS / f"{name.replace('-', '_')}.yaml" for name in METHODS}
 TEXT_PREFIXES = {"e5-small": "query: ", "e5-small-enpt": "query: "}
 # what the page trains, with the packaged corpora of each
-TASKS = {"sequence-classification": tuple(PACKAGED_CORPORA), "token-classification": tuple(NER_CORPORA)}
+TASKS = {"sequence-classification": tuple(PACKAGED_CORPORA), "token-classification": tuple(NER_CORPORA),
+         "question-answering": tuple(sorted(QA_CORPORA))}
 UPLOAD_SUFFIXES = {"sequence-classification": (".csv", ".tsv"),
-                   "token-classification": (*CONLL_SUFFIXES, *JSONL_SUFFIXES)}
+                   "token-classification": (*CONLL_SUFFIXES, *JSONL_SUFFIXES),
+                   "question-answering": QA_SUFFIXES}
+# the tasks trained from their own config with the method swapped in: (config, each method's options and rate,
+# gradual unfreezing's rate of the new head)
+SWAPPED = {"token-classification": ("ner.yaml", NER_METHODS, NER_HEAD_RATE),
+           "question-answering": ("qa.yaml", QA_METHODS, QA_HEAD_RATE)}
 
 
 class TrainError(InputError):
@@ -55,10 +63,16 @@ def csv_columns(path: Path) -> list[str]:
 
 def check_data(source: str, text_column: str, label_column: str, labels: list[str] | None,
                task: str = "sequence-classification") -> str:
-    """Loads the data as the run will (`tljax.data.load_source`, or `load_tagged` for token classification); a
-    one-line summary, or a TrainError saying what was found (columns missing, labels outside the declared set, a
-    tag that breaks its scheme, ...)."""
+    """Loads the data as the run will (`tljax.data.load_source`, `load_tagged` for token classification,
+    `load_questions` for question answering); a one-line summary, or a TrainError saying what was found (columns
+    missing, labels outside the declared set, a tag that breaks its scheme, an answer not where its offset says,
+    ...)."""
     try:
+        if task == "question-answering":
+            questions = load_questions(source)
+            unanswerable = sum(not answers for answers in questions.answers)
+            return (f"{len(questions)} questions about {len(set(questions.groups))} passages ({unanswerable} "
+                    "unanswerable)")
         if task == "token-classification":
             tagged = load_tagged(source, types=labels or None)
             counts = ", ".join(f"{name} {count}" for name, count in tagged.entity_counts().items())
@@ -128,8 +142,9 @@ class Trainer:
               batch_size: int = 16, task: str = "sequence-classification") -> Job:
         """Starts `python -m tljax.train` for `method` on `model` with `source` for `steps` steps into
         runs_folder/name (or resumes it). Refuses at once what the engine would refuse, and what the page may not
-        open (access.py). `task`: sequence-classification (the method's config) or token-classification
-        (configs/ner.yaml with the method swapped in, at its NER rate; `labels`: the entity types)."""
+        open (access.py). `task`: sequence-classification (the method's config), token-classification
+        (configs/ner.yaml with the method swapped in, at its NER rate; `labels`: the entity types) or
+        question-answering (configs/qa.yaml with the method swapped in, at its QA rate; no labels)."""
         if task not in TASKS:
             raise TrainError(f"unknown task {task!r}; the page trains {', '.join(TASKS)}")
         if method not in METHOD_CONFIGS:
@@ -139,6 +154,9 @@ class Trainer:
         check_corpus(self.public, source, TASKS[task])
         if not 1 <= steps <= 100_000:
             raise TrainError(f"steps must be between 1 and 100000, got {steps}")
+        if task == "question-answering" and labels:
+            raise TrainError(f"a question-answering run has no labels (its answers are spans of the passage), got "
+                             f"{labels}; leave the labels empty")
         with self._lock:
             running = self.jobs.get(run_dir)
             if running is not None and running.state == "running":
@@ -153,12 +171,13 @@ class Trainer:
                          "training.max_steps": steps, "training.eval_steps": max(1, steps // 4),
                          "training.logging_steps": max(1, min(10, steps // 10)),
                          "training.per_device_train_batch_size": batch_size}
-            if task == "token-classification":
-                options, rate = NER_METHODS[method]
-                config = CONFIGS / "ner.yaml"
+            if task in SWAPPED:
+                name_of_config, rates, head_rate = SWAPPED[task]
+                options, rate = rates[method]
+                config = CONFIGS / name_of_config
                 overrides.update({"method": {"name": method, **options}, "training.learning_rate": rate})
-                if method == "gradual-unfreezing":  # the new head's own rate, as the NER suite gives it
-                    overrides["training.new_learning_rate"] = 1e-2
+                if method == "gradual-unfreezing":  # the new head's own rate
+                    overrides["training.new_learning_rate"] = head_rate
             else:
                 config = METHOD_CONFIGS[method]
                 overrides.update({"data.text_column": text_column, "data.label_column": label_column})

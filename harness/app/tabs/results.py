@@ -1,7 +1,8 @@
 """The results tab: the harness results found on disk as one table (filtered by task, language and base model),
-the entity tasks' table (entity F1), a suite's plots (the score against trainable parameters and training time,
-the language matrix), the bias table, and an explorer of the items on which two or more of a suite's variants
-disagree (on an entity task: the entities each found).
+the entity tasks' table (entity F1), the answer tasks' table (SQuAD F1 with its interval, exact match, answerable
+F1, no-answer, unanswered), a suite's plots (the score against trainable parameters and training time, the
+language matrix), the bias table, and an explorer of the items on which two or more of a suite's variants
+disagree (on an entity task: the entities each found; on an answer task: each one's answer).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from harness.app.catalogue import (BIAS_COLUMNS, ENTITY_COLUMNS, TABLE_COLUMNS, base_model, bias_rows, disagreements,
-                                   entity_rows, find_results, table_rows)
+from harness.app.catalogue import (ANSWER_COLUMNS, BIAS_COLUMNS, ENTITY_COLUMNS, TABLE_COLUMNS, answer_rows, base_model,
+                                   bias_rows, disagreements, entity_rows, find_results, table_rows)
 from harness.app.tabs.common import Settings, Translated
 from harness.app.texts import text
 
@@ -44,6 +45,8 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
                                         elem_id="results-table", wrap=True), label="table")
         entity_table = tr(gr.Dataframe(headers=list(ENTITY_COLUMNS), interactive=False, label=tr.t("entity_table"),
                                        elem_id="entity-table", wrap=True), label="entity_table")
+        answer_table = tr(gr.Dataframe(headers=list(ANSWER_COLUMNS), interactive=False, label=tr.t("answer_table"),
+                                       elem_id="answer-table", wrap=True), label="answer_table")
         suite_choice = tr(gr.Dropdown(label=tr.t("suite"), elem_id="suite",
                                  allow_custom_value=True), label="suite")
         with gr.Row():
@@ -69,6 +72,7 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
         pick = lambda v: None if not v or v == ALL else v  # noqa: E731
         table = table_rows(sets, pick(task_name), pick(lang), pick(base_name))
         found = entity_rows(sets, pick(task_name), pick(lang), pick(base_name))
+        answered = answer_rows(sets, pick(task_name), pick(lang), pick(base_name))
         suites = [s.name for s in sets]
         chosen = next((s for s in sets if s.name == suite_name), sets[0] if sets else None)
         plots = chosen.plots if chosen else {}
@@ -80,11 +84,12 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
                 table, found, gr.update(choices=suites, value=chosen.name if chosen else None),
                 plots.get("accuracy_vs_parameters"), plots.get("accuracy_vs_training_time"),
                 plots.get("language_matrix"), bias_rows(sets),
-                gr.update(choices=tasks, value=tasks[0] if tasks else None))
+                gr.update(choices=tasks, value=tasks[0] if tasks else None), answered)
 
+    # the answer table is the last output: the endpoint's earlier outputs keep their places
     results_outputs = [results_notice, filter_task, filter_language, filter_base, results_table, entity_table,
                        suite_choice,
-                       plot_parameters, plot_time, plot_languages, bias_table, explorer_task]
+                       plot_parameters, plot_time, plot_languages, bias_table, explorer_task, answer_table]
     results_inputs = [filter_task, filter_language, filter_base, suite_choice, ui_language]
     for control in (filter_task, filter_language, filter_base, suite_choice):
         control.input(results_view, results_inputs, results_outputs, queue=False)
@@ -104,7 +109,10 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
         found = disagreements(chosen, task_name, variant_names)
         rows = []
         for item in found:
-            if "predicted" in next(iter(item["answers"].values())):  # an entity task: the entities each found
+            predicted = next(iter(item["answers"].values())).get("predicted")
+            if isinstance(predicted, str):  # an answer task: each one's answer to the question
+                named = [_answers(item["gold"]), *(_answers([a["predicted"]]) for a in item["answers"].values())]
+            elif predicted is not None:  # an entity task: the entities each found
                 named = [_entities(item["text"], spans) for spans in
                          (item["gold"], *(a["predicted"] for a in item["answers"].values()))]
             else:
@@ -123,6 +131,11 @@ def build(settings: Settings, tr: Translated, ui_language: gr.State) -> Results:
     explorer_table.select(explore_item, [explorer_state], [explorer_item], queue=False)
 
     return Results(results_view, results_inputs, results_outputs)
+
+
+def _answers(words: list[str]) -> str:
+    """Answers as the explorer lists them: "six kilometres | about six kilometres", or "(no answer)"."""
+    return " | ".join(w for w in words if w) or "(no answer)"
 
 
 def _entities(text_of_item: str, spans: list) -> str:

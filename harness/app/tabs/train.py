@@ -1,7 +1,8 @@
 """The train tab: starts, stops and resumes a training run from the page (a packaged model or a model directory,
-a task (a label per text, or named entities), a method, a packaged corpus or an uploaded file (CSV / TSV with its
-text and label columns; CoNLL or JSON Lines with entity spans for entities), a step budget), shows how many
-parameters the method trains, and follows the run's progress and loss curves while it runs.
+a task (a label per text, named entities, or questions about a passage), a method, a packaged corpus or an
+uploaded file (CSV / TSV with its text and label columns; CoNLL or JSON Lines with entity spans for entities; SQuAD
+JSON, or JSON Lines / CSV records of question, context and answers, for questions), a step budget), shows how
+many parameters the method trains, and follows the run's progress and loss curves while it runs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tljax.errors import InputError
 from tljax.methods import METHODS
 
 UPLOADED = "upload"  # the corpus choice that means the uploaded file
+RUN_NAMES = {"sequence-classification": "app-lora", "token-classification": "app-ner-lora",
+             "question-answering": "app-qa-lora"}  # each task's default run name
 
 
 def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.State) -> None:
@@ -37,7 +40,8 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
                               label="trains")
         with gr.Row():
             train_task = tr(gr.Radio([(tr.t("task_labels"), "sequence-classification"),
-                                      (tr.t("task_entities"), "token-classification")],
+                                      (tr.t("task_entities"), "token-classification"),
+                                      (tr.t("task_answers"), "question-answering")],
                                      value="sequence-classification", label=tr.t("train_task"), elem_id="train-task"),
                             label="train_task")
             corpus = tr(gr.Dropdown([*TASKS["sequence-classification"], (tr.t("uploaded"), UPLOADED)],
@@ -81,8 +85,7 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
         corpora = TASKS[task]
         tabular = task == "sequence-classification"
         return (gr.update(choices=[*corpora, (text("uploaded", page_lang), UPLOADED)], value=corpora[0]),
-                gr.update(interactive=tabular), gr.update(interactive=tabular), gr.update(value="app-lora" if tabular
-                                                                                        else "app-ner-lora"))
+                gr.update(interactive=tabular), gr.update(interactive=tabular), gr.update(value=RUN_NAMES[task]))
 
     def columns_of(path, task):
         if not path:
@@ -90,7 +93,7 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
         suffix = Path(path).suffix.lower()
         if suffix not in UPLOAD_SUFFIXES[task]:
             raise gr.Error(text("upload_kind", "en").format(suffix=suffix, valid=", ".join(UPLOAD_SUFFIXES[task])))
-        if task == "token-classification":  # words and tags: no columns to choose
+        if task != "sequence-classification":  # words and tags, or questions: no columns to choose
             return gr.update(), gr.update(), gr.update(value=UPLOADED)
         try:
             found = csv_columns(check_upload(service.public, path))
@@ -108,6 +111,8 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
                 return f"⚠️ {text('upload_first', page_lang)}", gr.update(active=False)
             source = str(uploaded)
         labels = [x.strip() for x in (labels_text or "").split(",") if x.strip()] or None
+        if task == "question-answering" and labels:
+            return f"⚠️ {text('qa_no_labels', page_lang)}", gr.update(active=False)
         try:
             trainer.start(model=model, method=method, source=source, steps=int(budget or 0),
                           name=(name or "").strip(), text_column=text_col, label_column=label_col, labels=labels,
@@ -141,6 +146,9 @@ def build(service: Service, trainer: Trainer, tr: Translated, ui_language: gr.St
     timer.tick(watch, [run_name, ui_language], [train_status, train_progress, train_curve, timer], queue=False)
     upload.upload(columns_of, [upload, train_task], [text_column, label_column, corpus], queue=False)
     train_task.change(for_task, [train_task, ui_language], [corpus, text_column, label_column, run_name], queue=False)
+    # a question-answering run has no labels (its own event: the corpus chooser's endpoint keeps its outputs)
+    train_task.change(lambda task: gr.update(interactive=task != "question-answering"), [train_task], [declared],
+                      queue=False, api_name=False)
     for control in (train_model, train_method):
         control.input(trains, [train_model, train_method], [train_trains], concurrency_id="models")
 
