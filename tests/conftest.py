@@ -240,7 +240,8 @@ LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_qa_real", "test_
                  "test_faults",
                  "test_app_real", "test_benchmarks", "test_methods", "test_tagging_runs", "test_transfer",
                  "test_harness", "test_harness_entities", "test_distributed", "test_train", "test_app",
-                 "test_app_entities", "test_checkpoints", "test_sharding", "test_decoder", "test_chat", "test_tagging")
+                 "test_app_entities", "test_app_answers", "test_checkpoints", "test_sharding", "test_decoder",
+                 "test_chat", "test_tagging")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -361,7 +362,8 @@ def qa_config(tmp_path, tiny_model, method=None, **training):
 @pytest.fixture(scope="session")
 def reader(tmp_path_factory, tiny_model):
     """A finished LoRA question-answering run on the tiny model (its directory holds `run/` and `config.yaml`),
-    and what the command printed: the resume, export and prediction tests read it, and the harness scores it."""
+    and what the command printed: the resume, export and prediction tests read it, the harness scores it, and the
+    app answers questions with it."""
     import contextlib
     import io
 
@@ -374,7 +376,7 @@ def reader(tmp_path_factory, tiny_model):
     return folder, printed.getvalue()
 
 
-# -- the app's tiny runs and page (tests/test_app.py, tests/test_app_entities.py) -----------------------------
+# -- the app's tiny runs and page (tests/test_app.py, tests/test_app_entities.py, tests/test_app_answers.py) ------
 
 
 @pytest.fixture(scope="module")
