@@ -130,7 +130,8 @@ def evaluate_answers(variant, task: AnswerTask, items: Sequence[AnswerItem], see
                  **compiled_costs(run.predictor.logits.typical_cost() if measure_costs else None)}
     else:
         model, tokenizer, is_decoder, directory = loaded.get(variant.model)
-        costs = {"trainable_parameters": 0, "training_seconds": 0.0, "size_mb": size_mb(directory / "model.safetensors")}
+        costs = {"trainable_parameters": 0, "training_seconds": 0.0,
+                 "size_mb": size_mb(directory / "model.safetensors")}
         if is_decoder and variant.kind in ("zero-shot", "few-shot"):
             records = _decoder(variant, task, items, seed, model, tokenizer)
         elif is_decoder:

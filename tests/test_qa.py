@@ -96,7 +96,8 @@ def test_squad_files_jsonl_csv_and_datasets_directories_read_alike(tmp_path):
     assert load_questions(str(squad_file(tmp_path / "v1.json", "v1.1"))).answers == (v2.answers[0],)
     rows = [{"id": "a", "question": "Onde Maria mora?", "context": CONTEXT,
              "answers": {"text": ["Recife"], "answer_start": [14]}},
-            {"id": "b", "question": "Quando ela nasceu?", "context": CONTEXT, "answers": {"text": [], "answer_start": []}}]
+            {"id": "b", "question": "Quando ela nasceu?", "context": CONTEXT,
+             "answers": {"text": [], "answer_start": []}}]
     (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
     lines = load_questions(str(tmp_path / "qa.jsonl"))
     import csv
@@ -130,7 +131,8 @@ def test_bad_records_are_named_in_one_line(tmp_path, case, expected):
     else:
         record = {"question": "" if case == "question" else "Onde?", "context": CONTEXT if case != "context" else None,
                   "answers": {"text": [], "answer_start": []}}
-        path.write_text(json.dumps({"question": "Onde?", "context": CONTEXT, "answers": []}) + "\n" + json.dumps(record))
+        first = json.dumps({"question": "Onde?", "context": CONTEXT, "answers": []})
+        path.write_text(first + "\n" + json.dumps(record))
     with pytest.raises(DataError) as caught:
         load_questions(str(path))
     message = str(caught.value)
@@ -246,7 +248,8 @@ def span_batch(seed: int, n: int = 48) -> dict:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_learns_spans_and_keeps_frozen_parameters_bit_identical(method):
-    adaptation = adapt(BertForQuestionAnswering.from_config(ENCODER, seed=1), [make_method(method, OPTIONS.get(method))])
+    adaptation = adapt(BertForQuestionAnswering.from_config(ENCODER, seed=1),
+                       [make_method(method, OPTIONS.get(method))])
     trainable_paths = {p for p, _, rule in adaptation.rules().report(adaptation.model) if rule.trainable}
     before = {"/".join(map(str, p)): np.asarray(v.get_value())
               for p, v in nnx.to_flat_state(nnx.state(adaptation.model, nnx.Param))}

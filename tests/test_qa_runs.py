@@ -78,7 +78,8 @@ def test_a_qa_run_resumes_exports_into_pytorch_and_predicts(tmp_path, tiny_model
     if found["answered"]:
         assert context[found["start"]:found["end"]] == found["answer"]
     (tmp_path / "context.txt").write_text(context)
-    assert predict([str(straight / "run"), "--question", "the film", "--context-file", str(tmp_path / "context.txt")]) == 0
+    assert predict([str(straight / "run"), "--question", "the film", "--context-file",
+                    str(tmp_path / "context.txt")]) == 0
     printed = capsys.readouterr().out
     assert "the film" in printed and ("probability" in printed or "does not answer" in printed)
 

@@ -272,8 +272,8 @@ def describe_qa_splits(splits: dict[str, QADataset], encoded: dict[str, QASplit]
     rows.append([f"windows of {max_length} tokens", *(f"{len(encoded[n].windows.encoded):,}" for n in names)])
     rows.append(["duplicates dropped", *(f"{getattr(splits, 'dropped', {}).get(n, 0):,}" for n in names)])
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(row, widths)))
-                     for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
+                               for c, (cell, w) in enumerate(zip(row, widths))) for row in rows)
 
 
 def answer_settings(data: DataConfig, train: QADataset) -> AnswerSettings:
