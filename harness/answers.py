@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness.prompts import FEWSHOT_DELIMITER, TARGET_DELIMITER, item_rng
-from harness.task_parts import DataSpec, TaskError, Templated, check_keys, task_head
+from harness.task_parts import DataSpec, TaskError, Templated, aligned_seeds, check_keys, task_head
 from tljax.data import split_dataset
 from tljax.data.sources import load_questions
 from tljax.squad import question_scores
@@ -219,14 +219,8 @@ def summarise_answers(per_seed: Sequence[Sequence[dict]], seed: int = 0) -> dict
     out: dict[str, Any] = {"items": len(per_seed[0]) if per_seed else 0, "seeds": len(per_seed)}
     if not per_seed or not per_seed[0]:
         return out
-    order = [r["id"] for r in per_seed[0]]
-    aligned = []
-    for k, records in enumerate(per_seed):
-        by_id = {r["id"]: r for r in records}
-        if sorted(by_id) != sorted(order):
-            raise TaskError(f"seed {k} scored other questions than seed 0; every seed of a row must score the same "
-                            "questions")
-        aligned.append([by_id[i] for i in order])
+    aligned = aligned_seeds(per_seed, "questions")
+    order = [r["id"] for r in aligned[0]]
     scores = np.asarray([[question_scores(r["predicted"], r["gold"]) for r in records] for records in aligned])
     answerable = np.asarray([bool(r["gold"]) for r in aligned[0]])  # [N]
     samples = np.random.default_rng(seed).integers(0, len(order), (BOOTSTRAP_ROUNDS, len(order)))

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from harness.prompts import FEWSHOT_DELIMITER, TARGET_DELIMITER, item_rng
-from harness.task_parts import DataSpec, TaskError, Templated, check_keys, task_head
+from harness.task_parts import DataSpec, TaskError, Templated, aligned_seeds, check_keys, task_head
 from tljax.data import split_dataset
 from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset
@@ -298,13 +298,8 @@ def summarise_entities(per_seed: Sequence[Sequence[dict]], labels: Sequence[str]
     out: dict[str, Any] = {"items": len(per_seed[0]) if per_seed else 0, "seeds": len(per_seed)}
     if not per_seed or not per_seed[0]:
         return out
-    order = [r["id"] for r in per_seed[0]]
-    aligned = []
-    for k, records in enumerate(per_seed):
-        by_id = {r["id"]: r for r in records}
-        if sorted(by_id) != sorted(order):
-            raise TaskError(f"seed {k} scored other texts than seed 0; every seed of a row must score the same texts")
-        aligned.append([by_id[i] for i in order])
+    aligned = aligned_seeds(per_seed)
+    order = [r["id"] for r in aligned[0]]
     counts = np.stack([entity_counts(records, labels) for records in aligned])  # [S, N, T, 3]
     micro = _prf(counts.sum((1, 2)))  # [S, 3]
     per_type = _prf(counts.sum(1))  # [S, T, 3]

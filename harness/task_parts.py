@@ -89,6 +89,18 @@ class Templated:
         return self.templates[language]
 
 
+def aligned_seeds(per_seed, what: str = "texts") -> list[list[dict]]:
+    """Each seed's records in the first seed's order of ids; refused when a seed scored other items than seed 0."""
+    order = [r["id"] for r in per_seed[0]]
+    aligned = []
+    for k, records in enumerate(per_seed):
+        by_id = {r["id"]: r for r in records}
+        if sorted(by_id) != sorted(order):
+            raise TaskError(f"seed {k} scored other {what} than seed 0; every seed of a row must score the same {what}")
+        aligned.append([by_id[i] for i in order])
+    return aligned
+
+
 def spec_path(name_or_path: str | Path, directory: Path) -> Path:
     """A built-in name's file in `directory` (a name has no suffix), else the path as given."""
     path = Path(name_or_path)

@@ -126,7 +126,7 @@ def check_corpus() -> dict:
                 raise DataError(f"{s.id}: the English sentence has entity types {sorted(tags)}, the Portuguese "
                                 f"{sorted(label for _, _, label in s.spans['pt'])}; they must match")
     for language in ("pt", "en"):
-        _refuse_near_duplicates([s for s in every], language)
+        refuse_near_duplicates([s for s in every], language)
     counts = {}
     for language in ("pt", "en"):
         dataset = load_ner(f"ner-{language}")
@@ -148,7 +148,9 @@ def check_corpus() -> dict:
     return counts
 
 
-def _refuse_near_duplicates(every: list[Sentence], language: str) -> None:
+def refuse_near_duplicates(every: list, language: str) -> None:
+    """Refuses two items (each with an `id` and `text[language]`: sentences, questions) whose texts in `language`
+    are near-duplicates (difflib ratio >= NEAR_DUPLICATE), naming both."""
     texts = [" ".join(s.text[language].casefold().split()) for s in every]
     by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for n, i in enumerate(by_length):  # only sentences of similar length can reach the ratio

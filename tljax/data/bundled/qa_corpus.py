@@ -12,7 +12,6 @@ checks files as the tests do (`check_questions`); `python -m tljax.data export q
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 from collections import Counter
 from functools import cache
@@ -20,6 +19,7 @@ from importlib import resources
 
 import yaml
 
+from tljax.data.bundled.ner_corpus import refuse_near_duplicates
 from tljax.data.dataset import DataError
 from tljax.data.qa import QADataset
 
@@ -29,7 +29,6 @@ QA_CORPORA = {"qa-pt": "pt-BR", "qa-en": "en"}
 LICENCE = "CC BY 4.0, written for tljax (tljax/data/bundled/qa/README.md)"
 _MARK = re.compile(r"\[([^\[\]{}]+)\]\{(q\d+(?:,q\d+)*)\}")
 _BRACKETS = re.compile(r"[\[\]{}]")
-NEAR_DUPLICATE = 0.85  # difflib ratio at which two questions count as one written twice
 MAX_ANSWER_WORDS = 12  # an answer is a short span: a name, a number, a date, a short phrase
 LONG_WORDS = 230  # a passage of at least this many Portuguese words is longer than one 256-token window
 
@@ -175,7 +174,7 @@ def check_questions(every: list[Question] | tuple[Question, ...]) -> dict:
         raise DataError(f"question ids repeat: {repeated[:5]}")
     passages = Counter(q.passage for q in every)
     for language in LANGUAGES:
-        _refuse_near_duplicates(list(every), language)
+        refuse_near_duplicates(list(every), language)
     contexts = {q.passage: q.context["pt"] for q in every}
     long = sum(len(text.split()) >= LONG_WORDS for text in contexts.values())
     counts = {"passages": len(passages), "questions": len(every),
@@ -184,18 +183,3 @@ def check_questions(every: list[Question] | tuple[Question, ...]) -> dict:
               "splits": {s: {"passages": len({q.passage for q in every if q.split == s}),
                              "questions": sum(q.split == s for q in every)} for s in ("train", "validation", "test")}}
     return counts
-
-
-def _refuse_near_duplicates(every: list[Question], language: str) -> None:
-    texts = [" ".join(q.text[language].casefold().split()) for q in every]
-    by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for n, i in enumerate(by_length):  # only questions of similar length can reach the ratio
-        matcher = difflib.SequenceMatcher(None, b=texts[i], autojunk=False)
-        for j in by_length[n + 1:]:
-            if len(texts[j]) > len(texts[i]) / NEAR_DUPLICATE + 1:
-                break
-            matcher.set_seq1(texts[j])
-            if matcher.real_quick_ratio() >= NEAR_DUPLICATE and matcher.quick_ratio() >= NEAR_DUPLICATE \
-                    and matcher.ratio() >= NEAR_DUPLICATE:
-                raise DataError(f"{every[i].id} and {every[j].id} ({language}) are near-duplicates: "
-                                f"{texts[i]!r} / {texts[j]!r}")
