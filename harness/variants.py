@@ -193,7 +193,7 @@ class Models:
             directory = zoo.resolve(name)
             model_type = models.read_config_dict(directory).get("model_type", "")
             model, tokenizer = tljax.load(str(directory))
-            return model, tokenizer, model_type == "llama", directory
+            return model, tokenizer, models.is_decoder(model_type), directory
         return self._cached(("model", name), load)
 
     def embedder(self, name: str) -> Embedder:

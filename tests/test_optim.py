@@ -1,5 +1,7 @@
 """The optimiser: decay mask, schedule, clipping, accumulation, and a learning rate for new parameters."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,8 @@ import optax
 import pytest
 
 from tljax.methods.rules import PathRules, Rule
+from tljax.models.decoder.modeling import LLAMA_LAYOUT
+from tljax.models.encoder.modeling import BERT_LAYOUT
 from tljax.train.optim import OptimizerConfig, build_optimizer, schedule
 
 PARAMS = {
@@ -23,7 +27,8 @@ def update(tx, grads, state, params):
 
 
 def test_weight_decay_skips_biases_and_norm_scales():
-    tx = build_optimizer(OptimizerConfig(learning_rate=0.1, weight_decay=0.5, lr_scheduler_type="constant"), 10)
+    tx = build_optimizer(OptimizerConfig(learning_rate=0.1, weight_decay=0.5, lr_scheduler_type="constant",
+                                         no_decay=BERT_LAYOUT.no_decay), 10)
     zeros = jax.tree.map(jnp.zeros_like, PARAMS)
     new, _ = update(tx, zeros, tx.init(PARAMS), PARAMS)
     assert float(new["encoder"]["dense"]["kernel"][0, 0]) == pytest.approx(1 - 0.1 * 0.5)
@@ -32,6 +37,17 @@ def test_weight_decay_skips_biases_and_norm_scales():
                       new["encoder"]["LayerNorm"]["bias"], new["classifier"]["bias"]):
         np.testing.assert_array_equal(unchanged, 1.0)
 
+
+
+def test_each_family_states_what_weight_decay_leaves_alone():
+    decayed = {layout: [p for p in paths if not re.search(layout.no_decay, p)] for layout, paths in {
+        BERT_LAYOUT: ["bert/embeddings/LayerNorm/scale", "bert/encoder/layer/0/output/LayerNorm/bias",
+                      "bert/encoder/layer/0/attention/self/query/bias", "bert/encoder/layer/0/attention/self/query/kernel"],
+        LLAMA_LAYOUT: ["model/layers/0/input_layernorm/weight", "model/layers/0/post_attention_layernorm/weight",
+                       "model/norm/weight", "model/layers/0/self_attn/q_proj/bias", "model/layers/0/self_attn/q_proj/kernel"],
+    }.items()}
+    assert decayed == {BERT_LAYOUT: ["bert/encoder/layer/0/attention/self/query/kernel"],
+                       LLAMA_LAYOUT: ["model/layers/0/self_attn/q_proj/kernel"]}
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_warmup_then_decay_to_zero(kind):

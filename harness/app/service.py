@@ -168,9 +168,9 @@ def _run_choice(run: RunEntry) -> Choice:
 def is_decoder(model: str) -> bool:
     """Whether a packaged name or model directory is a chat decoder, without downloading anything."""
     if model in zoo.PACKAGED:
-        return zoo.PACKAGED[model].architecture == "llama"
+        return models.is_decoder(zoo.PACKAGED[model].architecture)
     try:
-        return models.read_config_dict(Path(model)).get("model_type") == "llama"
+        return models.is_decoder(models.read_config_dict(Path(model)).get("model_type", ""))
     except (OSError, InputError, ValueError):
         return False
 

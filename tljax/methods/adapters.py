@@ -14,16 +14,11 @@ from typing import ClassVar
 import jax
 from flax import nnx
 
-from tljax.methods.base import Method, MethodContext, linear_modules, replace_module
+from tljax.methods.base import Method, MethodContext, layout, linear_modules, replace_module
 from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import ACTIVATIONS, Linear, layer_keys
 
 Array = jax.Array
-
-# the projection that ends each sub-layer, per family
-ATTENTION_OUTPUT = {"bert": r"attention/output/dense$", "llama": r"self_attn/o_proj$"}
-FEED_FORWARD_OUTPUT = {"bert": r"layer/\d+/output/dense$", "llama": r"mlp/down_proj$"}
-NORMS = {"bert": r"LayerNorm/(?:scale|bias)$", "llama": r"layernorm/weight$"}
 
 
 class Bottleneck(nnx.Module):
@@ -68,15 +63,16 @@ class Adapters(Method):
         if self.reduction_factor < 1:
             raise MethodError(f"reduction_factor must be at least 1, got {self.reduction_factor}")
 
-    def _patterns(self, model_type: str) -> list[str]:
-        patterns = [FEED_FORWARD_OUTPUT[model_type]]
-        return [ATTENTION_OUTPUT[model_type], *patterns] if self.kind == "houlsby" else patterns
+    def _patterns(self, model: nnx.Module) -> list[str]:
+        """The projections an adapter follows: the feed-forward block's last (and, Houlsby, the attention's)."""
+        facts = layout(model)
+        return [facts.attention_output, facts.feed_forward_output] if self.kind == "houlsby" \
+            else [facts.feed_forward_output]
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
-        model_type = model.config.model_type
         size = max(1, model.config.hidden_size // self.reduction_factor)
         rngs = nnx.Rngs(context.seed)
-        patterns = self._patterns(model_type)
+        patterns = self._patterns(model)
         for path, linear in list(linear_modules(model)):
             if any(re.search(p, path) for p in patterns):
                 replace_module(model, path, AdaptedLinear(linear, size, self.activation, rngs))
@@ -85,7 +81,7 @@ class Adapters(Method):
         rules = [Rule(r"/adapter/", True, f"{self.kind} adapters")]
         train_norms = self.kind == "houlsby" if self.train_norms is None else self.train_norms
         if train_norms:
-            rules.append(Rule(NORMS[model.config.model_type], True, f"{self.kind} adapters: layer norms"))
+            rules.append(Rule(layout(model).norms, True, f"{self.kind} adapters: layer norms"))
         return PathRules(tuple(rules))
 
     def new_parameters(self) -> tuple[str, ...]:

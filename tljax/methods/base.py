@@ -9,13 +9,13 @@ unfreezing), else everything else is frozen.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 from flax import nnx
 
 from tljax.methods.rules import MethodError, PathRules, Rule, parameter_sizes
+from tljax.models.base import Layout
 from tljax.models.checkpoint import path_str
 from tljax.models.layers import Linear
 from tljax.models.transforms import backbone
@@ -155,14 +155,19 @@ def task_head_pattern(model: nnx.Module) -> str | None:
     return getattr(type(model), "task_head_pattern", None) or head_pattern(model)
 
 
-# Layer and embedding paths of both families: encoder/layer/3/..., model/layers/3/...
-LAYER_INDEX = re.compile(r"(?:^|/)(?:layer|layers)/(\d+)/")
-EMBEDDINGS = r"(?:^|/)(?:embeddings|embed_tokens)/"
+def layout(model: nnx.Module) -> Layout:
+    """Where `model`'s family keeps its layers, embeddings, norms and projections (its class states it)."""
+    found = getattr(type(model), "layout", None)
+    if not isinstance(found, Layout):
+        raise MethodError(f"{type(model).__name__} states no parameter layout (a `layout` class attribute, "
+                          "tljax.models.Layout), so no method can select its parameters")
+    return found
 
 
 def num_layers(model: nnx.Module) -> int:
     """The backbone's layer count (a distillation teacher attached to the model does not count)."""
-    indices = {int(m.group(1)) for p in parameter_sizes(backbone(model)) if (m := LAYER_INDEX.search(p))}
+    facts = layout(model)
+    indices = {i for p in parameter_sizes(backbone(model)) if (i := facts.layer_index(p)) is not None}
     return max(indices) + 1 if indices else 0
 
 

@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.methods.base import EMBEDDINGS, Method, backbone, MethodContext, linear_modules, num_layers, set_dropout
+from tljax.methods.base import Method, MethodContext, backbone, layout, linear_modules, num_layers, set_dropout
 from tljax.methods.rules import MethodError, PathRules, Rule, RuleError
 
 
-def _layers_from(first: int, last: int, source: str, trainable: bool) -> list[Rule]:
-    return [Rule(rf"(?:^|/)(?:layer|layers)/{i}/", trainable, source) for i in range(first, last)]
+def _layers_from(model: nnx.Module, first: int, last: int, source: str, trainable: bool) -> list[Rule]:
+    return [Rule(layout(model).layer_pattern(i), trainable, source) for i in range(first, last)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +72,8 @@ class PartialFineTuning(Method):
         total = num_layers(model)
         if not 0 <= self.freeze_layers <= total:
             raise RuleError(f"freeze_layers={self.freeze_layers}: the model has {total} layers (0 to {total})")
-        frozen = [Rule(EMBEDDINGS, False, "partial: embeddings")] if self.freeze_embeddings else []
-        frozen += _layers_from(0, self.freeze_layers, f"partial: bottom {self.freeze_layers} layers", False)
+        frozen = [Rule(layout(model).embeddings, False, "partial: embeddings")] if self.freeze_embeddings else []
+        frozen += _layers_from(model, 0, self.freeze_layers, f"partial: bottom {self.freeze_layers} layers", False)
         return PathRules((*frozen, Rule(".*", True, "partial: the rest")))
 
 
@@ -102,10 +102,10 @@ class GradualUnfreezing(Method):
         total = num_layers(model)
         unfrozen = self.unfrozen_layers(model, step)
         source = f"gradual unfreezing: top {min(unfrozen, total)} of {total} layers"
-        train = _layers_from(total - min(unfrozen, total), total, source, True)
-        embeddings = Rule(EMBEDDINGS, unfrozen > total, "gradual unfreezing: embeddings")
+        train = _layers_from(model, total - min(unfrozen, total), total, source, True)
+        embeddings = Rule(layout(model).embeddings, unfrozen > total, "gradual unfreezing: embeddings")
         # a decoder's final norm and an encoder's pooler sit above every layer: they unfreeze with the top one
-        return PathRules((*train, embeddings, Rule(r"(?:^|/)(?:norm|pooler)/", unfrozen > 0, source),
+        return PathRules((*train, embeddings, Rule(layout(model).above_layers, unfrozen > 0, source),
                           Rule(".*", False, source)))
 
 

@@ -17,13 +17,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.methods.base import Method, MethodContext, linear_modules, replace_module, task_head_pattern
+from tljax.methods.base import Method, MethodContext, layout, linear_modules, replace_module, task_head_pattern
 from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import Linear, dropout
 
 Array = jax.Array
-
-DEFAULT_TARGETS = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
 
 
 class LoRALinear(Linear):
@@ -75,7 +73,7 @@ class LoRA(Method):
                 raise MethodError(f"LoRA target_pattern {self.target_pattern!r} matches no projection; "
                                  f"projections are named: {', '.join(names)}")
             return found
-        targets = self.targets or DEFAULT_TARGETS.get(model.config.model_type, ())
+        targets = self.targets or layout(model).lora_targets
         unknown = sorted(set(targets) - set(names))
         if unknown or not targets:
             raise MethodError(f"unknown LoRA target modules {unknown or list(targets)}; valid: {', '.join(names)}")

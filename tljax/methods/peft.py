@@ -41,23 +41,20 @@ from tljax.methods.lora import LoRALinear
 from tljax.methods.prefix import prefix_encoder
 from tljax.methods.prompt import PromptEncoder
 from tljax.methods.rules import MethodError
+from tljax.models import task_of
 from tljax.models.checkpoint import atomic_directory, hf_name, path_str
 
 log = logging.getLogger(__name__)
 # the newest transformers (major, minor) whose BERT takes past key values (what PEFT prefix tuning needs)
 BERT_PREFIX_UP_TO = (5, 23)
 
-# our model class -> PEFT task type
+# a model's task (its class's entry in tljax.models.MODEL_CLASSES) -> PEFT task type
 TASK_TYPES = {
-    "BertForSequenceClassification": "SEQ_CLS",
-    "LlamaForSequenceClassification": "SEQ_CLS",
-    "BertForTokenClassification": "TOKEN_CLS",
-    "LlamaForTokenClassification": "TOKEN_CLS",
-    "BertForQuestionAnswering": "QUESTION_ANS",
-    "LlamaForQuestionAnswering": "QUESTION_ANS",
-    "LlamaForCausalLM": "CAUSAL_LM",
-    "BertModel": "FEATURE_EXTRACTION",
-    "LlamaModel": "FEATURE_EXTRACTION",
+    "sequence-classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "question-answering": "QUESTION_ANS",
+    "causal-lm": "CAUSAL_LM",
+    "base": "FEATURE_EXTRACTION",
 }
 # the method combinations PEFT has a layout for (sorted method names)
 EXPORTABLE = {("lora",): "lora", ("bitfit", "lora"): "lora", ("prompt",): "prompt",
@@ -95,10 +92,11 @@ def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_
 
 
 def _task_type(model: nnx.Module) -> str:
-    name = type(model).__name__
-    if name not in TASK_TYPES:
-        raise MethodError(f"no PEFT task type for {name}; exportable model classes: {', '.join(TASK_TYPES)}")
-    return TASK_TYPES[name]
+    task = task_of(type(model))
+    if task not in TASK_TYPES:
+        raise MethodError(f"no PEFT task type for {type(model).__name__} ({task or 'no registered task'}); "
+                          f"PEFT adapters exist for the tasks {', '.join(TASK_TYPES)}")
+    return TASK_TYPES[task]
 
 
 def _array(value: Any) -> np.ndarray:

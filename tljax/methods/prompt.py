@@ -117,9 +117,8 @@ def initial_prompt(model: nnx.Module, count: int, init: str, text: str | None, c
 
 
 def backbone_embeddings(model: nnx.Module) -> Array:
-    body = backbone(model)
-    module = body.embeddings.word_embeddings if hasattr(body, "embeddings") else body.embed_tokens
-    return module.embedding[...]
+    """The backbone's token embedding table [V, H]."""
+    return backbone(model).input_embeddings.embedding[...]
 
 
 def _install(model: nnx.Module, prompt: PromptEmbedding) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tljax.models.base import PretrainedModel, read_config_dict
+from tljax.models.base import Layout, PretrainedModel, read_config_dict
 from tljax.models.checkpoint import CheckpointError
 from tljax.models.config import ConfigError
 from tljax.models.decoder.config import DecoderConfig
@@ -57,6 +57,17 @@ def model_class(model_type: str, task: str) -> type[PretrainedModel]:
     return tasks[task]
 
 
+def task_of(cls: type) -> str | None:
+    """The task a model class is registered for ("sequence-classification", "base", ...), or None."""
+    return next((task for tasks in MODEL_CLASSES.values() for task, registered in tasks.items() if registered is cls),
+                None)
+
+
+def is_decoder(model_type: str) -> bool:
+    """Whether a `config.json` model_type is a decoder that generates text (it has a causal-LM class)."""
+    return "causal-lm" in MODEL_CLASSES.get(model_type, {})
+
+
 def default_task(model_type: str) -> str:
     """The task a bare model directory is loaded for: the LM head for decoders, the backbone otherwise."""
     return "causal-lm" if "causal-lm" in MODEL_CLASSES.get(model_type, {}) else "base"
@@ -70,7 +81,7 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 
 __all__ = [
     "BertForMaskedLM", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
-    "DecoderConfig", "EncoderConfig", "KVCache", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
+    "DecoderConfig", "EncoderConfig", "KVCache", "Layout", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
     "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
-    "generate", "mean_pool", "model_class", "stream_chat", "stream_generate",
+    "generate", "is_decoder", "mean_pool", "task_of", "model_class", "stream_chat", "stream_generate",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -36,6 +38,32 @@ def read_config_dict(directory: Path) -> dict[str, Any]:
     return json.loads((directory / "config.json").read_text())
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a family keeps what parameter-selecting code looks for (the methods, the optimiser), as regular
+    expressions searched in "/"-joined paths, e.g. "bert/encoder/layer/3/attention/self/query/kernel".
+
+    Each family states its own, so that no generic code assumes another family's names."""
+
+    layer: str  # a layer's parameters, "{i}" standing for its index: r"(?:^|/)encoder/layer/{i}/"
+    embeddings: str  # the input embeddings' parameters (words, positions, token types)
+    norms: str  # the layers' norm parameters (Houlsby adapters train them)
+    no_decay: str  # what weight decay leaves alone: biases and norms, as Hugging Face's Trainer
+    attention_output: str  # the module path of the projection that ends the attention block (adapters)
+    feed_forward_output: str  # ... and the one that ends the feed-forward block
+    above_layers: str  # what sits above every layer (an encoder's pooler, a decoder's final norm)
+    lora_targets: tuple[str, ...]  # LoRA's default target projections (PEFT's default for the family)
+
+    def layer_pattern(self, index: int) -> str:
+        """The pattern of layer `index`'s parameters."""
+        return self.layer.replace("{i}", str(index))
+
+    def layer_index(self, path: str) -> int | None:
+        """The index of the layer `path` belongs to, or None (embeddings, final norm, head)."""
+        match = re.search(self.layer.replace("{i}", r"(\d+)"), path)
+        return int(match.group(1)) if match else None
+
+
 class PretrainedModel(nnx.Module):
     """A model whose parameters carry Hugging Face names (see `checkpoint.py`).
 
@@ -44,6 +72,7 @@ class PretrainedModel(nnx.Module):
 
     config_class: ClassVar[type[HFConfig]]
     base_model_prefix: ClassVar[str]
+    layout: ClassVar[Layout]  # the family's parameter names, for code that selects parameters
     # parameters a backbone checkpoint does not have: the new head, initialised fresh
     new_parameters: ClassVar[tuple[str, ...]] = ()
     # checkpoint tensors of other heads that this class does not have (regular expression)

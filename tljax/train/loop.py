@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from tljax import faults
+from tljax.methods.base import layout
 from tljax.runs import FINAL_STEP
 from tljax.train import curves
 from tljax.train.checkpoints import CheckpointError, Checkpoints, CheckpointWriteError
@@ -90,7 +91,8 @@ def build_engine(prepared: Prepared, total_steps: int, mesh, accumulation: int |
     optimizer = OptimizerConfig(
         learning_rate=tc.learning_rate, new_learning_rate=tc.new_learning_rate, weight_decay=tc.weight_decay,
         warmup_steps=round(tc.warmup_ratio * total_steps), lr_scheduler_type=tc.lr_scheduler_type,
-        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=accumulation)
+        max_grad_norm=tc.max_grad_norm, gradient_accumulation_steps=accumulation,
+        no_decay=layout(adaptation.model).no_decay)
     # split once, with every leaf that trains at some stage; a stage's mask holds the others still
     graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable(FINAL_STEP))
     stages = training_stages(adaptation, trainable)

@@ -18,8 +18,6 @@ import optax
 
 from tljax.methods.rules import PathRules, tree_paths
 
-# No weight decay on biases and on LayerNorm / RMSNorm scales (as Hugging Face's Trainer).
-NO_DECAY = re.compile(r"(?:^|/)bias$|LayerNorm/|layernorm/|(?:^|/)norm/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +35,9 @@ class OptimizerConfig:
     lr_scheduler_type: str = "linear"  # linear | cosine | constant
     max_grad_norm: float | None = 1.0
     gradient_accumulation_steps: int = 1
+    # what weight decay leaves alone (a regular expression over parameter paths): biases, and the norms that the
+    # model's family names in its layout (`tljax.models.Layout.no_decay`), as Hugging Face's Trainer does
+    no_decay: str = r"(?:^|/)bias$"
 
     def __post_init__(self) -> None:
         if self.lr_scheduler_type not in ("linear", "cosine", "constant"):
@@ -75,7 +76,7 @@ def build_optimizer(config: OptimizerConfig, total_steps: int, new_parameters: P
     def adamw(peak: float) -> optax.GradientTransformation:
         return optax.adamw(schedule(config, peak, total_steps), b1=config.adam_beta1, b2=config.adam_beta2,
                            eps=config.adam_epsilon, weight_decay=config.weight_decay,
-                           mask=lambda params: _map_paths(params, lambda p: not NO_DECAY.search(p)))
+                           mask=lambda params: _map_paths(params, lambda p: not re.search(config.no_decay, p)))
 
     separate_new = config.new_learning_rate is not None and new_parameters is not None
 

@@ -15,11 +15,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tljax.models.base import PretrainedModel
+from tljax.models.base import Layout, PretrainedModel
 from tljax.models.decoder.config import DecoderConfig
 from tljax.models.layers import ACTIVATIONS, Linear, attend, dropout, layer_keys, merge_heads, split_heads
 
 Array = jax.Array
+
+LLAMA_LAYOUT = Layout(
+    layer=r"(?:^|/)layers/{i}/",
+    embeddings=r"(?:^|/)embed_tokens/",
+    norms=r"layernorm/weight$",
+    no_decay=r"(?:^|/)bias$|layernorm/|(?:^|/)norm/",
+    attention_output=r"self_attn/o_proj$",
+    feed_forward_output=r"mlp/down_proj$",
+    above_layers=r"(?:^|/)norm/",
+    lora_targets=("q_proj", "v_proj"),
+)
 
 
 class KVCache(NamedTuple):
@@ -168,6 +179,7 @@ class LlamaModel(PretrainedModel):
 
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
+    layout: ClassVar[Layout] = LLAMA_LAYOUT
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
@@ -186,6 +198,11 @@ class LlamaModel(PretrainedModel):
     def num_prefix_tokens(self) -> int:
         prefix = self.layers[0].self_attn.prefix
         return 0 if prefix is None else prefix.num_virtual_tokens
+
+    @property
+    def input_embeddings(self) -> nnx.Embed:
+        """The token embedding table [V, H] (where prompt tuning starts its virtual tokens)."""
+        return self.embed_tokens
 
     @property
     def num_layers(self) -> int:
@@ -325,6 +342,7 @@ class LlamaForCausalLM(PretrainedModel):
 
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
+    layout: ClassVar[Layout] = LLAMA_LAYOUT
     predicts_next_token: ClassVar[bool] = True
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -375,6 +393,7 @@ class LlamaForSequenceClassification(PretrainedModel):
 
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
+    layout: ClassVar[Layout] = LLAMA_LAYOUT
     new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."
     head_pattern: ClassVar[str] = r"^score/"
@@ -420,6 +439,7 @@ class LlamaForTokenClassification(PretrainedModel):
 
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
+    layout: ClassVar[Layout] = LLAMA_LAYOUT
     new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."
     head_pattern: ClassVar[str] = r"^score/"
@@ -459,6 +479,7 @@ class LlamaForQuestionAnswering(PretrainedModel):
 
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "transformer"
+    layout: ClassVar[Layout] = LLAMA_LAYOUT
     checkpoint_prefixes: ClassVar[tuple[str, ...]] = ("model",)  # a causal LM's backbone is `model.`
     new_parameters: ClassVar[tuple[str, ...]] = ("qa_outputs.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."

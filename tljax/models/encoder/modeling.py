@@ -12,12 +12,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.models.base import PretrainedModel, read_config_dict
+from tljax.models.base import Layout, PretrainedModel, read_config_dict
 from tljax.models.checkpoint import atomic_directory, model_to_hf_tensors, write_model_directory
 from tljax.models.encoder.config import EncoderConfig
 from tljax.models.layers import ACTIVATIONS, LayerNorm, Linear, attend, dropout, layer_keys, merge_heads, split_heads
 
 Array = jax.Array
+
+BERT_LAYOUT = Layout(
+    layer=r"(?:^|/)encoder/layer/{i}/",
+    embeddings=r"(?:^|/)embeddings/",
+    norms=r"LayerNorm/(?:scale|bias)$",
+    no_decay=r"(?:^|/)bias$|LayerNorm/",
+    attention_output=r"attention/output/dense$",
+    feed_forward_output=r"layer/\d+/output/dense$",
+    above_layers=r"(?:^|/)pooler/",
+    lora_targets=("query", "value"),
+)
 
 
 def _normal(config: EncoderConfig) -> nnx.Initializer:
@@ -156,6 +167,7 @@ class BertModel(PretrainedModel):
 
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
+    layout: ClassVar[Layout] = BERT_LAYOUT
     returns_hidden_states: ClassVar[bool] = True
     # checkpoints of masked-LM models have no pooler
     new_parameters: ClassVar[tuple[str, ...]] = ("pooler.",)
@@ -177,6 +189,11 @@ class BertModel(PretrainedModel):
     def num_prefix_tokens(self) -> int:
         prefix = self.encoder.layer[0].attention.self.prefix
         return 0 if prefix is None else prefix.num_virtual_tokens
+
+    @property
+    def input_embeddings(self) -> nnx.Embed:
+        """The token embedding table [V, H] (where prompt tuning starts its virtual tokens)."""
+        return self.embeddings.word_embeddings
 
     @property
     def num_layers(self) -> int:
@@ -268,6 +285,7 @@ class BertForSequenceClassification(PretrainedModel):
 
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
+    layout: ClassVar[Layout] = BERT_LAYOUT
     new_parameters: ClassVar[tuple[str, ...]] = ("classifier.", "bert.pooler.")
     # a masked-LM checkpoint (e.g. after continued pre-training) carries its prediction head
     unused_tensors: ClassVar[str | None] = r"^cls\."
@@ -410,6 +428,7 @@ class BertForTokenClassification(PretrainedModel):
 
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
+    layout: ClassVar[Layout] = BERT_LAYOUT
     new_parameters: ClassVar[tuple[str, ...]] = ("classifier.",)
     # a checkpoint's pooler or masked-LM head: a token classifier reads neither
     unused_tensors: ClassVar[str | None] = r"^(?:cls\.|(?:bert\.)?pooler\.)"
@@ -499,6 +518,7 @@ class BertForMaskedLM(PretrainedModel):
 
     config_class: ClassVar = EncoderConfig
     base_model_prefix: ClassVar[str] = "bert"
+    layout: ClassVar[Layout] = BERT_LAYOUT
     new_parameters: ClassVar[tuple[str, ...]] = ("cls.",)
     unused_tensors: ClassVar[str | None] = r"^(bert\.)?pooler\."
     # the prediction head trains with every method: the packaged encoders ship without one (it starts fresh)
