@@ -14,7 +14,6 @@ none) and its span in the passage (-1 where it is not there), the prompt or repl
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,9 +23,9 @@ import numpy as np
 from harness.answers import (AnswerItem, AnswerTask, answer_messages, answer_plain_context,
                              draw_answer_demonstrations, read_answer)
 from harness.entity_variants import generate_replies
-from harness.evaluation import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
+from harness.evaluation import (Evaluation, VariantError, encoder_prefixes, run_costs, size_mb,
+                                training_overlap)
 from harness.tasks import load_task
-from tljax.data import normalise
 from tljax.data.chat import chat_context
 from tljax.models.transforms import CallShapes
 from tljax.predict import AnswerFinder
@@ -108,30 +107,18 @@ def evaluate_answers(variant, task: AnswerTask, items: Sequence[AnswerItem], see
                      measure_costs: bool = True) -> Evaluation:
     """Every question's record under `variant` (seed: the few-shot draw); see `harness.variants.evaluate`."""
     started = time.perf_counter()
-    notes: list[str] = []
     if variant.kind == "run":
         run = loaded.run(variant.run)
-        overlap = 0
-        if run.trained_texts is not None:
-            # a QA run's training texts are its passages: a question about one of them is not held out
-            overlap = sum(normalise(i.context) in run.trained_texts for i in items)
-            if overlap and not variant.allow_overlap:
-                raise VariantError(f"run {variant.run} trained on {overlap} of the {len(items)} questions of "
-                                   f"{task.name}; evaluate it on held-out passages (the test split), or set "
-                                   "allow_overlap: true")
-            if overlap:
-                notes.append(f"trained on {overlap} of the {len(items)} questions")
+        # a QA run's training texts are its passages: a question about one of them is not held out
+        overlap, notes = training_overlap(variant, run, [i.context for i in items], task.name, "questions",
+                                          "held-out passages")
         records = _run(variant, items, run)
-        summary_path = run.directory / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        costs = {"trainable_parameters": summary.get("trainable_parameters"),
-                 "training_seconds": summary.get("training_seconds"), "size_mb": size_mb(run.export),
-                 "overlap": overlap,
-                 **compiled_costs(run.predictor.logits.typical_cost() if measure_costs else None)}
+        costs = run_costs(run, overlap, run.predictor.logits.typical_cost() if measure_costs else None)
     else:
         model, tokenizer, is_decoder, directory = loaded.get(variant.model)
         costs = {"trainable_parameters": 0, "training_seconds": 0.0,
                  "size_mb": size_mb(directory / "model.safetensors")}
+        notes = []
         if is_decoder and variant.kind in ("zero-shot", "few-shot"):
             records = _decoder(variant, task, items, seed, model, tokenizer)
         elif is_decoder:

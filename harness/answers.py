@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness.prompts import FEWSHOT_DELIMITER, TARGET_DELIMITER, item_rng
-from harness.task_parts import DataSpec, TaskError, Templated, aligned_seeds, check_keys, task_head
+from harness.task_parts import DataSpec, TaskError, Templated, aligned_seeds, check_keys, figure, task_head
 from tljax.data import split_dataset
 from tljax.data.sources import load_questions
 from tljax.squad import question_scores
@@ -250,14 +250,6 @@ LEGEND = (
     "gives the means over its seeds ± their standard deviation.")
 
 
-def _figure(summary: dict[str, Any], metric: str) -> str:
-    answer = summary.get("answer", {})
-    if metric not in answer:
-        return ""
-    sd = answer.get(f"{metric}_sd")
-    return f"{answer[metric]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
-
-
 def answer_table(rows: Sequence[dict[str, Any]]) -> str:
     """The answer tasks' results table (Markdown), the legend under it."""
     lines = ["| variant | task | lang | questions | F1 (95% CI) | EM | answerable F1 | no-answer | unanswered | "
@@ -272,8 +264,8 @@ def answer_table(rows: Sequence[dict[str, Any]]) -> str:
         params = c.get("trainable_parameters")
         split = lambda key: f"{answer[key]:.3f}" if key in answer else ""  # noqa: E731
         lines.append(
-            f"| {row['variant']} | {row['task']} | {row['language']} | {questions} | {_figure(s, 'f1') or 'nan'} "
-            f"({ci[0]:.3f}-{ci[1]:.3f}) | {_figure(s, 'exact')} | {split('has_answer_f1')} | "
+            f"| {row['variant']} | {row['task']} | {row['language']} | {questions} | {figure(answer, 'f1') or 'nan'} "
+            f"({ci[0]:.3f}-{ci[1]:.3f}) | {figure(answer, 'exact')} | {split('has_answer_f1')} | "
             f"{split('no_answer_exact')} | {s.get('unanswered', 0):g} | {'' if params is None else f'{params:,}'} | "
             f"{c.get('training_seconds') or 0:.0f} | {c.get('examples_per_second', float('nan')):.1f} |")
     notes = [f"- {row['variant']} on {row['task']}: {'; '.join(row['notes'])}" for row in rows if row.get("notes")]

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from harness.prompts import FEWSHOT_DELIMITER, TARGET_DELIMITER, item_rng
-from harness.task_parts import DataSpec, TaskError, Templated, aligned_seeds, check_keys, task_head
+from harness.task_parts import DataSpec, TaskError, Templated, aligned_seeds, check_keys, figure, task_head
 from tljax.data import split_dataset
 from tljax.data.sources import load_tagged
 from tljax.data.tagged import TaggedDataset
@@ -329,14 +329,6 @@ LEGEND = (
     "A row over several seeds gives the means over its seeds ± their standard deviation.")
 
 
-def _figure(summary: dict[str, Any], metric: str) -> str:
-    entity = summary.get("entity", {})
-    if metric not in entity:
-        return ""
-    sd = entity.get(f"{metric}_sd")
-    return f"{entity[metric]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
-
-
 def entity_table(rows: Sequence[dict[str, Any]]) -> str:
     """The entity tasks' results table (Markdown), the legend under it."""
     types = sorted({t for row in rows for t in row["summary"].get("entity", {}).get("per_type", {})})
@@ -347,13 +339,14 @@ def entity_table(rows: Sequence[dict[str, Any]]) -> str:
         s, c = row["summary"], row["costs"]
         seeds = s.get("seeds", 1)
         texts = f"{s['items']} × {seeds}" if seeds > 1 else f"{s['items']}"
-        ci = s.get("entity", {}).get("f1_ci", [float("nan")] * 2)
-        per_type = s.get("entity", {}).get("per_type", {})
+        entity = s.get("entity", {})
+        ci = entity.get("f1_ci", [float("nan")] * 2)
+        per_type = entity.get("per_type", {})
         params = c.get("trainable_parameters")
         lines.append(
-            f"| {row['variant']} | {row['task']} | {row['language']} | {texts} | {_figure(s, 'f1') or 'nan'} "
-            f"({ci[0]:.3f}-{ci[1]:.3f}) | {_figure(s, 'precision')} | {_figure(s, 'recall')} | "
-            f"{s.get('entity', {}).get('macro_f1', float('nan')):.3f} | "
+            f"| {row['variant']} | {row['task']} | {row['language']} | {texts} | {figure(entity, 'f1') or 'nan'} "
+            f"({ci[0]:.3f}-{ci[1]:.3f}) | {figure(entity, 'precision')} | {figure(entity, 'recall')} | "
+            f"{entity.get('macro_f1', float('nan')):.3f} | "
             + " | ".join(f"{per_type[t]:.3f}" if t in per_type else "" for t in types)
             + f" | {s.get('unread', 0):g} | {s.get('unfound', 0):g} | {'' if params is None else f'{params:,}'} | "
             f"{c.get('training_seconds') or 0:.0f} | {c.get('examples_per_second', float('nan')):.1f} |")

@@ -14,7 +14,6 @@ is not in the text (`unfound`), whether the reply could be read, the prompt or r
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ from harness.entities import (EntityItem, EntityTask, draw_entity_demonstrations
                               entity_plain_context, parse_entity_reply)
 from harness.prompts import FEWSHOT_DELIMITER, item_rng
 from harness.tasks import load_task
-from harness.evaluation import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
+from harness.evaluation import Evaluation, VariantError, encoder_prefixes, run_costs, size_mb, training_overlap
 from tljax import models
 from tljax.data import normalise
 from tljax.data.batches import evaluation_batches
@@ -188,21 +187,9 @@ def evaluate_entities(variant, task: EntityTask, items: Sequence[EntityItem], se
     started = time.perf_counter()
     if variant.kind == "run":
         run = loaded.run(variant.run)
-        notes, overlap = [], 0
-        if run.trained_texts is not None:
-            overlap = sum(normalise(i.text) in run.trained_texts for i in items)
-            if overlap and not variant.allow_overlap:
-                raise VariantError(f"run {variant.run} trained on {overlap} of the {len(items)} texts of {task.name}; "
-                                   "evaluate it on held-out texts (the test split), or set allow_overlap: true")
-            if overlap:
-                notes.append(f"trained on {overlap} of the {len(items)} texts")
+        overlap, notes = training_overlap(variant, run, [i.text for i in items], task.name, "texts", "held-out texts")
         records = _run(variant, task, items, run)
-        summary_path = run.directory / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        costs = {"trainable_parameters": summary.get("trainable_parameters"),
-                 "training_seconds": summary.get("training_seconds"), "size_mb": size_mb(run.export),
-                 "overlap": overlap,
-                 **compiled_costs(run.predictor.logits.typical_cost() if measure_costs else None)}
+        costs = run_costs(run, overlap, run.predictor.logits.typical_cost() if measure_costs else None)
     else:
         model, tokenizer, is_decoder, directory = loaded.get(variant.model)
         costs = {"trainable_parameters": 0, "training_seconds": 0.0, "size_mb": size_mb(directory / "model.safetensors")}

@@ -101,6 +101,15 @@ def aligned_seeds(per_seed, what: str = "texts") -> list[list[dict]]:
     return aligned
 
 
+def figure(figures: dict[str, Any], metric: str) -> str:
+    """A row's `metric` from a task kind's figures (its mean ± its standard deviation over seeds, where there are
+    several), or "" where the row has none."""
+    if metric not in figures:
+        return ""
+    sd = figures.get(f"{metric}_sd")
+    return f"{figures[metric]:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
 def spec_path(name_or_path: str | Path, directory: Path) -> Path:
     """A built-in name's file in `directory` (a name has no suffix), else the path as given."""
     path = Path(name_or_path)

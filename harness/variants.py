@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import re
 import threading
 import time
@@ -34,14 +33,14 @@ import numpy as np
 import tljax
 from harness.answer_variants import evaluate_answers
 from harness.entity_variants import evaluate_entities
-from harness.evaluation import Evaluation, VariantError, compiled_costs, encoder_prefixes, size_mb
+from harness.evaluation import (Evaluation, VariantError, compiled_costs, encoder_prefixes, run_costs, size_mb,
+                                training_overlap)
 from harness.encoders import CLASSIFIERS, Embedder, logistic_regression, nearest_centroid
 from harness.prompts import (CONTENT_FREE, FORMS, PROMPTS, answer_continuation, chat_messages, draw_demonstrations,
                              item_rng, plain_context)
 from harness.scoring import DecoderScorer
 from harness.tasks import Item, Task, load_task
 from tljax import models, zoo
-from tljax.data import normalise
 from tljax.data.chat import chat_context
 from tljax.models.transforms import CallShapes
 from tljax.predict import PREDICTORS, EntityTagger, Predictor
@@ -435,15 +434,7 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: M
     if set(info.labels) != set(task.labels):
         raise VariantError(f"run {variant.run} predicts labels {list(info.labels)}, the task {task.name} has "
                            f"{list(task.labels)}; evaluate a run trained for the task's labels")
-    notes, overlap = [], 0
-    if run.trained_texts is not None:
-        overlap = sum(normalise(i.text) in run.trained_texts for i in items)
-        if overlap and not variant.allow_overlap:
-            raise VariantError(f"run {variant.run} trained on {overlap} of the {len(items)} items of {task.name}; "
-                               "evaluate it on held-out items (e.g. the test split), or set allow_overlap: true to "
-                               "report it flagged")
-        if overlap:
-            notes.append(f"trained on {overlap} of the {len(items)} items")
+    overlap, notes = training_overlap(variant, run, [i.text for i in items], task.name, "items", "held-out items")
     started = time.perf_counter()
     if run.scorer is not None:  # a tuned decoder: scored as zero-shot, in the chat form (or plain, as asked)
         if not info.chat and variant.prompt != "plain":
@@ -468,10 +459,6 @@ def _evaluate_run(variant: Variant, task: Task, items: Sequence[Item], loaded: M
         scores = {"acc": np.log(np.asarray([[p[predictor.labels[j]] for j in order] for _, p in predicted]) + 1e-12)}
         prompts, measured = [""] * len(items), predictor.probabilities
     latency = time.perf_counter() - started
-    summary_path = run.directory / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    costs = {"trainable_parameters": summary.get("trainable_parameters"),
-             "training_seconds": summary.get("training_seconds"), "size_mb": size_mb(run.export),
-             "examples_per_second": round(len(items) / max(latency, 1e-9), 2), "overlap": overlap,
-             **compiled_costs(measured.typical_cost() if measure_costs else None)}
+    costs = {**run_costs(run, overlap, measured.typical_cost() if measure_costs else None),
+             "examples_per_second": round(len(items) / max(latency, 1e-9), 2)}
     return Evaluation(_rule_records(items, scores, prompts, latency), costs, notes)
