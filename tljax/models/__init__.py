@@ -27,6 +27,19 @@ from tljax.models.encoder.modeling import (
     cls_pool,
     mean_pool,
 )
+from tljax.models.roberta.config import RobertaConfig, XLMRobertaConfig
+from tljax.models.roberta.modeling import (
+    RobertaForMaskedLM,
+    RobertaForQuestionAnswering,
+    RobertaForSequenceClassification,
+    RobertaForTokenClassification,
+    RobertaModel,
+    XLMRobertaForMaskedLM,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaForTokenClassification,
+    XLMRobertaModel,
+)
 
 # model_type -> task -> class
 MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
@@ -43,6 +56,20 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": LlamaForTokenClassification,
         "question-answering": LlamaForQuestionAnswering,
         "causal-lm": LlamaForCausalLM,
+    },
+    "roberta": {
+        "base": RobertaModel,
+        "sequence-classification": RobertaForSequenceClassification,
+        "token-classification": RobertaForTokenClassification,
+        "question-answering": RobertaForQuestionAnswering,
+        "masked-lm": RobertaForMaskedLM,
+    },
+    "xlm-roberta": {
+        "base": XLMRobertaModel,
+        "sequence-classification": XLMRobertaForSequenceClassification,
+        "token-classification": XLMRobertaForTokenClassification,
+        "question-answering": XLMRobertaForQuestionAnswering,
+        "masked-lm": XLMRobertaForMaskedLM,
     },
 }
 
@@ -82,6 +109,9 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 __all__ = [
     "BertForMaskedLM", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
     "DecoderConfig", "EncoderConfig", "KVCache", "Layout", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
-    "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
+    "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",
+    "RobertaForSequenceClassification", "RobertaForTokenClassification", "RobertaModel", "XLMRobertaConfig",
+    "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering", "XLMRobertaForSequenceClassification",
+    "XLMRobertaForTokenClassification", "XLMRobertaModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
     "generate", "is_decoder", "mean_pool", "task_of", "model_class", "stream_chat", "stream_generate",
 ]
