@@ -93,6 +93,8 @@ class RobertaModel(BertModel):
 
 
 class XLMRobertaModel(RobertaModel):
+    """XLM-RoBERTa's backbone: RoBERTa's computation under its own name."""
+
     config_class: ClassVar = XLMRobertaConfig
 
 
@@ -295,20 +297,28 @@ class RobertaForMaskedLM(_RobertaTaskModel):
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):
+    """XLM-RoBERTa's name for `RobertaForSequenceClassification` (the architecture `save_pretrained` writes)."""
+
     config_class: ClassVar = XLMRobertaConfig
     backbone_class: ClassVar[type[RobertaModel]] = XLMRobertaModel
 
 
 class XLMRobertaForTokenClassification(RobertaForTokenClassification):
+    """XLM-RoBERTa's name for `RobertaForTokenClassification` (the architecture `save_pretrained` writes)."""
+
     config_class: ClassVar = XLMRobertaConfig
     backbone_class: ClassVar[type[RobertaModel]] = XLMRobertaModel
 
 
 class XLMRobertaForQuestionAnswering(RobertaForQuestionAnswering):
+    """XLM-RoBERTa's name for `RobertaForQuestionAnswering` (the architecture `save_pretrained` writes)."""
+
     config_class: ClassVar = XLMRobertaConfig
     backbone_class: ClassVar[type[RobertaModel]] = XLMRobertaModel
 
 
 class XLMRobertaForMaskedLM(RobertaForMaskedLM):
+    """XLM-RoBERTa's name for `RobertaForMaskedLM` (the architecture `save_pretrained` writes)."""
+
     config_class: ClassVar = XLMRobertaConfig
     backbone_class: ClassVar[type[RobertaModel]] = XLMRobertaModel
