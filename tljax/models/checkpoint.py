@@ -2,7 +2,8 @@
 
 Our module and parameter names follow Hugging Face's, so a checkpoint name is our "/"-joined parameter
 path with "." separators and a renamed leaf (`kernel`, `scale`, `embedding` -> `weight`); Linear kernels
-are stored [out, in] by PyTorch and [in, out] by us.
+are stored [out, in] by PyTorch's nn.Linear and [in, out] by us, except those a model marks as stored [in, out]
+(`STORED_IN_OUT`: GPT-2's Conv1D projections), which convert as they are.
 
 A directory holds its tensors in one of the forms `transformers` writes or has written: `model.safetensors`,
 sharded safetensors (`model.safetensors.index.json`), or PyTorch pickles (`pytorch_model.bin`, sharded by
@@ -70,8 +71,16 @@ def hf_name(path: tuple) -> str:
     return ".".join([*parents, leaf])
 
 
-def _is_kernel(path: tuple) -> bool:
-    return str(path[-1]) == "kernel"
+# The metadata key (on a kernel's nnx.Param) of a kernel whose Hugging Face tensor is stored [in, out] as ours is,
+# not transposed as nn.Linear's: a model sets it where its PyTorch twin does so (GPT-2's Conv1D). It lives on the
+# parameter itself, so it stays true when a method wraps the projection (LoRA and adapters keep the kernel).
+STORED_IN_OUT = "stored_in_out"
+
+
+def stored_transposed(path: tuple, variable: nnx.Variable) -> bool:
+    """Whether the parameter at `path` is the transpose of its Hugging Face tensor: a kernel [in, out] that PyTorch
+    stores [out, in] (every kernel but those marked `STORED_IN_OUT`)."""
+    return str(path[-1]) == "kernel" and not variable.get_metadata().get(STORED_IN_OUT, False)
 
 
 def model_to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -81,7 +90,7 @@ def model_to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
         array = np.asarray(jax.device_get(variable.get_value()))
         if array.dtype not in (np.float32, np.float16):
             array = array.astype(np.float32)  # bfloat16 is not a numpy type safetensors.numpy writes
-        tensors[hf_name(path)] = np.ascontiguousarray(array.T if _is_kernel(path) else array)
+        tensors[hf_name(path)] = np.ascontiguousarray(array.T if stored_transposed(path, variable) else array)
     return tensors
 
 
@@ -307,10 +316,11 @@ def fill_parameters(
                 problems.append(f"missing: {name} {expected}")
             continue
         array = renamed.pop(name)
-        array = array.T if _is_kernel(path) else array
+        transposed = stored_transposed(path, variable)
+        array = array.T if transposed else array
         if tuple(array.shape) != expected:
-            got = tuple(array.T.shape) if _is_kernel(path) else tuple(array.shape)
-            want = expected[::-1] if _is_kernel(path) else expected
+            got = tuple(array.T.shape) if transposed else tuple(array.shape)
+            want = expected[::-1] if transposed else expected
             problems.append(f"wrong shape: {name} is {got} in the checkpoint, the model needs {want}")
             continue
         filled.append((path, variable.replace(jax.numpy.asarray(array, dtype=variable.dtype))))
