@@ -40,6 +40,14 @@ from tljax.models.roberta.modeling import (
     XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
+from tljax.models.gpt2.config import GPT2Config
+from tljax.models.gpt2.modeling import (
+    GPT2ForQuestionAnswering,
+    GPT2ForSequenceClassification,
+    GPT2ForTokenClassification,
+    GPT2LMHeadModel,
+    GPT2Model,
+)
 
 # model_type -> task -> class
 MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
@@ -70,6 +78,13 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": XLMRobertaForTokenClassification,
         "question-answering": XLMRobertaForQuestionAnswering,
         "masked-lm": XLMRobertaForMaskedLM,
+    },
+    "gpt2": {
+        "base": GPT2Model,
+        "sequence-classification": GPT2ForSequenceClassification,
+        "token-classification": GPT2ForTokenClassification,
+        "question-answering": GPT2ForQuestionAnswering,
+        "causal-lm": GPT2LMHeadModel,
     },
 }
 
@@ -114,4 +129,6 @@ __all__ = [
     "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering", "XLMRobertaForSequenceClassification",
     "XLMRobertaForTokenClassification", "XLMRobertaModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
     "generate", "is_decoder", "mean_pool", "task_of", "model_class", "stream_chat", "stream_generate",
+    "GPT2Config", "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
+    "GPT2LMHeadModel", "GPT2Model",
 ]
