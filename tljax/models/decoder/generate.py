@@ -1,9 +1,14 @@
-"""Text generation with the key/value cache: greedy and sampled, one compiled program per shape."""
+"""Text generation with the key/value cache: greedy and sampled, one compiled program per shape.
+
+Every decoder family generates through the same code: it asks the model only what `CausalLM` and `CachedBackbone`
+state (LlamaForCausalLM and GPT2LMHeadModel both answer), never for its family or its attribute names.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from functools import partial
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +16,38 @@ import numpy as np
 from flax import nnx
 
 from tljax.models.config import ConfigError
-from tljax.models.decoder.modeling import LlamaForCausalLM, shared_start
+from tljax.models.decoder.modeling import KVCache, shared_start
+from tljax.models.transforms import backbone
 
 Array = jax.Array
 PROMPT_STEP = 32  # stream_chat pads prompts to multiples of this
+
+
+class CachedBackbone(Protocol):
+    """What generation asks of a causal model's backbone (`tljax.models.transforms.backbone(model)`)."""
+
+    num_virtual_tokens: int  # a soft prompt's virtual tokens, which come before the prompt
+    num_prefix_tokens: int  # a prefix's keys and values, which take the first positions
+
+    def after_shared_start(self, shared: Array, input_ids: Array, attention_mask: Array, size: int, *,
+                           scan_layers: bool = False) -> tuple[Array, KVCache]:
+        """Left-padded rows [B, T] after the tokens `shared` [1, S] that all start with (S may be 0), run into a
+        fresh cache of `size` slots (`KVCache.empty` of the model's config: its constructor) -> (the rows' hidden
+        states [B, T, H], the cache)."""
+
+    def __call__(self, input_ids: Array, attention_mask: Array, *, cache: KVCache,
+                 use_prompt: bool = False) -> tuple[Array, KVCache]:
+        """[B, T] more tokens through the cache -> (their hidden states [B, T, H], the updated cache)."""
+
+
+class CausalLM(Protocol):
+    """What generation asks of a causal language model besides its backbone."""
+
+    # `max_position_embeddings` (the context), `eos_token_ids`, `pad_token_id`
+    config: Any
+
+    def logits(self, hidden: Array) -> Array:
+        """Hidden states [..., H] -> float32 next-token logits [..., V]."""
 
 
 def sample_token(logits: Array, key: Array | None, temperature: float, top_k: int | None,
@@ -52,18 +85,18 @@ def _split_shared(input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray, np
     return prompts[0][None, :common], rest_ids, rest_mask
 
 
-def _first_token(model: LlamaForCausalLM, shared, input_ids, attention_mask, key, total: int, sampling: dict):
+def _first_token(model: CausalLM, shared, input_ids, attention_mask, key, total: int, sampling: dict):
     """The prompt (shared [1, S], then each row's own [B, T]) run into a fresh cache of `total` positions ->
     (first new token [B], cache). The shared start is run once, its keys and values copied to every row."""
-    hidden, cache = model.model.after_shared_start(shared, input_ids, attention_mask, total,
-                                                   scan_layers=True)  # one layer to compile
+    hidden, cache = backbone(model).after_shared_start(shared, input_ids, attention_mask, total,
+                                                       scan_layers=True)  # one layer to compile
     return sample_token(model.logits(hidden[:, -1]), key, **sampling), cache
 
 
-def _next_token(model: LlamaForCausalLM, token, cache, key, sampling: dict):
+def _next_token(model: CausalLM, token, cache, key, sampling: dict):
     """One decoding step: the last token [B] through the cache -> (next token [B], cache)."""
     ones = jnp.ones((token.shape[0], 1), jnp.int32)
-    hidden, cache = model.model(token[:, None], ones, cache=cache, use_prompt=False)
+    hidden, cache = backbone(model)(token[:, None], ones, cache=cache, use_prompt=False)
     return sample_token(model.logits(hidden[:, 0]), key, **sampling), cache
 
 
@@ -73,9 +106,9 @@ SAMPLING = ("temperature", "top_k", "top_p")
 @partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad"))
 def _generate(graphdef, state, shared, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k,
               top_p, eos, pad):
-    model: LlamaForCausalLM = nnx.merge(graphdef, state)
+    model: CausalLM = nnx.merge(graphdef, state)
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    total = model.model.num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
+    total = backbone(model).num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
     keys = jax.random.split(key, max_new_tokens)
     first, cache = _first_token(model, shared, input_ids, attention_mask, keys[0], total, sampling)
     is_eos = lambda token: jnp.isin(token, jnp.asarray(eos or (-1,), jnp.int32))  # noqa: E731
@@ -101,14 +134,15 @@ def _stream_next(graphdef, state, token, cache, key, **sampling):
     return _next_token(nnx.merge(graphdef, state), token, cache, key, sampling)
 
 
-def _check_generation(model: LlamaForCausalLM, prompt_length: int, max_new_tokens: int, top_k, top_p) -> None:
+def _check_generation(model: CausalLM, prompt_length: int, max_new_tokens: int, top_k, top_p) -> None:
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
-    virtual = model.model.num_virtual_tokens + model.model.num_prefix_tokens
+    body = backbone(model)
+    virtual = body.num_virtual_tokens + body.num_prefix_tokens
     if virtual + prompt_length + max_new_tokens > model.config.max_position_embeddings:
         raise ConfigError(f"prompt of {prompt_length} tokens (+ {virtual} virtual) + {max_new_tokens} new ones "
                          f"exceeds the model's context of {model.config.max_position_embeddings}")
@@ -121,7 +155,7 @@ def _eos_and_pad(config, eos_token_ids, pad_token_id) -> tuple[tuple[int, ...], 
 
 
 def generate(
-    model: LlamaForCausalLM,
+    model: CausalLM,
     input_ids: Array,
     attention_mask: Array | None = None,
     *,
@@ -151,7 +185,7 @@ def generate(
 
 
 def stream_generate(
-    model: LlamaForCausalLM,
+    model: CausalLM,
     input_ids: Array,
     attention_mask: Array | None = None,
     *,
@@ -174,7 +208,7 @@ def stream_generate(
     sampling = {"temperature": float(temperature), "top_k": top_k, "top_p": top_p}
     keys = jax.random.split(jax.random.key(seed), max_new_tokens)
     shared, input_ids, attention_mask = _split_shared(input_ids, attention_mask)
-    total = model.model.num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
+    total = backbone(model).num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
     token, cache = _stream_first(graphdef, state, shared, input_ids, attention_mask, keys[0], total=total,
                                  **sampling)
     done = np.zeros(input_ids.shape[0], bool)
@@ -190,7 +224,7 @@ def stream_generate(
 
 
 def chat(
-    model: LlamaForCausalLM,
+    model: CausalLM,
     tokenizer,
     conversations: Sequence[Sequence[dict[str, str]]],
     *,
@@ -212,7 +246,7 @@ def chat(
 
 
 def stream_chat(
-    model: LlamaForCausalLM,
+    model: CausalLM,
     tokenizer,
     conversation: Sequence[dict[str, str]],
     *,
