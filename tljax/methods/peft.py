@@ -42,7 +42,7 @@ from tljax.methods.prefix import prefix_encoder
 from tljax.methods.prompt import PromptEncoder
 from tljax.methods.rules import MethodError
 from tljax.models import task_of
-from tljax.models.checkpoint import atomic_directory, hf_name, path_str
+from tljax.models.checkpoint import atomic_directory, hf_name, path_str, stored_in_out, stored_transposed
 
 log = logging.getLogger(__name__)
 # the newest transformers (major, minor) whose BERT takes past key values (what PEFT prefix tuning needs)
@@ -108,6 +108,10 @@ def _params(model: nnx.Module, which: nnx.filterlib.Filter = nnx.Param) -> dict[
     return {tuple(path): variable.get_value() for path, variable in nnx.to_flat_state(nnx.state(model, which))}
 
 
+def _variables(model: nnx.Module) -> dict[tuple, nnx.Variable]:
+    return {tuple(path): variable for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
 def _head(adaptation: Adaptation, task_type: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """(modules_to_save, {Hugging Face name: tensor}) of a sequence or token classifier's or a span model's head;
     nothing otherwise.
@@ -118,11 +122,11 @@ def _head(adaptation: Adaptation, task_type: str) -> tuple[list[str], dict[str, 
     if task_type not in ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS") or pattern is None:
         return [], {}
     tensors, modules = {}, []
-    for path, value in _params(model).items():
+    for path, variable in _variables(model).items():
         match = re.search(pattern, path_str(path))
         if match:
-            array = _array(value)
-            tensors[hf_name(path)] = np.ascontiguousarray(array.T) if str(path[-1]) == "kernel" else array
+            array = _array(variable.get_value())
+            tensors[hf_name(path)] = np.ascontiguousarray(array.T) if stored_transposed(path, variable) else array
             module = match.group(0).strip("/").rsplit("/", 1)[-1]
             if module not in modules:
                 modules.append(module)
@@ -151,6 +155,9 @@ def _lora(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.nd
     if len(ranks) > 1 or len(scalings) > 1:
         raise MethodError(f"LoRA modules differ in rank {sorted(ranks)} or scaling {sorted(scalings)}")
     rank, scaling = ranks.pop(), scalings.pop()
+    # PEFT's fan_in_fan_out: the adapted weights are stored [in, out] (GPT-2's Conv1D), as the model's kernels say;
+    # lora_A / lora_B are [r, in] / [out, r] either way (PEFT builds them as nn.Linear)
+    fan_in_fan_out = all(stored_in_out(m.kernel) for m in modules.values())
 
     tensors: dict[str, np.ndarray] = {}
     for path, module in modules.items():
@@ -176,7 +183,7 @@ def _lora(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.nd
         "target_modules": _target_modules(model, set(modules)),
         "bias": "all" if bitfit else "none",
         "modules_to_save": head_modules or None,
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": fan_in_fan_out,
         "use_rslora": False,
         "use_dora": False,
         "init_lora_weights": True,

@@ -77,10 +77,15 @@ def hf_name(path: tuple) -> str:
 STORED_IN_OUT = "stored_in_out"
 
 
+def stored_in_out(kernel: nnx.Variable) -> bool:
+    """Whether a kernel [in, out] is stored [in, out] by Hugging Face too (its model marked it `STORED_IN_OUT`)."""
+    return bool(kernel.get_metadata().get(STORED_IN_OUT, False))
+
+
 def stored_transposed(path: tuple, variable: nnx.Variable) -> bool:
     """Whether the parameter at `path` is the transpose of its Hugging Face tensor: a kernel [in, out] that PyTorch
     stores [out, in] (every kernel but those marked `STORED_IN_OUT`)."""
-    return str(path[-1]) == "kernel" and not variable.get_metadata().get(STORED_IN_OUT, False)
+    return str(path[-1]) == "kernel" and not stored_in_out(variable)
 
 
 def model_to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
