@@ -5,6 +5,7 @@ parameters."""
 import json
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import peft
@@ -16,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import padded_batch
 from test_peft_export import perturb
-from tljax.methods import METHODS, Adaptation, Adapters, BitFit, LoRA, PrefixTuning, PromptTuning, adapt
+from tljax.methods import METHODS, Adaptation, Adapters, BitFit, FeatureExtraction, LoRA, PrefixTuning, PromptTuning, adapt
 from tljax.methods.__main__ import main as methods_main
 from tljax.methods.peft import save_peft
 from tljax.models import (
@@ -123,7 +124,8 @@ def test_each_class_matches_pytorch_both_ways(tmp_path, torch_cls, cls, auto):
 def test_an_old_bare_checkpoint_with_mask_buffers_loads_into_every_head(lm_dir, lm, tmp_path):
     """The first GPT-2 checkpoints name the backbone's tensors without `transformer.` and carry the causal-mask
     buffers `h.N.attn.bias` / `masked_bias`: those are not parameters, and the LM head is tied."""
-    tensors = {name.removeprefix("transformer."): array for name, array in load_file(lm_dir / "model.safetensors").items()}
+    saved = load_file(lm_dir / "model.safetensors")
+    tensors = {name.removeprefix("transformer."): array for name, array in saved.items()}
     for i in range(TINY["n_layer"]):
         tensors[f"h.{i}.attn.bias"] = np.tril(np.ones((64, 64), np.float32))[None, None]
         tensors[f"h.{i}.attn.masked_bias"] = np.asarray(-1e4, np.float32)
@@ -270,6 +272,16 @@ def test_a_prompt_or_prefix_changes_the_outputs_but_not_their_shape(lm_dir):
         adapted = adapt(GPT2LMHeadModel.from_pretrained(lm_dir), [method]).model
         logits = np.asarray(forward(adapted, jnp.asarray(ids), jnp.asarray(mask)))
         assert logits.shape == plain.shape and np.abs(logits - plain).max() > 1e-3
+
+
+def test_dropout_acts_in_training_and_feature_extraction_turns_all_of_it_off(lm_dir):
+    ids, mask = map(jnp.asarray, batch())
+    dropped = nnx.jit(lambda model, key: model(ids, mask, dropout_key=key))
+    model = GPT2ForSequenceClassification.from_pretrained(lm_dir, id2label=LABELS)
+    plain = np.asarray(forward(model, ids, mask))
+    assert np.abs(np.asarray(dropped(model, jax.random.key(0))) - plain).max() > 1e-3
+    frozen = adapt(model, [FeatureExtraction()]).model
+    np.testing.assert_allclose(np.asarray(dropped(frozen, jax.random.key(0))), plain, atol=1e-6, rtol=0)
 
 
 def test_the_methods_command_prints_the_trainable_table(lm_dir, capsys):

@@ -12,7 +12,7 @@ from tljax.models.layers import ACTIVATIONS
 REFUSED: dict[str, tuple[Any, str]] = {
     "scale_attn_weights": (True, "attention scores are scaled by 1/sqrt(head_dim)"),
     "scale_attn_by_inverse_layer_idx": (False, "no extra 1/(layer + 1) scaling of the attention scores"),
-    "reorder_and_upcast_attn": (False, "the usual attention, not the upcast and reordered one of Stanford's Mistral runs"),
+    "reorder_and_upcast_attn": (False, "the plain attention, not its reordered and upcast variant"),
     "add_cross_attention": (False, "no cross-attention: GPT-2 is a decoder-only model here"),
 }
 

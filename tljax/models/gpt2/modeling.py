@@ -62,15 +62,14 @@ class GPT2Attention(nnx.Module):
         self.c_attn = Conv1D(h, 3 * h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.c_proj = Conv1D(h, h, dtype=dtype, param_dtype=param_dtype, init_std=out_std, rngs=rngs)
         self.num_heads = config.n_head
-        self.dropout_rate = config.attn_pdrop
-        self.resid_dropout_rate = config.resid_pdrop
+        self.dropout_rate = config.attn_pdrop  # on the attention weights (the block drops out c_proj's output)
         self.prefix = nnx.data(None)  # prefix tuning puts a module here: batch -> (keys, values) [B, N, P, D]
 
     def __call__(self, x: Array, mask: Array, cache: tuple[Array, Array, Array] | None, dropout_key: Array | None,
                  causal_from: int | None = None) -> tuple[Array, tuple[Array, Array] | None]:
         """x [B, T, H]; mask [B, 1, T, S]; cache (keys, values, write index) or None -> ([B, T, H], the cache's
         new keys and values or None). `causal_from`: the slot of the first query when known when tracing."""
-        keys = layer_keys(dropout_key, 4)
+        keys = layer_keys(dropout_key, 3)
         q, k, v = (split_heads(part, self.num_heads) for part in jnp.split(self.c_attn(x, keys[0]), 3, axis=-1))
         new_cache = None
         if cache is not None:
@@ -86,7 +85,7 @@ class GPT2Attention(nnx.Module):
             causal_from = None if causal_from is None else causal_from + prefix_k.shape[2]
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask,
                      dropout_rate=self.dropout_rate, dropout_key=keys[1], causal_from=causal_from)
-        return dropout(self.c_proj(merge_heads(out), keys[2]), self.resid_dropout_rate, keys[3]), new_cache
+        return self.c_proj(merge_heads(out), keys[2]), new_cache
 
 
 class GPT2MLP(nnx.Module):
@@ -111,14 +110,17 @@ class GPT2Block(nnx.Module):
         self.attn = GPT2Attention(config, rngs=rngs, **kw)
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, **kw)
         self.mlp = GPT2MLP(config, rngs=rngs, **kw)
+        # Hugging Face's attention drops out its output (resid_dropout); here the block does, so that every module
+        # has one `dropout_rate` (which `set_dropout` finds)
+        self.dropout_rate = config.resid_pdrop
 
     def __call__(self, x, positions, mask, cache, dropout_key, causal_from: int | None = None):
         """x [B, T, H] -> (x [B, T, H], new cache entries). `positions` are unused (they entered with the
         embeddings); the signature is the Llama layer's, so that both scan over their layers alike."""
-        k1, k2 = layer_keys(dropout_key, 2)
+        k1, k2, k3 = layer_keys(dropout_key, 3)
         attended, new_cache = self.attn(self.ln_1(x), mask, cache, k1, causal_from)
-        x = x + attended
-        return x + self.mlp(self.ln_2(x), k2), new_cache
+        x = x + dropout(attended, self.dropout_rate, k2)
+        return x + self.mlp(self.ln_2(x), k3), new_cache
 
 
 class GPT2Model(PretrainedModel):
