@@ -54,13 +54,17 @@ def _embed(count: int, config: GPT2Config, dtype, param_dtype, rngs: nnx.Rngs) -
                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
+def _output_std(config: GPT2Config) -> float:
+    """The initial scale of a residual branch's output projection (`c_proj`), as Hugging Face initialises GPT-2:
+    0.02 / sqrt(2 * layers), so that the residual stream's variance does not grow with depth."""
+    return 0.02 / math.sqrt(2 * config.n_layer)
+
+
 class GPT2Attention(nnx.Module):
     def __init__(self, config: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
         h = config.n_embd
-        # as Hugging Face initialises it: the residual branch's output projection scaled by 1/sqrt(2 * layers)
-        out_std = 0.02 / math.sqrt(2 * config.n_layer)
         self.c_attn = Conv1D(h, 3 * h, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.c_proj = Conv1D(h, h, dtype=dtype, param_dtype=param_dtype, init_std=out_std, rngs=rngs)
+        self.c_proj = Conv1D(h, h, dtype=dtype, param_dtype=param_dtype, init_std=_output_std(config), rngs=rngs)
         self.num_heads = config.n_head
         self.dropout_rate = config.attn_pdrop  # on the attention weights (the block drops out c_proj's output)
         self.prefix = nnx.data(None)  # prefix tuning puts a module here: batch -> (keys, values) [B, N, P, D]
@@ -92,8 +96,7 @@ class GPT2MLP(nnx.Module):
     def __init__(self, config: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, f = config.n_embd, config.intermediate_size
         self.c_fc = Conv1D(h, f, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.c_proj = Conv1D(f, h, dtype=dtype, param_dtype=param_dtype, init_std=0.02 / math.sqrt(2 * config.n_layer),
-                             rngs=rngs)
+        self.c_proj = Conv1D(f, h, dtype=dtype, param_dtype=param_dtype, init_std=_output_std(config), rngs=rngs)
         self.activation = ACTIVATIONS[config.activation_function]
         self.dropout_rate = config.resid_pdrop
 
