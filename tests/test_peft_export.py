@@ -231,7 +231,7 @@ def test_a_bert_prefix_export_warns_when_the_installed_transformers_cannot_load_
         caplog.clear()
         save_peft(adaptation, tmp_path / version, base_model_name_or_path=str(bert_dir))
         assert (tmp_path / version / "adapter_model.safetensors").is_file()  # written either way
-        assert ("cannot load a BERT prefix adapter" in caplog.text) is warns, version
+        assert ("cannot load an encoder's prefix adapter" in caplog.text) is warns, version
 
 
 @pytest.mark.parametrize("projection", [None, 16], ids=["table", "projected"])

@@ -261,3 +261,19 @@ def test_the_methods_command_prints_the_trainable_table(pretrained, capsys):
     # LoRA on query and value of 2 layers (rank 8), and the whole classifier head (dense 32 x 32, out_proj 32 x 2)
     lora = 2 * 2 * (32 * 8 + 8 * 32) + (32 * 32 + 32) + (32 * 2 + 2)
     assert f"| lora | {lora:,} |" in printed and "| prompt |" in printed and "| houlsby |" in printed
+
+
+def test_partial_fine_tuning_computes_a_roberta_classifiers_frozen_bottom_once():
+    """The cached frozen bottom (tljax.train.features) reads the backbone as the model's, positions after the
+    padding index included."""
+    from tljax.methods import PartialFineTuning
+    from tljax.train.features import frozen_bottom
+
+    config = RobertaConfig.from_hf({**TINY, "id2label": LABELS})
+    adaptation = adapt(RobertaForSequenceClassification.from_config(config), [PartialFineTuning(freeze_layers=1)])
+    assert frozen_bottom(adaptation) == 1
+    ids, mask = batch()
+    body = adaptation.model.roberta
+    _, states = body(jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True)
+    np.testing.assert_allclose(np.asarray(body.hidden_before(jnp.asarray(ids), jnp.asarray(mask), 1)),
+                               np.asarray(states[1]), atol=1e-6)

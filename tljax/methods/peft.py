@@ -41,7 +41,7 @@ from tljax.methods.lora import LoRALinear
 from tljax.methods.prefix import prefix_encoder
 from tljax.methods.prompt import PromptEncoder
 from tljax.methods.rules import MethodError
-from tljax.models import task_of
+from tljax.models import is_decoder, task_of
 from tljax.models.checkpoint import atomic_directory, hf_name, path_str, stored_in_out, stored_transposed
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
     encoder = prefix_encoder(model)
     if encoder is None:
         raise MethodError("the model has no prefix to export")
-    if type(model).__name__.startswith("Bert"):
+    if not is_decoder(model.config.model_type):  # the encoders (BERT, RoBERTa) read past key values no more
         _warn_if_bert_prefix_cannot_load()
     table = _array(encoder.table())
     method = next(m for m in adaptation.methods if m.name == "prefix")
@@ -247,8 +247,8 @@ def _warn_if_bert_prefix_cannot_load() -> None:
 
     version = tuple(int(part) for part in re.findall(r"\d+", transformers.__version__)[:2])
     if version > BERT_PREFIX_UP_TO:
-        log.warning("transformers %s cannot load a BERT prefix adapter in PyTorch (its BERT takes no past key "
-                    "values; 5.23 and older can: pip install 'transformers<=5.23'); the adapter is written, and "
+        log.warning("transformers %s cannot load an encoder's prefix adapter in PyTorch (its BERT and RoBERTa take "
+                    "no past key values; 5.23 and older can: pip install 'transformers<=5.23'); the adapter is written, and "
                     "tljax.predict loads it", transformers.__version__)
 
 

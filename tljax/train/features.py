@@ -25,8 +25,8 @@ from flax import nnx
 
 from tljax.data.batches import BatchIterator, Encoded, evaluation_batches
 from tljax.methods import Adaptation
-from tljax.methods.base import task_head_pattern
-from tljax.models.transforms import jit_bound
+from tljax.methods.base import layout, task_head_pattern
+from tljax.models.transforms import backbone, jit_bound
 from tljax.train.losses import classification_loss, cross_entropy, head_loss
 from tljax.train.objectives import Classification, MappedBatches
 
@@ -152,11 +152,12 @@ def frozen_bottom(adaptation: Adaptation) -> int:
     if not method.cache_frozen or method.path_rules is not None or not method.freeze_embeddings \
             or method.freeze_layers < 1 or not hasattr(model, "logits_from_layer"):
         return 0
-    if model.bert.num_virtual_tokens or model.bert.num_prefix_tokens:
+    if backbone(model).num_virtual_tokens or backbone(model).num_prefix_tokens:
         return 0
-    below = re.compile(r"embeddings/|encoder/layer/(" + "|".join(map(str, range(method.freeze_layers))) + r")/")
+    facts = layout(model)
+    below = [facts.embeddings, *(facts.layer_pattern(i) for i in range(method.freeze_layers))]
     trained = [path for path, _, rule in adaptation.rules().report(model) if rule.trainable]
-    return 0 if any(below.search(path) for path in trained) else method.freeze_layers
+    return 0 if any(re.search(pattern, path) for path in trained for pattern in below) else method.freeze_layers
 
 
 def cached_bytes(adaptation: Adaptation, encoded: dict[str, Encoded], max_length: int) -> int:
@@ -167,7 +168,7 @@ def cached_bytes(adaptation: Adaptation, encoded: dict[str, Encoded], max_length
 def extract_hidden(model: nnx.Module, encoded: Encoded, pad_id: int, max_length: int, layer: int) -> np.ndarray:
     """The input of layer `layer` for every example of `encoded` (dropout off), in example order, padded with
     zeros: [N, max_length, H] float32."""
-    hidden = jit_bound(model, lambda m, ids, mask: m.bert.hidden_before(ids, mask, layer))
+    hidden = jit_bound(model, lambda m, ids, mask: backbone(m).hidden_before(ids, mask, layer))
     return per_example(hidden, encoded, pad_id, max_length)
 
 
