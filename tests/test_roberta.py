@@ -277,3 +277,14 @@ def test_partial_fine_tuning_computes_a_roberta_classifiers_frozen_bottom_once()
     _, states = body(jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True)
     np.testing.assert_allclose(np.asarray(body.hidden_before(jnp.asarray(ids), jnp.asarray(mask), 1)),
                                np.asarray(states[1]), atol=1e-6)
+
+
+def test_a_multi_task_run_gives_each_task_its_own_output_layer_after_robertas_shared_dense():
+    from tljax.train.multitask import TaskHeads, single_task_head
+
+    config = RobertaConfig.from_hf({**TINY, "id2label": LABELS})
+    model = adapt(RobertaForSequenceClassification.from_config(config), [LoRA(), TaskHeads(tasks=(("a", 3), ("b", 2)))]).model
+    assert single_task_head(model) is model.classifier.out_proj
+    ids, mask = batch()
+    features = model.pool(model.features(jnp.asarray(ids), jnp.asarray(mask)))  # what the task heads read
+    assert {name: head(features).shape for name, head in model.task_heads.items()} == {"a": (3, 3), "b": (3, 2)}

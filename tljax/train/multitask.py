@@ -25,7 +25,7 @@ from flax import nnx
 
 from tljax.data.answer_windows import AnswerSettings, window_outputs
 from tljax.data.batches import BatchIterator, Encoded
-from tljax.methods.base import Method, MethodContext, head_pattern
+from tljax.methods.base import Method, MethodContext, head_pattern, replace_module
 from tljax.methods.rules import PathRules, Rule
 from tljax.models.checkpoint import atomic_directory
 from tljax.models.layers import Linear, dropout, layer_keys
@@ -112,11 +112,16 @@ class TaskHeads(Method):
 
 
 def single_task_head(model: nnx.Module) -> Linear:
-    """The model's own head (`classifier` of an encoder, `score` of a decoder)."""
-    return getattr(model, head_attribute(model))
+    """The model's own output layer (`classifier` of a BERT, `classifier/out_proj` of a RoBERTa, `score` of a
+    decoder)."""
+    module = model
+    for part in head_attribute(model).split("/"):
+        module = getattr(module, part)
+    return module
 
 
 def head_attribute(model: nnx.Module) -> str:
+    """The "/"-joined module path of the model's own output layer."""
     return head_pattern(model).strip("^/")
 
 
@@ -264,7 +269,7 @@ class MultiTask(Objective):
         with atomic_directory(directory) as staging:  # every task's export, or none
             for (name, labels), kind, data in zip(self.tasks, self.kinds, self.task_data):
                 single = nnx.clone(model) if kind == "sequence-classification" else task_model(model, kind)
-                setattr(single, head_attribute(single), heads[name])
+                replace_module(single, head_attribute(single), heads[name])
                 single.config = single.config.replace(id2label=dict(enumerate(labels)))
                 answers = dataclasses.asdict(self.answers[name]) if name in self.answers else None
                 task_info = dataclasses.replace(info, task=kind, labels=tuple(labels), text_prefix=data.text_prefix,
