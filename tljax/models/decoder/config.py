@@ -66,6 +66,12 @@ class DecoderConfig(HFConfig):
         return len(self.id2label) if self.id2label else 2
 
     @property
+    def qkv_bias(self) -> bool:
+        """Whether the query, key and value projections have biases (Llama: with `attention_bias`, as o_proj;
+        a family whose q/k/v always have biases says so here)."""
+        return self.attention_bias
+
+    @property
     def eos_token_ids(self) -> tuple[int, ...]:
         eos = self.eos_token_id
         return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)

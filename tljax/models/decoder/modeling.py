@@ -109,11 +109,11 @@ def _linear(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs, bias: bool 
 class LlamaAttention(nnx.Module):
     def __init__(self, config: DecoderConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h, n, k, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        bias = config.attention_bias
-        self.q_proj = _linear(h, n * d, dtype, param_dtype, rngs, bias)
-        self.k_proj = _linear(h, k * d, dtype, param_dtype, rngs, bias)
-        self.v_proj = _linear(h, k * d, dtype, param_dtype, rngs, bias)
-        self.o_proj = _linear(n * d, h, dtype, param_dtype, rngs, bias)
+        qkv_bias = config.qkv_bias
+        self.q_proj = _linear(h, n * d, dtype, param_dtype, rngs, qkv_bias)
+        self.k_proj = _linear(h, k * d, dtype, param_dtype, rngs, qkv_bias)
+        self.v_proj = _linear(h, k * d, dtype, param_dtype, rngs, qkv_bias)
+        self.o_proj = _linear(n * d, h, dtype, param_dtype, rngs, config.attention_bias)
         self.num_heads, self.num_kv_heads = n, k
         self.theta = config.rope_theta
         self.dropout_rate = config.attention_dropout
@@ -343,11 +343,12 @@ class LlamaForCausalLM(PretrainedModel):
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
     layout: ClassVar[Layout] = LLAMA_LAYOUT
+    backbone_class: ClassVar[type[LlamaModel]] = LlamaModel  # a family on these modules names its own
     predicts_next_token: ClassVar[bool] = True
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.model = self.backbone_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         tied = config.tie_word_embeddings
         self.lm_head = None if tied else _linear(config.hidden_size, config.vocab_size, dtype, param_dtype, rngs)
 
@@ -394,13 +395,14 @@ class LlamaForSequenceClassification(PretrainedModel):
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
     layout: ClassVar[Layout] = LLAMA_LAYOUT
+    backbone_class: ClassVar[type[LlamaModel]] = LlamaModel  # a family on these modules names its own
     new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."
     head_pattern: ClassVar[str] = r"^score/"
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.model = self.backbone_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.score = _linear(config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
 
     def features(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
@@ -440,13 +442,14 @@ class LlamaForTokenClassification(PretrainedModel):
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "model"
     layout: ClassVar[Layout] = LLAMA_LAYOUT
+    backbone_class: ClassVar[type[LlamaModel]] = LlamaModel  # a family on these modules names its own
     new_parameters: ClassVar[tuple[str, ...]] = ("score.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."
     head_pattern: ClassVar[str] = r"^score/"
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.model = self.backbone_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # Hugging Face's generic token classifier: classifier_dropout, else 0.1 (Llama configs have no
         # hidden_dropout)
         self.dropout_rate = 0.1 if config.classifier_dropout is None else config.classifier_dropout
@@ -480,6 +483,7 @@ class LlamaForQuestionAnswering(PretrainedModel):
     config_class: ClassVar = DecoderConfig
     base_model_prefix: ClassVar[str] = "transformer"
     layout: ClassVar[Layout] = LLAMA_LAYOUT
+    backbone_class: ClassVar[type[LlamaModel]] = LlamaModel  # a family on these modules names its own
     checkpoint_prefixes: ClassVar[tuple[str, ...]] = ("model",)  # a causal LM's backbone is `model.`
     new_parameters: ClassVar[tuple[str, ...]] = ("qa_outputs.",)
     unused_tensors: ClassVar[str | None] = r"^lm_head\."
@@ -487,7 +491,7 @@ class LlamaForQuestionAnswering(PretrainedModel):
 
     def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.transformer = LlamaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.transformer = self.backbone_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qa_outputs = _linear(config.hidden_size, 2, dtype, param_dtype, rngs, bias=True)
         self.dropout_rate = 0.0
 
