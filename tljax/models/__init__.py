@@ -48,6 +48,14 @@ from tljax.models.gpt2.modeling import (
     GPT2LMHeadModel,
     GPT2Model,
 )
+from tljax.models.qwen2.config import Qwen2Config
+from tljax.models.qwen2.modeling import (
+    Qwen2ForCausalLM,
+    Qwen2ForQuestionAnswering,
+    Qwen2ForSequenceClassification,
+    Qwen2ForTokenClassification,
+    Qwen2Model,
+)
 
 # model_type -> task -> class
 MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
@@ -85,6 +93,13 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": GPT2ForTokenClassification,
         "question-answering": GPT2ForQuestionAnswering,
         "causal-lm": GPT2LMHeadModel,
+    },
+    "qwen2": {
+        "base": Qwen2Model,
+        "sequence-classification": Qwen2ForSequenceClassification,
+        "token-classification": Qwen2ForTokenClassification,
+        "question-answering": Qwen2ForQuestionAnswering,
+        "causal-lm": Qwen2ForCausalLM,
     },
 }
 
@@ -124,7 +139,8 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 __all__ = [
     "BertForMaskedLM", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
     "DecoderConfig", "EncoderConfig", "KVCache", "Layout", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
-    "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",
+    "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "Qwen2Config", "Qwen2ForCausalLM",
+    "Qwen2ForQuestionAnswering", "Qwen2ForSequenceClassification", "Qwen2ForTokenClassification", "Qwen2Model", "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",
     "RobertaForSequenceClassification", "RobertaForTokenClassification", "RobertaModel", "XLMRobertaConfig",
     "XLMRobertaForMaskedLM", "XLMRobertaForQuestionAnswering", "XLMRobertaForSequenceClassification",
     "XLMRobertaForTokenClassification", "XLMRobertaModel", "chat", "read_config_dict", "cls_pool", "default_task", "from_pretrained",
