@@ -44,11 +44,11 @@ class DecoderConfig(HFConfig):
     @classmethod
     def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:
         # transformers >= 5 writes the RoPE settings as `rope_parameters`; older versions as `rope_theta`.
-        rope = raw.pop("rope_parameters", None)
-        if rope is not None:
-            rope = dict(rope)
+        given = raw.pop("rope_parameters", None)
+        if given is not None:
+            rope = dict(given)
             if rope.pop("rope_type", "default") != "default" or set(rope) - {"rope_theta"}:
-                raise ConfigError(f"rope_parameters={raw.get('rope_parameters', rope)!r} is not supported "
+                raise ConfigError(f"rope_parameters={given!r} is not supported "
                                   "(supported: the default RoPE, {'rope_type': 'default', 'rope_theta': ...})")
             raw.setdefault("rope_theta", rope.get("rope_theta", 10000.0))
         if raw.get("rope_scaling") == {"rope_type": "default"}:
