@@ -164,6 +164,15 @@ def test_lora_on_a_llama_language_model_matches_peft(llama_dir, tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
+def test_lora_with_bitfit_on_a_llama_is_refused_for_a_base_without_its_new_biases(llama_dir, tmp_path):
+    # BitFit gives Llama's projections biases; PEFT would load the adapter onto llama_dir and drop them
+    adaptation = adapt(LlamaForCausalLM.from_pretrained(llama_dir), [LoRA(rank=4), BitFit()])
+    with pytest.raises(ValueError, match="BitFit trained biases that the base .* does not have "
+                                         r"\(attention_bias, mlp_bias false there\)"):
+        save_peft(adaptation, tmp_path / "adapter", str(llama_dir))
+    assert not (tmp_path / "adapter").exists()
+
+
 def test_lora_on_a_llama_classifier_exports_the_score_head(llama_dir, tmp_path):
     adaptation = adapt(LlamaForSequenceClassification.from_pretrained(llama_dir, id2label=LABELS), [LoRA(rank=4)])
     perturb(adaptation)

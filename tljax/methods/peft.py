@@ -84,11 +84,29 @@ def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_
         raise MethodError("PEFT has no layout for a mean-pooled classifier (the base model PEFT loads reads the "
                           "pooler); save the model with save_pretrained, whose directory loads in PyTorch with "
                           "trust_remote_code=True")
+    if "bitfit" in names:
+        _refuse_biases_the_base_lacks(model, Path(base_model_name_or_path))
     exporter = {"lora": _lora, "prompt": _prompt, "prefix": _prefix}[kind]
     config, tensors = exporter(adaptation, task_type)
     config.update(task_type=task_type, base_model_name_or_path=str(base_model_name_or_path),
                   inference_mode=True, revision=None)
     _write_adapter(Path(directory), config, tensors)
+
+
+def _refuse_biases_the_base_lacks(model: nnx.Module, base: Path) -> None:
+    """BitFit gives a family without biases (Llama's projections, Qwen2's o_proj and MLP) new ones, which the
+    model's config then states (`attention_bias`, `mlp_bias`); PEFT loads an adapter's biases only where its base
+    has them and drops the others without a word, so an adapter for a base directory that lacks them is refused.
+    (A base named by a hub id, not a local directory, cannot be checked.)"""
+    if not (base / "config.json").is_file():
+        return
+    base_config = json.loads((base / "config.json").read_text())
+    added = [flag for flag in ("attention_bias", "mlp_bias")
+             if getattr(model.config, flag, False) and not base_config.get(flag, False)]
+    if added:
+        raise MethodError(f"BitFit trained biases that the base {base} does not have ({', '.join(added)} false "
+                          "there), which PEFT would drop: save the model whole (save_pretrained), or load the "
+                          "adapter onto a base saved from the adapted model")
 
 
 def _task_type(model: nnx.Module) -> str:
