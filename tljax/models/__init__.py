@@ -56,6 +56,14 @@ from tljax.models.qwen2.modeling import (
     Qwen2ForTokenClassification,
     Qwen2Model,
 )
+from tljax.models.gemma3.config import Gemma3TextConfig
+from tljax.models.gemma3.modeling import (
+    Gemma3ForCausalLM,
+    Gemma3TextForQuestionAnswering,
+    Gemma3TextForSequenceClassification,
+    Gemma3TextForTokenClassification,
+    Gemma3TextModel,
+)
 
 # model_type -> task -> class
 MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
@@ -101,6 +109,13 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "question-answering": Qwen2ForQuestionAnswering,
         "causal-lm": Qwen2ForCausalLM,
     },
+    "gemma3_text": {
+        "base": Gemma3TextModel,
+        "sequence-classification": Gemma3TextForSequenceClassification,
+        "token-classification": Gemma3TextForTokenClassification,
+        "question-answering": Gemma3TextForQuestionAnswering,
+        "causal-lm": Gemma3ForCausalLM,
+    },
 }
 
 
@@ -138,7 +153,8 @@ def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) ->
 
 __all__ = [
     "BertForMaskedLM", "BertForQuestionAnswering", "BertForSequenceClassification", "BertForTokenClassification", "BertModel", "CheckpointError", "ConfigError",
-    "DecoderConfig", "EncoderConfig", "KVCache", "Layout", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
+    "DecoderConfig", "EncoderConfig", "Gemma3ForCausalLM", "Gemma3TextConfig", "Gemma3TextForQuestionAnswering",
+    "Gemma3TextForSequenceClassification", "Gemma3TextForTokenClassification", "Gemma3TextModel", "KVCache", "Layout", "LlamaForCausalLM", "LlamaForQuestionAnswering", "LlamaForSequenceClassification",
     "LlamaForTokenClassification", "LlamaModel", "MODEL_CLASSES", "PretrainedModel", "Qwen2Config", "Qwen2ForCausalLM",
     "Qwen2ForQuestionAnswering", "Qwen2ForSequenceClassification", "Qwen2ForTokenClassification", "Qwen2Model", "RobertaConfig", "RobertaForMaskedLM", "RobertaForQuestionAnswering",
     "RobertaForSequenceClassification", "RobertaForTokenClassification", "RobertaModel", "XLMRobertaConfig",
