@@ -1,7 +1,7 @@
 """The Gemma 3 text decoder against the PyTorch reference (`transformers` Gemma3) on a tiny random config.
 
-Four layers, three of them attending to a window of 4 tokens, on sequences of up to 11: both kinds of attention
-(and their two RoPE bases) shape the results. The norms' weights are randomised (transformers starts them at
+Four layers, three of them attending to a window of 4 tokens, on sequences of up to 11: both kinds of
+attention (and their two RoPE bases) shape the results. The norms' weights are randomised (transformers starts them at
 zero, where 1 + w hides a wrong formula; the norms after each block scale it up about three-fold, else the
 scaled embeddings dominate and a tied head repeats its input), the queries are scaled by a `query_pre_attn_scalar` other than the
 head size, and the logits are soft-capped.
@@ -19,6 +19,7 @@ import transformers
 from flax import nnx
 
 from conftest import cli_env, padded_batch
+from test_encoder import assert_rounds_like_pytorch
 from tljax.models import (
     ConfigError,
     Gemma3ForCausalLM,
@@ -99,8 +100,9 @@ def test_the_window_and_the_layer_types_matter(reference, model, batch):
     config = model.config.replace(layer_types=("full_attention",) * 4)
     everywhere = Gemma3ForCausalLM(config, rngs=nnx.Rngs(0))
     nnx.update(everywhere, nnx.state(model, nnx.Param))
-    last = lambda m: np.asarray(m(jnp.asarray(ids[:1]), jnp.asarray(mask[:1])))[0, -1]  # noqa: E731
-    assert np.abs(last(everywhere) - last(model)).max() > 1e-2
+    last = nnx.jit(lambda m, i, a: m(i, a)[0, -1])
+    assert np.abs(last(everywhere, jnp.asarray(ids[:1]), jnp.asarray(mask[:1]))
+                  - last(model, jnp.asarray(ids[:1]), jnp.asarray(mask[:1]))).max() > 1e-2
 
 
 def test_classifier_matches_pytorch_and_heads_load_a_causal_checkpoint(tmp_path, reference, batch):
@@ -139,9 +141,43 @@ def test_saved_directory_loads_in_pytorch_and_back(tmp_path, model, batch):
     assert type(reloaded) is Gemma3ForCausalLM and reloaded.config == model.config
 
 
+def test_a_bfloat16_checkpoint_rounds_as_pytorch_does(tmp_path, reference, batch):
+    """In bfloat16, Gemma's own roundings (the embedding scale rounded to bfloat16, 1 + w in float32 before the
+    cast) keep ours as close to float32 as PyTorch's bfloat16 model is."""
+    low = torch_model().to(torch.bfloat16)
+    low.save_pretrained(tmp_path)
+    ours = Gemma3ForCausalLM.from_pretrained(tmp_path)  # dtype "auto": the checkpoint's
+    assert ours.model.embed_tokens.embedding.dtype == jnp.bfloat16
+    ids, mask = batch
+    real = mask.astype(bool)
+    with torch.no_grad():
+        pytorch_low = low(**torch_inputs(ids, mask)).logits.float().numpy()
+        exact = reference[0](**torch_inputs(ids, mask)).logits.numpy()  # the same weights in float32
+    mine = np.asarray(nnx.jit(lambda m, i, a: m(i, a))(ours, jnp.asarray(ids), jnp.asarray(mask)))
+    assert_rounds_like_pytorch(mine[real], pytorch_low[real], exact[real])
+
+
+def test_cutting_layers_keeps_each_layers_kind(tmp_path, reference, batch):
+    """A student of layers 1 and 2 (a sliding and a full one) is the Gemma 3 transformers builds from its config."""
+    from tljax.models.transforms import select_layers
+
+    student = Gemma3ForCausalLM.from_pretrained(reference[1])
+    select_layers(student, [1, 2])
+    assert student.config.layer_types == ("sliding_attention", "full_attention")
+    student.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids, mask = batch
+    real = mask.astype(bool)
+    with torch.no_grad():
+        expected = again(**torch_inputs(ids, mask)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(student(jnp.asarray(ids), jnp.asarray(mask)))[real], expected[real],
+                               atol=1e-5, rtol=0)
+
+
 def test_config_reads_both_spellings_and_refuses_what_it_does_not_compute():
     old = Gemma3TextConfig.from_hf({"model_type": "gemma3_text", "num_hidden_layers": 7, "rope_theta": 1e6,
-                                    "rope_local_base_freq": 1e4, "sliding_window_pattern": 3})
+                                    "rope_local_base_freq": 1e4, "sliding_window_pattern": 3,
+                                    "cache_implementation": "hybrid"})
     assert old.layer_types == ("sliding_attention", "sliding_attention", "full_attention") * 2 + (
         "sliding_attention",)
     assert (old.rope_theta, old.rope_local_base_freq) == (1e6, 1e4)

@@ -76,6 +76,7 @@ class Gemma3TextConfig(HFConfig):
                                       "(supported: the default RoPE, {'rope_type': 'default', 'rope_theta': ...})")
                 if "rope_theta" in params:
                     raw.setdefault(name, params["rope_theta"])
+        raw.pop("cache_implementation", None)  # which cache `generate` uses ("hybrid"): no part of the computation
         # older configs give the layer types as a period ("every 6th layer is global") instead of a list
         pattern = raw.pop("sliding_window_pattern", raw.pop("_sliding_window_pattern", None))
         if raw.get("layer_types") is None:
