@@ -1,10 +1,10 @@
 """The Gemma 3 text decoder against the PyTorch reference (`transformers` Gemma3) on a tiny random config.
 
 Four layers, three of them attending to a window of 4 tokens, on sequences of up to 11: both kinds of
-attention (and their two RoPE bases) shape the results. The norms' weights are randomised (transformers starts them at
-zero, where 1 + w hides a wrong formula; the norms after each block scale it up about three-fold, else the
-scaled embeddings dominate and a tied head repeats its input), the queries are scaled by a `query_pre_attn_scalar` other than the
-head size, and the logits are soft-capped.
+attention (and their two RoPE bases) shape the results. The norms' weights are randomised (transformers starts
+them at zero, where 1 + w hides a wrong formula; the norms after each block scale it up about three-fold, else
+the scaled embeddings dominate and a tied head repeats its input), the queries are scaled by a
+`query_pre_attn_scalar` other than the head size, and the logits are soft-capped.
 """
 
 import json
@@ -254,6 +254,7 @@ def test_methods_command_prints_the_trainable_table(reference):
     ("lora", r"layers/\d+/self_attn/[qv]_proj/lora_[ab]$"),
     ("houlsby", r"layers/\d+/(?:self_attn/o_proj|mlp/down_proj)/adapter/|layernorm/weight$|[qk]_norm/weight$"),
     ("prefix", r"^model/layers/0/self_attn/prefix/encoder/embedding$"),
+    ("prompt", r"^model/prompt/"),
 ])
 def test_methods_put_their_parameters_in_gemmas_places(reference, batch, method, lands):
     """Where a method's trainable parameters land, from the family's layout (and that the adapted model runs)."""
@@ -262,8 +263,10 @@ def test_methods_put_their_parameters_in_gemmas_places(reference, batch, method,
     from tljax.methods import adapt, make_method
 
     model = Gemma3ForCausalLM.from_pretrained(reference[1])
-    adaptation = adapt(model, [make_method(method, {"num_virtual_tokens": 2} if method == "prefix" else {})])
+    options = {"num_virtual_tokens": 2} if method in ("prefix", "prompt") else {}
+    adaptation = adapt(model, [make_method(method, options)])
     trainable = trainable_paths(adaptation)
     assert trainable and all(re.search(lands, p) for p in trainable), trainable
     ids, mask = batch
-    assert np.isfinite(np.asarray(adaptation.model(jnp.asarray(ids), jnp.asarray(mask)))).all()
+    logits = nnx.jit(lambda m, i, a: m(i, a))(adaptation.model, jnp.asarray(ids), jnp.asarray(mask))
+    assert np.isfinite(np.asarray(logits)).all()
