@@ -103,7 +103,7 @@ def test_unknown_task_or_family_lists_the_available_ones():
     with pytest.raises(ConfigError, match="available: base, sequence-classification, token-classification, question-answering, masked-lm"):
         model_class("bert", "causal-lm")
     with pytest.raises(ConfigError, match="supported: bert, llama"):
-        model_class("t5", "base")
+        model_class("bart", "base")
 
 
 # -- data files ---------------------------------------------------------------------------------------------------

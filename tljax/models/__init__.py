@@ -41,6 +41,8 @@ from tljax.models.roberta.modeling import (
     XLMRobertaModel,
 )
 from tljax.models.gpt2.config import GPT2Config
+from tljax.models.t5.config import T5Config
+from tljax.models.t5.modeling import T5EncoderModel, T5ForConditionalGeneration, T5Model
 from tljax.models.gpt2.modeling import (
     GPT2ForQuestionAnswering,
     GPT2ForSequenceClassification,
@@ -116,6 +118,11 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "question-answering": Gemma3TextForQuestionAnswering,
         "causal-lm": Gemma3ForCausalLM,
     },
+    "t5": {
+        "base": T5Model,
+        "encoder": T5EncoderModel,
+        "seq2seq-lm": T5ForConditionalGeneration,
+    },
 }
 
 
@@ -163,4 +170,5 @@ __all__ = [
     "generate", "is_decoder", "mean_pool", "task_of", "model_class", "stream_chat", "stream_generate",
     "GPT2Config", "GPT2ForQuestionAnswering", "GPT2ForSequenceClassification", "GPT2ForTokenClassification",
     "GPT2LMHeadModel", "GPT2Model",
+    "T5Config", "T5EncoderModel", "T5ForConditionalGeneration", "T5Model",
 ]

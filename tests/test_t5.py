@@ -1,0 +1,160 @@
+"""The T5 family against the PyTorch reference (`transformers` T5) on tiny random configs: T5 v1.0 (ReLU, output
+layer tied to the embeddings and scaled) and T5 v1.1 (gated GELU, its own output layer)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from conftest import padded_batch
+from tljax.models import ConfigError, T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model, model_class
+from tljax.models.t5.modeling import relative_position_bucket
+
+forward = nnx.jit(lambda model, *arrays: model(*arrays))  # one trace per model structure and shapes
+
+# few buckets and a short maximum distance: sequences of a dozen tokens reach the logarithmic buckets
+TINY = dict(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.1,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+VERSIONS = {"v1.0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
+            "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)}
+EOS, PAD = 1, 0
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Right-padded sources [4, 12] and target inputs [4, 8] (with padding); the tiny models learn to answer the
+    first three sources with the first three targets, each ended by EOS (`trained`), and never see the fourth."""
+    rng = np.random.RandomState(0)
+    source, source_mask = padded_batch(rng, TINY["vocab_size"], [12, 7, 3, 9])
+    target, target_mask = padded_batch(rng, TINY["vocab_size"], [8, 5, 3, 6])
+    target[:, 0] = TINY["decoder_start_token_id"]
+    return source, source_mask, target, target_mask
+
+
+def trained(version: str, batch, steps: int) -> transformers.T5ForConditionalGeneration:
+    """A tiny T5 trained for a few steps to answer the batch's first three sources with their targets (shifted
+    left, then EOS): its outputs vary from token to token and end at different steps."""
+    source, source_mask, target, target_mask = (torch.tensor(a[:3]) for a in batch)
+    labels = torch.cat([target[:, 1:], torch.zeros_like(target[:, :1])], 1)
+    labels = torch.where(torch.cat([target_mask[:, 1:], torch.zeros_like(target_mask[:, :1])], 1) == 1, labels, -100)
+    labels[torch.arange(3), target_mask.sum(1) - 1] = EOS
+    torch.manual_seed(0)
+    reference = transformers.T5ForConditionalGeneration(transformers.T5Config(**TINY, **VERSIONS[version]))
+    if not VERSIONS[version]["tie_word_embeddings"]:  # transformers 5 builds every T5 tied: untie it
+        reference.lm_head.weight = torch.nn.Parameter(torch.randn(TINY["vocab_size"], TINY["d_model"]))
+    optimiser = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model's steps: a second thread costs more than it gives on a busy machine
+    try:
+        for _ in range(steps):
+            loss = reference(input_ids=source, attention_mask=source_mask, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
+    return reference.eval()
+
+
+# steps that leave each version's answers learned but not certain (v1.1 learns them sooner)
+STEPS = {"v1.0": 45, "v1.1": 12}
+
+
+@pytest.fixture(scope="module", params=list(VERSIONS))
+def pair(request, batch, tmp_path_factory):
+    """(version, PyTorch model, its directory, our model loaded from it)."""
+    reference = trained(request.param, batch, STEPS[request.param])
+    directory = tmp_path_factory.mktemp(request.param)
+    reference.save_pretrained(directory)
+    return request.param, reference, directory, T5ForConditionalGeneration.from_pretrained(directory)
+
+
+def torch_logits(reference, source, source_mask, target, target_mask) -> np.ndarray:
+    with torch.no_grad():
+        return reference(input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
+                         decoder_input_ids=torch.tensor(target),
+                         decoder_attention_mask=torch.tensor(target_mask)).logits.numpy()
+
+
+def test_encoder_and_logits_match_pytorch_on_a_padded_batch(pair, batch):
+    version, reference, directory, model = pair
+    source, source_mask, target, target_mask = batch
+    assert (model.lm_head is None) == (version == "v1.0")
+    assert model.config.scales_logits == (version == "v1.0")
+    logits = forward(model, *map(jnp.asarray, batch))
+    real = target_mask == 1
+    np.testing.assert_allclose(np.asarray(logits)[real], torch_logits(reference, *batch)[real], atol=1e-5, rtol=0)
+
+    with torch.no_grad():
+        expected = reference.encoder(input_ids=torch.tensor(source),
+                                     attention_mask=torch.tensor(source_mask)).last_hidden_state.numpy()
+        decoded = transformers.T5Model.from_pretrained(directory).eval()(
+            input_ids=torch.tensor(source), attention_mask=torch.tensor(source_mask),
+            decoder_input_ids=torch.tensor(target), decoder_attention_mask=torch.tensor(target_mask)
+        ).last_hidden_state.numpy()
+    encoder = T5EncoderModel.from_pretrained(directory)  # a whole checkpoint's encoder
+    hidden = forward(encoder, jnp.asarray(source), jnp.asarray(source_mask))
+    np.testing.assert_allclose(np.asarray(hidden)[source_mask == 1], expected[source_mask == 1], atol=1e-5, rtol=0)
+    ours = forward(T5Model.from_pretrained(directory), *map(jnp.asarray, batch))
+    np.testing.assert_allclose(np.asarray(ours)[real], decoded[real], atol=1e-5, rtol=0)
+
+
+def test_saved_directory_loads_in_pytorch_and_back(pair, batch, tmp_path):
+    version, reference, _, model = pair
+    model.save_pretrained(tmp_path / "ours")
+    again = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    tied = again.lm_head.weight.data_ptr() == again.shared.weight.data_ptr()
+    assert tied == (version == "v1.0") and again.config.scale_decoder_outputs == (version == "v1.0")
+    real = batch[3] == 1
+    expected = torch_logits(reference, *batch)[real]
+    np.testing.assert_allclose(torch_logits(again, *batch)[real], expected, atol=1e-5, rtol=0)
+    back = T5ForConditionalGeneration.from_pretrained(tmp_path / "ours")
+    np.testing.assert_allclose(np.asarray(forward(back, *map(jnp.asarray, batch)))[real], expected, atol=1e-5,
+                               rtol=0)
+
+
+def test_relative_position_buckets_are_pytorchs():
+    relative = np.arange(-300, 301)[None, :]  # key position - query position
+    buckets_of = jax.jit(relative_position_bucket, static_argnames=("bidirectional", "num_buckets", "max_distance"))
+    for bidirectional in (True, False):
+        for buckets, distance in ((8, 16), (32, 128)):
+            expected = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket(
+                torch.tensor(relative), bidirectional=bidirectional, num_buckets=buckets, max_distance=distance)
+            ours = buckets_of(jnp.asarray(relative, jnp.int32), bidirectional=bidirectional, num_buckets=buckets,
+                              max_distance=distance)
+            np.testing.assert_array_equal(np.asarray(ours), expected.numpy())
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"feed_forward_proj": "gated-swish"}, "activation 'swish' is not supported"),
+    ({"feed_forward_proj": "relu-gated"}, "is not '<activation>' or 'gated-<activation>'"),
+    ({"is_encoder_decoder": False}, "is_encoder_decoder=False is not supported"),
+    ({"is_decoder": True}, "is_decoder=True is not supported"),
+    ({"feed_forward_proj": "relu", "dense_act_fn": "gelu_new"}, "dense_act_fn contradicts"),
+])
+def test_config_refuses_what_it_does_not_implement_in_one_line(changes, message):
+    raw = transformers.T5Config(**TINY).to_dict() | changes
+    with pytest.raises(ConfigError, match=message) as error:
+        T5Config.from_hf(raw)
+    assert "\n" not in str(error.value)
+    config = T5Config.from_hf(transformers.T5Config(**TINY, feed_forward_proj="gated-gelu").to_dict())
+    assert (config.activation, config.is_gated_act, config.hidden_size, config.num_decoder_layers) == (
+        "gelu_new", True, 32, 2)
+    assert model_class("t5", "seq2seq-lm") is T5ForConditionalGeneration
+
+
+def test_layout_addresses_both_stacks(pair):
+    layout, model = T5ForConditionalGeneration.layout, pair[3]
+    paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    assert model.num_layers == 2
+    assert {layout.layer_index(p) for p in paths} == {0, 1, None}
+    for path in paths:  # each parameter is a layer's, the embeddings' or above the layers
+        owners = [layout.layer_index(path) is not None, bool(re.search(layout.embeddings, path)),
+                  bool(re.search(layout.above_layers, path))]
+        assert sum(owners) == 1, path
