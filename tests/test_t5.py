@@ -13,6 +13,8 @@ from flax import nnx
 
 from conftest import padded_batch
 from tljax.models import ConfigError, T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model, model_class
+from tljax.models.decoder.generate import sample_token
+from tljax.models.t5.generate import generate, processed_log_probs
 from tljax.models.t5.modeling import relative_position_bucket
 
 forward = nnx.jit(lambda model, *arrays: model(*arrays))  # one trace per model structure and shapes
@@ -158,3 +160,82 @@ def test_layout_addresses_both_stacks(pair):
         owners = [layout.layer_index(path) is not None, bool(re.search(layout.embeddings, path)),
                   bool(re.search(layout.above_layers, path))]
         assert sum(owners) == 1, path
+
+
+def ended(tokens: np.ndarray) -> np.ndarray:
+    """Tokens [B, N] with `PAD` after each sequence's first end token (where transformers' beam search writes the
+    end token again)."""
+    after = (np.cumsum(tokens == EOS, 1) - (tokens == EOS)) > 0
+    return np.where(after, PAD, tokens)
+
+
+def test_greedy_tokens_and_scores_equal_transformers(pair, batch):
+    _, reference, _, model = pair
+    source, source_mask = batch[:2]
+    ours = generate(model, source, source_mask, max_new_tokens=12)
+    with torch.no_grad():
+        out = reference.generate(torch.tensor(source), attention_mask=torch.tensor(source_mask), max_new_tokens=12,
+                                 do_sample=False, output_scores=True, return_dict_in_generate=True)
+    tokens = out.sequences.numpy()[:, 1:]
+    tokens = np.pad(tokens, ((0, 0), (0, 12 - tokens.shape[1])), constant_values=PAD)
+    np.testing.assert_array_equal(np.asarray(ours.tokens), tokens)
+    assert len(set(tokens[0].tolist())) > 4, "the trained model should not repeat one token"
+    assert (tokens[:3] == EOS).any(1).all(), "the learned answers should end"
+    steps = reference.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).numpy()
+    generated = out.sequences.numpy()[:, 1:]
+    up_to_end = np.cumsum(generated == EOS, 1) - (generated == EOS) == 0
+    np.testing.assert_allclose(np.asarray(ours.scores), (steps * up_to_end).sum(1), atol=1e-5, rtol=0)
+
+
+# the search does not depend on the architecture: Hugging Face's defaults on one version, a length penalty that
+# favours short answers and early stopping on the other
+BEAM_OPTIONS = {"v1.0": {}, "v1.1": {"length_penalty": 0.6, "early_stopping": True}}
+
+
+def test_beam_search_tokens_and_scores_equal_transformers(pair, batch):
+    version, reference, _, model = pair
+    options = BEAM_OPTIONS[version]
+    source, source_mask = batch[:2]
+    ours = generate(model, source, source_mask, max_new_tokens=10, num_beams=3, **options)
+    with torch.no_grad():
+        out = reference.generate(torch.tensor(source), attention_mask=torch.tensor(source_mask), max_new_tokens=10,
+                                 num_beams=3, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                                 **options)
+    tokens = out.sequences.numpy()[:, 1:]
+    tokens = ended(np.pad(tokens, ((0, 0), (0, 10 - tokens.shape[1])), constant_values=PAD))
+    np.testing.assert_array_equal(np.asarray(ours.tokens), tokens)
+    np.testing.assert_allclose(np.asarray(ours.scores), out.sequences_scores.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (1.3, 5, None), (1.0, None, 0.8),
+                                                       (0.5, 20, 0.9)])
+def test_sampling_draws_from_transformers_filtered_distribution(temperature, top_k, top_p):
+    logits = np.random.RandomState(1).randn(4, TINY["vocab_size"]).astype(np.float32) * 3
+    warpers = transformers.LogitsProcessorList(
+        [transformers.TemperatureLogitsWarper(temperature)]
+        + ([transformers.TopKLogitsWarper(top_k)] if top_k else [])
+        + ([transformers.TopPLogitsWarper(top_p)] if top_p else []))
+    expected = torch.log_softmax(warpers(None, torch.tensor(logits)), -1).numpy()
+    ours = np.asarray(processed_log_probs(jnp.asarray(logits), temperature, top_k, top_p))
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(expected))
+    np.testing.assert_allclose(ours[~np.isinf(ours)], expected[~np.isinf(expected)], atol=1e-5, rtol=0)
+    # `sample_token` draws from exactly that distribution (the same Gumbel draw picks the same token)
+    keys = jax.random.split(jax.random.key(0), 64)
+    drawn = jax.vmap(lambda k: sample_token(jnp.asarray(logits), k, temperature, top_k, top_p))(keys)
+    again = jax.vmap(lambda k: jax.random.categorical(k, jnp.asarray(ours), axis=-1))(keys)
+    np.testing.assert_array_equal(np.asarray(drawn), np.asarray(again))
+
+
+def test_sampled_generation_is_reproducible_and_checked(pair, batch):
+    version, _, _, model = pair
+    if version == "v1.0":
+        pytest.skip("sampling goes through the same decoding steps as greedy search: one version is enough")
+    source, source_mask = batch[:2]
+    sampled = [np.asarray(generate(model, source, source_mask, max_new_tokens=12, temperature=1.0, seed=seed).tokens)
+               for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(sampled[0], sampled[1])
+    assert not np.array_equal(sampled[0], sampled[2])
+    with pytest.raises(ConfigError, match="num_beams=1"):
+        generate(model, source, source_mask, num_beams=2, temperature=1.0)
+    with pytest.raises(ConfigError, match="top_p must be in"):
+        generate(model, source, source_mask, temperature=1.0, top_p=1.5)
