@@ -12,6 +12,8 @@ import transformers
 from flax import nnx
 
 from conftest import padded_batch
+from tljax.methods import LoRA, PartialFineTuning, PromptTuning, adapt
+from tljax.methods.lora import lora_modules
 from tljax.models import ConfigError, T5Config, T5EncoderModel, T5ForConditionalGeneration, T5Model, model_class
 from tljax.models.decoder.generate import sample_token
 from tljax.models.t5.generate import generate, processed_log_probs
@@ -151,7 +153,7 @@ def test_config_refuses_what_it_does_not_implement_in_one_line(changes, message)
     assert model_class("t5", "seq2seq-lm") is T5ForConditionalGeneration
 
 
-def test_layout_addresses_both_stacks(pair):
+def test_layout_addresses_both_stacks_and_layers_can_be_kept(pair):
     layout, model = T5ForConditionalGeneration.layout, pair[3]
     paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
     assert model.num_layers == 2
@@ -160,6 +162,11 @@ def test_layout_addresses_both_stacks(pair):
         owners = [layout.layer_index(path) is not None, bool(re.search(layout.embeddings, path)),
                   bool(re.search(layout.above_layers, path))]
         assert sum(owners) == 1, path
+    student = T5ForConditionalGeneration.from_pretrained(pair[2])
+    student.keep_layers([1])  # a distillation student's blocks: the position tables move to the kept block
+    assert (student.num_layers, student.config.num_layers, student.config.num_decoder_layers) == (1, 1, 1)
+    assert all(stack.block[0].layer[0].SelfAttention.relative_attention_bias is not None
+               for stack in (student.encoder, student.decoder))
 
 
 def ended(tokens: np.ndarray) -> np.ndarray:
@@ -239,3 +246,40 @@ def test_sampled_generation_is_reproducible_and_checked(pair, batch):
         generate(model, source, source_mask, num_beams=2, temperature=1.0)
     with pytest.raises(ConfigError, match="top_p must be in"):
         generate(model, source, source_mask, temperature=1.0, top_p=1.5)
+
+
+def test_methods_find_t5s_projections_layers_and_input(pair, batch):
+    """LoRA's default targets are every attention's q and v (PEFT's); a soft prompt goes before the source's
+    embeddings, as PEFT's prompt tuning feeds a seq2seq model (checked through transformers' inputs_embeds);
+    partial fine-tuning's bottom layer is block 0 of both stacks."""
+    version, reference, directory, _ = pair
+    if version == "v1.0":
+        pytest.skip("the layout and the prompt's slot are the same in both versions: one is enough")
+    model = T5ForConditionalGeneration.from_pretrained(directory)
+    adaptation = adapt(model, [LoRA()])
+    paths = [path for path, _ in lora_modules(model)]
+    assert len(paths) == 2 * (2 + 2 * 2) and {p.rsplit("/", 1)[-1] for p in paths} == {"q", "v"}
+    assert any("EncDecAttention" in p for p in paths)
+    trainable, _ = adaptation.count()
+    assert trainable == sum(8 * (m.in_features + m.out_features) for _, m in lora_modules(model))
+
+    model = T5ForConditionalGeneration.from_pretrained(directory)
+    adapt(model, [PromptTuning(num_virtual_tokens=3, init="random")])
+    prompt = np.asarray(model.prompt.table())
+    source, source_mask, target, target_mask = batch
+    with torch.no_grad():
+        embeds = reference.shared(torch.tensor(source))
+        embeds = torch.cat([torch.tensor(prompt)[None].expand(len(source), -1, -1), embeds], 1)
+        expected = reference(inputs_embeds=embeds, attention_mask=torch.tensor(np.pad(source_mask, ((0, 0), (3, 0)),
+                                                                                        constant_values=1)),
+                             decoder_input_ids=torch.tensor(target),
+                             decoder_attention_mask=torch.tensor(target_mask)).logits.numpy()
+    real = target_mask == 1
+    np.testing.assert_allclose(np.asarray(forward(model, *map(jnp.asarray, batch)))[real], expected[real], atol=1e-5,
+                               rtol=0)
+
+    model = T5ForConditionalGeneration.from_pretrained(directory)
+    rules = adapt(model, [PartialFineTuning(freeze_layers=1)]).rules()
+    frozen = {path for path, _, rule in rules.report(model) if not rule.trainable}
+    assert frozen and all(re.search(r"^shared/|^(?:encoder|decoder)/block/0/", path) for path in frozen)
+    assert any(path.startswith("decoder/block/0/") for path in frozen)
