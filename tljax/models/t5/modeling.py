@@ -335,8 +335,8 @@ class T5Stack(nnx.Module):
 
 
 class T5PreTrainedModel(PretrainedModel):
-    """What every T5 class shares: the embeddings `shared`, the `encoder`, a soft prompt's slot on the encoder's
-    input, and the layout."""
+    """What every T5 class shares: the embeddings `shared`, the `encoder` (and the `decoder` of the classes with
+    one), a soft prompt's slot on the encoder's input, and the layout."""
 
     config_class: ClassVar = T5Config
     # Hugging Face's name for a T5 inside another model (T5ForSequenceClassification's `transformer.`); our
@@ -344,7 +344,7 @@ class T5PreTrainedModel(PretrainedModel):
     base_model_prefix: ClassVar[str] = "transformer"
     layout: ClassVar[Layout] = T5_LAYOUT
     unused_tensors: ClassVar[str | None] = UNUSED_CROSS_BIAS
-    has_decoder: ClassVar[bool] = True
+    has_decoder: ClassVar[bool] = False  # the classes below build a `decoder` stack too
 
     def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
@@ -406,6 +406,23 @@ class T5PreTrainedModel(PretrainedModel):
                                  dropout_key=k_encoder)
         return hidden, real
 
+
+class T5EncoderModel(T5PreTrainedModel):
+    """The encoder alone: its output [B, S, H]. Loads the encoder of any T5 checkpoint."""
+
+    unused_tensors: ClassVar[str | None] = r"^decoder\.|^lm_head\."
+
+    def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
+                 dropout_key: Array | None = None) -> Array:
+        """[B, T] -> the encoder's last hidden states [B, S, H] (S = P + T with a soft prompt)."""
+        return self.encode(input_ids, attention_mask, dropout_key=dropout_key)[0]
+
+
+class T5EncoderDecoder(T5PreTrainedModel):
+    """What the classes with a decoder share: decoding a whole target, and step by step through a `T5Cache`."""
+
+    has_decoder: ClassVar[bool] = True
+
     def decode(self, decoder_input_ids: Array, encoder_hidden: Array, source_mask: Array,
                decoder_attention_mask: Array | None = None, *, dropout_key: Array | None = None) -> Array:
         """Target ids [B, T] (starting with `decoder_start_token_id`) attending causally to each other and to the
@@ -443,19 +460,7 @@ class T5PreTrainedModel(PretrainedModel):
                             mask, source_mask=cache.source_mask[:, None, None, :], cache=cache)
 
 
-class T5EncoderModel(T5PreTrainedModel):
-    """The encoder alone: its output [B, S, H]. Loads the encoder of any T5 checkpoint."""
-
-    unused_tensors: ClassVar[str | None] = r"^decoder\.|^lm_head\."
-    has_decoder: ClassVar[bool] = False
-
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, *,
-                 dropout_key: Array | None = None) -> Array:
-        """[B, T] -> the encoder's last hidden states [B, S, H] (S = P + T with a soft prompt)."""
-        return self.encode(input_ids, attention_mask, dropout_key=dropout_key)[0]
-
-
-class T5Model(T5PreTrainedModel):
+class T5Model(T5EncoderDecoder):
     """The encoder-decoder without an output layer: the decoder's last hidden states [B, T, H]."""
 
     unused_tensors: ClassVar[str | None] = rf"{UNUSED_CROSS_BIAS}|^lm_head\."
@@ -468,7 +473,7 @@ class T5Model(T5PreTrainedModel):
         return self.decode(decoder_input_ids, hidden, source_mask, decoder_attention_mask, dropout_key=k2)
 
 
-class T5ForConditionalGeneration(T5PreTrainedModel):
+class T5ForConditionalGeneration(T5EncoderDecoder):
     """The encoder-decoder with its output layer: logits [B, T, V] of each target token's successor. The output
     layer is `shared` (tied, T5 v1.0) or its own `lm_head` (T5 v1.1, Flan-T5)."""
 
