@@ -148,8 +148,10 @@ def is_decoder(model_type: str) -> bool:
 
 
 def default_task(model_type: str) -> str:
-    """The task a bare model directory is loaded for: the LM head for decoders, the backbone otherwise."""
-    return "causal-lm" if "causal-lm" in MODEL_CLASSES.get(model_type, {}) else "base"
+    """The task a bare model directory is loaded for: the LM head of a decoder or an encoder-decoder, the backbone
+    otherwise."""
+    tasks = MODEL_CLASSES.get(model_type, {})
+    return next((task for task in ("causal-lm", "seq2seq-lm") if task in tasks), "base")
 
 
 def from_pretrained(directory: str | Path, task: str | None = None, **kwargs) -> PretrainedModel:

@@ -28,7 +28,7 @@ LLAMA_LAYOUT = Layout(
     no_decay=r"(?:^|/)bias$|layernorm/|(?:^|/)norm/",
     attention_output=r"self_attn/o_proj$",
     feed_forward_output=r"mlp/down_proj$",
-    above_layers=r"(?:^|/)norm/",
+    above_layers=r"(?:^|/)norm/|^lm_head/",  # an untied output layer sits above every layer too
     lora_targets=("q_proj", "v_proj"),
 )
 

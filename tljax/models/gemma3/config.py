@@ -94,6 +94,12 @@ class Gemma3TextConfig(HFConfig):
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
 
     @property
+    def qkv_bias(self) -> bool:
+        """Whether the query, key and value projections have biases: with `attention_bias`, as o_proj (the Llama
+        modules ask)."""
+        return self.attention_bias
+
+    @property
     def hidden_act(self) -> str:
         """What the Llama MLP that Gemma 3 reuses reads: the same computation under Llama's name."""
         return self.hidden_activation
