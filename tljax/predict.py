@@ -6,6 +6,9 @@ each text's entities, one per line: the type, the character span in the text, th
 of its words' tags) and the words; `--json` prints them as JSON for programs. Put `--` before the texts when
 one starts with `-`.
 
+A seq2seq run prints the output it writes for each text, one per line (`--task NAME` in a multi-task run: the
+task whose prefix goes before the text).
+
 A question-answering run takes `--question "..." --context "..."` (the context as text, or `--context-file
 FILE`; several --question arguments ask the same context several things) and prints each answer, its character
 span in the context and its probability, or that the context does not answer the question.
@@ -26,10 +29,12 @@ import numpy as np
 
 from tljax.cache import enable_compilation_cache
 from tljax.data.answer_windows import AnswerSettings, answer_questions, encode_questions, window_outputs
-from tljax.data.batches import encode, evaluation_batches
+from tljax.data.batches import Encoded, encode, evaluation_batches, make_batch
+from tljax.data.prompts import PromptForm, end_token, fit_prompts, output_text
 from tljax.data.tagged import word_spans
 from tljax.data.windows import encode_words, score_words, word_tags
 from tljax.errors import InputError
+from tljax.models.decoder.generate import generate
 from tljax.models.transforms import jit_bound
 from tljax.runs import RunInfo, find_export, load_exported
 from tljax.tagging import entities
@@ -133,11 +138,50 @@ class AnswerFinder:
                  "answered": p.answered} for p in found]
 
 
+class TextGenerator:
+    """A trained seq2seq run's export, ready to write the output of new inputs (greedy, as its evaluation did)."""
+
+    def __init__(self, model, tokenizer, info: RunInfo):
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+        settings = info.seq2seq or {}
+        self.max_target_length = int(settings.get("max_target_length", 64))
+        self.prefixes = dict(settings.get("tasks") or {"": info.text_prefix})  # task -> its prefix
+        self.form = settings.get("prompt_form", "plain"), settings.get("separator", "\n")
+        self.ends = tuple(dict.fromkeys([end_token(tokenizer), *model.config.eos_token_ids]))
+
+    def __call__(self, texts: list[str], batch_size: int = 16, task: str | None = None) -> list[str]:
+        """The output of each text (asked with `task`'s prefix in a multi-task run: one of `self.prefixes`)."""
+        check_texts_to_classify(texts)
+        if task is None and len(self.prefixes) > 1:
+            raise InputError(f"this run was trained on several tasks; name one with --task: {', '.join(self.prefixes)}")
+        if task is not None and task not in self.prefixes:
+            raise InputError(f"task {task!r} is not one this run was trained on; valid: "
+                             f"{', '.join(p for p in self.prefixes if p) or '(none: leave --task out)'}")
+        form = PromptForm(self.form[0], self.prefixes[task if task is not None else next(iter(self.prefixes))],
+                          self.form[1])
+        prompts, _ = fit_prompts(form, self.tokenizer, texts, self.info.max_length - self.max_target_length - 1)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        encoded = Encoded(tuple(np.asarray(p, np.int32) for p in prompts), np.zeros(len(prompts), np.int32), 0)
+        outputs = [""] * len(texts)
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            rows = order[start: start + batch_size].tolist()
+            # as wide as the longest prompt (not a bucket): the prompt and the output fit the model's positions
+            batch = make_batch(encoded, rows, len(rows), pad, self.info.max_length, left_pad=True,
+                               width=max(len(prompts[i]) for i in rows))
+            tokens = np.asarray(generate(self.model, batch["input_ids"], batch["attention_mask"],
+                                         max_new_tokens=self.max_target_length + 1, eos_token_ids=self.ends,
+                                         pad_token_id=pad))
+            for row, index in enumerate(rows):
+                outputs[index] = output_text(self.tokenizer, tokens[row], self.ends)
+        return outputs
+
+
 PREDICTORS = {"sequence-classification": Predictor, "token-classification": EntityTagger,
-              "question-answering": AnswerFinder}
+              "question-answering": AnswerFinder, "seq2seq": TextGenerator}
 
 
-def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger | AnswerFinder:
+def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger | AnswerFinder | TextGenerator:
     """What a finished run (its directory, or its export directory) predicts with, by its task."""
     directory = find_export(run_dir)
     model, tokenizer, info = load_exported(directory)
@@ -193,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", help="the text the questions are about")
     parser.add_argument("--context-file", type=Path, help="a UTF-8 text file holding the context")
     parser.add_argument("--json", action="store_true", help="print JSON: one object per text or question")
+    parser.add_argument("--task", help="a multi-task seq2seq run: the task to ask (its prefix goes before each TEXT)")
     args = parser.parse_args(argv)
     if not args.texts and not args.question and args.context is None and args.context_file is None:
         parser.error("give the TEXTs to classify or tag, or --question and --context for a question-answering run")
@@ -219,6 +264,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{found['score']:.3f})")
             else:
                 print(f"{question}\n  (the context does not answer it)")
+        return 0
+    if isinstance(predictor, TextGenerator):
+        try:
+            outputs = predictor(args.texts, task=args.task)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        for text, output in zip(args.texts, outputs):
+            print(json.dumps({"text": text, "output": output}, ensure_ascii=False) if args.json else output)
         return 0
     if isinstance(predictor, EntityTagger):
         for text, found in zip(args.texts, predictor(args.texts)):

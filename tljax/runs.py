@@ -68,6 +68,9 @@ class RunInfo:
     # question answering: how span scores become answers (tljax.train.qa.AnswerSettings: stride, n_best_size,
     # max_answer_length, allow_null, null_score_diff_threshold)
     answers: dict[str, Any] | None = None
+    # seq2seq: how an input is asked (tljax.data.prompts.PromptForm's form and separator; its prefix is text_prefix),
+    # the output's longest length in tokens (max_target_length), and a multi-task run's tasks ({name: prefix})
+    seq2seq: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("method", "labels", "student_layers"):  # JSON gives lists

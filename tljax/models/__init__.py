@@ -82,6 +82,7 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": LlamaForTokenClassification,
         "question-answering": LlamaForQuestionAnswering,
         "causal-lm": LlamaForCausalLM,
+        "seq2seq": LlamaForCausalLM,  # text to text: the output written after the input (tljax.train.seq2seq)
     },
     "roberta": {
         "base": RobertaModel,
@@ -103,6 +104,7 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": GPT2ForTokenClassification,
         "question-answering": GPT2ForQuestionAnswering,
         "causal-lm": GPT2LMHeadModel,
+        "seq2seq": GPT2LMHeadModel,  # text to text: the output written after the input (tljax.train.seq2seq)
     },
     "qwen2": {
         "base": Qwen2Model,
@@ -110,6 +112,7 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": Qwen2ForTokenClassification,
         "question-answering": Qwen2ForQuestionAnswering,
         "causal-lm": Qwen2ForCausalLM,
+        "seq2seq": Qwen2ForCausalLM,  # text to text: the output written after the input (tljax.train.seq2seq)
     },
     "gemma3_text": {
         "base": Gemma3TextModel,

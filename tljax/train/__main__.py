@@ -104,6 +104,10 @@ def _claim(run_dir: Path, resume: bool):
 
 
 def _metrics_line(metrics: dict) -> str:
+    if "chrf" in metrics:  # generated text (seq2seq)
+        return (f"chrF {metrics['chrf']:.2f}  BLEU {metrics['bleu']:.2f}  ROUGE-1/2/L {metrics['rouge1']:.2f} / "
+                f"{metrics['rouge2']:.2f} / {metrics['rougeL']:.2f}  exact match {metrics['exact']:.4f}  loss "
+                f"{metrics['loss']:.4f}")
     if "exact" in metrics:  # answers (question answering)
         split = (f"  (answerable: F1 {metrics['has_answer_f1']:.4f}; unanswerable left unanswered: "
                  f"{metrics['no_answer_exact']:.4f})") if "has_answer_f1" in metrics else ""
@@ -134,6 +138,8 @@ def _report(summary: dict, run_dir: Path) -> None:
             print(f"  {name:20} {_metrics_line(metrics)}")
     else:
         print(f"\ntest: {_metrics_line(test)}  {step}")
+    if "chrf" in test and "before" in summary:
+        print(f"  before training: {_metrics_line(summary['before']['test'])}")
     if "per_type" in test:
         for label, scores in test["per_type"].items():
             print(f"  {label:8} F1 {scores['f1']:.4f}  precision {scores['precision']:.4f}  recall "
@@ -175,6 +181,15 @@ def _report(summary: dict, run_dir: Path) -> None:
     if "perplexity" in test:
         if (run_dir / "export" / "model").is_dir():
             print(f"\nfine-tune from it: python -m tljax.train --set model={run_dir}/export/model")
+        return
+    if "chrf" in test and (run_dir / "export" / "run.json").is_file():  # text to text
+        example = summary["examples"][0]["input"] if summary.get("examples") else "some text"
+        print(f"\nuse it:\n  python -m tljax.predict {run_dir} {json.dumps(example, ensure_ascii=False)}")
+        if (run_dir / "export" / "model").is_dir():
+            print(f"  in PyTorch: transformers.AutoModelForCausalLM.from_pretrained('{run_dir}/export/model')")
+        if (run_dir / "export" / "adapter").is_dir():
+            print(f"  in PyTorch: peft.AutoPeftModelForCausalLM.from_pretrained('{run_dir}/export/adapter')")
+        print("  (the prompt's form, which the model was taught: export/run.json, seq2seq and text_prefix)")
         return
     if (run_dir / "export" / "run.json").is_file() and \
             json.loads((run_dir / "export" / "run.json").read_text()).get("task") == "causal-lm":  # chat tuning

@@ -71,6 +71,22 @@ def reply_labels(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {**batch, "labels": np.where(reply, batch["input_ids"], -100).astype(np.int32)}
 
 
+def reply_logits(model, batch: dict, width: int, shared: np.ndarray, dropout_key=None):
+    """(logits [B, R, V] predicting each reply token, its id [B, R], whether it is one [B, R]), R = `width` (the
+    longest reply of any row), for rows of `reply_labels` after the tokens `shared` [S] every row starts with: the
+    causal-LM loss on the reply's tokens, without the logits of the prompt's."""
+    labels = batch["labels"]
+    length = (labels != -100).sum(-1, keepdims=True)  # [B, 1]: the reply's tokens (0 for a padding row)
+    offset = jnp.arange(width)[None]
+    scored = offset < length
+    # token reply_start + j is predicted at position reply_start + j - 1 (a prompt is never empty)
+    at = jnp.where(scored, batch["reply_start"][:, None] - 1 + offset, 0)
+    targets = jnp.where(scored, jnp.take_along_axis(labels, at + 1, axis=1), 0)
+    logits = model.logits_at(batch["input_ids"], batch["attention_mask"], at, shared=shared[None],
+                             dropout_key=dropout_key)
+    return logits, targets, scored
+
+
 @dataclasses.dataclass
 class ChatTuning(Objective):
     """`encoded[split]`: the rows of `encode_chat`; training uses the rows of each example's own label."""
@@ -98,18 +114,7 @@ class ChatTuning(Objective):
                    for ids, start in zip(rows.ids, rows.extras["reply_start"]))
 
     def _reply_logits(self, model, batch, dropout_key=None):
-        """(logits [B, R, V] predicting each reply token, its id [B, R], whether it is one [B, R]), R the longest
-        reply of any row: the causal-LM loss on the reply's tokens, without the logits of the prompt's."""
-        labels = batch["labels"]
-        length = (labels != -100).sum(-1, keepdims=True)  # [B, 1]: the reply's tokens (0 for a padding row)
-        offset = jnp.arange(self.reply_width)[None]
-        scored = offset < length
-        # token reply_start + j is predicted at position reply_start + j - 1 (a prompt is never empty)
-        at = jnp.where(scored, batch["reply_start"][:, None] - 1 + offset, 0)
-        targets = jnp.where(scored, jnp.take_along_axis(labels, at + 1, axis=1), 0)
-        logits = model.logits_at(batch["input_ids"], batch["attention_mask"], at, shared=self.shared[None],
-                                 dropout_key=dropout_key)
-        return logits, targets, scored
+        return reply_logits(model, batch, self.reply_width, self.shared, dropout_key)
 
     def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}
@@ -161,4 +166,4 @@ def chat_objective(config, adaptation, tokenizer, splits: dict[str, TextDataset]
     return ChatTuning(adaptation, encoded, pad_id, max_length, label_names=labels, settings=settings, shared=shared)
 
 
-__all__ = ["ChatTuning", "chat_objective", "encode_chat", "reply_labels", "split_shared_start"]
+__all__ = ["ChatTuning", "chat_objective", "encode_chat", "reply_labels", "reply_logits", "split_shared_start"]

@@ -23,6 +23,9 @@ class ConfigKeyError(InputError):
     """A config key that does not exist, a value of the wrong type, or a setting out of its range."""
 
 
+PROMPT_FORMS = ("plain", "chat")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     source: str = "rotten-tomatoes"  # a packaged corpus, a CSV / JSONL file, hf:NAME or tfds:DIR
@@ -46,6 +49,13 @@ class DataConfig:
     max_answer_length: int = 30
     n_best_size: int = 20
     null_score_diff_threshold: float | str = 0.0  # or "auto": chosen on the validation split (best F1)
+    # seq2seq: the column of the output text, its longest length in tokens (longer targets are cut; generation
+    # stops there), and the prompt's form: plain (text_prefix + input + separator, the target after it) or chat
+    # (text_prefix + input as the user's message in the tokenizer's chat template, the target as the reply)
+    target_column: str = "target"
+    max_target_length: int = 64
+    prompt_form: str = "plain"
+    separator: str = "\n"
 
     def __post_init__(self) -> None:
         if self.max_length < 8:
@@ -60,6 +70,10 @@ class DataConfig:
                 raise ConfigKeyError(f"data.{name} must be at least 1, got {getattr(self, name)}")
         if self.stride < 0:
             raise ConfigKeyError(f"data.stride must be >= 0 tokens, got {self.stride}")
+        if self.prompt_form not in PROMPT_FORMS:
+            raise ConfigKeyError(f"data.prompt_form {self.prompt_form!r} is unknown; valid: {', '.join(PROMPT_FORMS)}")
+        if self.max_target_length < 1:
+            raise ConfigKeyError(f"data.max_target_length must be at least 1 token, got {self.max_target_length}")
         for name in ("max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -87,8 +101,11 @@ class TrainingConfig:
     per_device_eval_batch_size: int = 64
     eval_steps: int = 100  # evaluate (and checkpoint) every N optimiser steps, and at the end
     logging_steps: int = 10
-    metric_for_best_model: str = "accuracy"  # accuracy | f1 | precision | recall | mcc | loss
+    metric_for_best_model: str = "accuracy"  # accuracy | f1 | precision | recall | mcc | loss; seq2seq: chrf | ...
     early_stopping_patience: int | None = 3  # evaluations without improvement before stopping
+    # seq2seq: the target distribution mixed with a uniform one, (1 - e) * one-hot + e / vocabulary (Hugging Face's
+    # label_smoothing_factor); 0: plain cross-entropy
+    label_smoothing: float = 0.0
     seed: int = 42
     dtype: str = "float32"  # float32 | bfloat16 (compute; parameters stay float32)
     # multi-task: P(task) proportional to (its training examples) ** (1 / T); 1: by size, large: uniform
@@ -120,7 +137,8 @@ class TrainingConfig:
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ConfigKeyError("training.early_stopping_patience must be at least 1 (or null: never stop early), "
                                  f"got {self.early_stopping_patience}")
-        metrics = ("accuracy", "f1", "precision", "recall", "mcc", "loss", "perplexity")
+        metrics = ("accuracy", "f1", "precision", "recall", "mcc", "loss", "perplexity", "exact", "chrf", "bleu",
+                   "rouge1", "rouge2", "rougeL")
         if self.metric_for_best_model not in metrics:
             raise ConfigKeyError(f"training.metric_for_best_model {self.metric_for_best_model!r} is unknown; "
                                  f"valid: {', '.join(metrics)}")
@@ -128,6 +146,8 @@ class TrainingConfig:
                      "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ConfigKeyError(f"training.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigKeyError(f"training.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.task_sampling_temperature <= 0:
             raise ConfigKeyError(f"training.task_sampling_temperature must be > 0, got {self.task_sampling_temperature}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -53,3 +53,17 @@ def language_model_loss(model, batch: dict[str, Array], dropout_key: Array | Non
     weights = labels != -100
     loss, accuracy = cross_entropy(logits, jnp.where(weights, labels, 0), weights)
     return loss, {"accuracy": accuracy}
+
+
+def smoothed_cross_entropy(logits: Array, labels: Array, weights: Array, smoothing: float) -> tuple[Array, Array]:
+    """Mean cross-entropy of logits [..., V] against labels [...] smoothed towards the uniform distribution:
+    (1 - e) * -log p(label) + e * mean over the vocabulary of -log p (the target (1 - e) one-hot + e / V, as
+    Hugging Face's label_smoothing_factor); e = 0 is `cross_entropy`. Also the accuracy of the argmax."""
+    if smoothing == 0.0:
+        return cross_entropy(logits, labels, weights)
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+    losses = (1.0 - smoothing) * nll - smoothing * log_p.mean(-1)
+    weights = weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return _masked_mean(losses, weights), _masked_mean(correct, weights)

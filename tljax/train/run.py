@@ -3,7 +3,8 @@
 `prepare` does all the checking (config, model name, data source, columns, labels, splits, methods, a
 teacher) before anything is written, so that bad input leaves no run directory behind. The model of a run
 and its export live in `tljax.runs`; the objectives (what is trained and how it is judged) in
-`objectives.py`, `features.py`, `distill.py`, `multitask.py`, `language_modelling.py` and `chat.py`.
+`objectives.py`, `features.py`, `distill.py`, `multitask.py`, `language_modelling.py`, `chat.py` and
+`seq2seq.py`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tljax.train.tagging import encode_tagged, prepare_token_classification, tag
 from tljax.train.qa import (SPAN_LABELS, answer_settings, describe_qa_splits, encode_qa, prepare_question_answering,
                              qa_splits)
 from tljax.train.qa_distill import qa_distillation_objective
+from tljax.train.seq2seq import prepare_seq2seq
 from tljax.train.tasks import Setup, build, evaluation_part, evaluation_specs, register, split_budgets, task_of
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,9 @@ def _one_class_message(where: str, only: str, count: int, in_data: dict[str, int
 def prepare(config: RunConfig) -> Prepared:
     """Resolves and checks every input of a run; raises a clear error on the first bad one."""
     task = task_of(config)
+    if config.training.label_smoothing and config.task != "seq2seq":
+        raise ConfigKeyError(f"training.label_smoothing is for task: seq2seq (the output's tokens); this run's task "
+                             f"is {config.task}: leave it at 0")
     model_dir = zoo.resolve(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     setup = task.prepare(config, model_dir, tokenizer)
@@ -238,6 +243,12 @@ def _prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -
     if config.distillation is None:
         return setup
     return dataclasses.replace(setup, objective=qa_distillation_objective(config, setup.objective, tokenizer))
+
+
+@register("seq2seq", "input text -> output text on a decoder (translation, summaries, labels as words): JSON "
+          "Lines / CSV, hf:DIR, reviews-en-pt / ner-en-pt / questions-en-pt and back")
+def _prepare_seq2seq(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
+    return prepare_seq2seq(config, model_dir, tokenizer)
 
 
 def _cache_frozen_bottom(adaptation: Adaptation, encoded: dict, max_length: int) -> bool:

@@ -10,6 +10,7 @@ predictor `tljax.predict.PREDICTORS[task]`. `run.prepare` looks the task up and 
     token-classification      one tag per word: named entities (tagging.py)
     question-answering        the answer as a span of a passage: extractive QA (qa.py)
     masked-lm, causal-lm      continued pre-training on unlabelled text; causal-lm with `chat`: chat tuning
+    seq2seq                   input text -> output text on a decoder (seq2seq.py)
 """
 
 from __future__ import annotations

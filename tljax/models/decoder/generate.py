@@ -103,10 +103,12 @@ def _next_token(model: CausalLM, token, cache, key, sampling: dict):
 SAMPLING = ("temperature", "top_k", "top_p")
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad"))
-def _generate(graphdef, state, shared, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k,
-              top_p, eos, pad):
-    model: CausalLM = nnx.merge(graphdef, state)
+def decode(model: CausalLM, shared: Array, input_ids: Array, attention_mask: Array, key: Array, *,
+           max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+           eos: tuple[int, ...] = (), pad: int = 0) -> Array:
+    """The tokens [B, max_new_tokens] that continue left-padded prompts [B, T] after their shared start `shared`
+    [1, S] (S may be 0), `pad` after a row's end-of-sequence token: `generate`'s work, traceable (for use inside a
+    compiled function, e.g. an evaluation that scores generated text)."""
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     total = backbone(model).num_virtual_tokens + shared.shape[1] + input_ids.shape[1] + max_new_tokens
     keys = jax.random.split(key, max_new_tokens)
@@ -121,6 +123,13 @@ def _generate(graphdef, state, shared, input_ids, attention_mask, key, *, max_ne
 
     _, rest = jax.lax.scan(step, (first, cache, is_eos(first)), keys[1:])
     return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad"))
+def _generate(graphdef, state, shared, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k,
+              top_p, eos, pad):
+    return decode(nnx.merge(graphdef, state), shared, input_ids, attention_mask, key, max_new_tokens=max_new_tokens,
+                  temperature=temperature, top_k=top_k, top_p=top_p, eos=eos, pad=pad)
 
 
 # the same two functions, each compiled on its own, for generation one token at a time
