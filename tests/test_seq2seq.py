@@ -130,6 +130,27 @@ def test_a_shared_start_kept_once_gives_the_whole_rows_loss(rng):
     np.testing.assert_allclose(target_loss(cut, model, cut_batch), target_loss(objective, model, batch), rtol=1e-5)
 
 
+# one of each way a method changes a decoder (gradual unfreezing trains as partial, pfeiffer as houlsby, p-tuning as
+# prompt: the same modules), to keep the compilations few
+DECODER_METHODS = ["full", "partial", "bitfit", "lora", "houlsby", "prefix", "prompt"]
+
+
+def test_every_decoder_method_trains_under_the_objective(rng):
+    """The target loss reaches each method's trainable parameters (feature extraction trains a task head only,
+    which a decoder writing text has not: refused, below)."""
+    from tljax.methods import adapt, make_method
+    from tljax.runs import FINAL_STEP
+
+    for name in DECODER_METHODS:
+        model, objective, batch = tiny_objective(rng, 0.1)
+        adaptation = adapt(model, [make_method(name, {"num_virtual_tokens": 3} if name in ("prefix", "prompt") else {})])
+        graphdef, params, rest = nnx.split(adaptation.model, adaptation.trainable(FINAL_STEP), ...)
+        loss, grads = jax.jit(jax.value_and_grad(
+            lambda p: objective.loss(nnx.merge(graphdef, p, rest), batch, None)[0]))(params)
+        assert np.isfinite(float(loss)) and jax.tree.leaves(grads), name
+        assert sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)) > 0, name
+
+
 # -- the metrics ------------------------------------------------------------------------------------------------
 
 
@@ -308,3 +329,10 @@ def test_a_lora_run_resumes_bit_exact_and_exports_a_peft_causal_lm_adapter(tmp_p
     with torch.no_grad():
         theirs = AutoPeftModelForCausalLM.from_pretrained(export / "adapter").eval()(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_feature_extraction_is_refused_in_one_line(tmp_path, digits_model, capsys):
+    config = run_config(tmp_path, digits_model)
+    assert main(["--config", str(config), "--set", "method={name: feature-extraction}"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "trains nothing" in error and error.count("\n") == 0

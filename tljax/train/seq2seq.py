@@ -36,6 +36,7 @@ from tljax.data.batches import BatchIterator, Encoded, make_batch
 from tljax.data.pairs import PairDataset, load_pairs
 from tljax.data.prompts import PromptForm, end_token, fit_prompts, output_text, target_ids
 from tljax.models.decoder.generate import decode
+from tljax.runs import FINAL_STEP
 from tljax.text_metrics import TEXT_METRICS, text_metrics
 from tljax.train.chat import reply_labels, reply_logits, split_shared_start
 from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
@@ -249,6 +250,10 @@ def prepare_seq2seq(config: RunConfig, model_dir, tokenizer) -> Setup:
     if getattr(adaptation.model, "is_encoder_decoder", False):
         raise ConfigKeyError(f"{config.model} is an encoder-decoder; task: seq2seq trains decoders (Llama, Qwen2, "
                              "GPT-2) for now")
+    if not adaptation.count(FINAL_STEP)[0]:
+        raise ConfigKeyError(f"method {config.methods()[0]['name']} trains nothing of {config.model} as text to text "
+                             "(it trains a task head; a decoder writes with its language-model head): choose lora, "
+                             "prefix, prompt, an adapter, bitfit, partial or full")
     form = prompt_form(data)
     encoded = {name: encode_pairs(part, tokenizer, form, info.max_length, data.max_target_length)
                for name, part in splits.items()}
