@@ -336,3 +336,30 @@ def test_feature_extraction_is_refused_in_one_line(tmp_path, digits_model, capsy
     assert main(["--config", str(config), "--set", "method={name: feature-extraction}"]) == 2
     error = capsys.readouterr().err.strip()
     assert "trains nothing" in error and error.count("\n") == 0
+
+
+def test_several_tasks_train_as_prefixed_inputs_and_are_scored_each(tmp_path, digits_model, capsys):
+    from tljax.predict import load_predictor
+
+    rows = [json.loads(line) for line in (digits_model / "pairs.jsonl").read_text().splitlines()]
+    with (tmp_path / "first.jsonl").open("w") as handle:  # a second task: the first digit
+        for row in rows[:400]:
+            handle.write(json.dumps({"digits": row["digits"], "copy": row["digits"].split()[0]}) + "\n")
+    tasks = [{"name": "copy", "source": str(digits_model / "pairs.jsonl"), "text_prefix": "copy : "},
+             {"name": "first", "source": str(tmp_path / "first.jsonl"), "text_prefix": ": "}]
+    config = run_config(tmp_path, digits_model, max_steps=8, eval_steps=8)
+    assert main(["--config", str(config), "--set", f"tasks={json.dumps(tasks)}"]) == 0
+    out = capsys.readouterr().out
+    assert "mean over 2 tasks" in out and "first" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["test"]["tasks"]) == {"copy", "first"}
+    assert summary["test"]["chrf"] == pytest.approx(np.mean([m["chrf"] for m in summary["test"]["tasks"].values()]))
+    generator = load_predictor(tmp_path / "run")
+    assert generator.prefixes == {"copy": "copy : ", "first": ": "}
+    assert len(generator(["1 2"], task="first")) == 1
+    with pytest.raises(Exception, match="name one with --task"):
+        generator(["1 2"])
+    same = [{**tasks[0]}, {**tasks[1], "text_prefix": "copy : "}]
+    assert main(["--config", str(config), "--set", f"tasks={json.dumps(same)}",
+                 "--set", f"output_dir={tmp_path / 'other'}"]) == 2
+    assert "its own text_prefix" in capsys.readouterr().err

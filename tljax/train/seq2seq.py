@@ -41,6 +41,7 @@ from tljax.text_metrics import TEXT_METRICS, text_metrics
 from tljax.train.chat import reply_labels, reply_logits, split_shared_start
 from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
 from tljax.train.losses import smoothed_cross_entropy
+from tljax.train.multitask import parse_tasks
 from tljax.train.objectives import MappedBatches, Objective
 from tljax.train.tasks import Setup, build, split_budgets
 
@@ -200,18 +201,19 @@ class TextToText(Objective):
 
 def scores(part: PairSplit, outputs: list[str], sums: np.ndarray) -> dict[str, Any]:
     """Loss and token accuracy under teacher forcing, and the text metrics of `outputs` against the targets; with
-    several tasks, also each task's (`tasks`)."""
+    several tasks, each task's (`tasks`) and their mean."""
 
     def of(members: np.ndarray) -> dict[str, float]:
         loss, count, right = sums[members].sum(0)
         return {"loss": float(loss / max(count, 1.0)), "accuracy": float(right / max(count, 1.0)),
                 **text_metrics([outputs[i] for i in members], [part.dataset.targets[i] for i in members])}
 
-    result: dict[str, Any] = of(np.arange(len(part)))
-    if len(part.task_names) > 1:
-        task = part.rows.extras["task"]
-        result["tasks"] = {name: of(np.flatnonzero(task == number)) for number, name in enumerate(part.task_names)}
-    return result
+    if len(part.task_names) == 1:
+        return of(np.arange(len(part)))
+    task = part.rows.extras["task"]
+    tasks = {name: of(np.flatnonzero(task == number)) for number, name in enumerate(part.task_names)}
+    # the mean over tasks, as a multi-task classifier reports it: a large task does not hide a small one
+    return {**{key: float(np.mean([m[key] for m in tasks.values()])) for key in SEQ2SEQ_METRICS}, "tasks": tasks}
 
 
 def pair_splits(data: DataConfig, seed: int) -> dict[str, PairDataset]:
@@ -239,12 +241,38 @@ def prompt_form(data: DataConfig) -> PromptForm:
     return PromptForm(data.prompt_form, data.text_prefix, data.separator)
 
 
+def task_splits(config: RunConfig) -> tuple[tuple[str, ...], list[PromptForm], dict[str, PairDataset],
+                                             dict[str, np.ndarray]]:
+    """(task names, each task's prompt form, the splits of every task's pairs together, the task of each pair per
+    split) of a multi-task run (`tasks`: name, source and data.* keys such as text_prefix, text_column,
+    target_column, max_train_examples), or of the single task of `data`."""
+    if config.tasks is None:
+        return ("",), [prompt_form(config.data)], pair_splits(config.data, config.training.seed), {}
+    tasks = parse_tasks(config.tasks, config.data)
+    if any(kind != "sequence-classification" for _, kind, _ in tasks):  # parse_tasks' default: no kind was given
+        raise ConfigKeyError("the tasks of a seq2seq run are all text to text: leave out their task key")
+    if len({data.text_prefix for _, _, data in tasks}) < len(tasks):
+        raise ConfigKeyError("each task of a seq2seq run needs its own text_prefix (e.g. \"translate English to "
+                             "Portuguese: \"): the prefix is how the model tells the tasks apart")
+    parts = [pair_splits(data, config.training.seed) for _, _, data in tasks]
+    joined, members = {}, {}
+    for split in ("train", "validation", "test"):
+        pieces = [part[split] for part in parts]
+        joined[split] = PairDataset(split, tuple(x for p in pieces for x in p.inputs),
+                                    tuple(x for p in pieces for x in p.targets))
+        members[split] = np.concatenate([np.full(len(p), n, np.int32) for n, p in enumerate(pieces)])
+    return tuple(name for name, _, _ in tasks), [prompt_form(data) for _, _, data in tasks], joined, members
+
+
 def prepare_seq2seq(config: RunConfig, model_dir, tokenizer) -> Setup:
-    """The objective of `task: seq2seq`: pairs read and split, encoded in the config's prompt form."""
-    data, seed = config.data, config.training.seed
-    splits = pair_splits(data, seed)
+    """The objective of `task: seq2seq`: pairs read and split, encoded in the config's prompt form (with `tasks`:
+    every task's pairs in one run, each input with its task's prefix)."""
+    data = config.data
+    names, forms, splits, members = task_splits(config)
     record = {"prompt_form": data.prompt_form, "separator": data.separator,
               "max_target_length": data.max_target_length}
+    if config.tasks is not None:
+        record["tasks"] = {name: form.prefix for name, form in zip(names, forms)}
     adaptation, info = build(config, model_dir, tokenizer, ())
     info = dataclasses.replace(info, seq2seq=record)
     if getattr(adaptation.model, "is_encoder_decoder", False):
@@ -254,11 +282,15 @@ def prepare_seq2seq(config: RunConfig, model_dir, tokenizer) -> Setup:
         raise ConfigKeyError(f"method {config.methods()[0]['name']} trains nothing of {config.model} as text to text "
                              "(it trains a task head; a decoder writes with its language-model head): choose lora, "
                              "prefix, prompt, an adapter, bitfit, partial or full")
-    form = prompt_form(data)
-    encoded = {name: encode_pairs(part, tokenizer, form, info.max_length, data.max_target_length)
+    encoded = {name: encode_pairs(part, tokenizer, forms, info.max_length, data.max_target_length, members.get(name))
                for name, part in splits.items()}
-    objective = text_to_text(config, adaptation, tokenizer, splits, encoded, info.max_length)
-    return Setup(objective, info, describe_pair_splits(splits))
+    objective = text_to_text(config, adaptation, tokenizer, splits, encoded, info.max_length, names)
+    report = describe_pair_splits(splits)
+    if len(names) > 1:
+        report += "\n" + "; ".join(f"task {name}: " + ", ".join(f"{int((members[s] == n).sum()):,} {s}"
+                                                              for s in ("train", "validation", "test"))
+                                   for n, name in enumerate(names))
+    return Setup(objective, info, report)
 
 
 def text_to_text(config: RunConfig, adaptation, tokenizer, splits: dict[str, PairDataset], encoded: dict[str, Encoded],
