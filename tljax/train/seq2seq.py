@@ -15,9 +15,10 @@ input carries its task's prefix and every metric is also reported per task.
 
 What a model offers this objective (`TextToText`): a decoder's `logits_at` (teacher forcing at chosen positions,
 after a shared start) and what `generate.decode` asks (`logits` and the backbone's cached call). An
-encoder-decoder (T5) reads the prompt with its encoder and the target with its decoder; it plugs in by offering
-`is_encoder_decoder = True`, `target_logits` and `generate_targets` (`EncoderDecoder` below), for which the
-objective builds rows of the prompt alone (no separator) with the target apart.
+encoder-decoder (T5) reads the prompt with its encoder and the target with its decoder; it is to plug in by
+offering `is_encoder_decoder = True`, `target_logits` and `generate_targets` (`EncoderDecoder` below), the objective
+then encoding the prompt alone (no separator) and the target apart. Until that branch exists, `prepare_seq2seq`
+refuses a model that says it is an encoder-decoder.
 """
 
 from __future__ import annotations
