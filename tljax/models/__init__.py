@@ -120,6 +120,7 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "token-classification": Gemma3TextForTokenClassification,
         "question-answering": Gemma3TextForQuestionAnswering,
         "causal-lm": Gemma3ForCausalLM,
+        "seq2seq": Gemma3ForCausalLM,  # text to text: the output written after the input (tljax.train.seq2seq)
     },
     "t5": {
         "base": T5Model,
