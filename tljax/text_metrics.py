@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import sacrebleu
-from rouge_score import rouge_scorer, tokenizers
 
 from tljax.errors import InputError
 
@@ -25,8 +24,8 @@ TEXT_METRICS = ("chrf", "bleu", "rouge1", "rouge2", "rougeL", "exact")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-class WordTokenizer(tokenizers.Tokenizer):
-    """Lower-cased runs of Unicode letters and digits (`rouge_score`'s tokenizer interface)."""
+class WordTokenizer:
+    """Lower-cased runs of Unicode letters and digits (what `rouge_score` asks of a tokenizer: `tokenize`)."""
 
     WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -34,8 +33,13 @@ class WordTokenizer(tokenizers.Tokenizer):
         return [word for word in self.WORD.findall(text.lower()) if word != "_"]
 
 
-def rouge_scorer_for() -> rouge_scorer.RougeScorer:
-    """The `RougeScorer` these metrics use: ROUGE-1, -2 and -L over `WordTokenizer`'s words, no stemming."""
+def rouge_scorer_for():
+    """The `rouge_score.rouge_scorer.RougeScorer` these metrics use: ROUGE-1, -2 and -L over `WordTokenizer`'s
+    words, no stemming."""
+    # imported here, not with the module: rouge_score imports nltk and scipy (1.3 s), which every training and
+    # harness process would otherwise pay though only a seq2seq evaluation scores ROUGE
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False, tokenizer=WordTokenizer())
 
 
