@@ -89,6 +89,17 @@ class HFConfig:
         config.validate()
         return config
 
+    @property
+    def num_labels(self) -> int:
+        """The head's number of labels: its `id2label`'s, else Hugging Face's default of 2."""
+        return len(self.id2label) if getattr(self, "id2label", None) else 2
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The end-of-sequence ids (config.json gives one id or a list)."""
+        eos = getattr(self, "eos_token_id", None)
+        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+
     def validate(self) -> None:
         """Raises ConfigError for inconsistent values; families extend it."""
 

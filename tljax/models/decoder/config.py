@@ -62,19 +62,10 @@ class DecoderConfig(HFConfig):
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
     @property
-    def num_labels(self) -> int:
-        return len(self.id2label) if self.id2label else 2
-
-    @property
     def qkv_bias(self) -> bool:
         """Whether the query, key and value projections have biases (Llama: with `attention_bias`, as o_proj;
         a family whose q/k/v always have biases says so here)."""
         return self.attention_bias
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        eos = self.eos_token_id
-        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
 
     def validate(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:

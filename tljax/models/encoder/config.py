@@ -41,10 +41,6 @@ class EncoderConfig(HFConfig):
     classifier_pooling: str = "pooler"
 
     @property
-    def num_labels(self) -> int:
-        return len(self.id2label) if self.id2label else 2
-
-    @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 

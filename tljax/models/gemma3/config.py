@@ -104,15 +104,6 @@ class Gemma3TextConfig(HFConfig):
         """What the Llama MLP that Gemma 3 reuses reads: the same computation under Llama's name."""
         return self.hidden_activation
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label) if self.id2label else 2
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        eos = self.eos_token_id
-        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-
     def validate(self) -> None:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "

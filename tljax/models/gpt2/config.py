@@ -96,15 +96,6 @@ class GPT2Config(HFConfig):
     def intermediate_size(self) -> int:
         return self.n_inner if self.n_inner is not None else 4 * self.n_embd
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label) if self.id2label else 2
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        eos = self.eos_token_id
-        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-
     def to_hf(self, architecture: str) -> dict[str, Any]:
         out = super().to_hf(architecture)
         if out["classifier_dropout"] is None:

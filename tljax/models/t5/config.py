@@ -131,11 +131,6 @@ class T5Config(HFConfig):
         """Whether the decoder's output is multiplied by d_model**-0.5 before the output layer."""
         return self.tie_word_embeddings if self.scale_decoder_outputs is None else self.scale_decoder_outputs
 
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        eos = self.eos_token_id
-        return () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-
     def to_hf(self, architecture: str) -> dict[str, Any]:
         out = super().to_hf(architecture)
         out["is_encoder_decoder"] = True
