@@ -143,13 +143,22 @@ def _stream_next(graphdef, state, token, cache, key, **sampling):
     return _next_token(nnx.merge(graphdef, state), token, cache, key, sampling)
 
 
-def _check_generation(model: CausalLM, prompt_length: int, max_new_tokens: int, top_k, top_p) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """What every model's generation refuses in one line: no token to write, a negative temperature, a top_k or
+    top_p that selects nothing."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be at least 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
+
+
+def _check_generation(model: CausalLM, prompt_length: int, max_new_tokens: int, temperature: float, top_k,
+                      top_p) -> None:
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     body = backbone(model)
     virtual = body.num_virtual_tokens + body.num_prefix_tokens
     if virtual + prompt_length + max_new_tokens > model.config.max_position_embeddings:
@@ -183,7 +192,7 @@ def generate(
     it emits `pad_token_id`. The start that every prompt shares (a chat template's system prompt; see
     `shared_start`) is run once for the batch.
     """
-    _check_generation(model, input_ids.shape[1], max_new_tokens, top_k, top_p)
+    _check_generation(model, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p)
     eos, pad = _eos_and_pad(model.config, eos_token_ids, pad_token_id)
     if attention_mask is None:
         attention_mask = np.ones(np.shape(input_ids), np.int32)
@@ -209,7 +218,7 @@ def stream_generate(
     """`generate`, one step at a time: yields each new token [B] as soon as it is chosen, and stops when every
     sequence has ended (or after `max_new_tokens`). The tokens are `generate`'s with the same arguments (the same
     sampling keys); a sequence that has ended yields `pad_token_id`."""
-    _check_generation(model, input_ids.shape[1], max_new_tokens, top_k, top_p)
+    _check_generation(model, input_ids.shape[1], max_new_tokens, temperature, top_k, top_p)
     eos, pad = _eos_and_pad(model.config, eos_token_ids, pad_token_id)
     if attention_mask is None:
         attention_mask = np.ones(np.shape(input_ids), np.int32)

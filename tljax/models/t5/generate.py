@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tljax.models.config import ConfigError
-from tljax.models.decoder.generate import sample_token
+from tljax.models.decoder.generate import check_sampling, sample_token
 from tljax.models.t5.modeling import T5ForConditionalGeneration
 
 Array = jax.Array
@@ -185,20 +185,13 @@ def _beam_search(graphdef, state, input_ids, attention_mask, *, max_new_tokens, 
 
 
 def _check(max_new_tokens: int, num_beams: int, temperature: float, top_k, top_p, early_stopping) -> None:
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     if num_beams < 1:
         raise ConfigError(f"num_beams must be at least 1, got {num_beams}")
     if num_beams > 1 and (temperature or top_k is not None or top_p is not None):
         raise ConfigError("beam search is deterministic: sampling (temperature, top_k, top_p) needs num_beams=1")
     if early_stopping not in (True, False, "never"):
         raise ConfigError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-    if temperature < 0:
-        raise ConfigError(f"temperature must be at least 0, got {temperature}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k must be at least 1, got {top_k}")
 
 
 def generate(
