@@ -3,6 +3,7 @@ safetensors, sharded safetensors, PyTorch `pytorch_model.bin` and sharded .bin. 
 default) each keeps its dtype and computes what PyTorch computes on the same weights in that dtype."""
 
 import json
+import os
 import sys
 
 import jax.numpy as jnp
@@ -158,6 +159,9 @@ def test_a_saved_model_declares_the_dtype_of_its_tensors(tmp_path):
             model, _ = tljax.load(str(tmp_path / "pt"), dtype=jnp.float32)
         model.save_pretrained(tmp_path / dtype, tokenizer_source=tmp_path / "pt")
         assert json.loads((tmp_path / dtype / "config.json").read_text())["dtype"] == dtype
+        umask = os.umask(0)
+        os.umask(umask)  # the umask's modes, as every file a user writes (safetensors writes its own 0600)
+        assert {p.stat().st_mode & 0o777 for p in (tmp_path / dtype).iterdir()} == {0o666 & ~umask}
         assert tljax.load(str(tmp_path / dtype))[0].encoder.layer[0].output.dense.kernel.dtype == jnp.dtype(dtype)
         loaded = transformers.AutoModel.from_pretrained(tmp_path / dtype, dtype="auto")
         assert loaded.encoder.layer[0].output.dense.weight.dtype == getattr(torch, dtype)

@@ -270,3 +270,20 @@ def test_methods_put_their_parameters_in_gemmas_places(reference, batch, method,
     ids, mask = batch
     logits = nnx.jit(lambda m, i, a: m(i, a))(adaptation.model, jnp.asarray(ids), jnp.asarray(mask))
     assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_a_soft_prompt_starts_from_the_embeddings_gemma_reads(reference):
+    """Gemma scales its token embeddings by sqrt(hidden): a prompt started from words starts from the scaled rows,
+    as PEFT's does (`word_embeddings(ids)`), not from the table's (5.7 times smaller here)."""
+    from tljax.methods import MethodContext, adapt, make_method
+
+    class TwoWords:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [7, 9]}
+
+    model = Gemma3ForCausalLM.from_pretrained(reference[1])
+    method = make_method("prompt", {"num_virtual_tokens": 3, "init": "text", "init_text": "good bad"})
+    adaptation = adapt(model, [method], context=MethodContext(tokenizer=TwoWords()))
+    with torch.no_grad():
+        expected = reference[0].get_input_embeddings()(torch.tensor([7, 9, 7])).numpy()
+    np.testing.assert_allclose(np.asarray(adaptation.model.model.prompt.embedding[...]), expected, rtol=1e-6)

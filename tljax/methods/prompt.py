@@ -19,6 +19,8 @@ from tljax.methods.base import Method, MethodContext, backbone
 from tljax.methods.rules import MethodError, PathRules, Rule
 from tljax.models.layers import Linear, dropout
 
+SCALE_SAMPLE = 4096  # vocabulary rows whose spread sets a random prompt's scale (a 262k-row table need not be read whole)
+
 Array = jax.Array
 
 
@@ -98,27 +100,29 @@ class PromptEncoder(PromptEmbedding):
 
 
 def initial_prompt(model: nnx.Module, count: int, init: str, text: str | None, context: MethodContext) -> Array:
-    """[count, H] starting values: "random" (the embedding table's scale), "vocab" (random vocabulary
+    """[count, H] starting values, as the model reads its input embeddings (through the embedding module, which
+    may scale its rows: Gemma's by sqrt(H)): "random" (at the embeddings' scale), "vocab" (random vocabulary
     rows) or "text" (the embeddings of `text`'s tokens, repeated to `count`)."""
-    table = backbone_embeddings(model)
+    embed = backbone(model).input_embeddings
+    table = embed.embedding[...]
+
+    def rows(ids: Array) -> Array:
+        return embed(ids).astype(table.dtype)
+
     key = jax.random.key(context.seed)
     if init == "random":
-        return jax.random.normal(key, (count, table.shape[1]), table.dtype) * jnp.std(table)
+        scale = jnp.std(rows(jnp.arange(min(table.shape[0], SCALE_SAMPLE))))
+        return jax.random.normal(key, (count, table.shape[1]), table.dtype) * scale
     if init == "vocab":
-        return table[jax.random.randint(key, (count,), 0, table.shape[0])]
+        return rows(jax.random.randint(key, (count,), 0, table.shape[0]))
     if init == "text":
         if not text or context.tokenizer is None:
             raise MethodError('prompt init "text" needs init_text and a tokenizer (e.g. the label words)')
         ids = context.tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise MethodError(f"init_text {text!r} has no tokens")
-        return table[jnp.asarray(np.resize(ids, count))]
+        return rows(jnp.asarray(np.resize(ids, count)))
     raise MethodError(f"prompt init {init!r} is unknown; valid: random, vocab, text")
-
-
-def backbone_embeddings(model: nnx.Module) -> Array:
-    """The backbone's token embedding table [V, H]."""
-    return backbone(model).input_embeddings.embedding[...]
 
 
 def _install(model: nnx.Module, prompt: PromptEmbedding) -> None:

@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from tljax import faults
+from tljax.cache import usual_modes
 from tljax.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -347,11 +348,9 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # as a plain mkdir would (mkdtemp makes it private)
     try:
         yield staging
+        usual_modes(staging)
         faults.point("export")  # every file written, none in place yet
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old.{os.getpid()}")

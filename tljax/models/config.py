@@ -90,6 +90,12 @@ class HFConfig:
         return config
 
     @property
+    def max_text_positions(self) -> int:
+        """The most tokens one input may have: the positions the model has embeddings for (a family whose first
+        positions are taken says so)."""
+        return self.max_position_embeddings
+
+    @property
     def num_labels(self) -> int:
         """The head's number of labels: its `id2label`'s, else Hugging Face's default of 2."""
         return len(self.id2label) if getattr(self, "id2label", None) else 2

@@ -107,7 +107,7 @@ def load_teacher(spec: str, seed: int) -> Teacher:
     model = models.from_pretrained(directory, "sequence-classification", dtype=jnp.float32, seed=seed)
     labels = tuple(model.config.id2label[i] for i in range(model.config.num_labels))
     return Teacher(spec, model, AutoTokenizer.from_pretrained(directory), labels, "",
-                   model.config.max_position_embeddings)
+                   model.config.max_text_positions)
 
 
 def even_layer_map(student_layers: int, teacher_layers: int) -> tuple[tuple[int, int], ...]:
@@ -284,7 +284,7 @@ def distillation_objective(config: RunConfig, base: Classification, teacher: Tea
     matching = next((m for m in base.adaptation.methods if isinstance(m, HiddenStateMatching)), None)
     tokenizer = teacher.tokenizer
     teacher_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    teacher_max = min(teacher.max_length, teacher.model.config.max_position_embeddings)
+    teacher_max = min(teacher.max_length, teacher.model.config.max_text_positions)
     teacher_encoded = {name: encode(texts[name], base.encoded[name].labels, tokenizer, teacher_max,
                                     teacher.text_prefix) for name in ("train", "test")}
     train = base.encoded["train"]

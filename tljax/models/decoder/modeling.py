@@ -174,21 +174,37 @@ class LlamaDecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x), k2), new_cache
 
 
-class LlamaModel(PretrainedModel):
-    """The decoder backbone: final normalised hidden states [B, T, H]."""
+class DecoderBackbone(PretrainedModel):
+    """What every decoder backbone does alike (Llama, Qwen2, Gemma 3, GPT-2): the soft prompt's slot, positions
+    counted from the attention mask, the causal mask over a cache's slots, the layers run one by one or scanned,
+    a shared start run once. A family says where its parts are (`input_embeddings`, `blocks`, `first_attention`,
+    `final_norm`) and what its embeddings add once the positions are known (`add_positions`)."""
 
-    config_class: ClassVar = DecoderConfig
-    base_model_prefix: ClassVar[str] = "model"
-    layout: ClassVar[Layout] = LLAMA_LAYOUT
+    prompt: nnx.Module | None  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
 
-    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config = config
-        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-        self.layers = nnx.List([LlamaDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(config.num_hidden_layers)])
-        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
-        self.prompt = nnx.data(None)  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
+    @property
+    def input_embeddings(self) -> nnx.Embed:
+        """The token embedding table [V, H] (where prompt tuning starts its virtual tokens)."""
+        raise NotImplementedError
+
+    @property
+    def blocks(self) -> nnx.List:
+        """The decoder layers, bottom first."""
+        raise NotImplementedError
+
+    @property
+    def first_attention(self) -> nnx.Module:
+        """The first layer's self-attention (where a prefix's keys are kept)."""
+        raise NotImplementedError
+
+    def final_norm(self, x: Array) -> Array:
+        """[B, T, H] -> [B, T, H]: the norm after the last layer."""
+        raise NotImplementedError
+
+    def add_positions(self, x: Array, positions: Array, dropout_key: Array | None) -> tuple[Array, Array | None]:
+        """(token embeddings [B, T, H], positions [B, T], key) -> (the layers' input, the key left for them): the
+        embeddings unchanged for a family that rotates its queries and keys instead (RoPE)."""
+        return x, dropout_key
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -196,22 +212,12 @@ class LlamaModel(PretrainedModel):
 
     @property
     def num_prefix_tokens(self) -> int:
-        prefix = self.layers[0].self_attn.prefix
+        prefix = self.first_attention.prefix
         return 0 if prefix is None else prefix.num_virtual_tokens
 
     @property
-    def input_embeddings(self) -> nnx.Embed:
-        """The token embedding table [V, H] (where prompt tuning starts its virtual tokens)."""
-        return self.embed_tokens
-
-    @property
     def num_layers(self) -> int:
-        return len(self.layers)
-
-    def keep_layers(self, indices: list[int]) -> None:
-        """Keeps only the layers at `indices` (0-based, increasing), in place; the config follows."""
-        self.layers = nnx.List([self.layers[i] for i in indices])
-        self.config = self.config.replace(num_hidden_layers=len(indices))
+        return len(self.blocks)
 
     def __call__(
         self,
@@ -239,7 +245,7 @@ class LlamaModel(PretrainedModel):
         batch = input_ids.shape[0]
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x = self.embed_tokens(input_ids)
+        x = self.input_embeddings(input_ids)
         k_prompt, dropout_key = layer_keys(dropout_key, 2)
         if self.prompt is not None and use_prompt:
             prompt = self.prompt(batch, dropout_key=k_prompt)
@@ -254,6 +260,7 @@ class LlamaModel(PretrainedModel):
         if positions is None:
             positions = jnp.maximum(seen + jnp.cumsum(real, axis=-1) - 1, 0)
         positions = positions + self.num_prefix_tokens  # prefix keys occupy the first positions
+        x, dropout_key = self.add_positions(x, positions, dropout_key)
         # the first query's slot when it is known when tracing (no cache, or a fresh one): a causal attention
         # may then skip the blocks above the diagonal
         causal_from = 0 if cache is None else (int(cache.index) if isinstance(cache.index, np.generic | np.ndarray)
@@ -266,12 +273,12 @@ class LlamaModel(PretrainedModel):
         key_slot = jnp.arange(key_real.shape[1])
         mask = key_real[:, None, None, :] & (key_slot[None, :] <= query_slot[:, None])[None, None]
 
-        scanned = scan_layers and dropout_key is None and _stacked_layers(self.layers)
+        scanned = scan_layers and dropout_key is None and _stacked_layers(self.blocks)
         if scanned:
             x, keys, values = _scan_layers(*scanned, x, positions, mask, cache, causal_from)
         else:
             keys, values = [], []
-            for i, (layer, key) in enumerate(zip(self.layers, layer_keys(dropout_key, len(self.layers)))):
+            for i, (layer, key) in enumerate(zip(self.blocks, layer_keys(dropout_key, len(self.blocks)))):
                 layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
                 x, new = layer(x, positions, mask, layer_cache, key, causal_from)
                 if new is not None:
@@ -279,7 +286,7 @@ class LlamaModel(PretrainedModel):
                     values.append(new[1])
         if cache is not None:
             cache = KVCache(tuple(keys), tuple(values), key_real, cache.index + length)
-        return self.norm(x), cache
+        return self.final_norm(x), cache
 
     def text_states(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
                     *, dropout_key: Array | None = None) -> Array:
@@ -296,7 +303,7 @@ class LlamaModel(PretrainedModel):
         cache of `size` slots -> (the rows' hidden states [B, T, H], the cache). The shared start is run once, its
         keys and values copied to every row (`KVCache.rows`): the same values as each whole row, for less work
         (with dropout on, the rows share the shared tokens' dropout masks)."""
-        dtype, batch = self.embed_tokens.embedding.dtype, input_ids.shape[0]
+        dtype, batch = self.input_embeddings.embedding.dtype, input_ids.shape[0]
         if shared.shape[1] == 0:
             hidden, cache = self(input_ids, attention_mask, cache=KVCache.empty(self.config, batch, size, dtype),
                                  dropout_key=dropout_key, scan_layers=scan_layers)
@@ -306,6 +313,43 @@ class LlamaModel(PretrainedModel):
                         dropout_key=first_key, scan_layers=scan_layers)
         return self(input_ids, attention_mask, cache=cache.rows(batch), use_prompt=False, dropout_key=rest_key,
                     scan_layers=scan_layers)
+
+
+class LlamaModel(DecoderBackbone):
+    """The decoder backbone: final normalised hidden states [B, T, H]."""
+
+    config_class: ClassVar = DecoderConfig
+    base_model_prefix: ClassVar[str] = "model"
+    layout: ClassVar[Layout] = LLAMA_LAYOUT
+
+    def __init__(self, config: DecoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                                      embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+        self.layers = nnx.List([LlamaDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                for _ in range(config.num_hidden_layers)])
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.prompt = nnx.data(None)  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
+
+    @property
+    def input_embeddings(self) -> nnx.Embed:
+        return self.embed_tokens
+
+    @property
+    def blocks(self) -> nnx.List:
+        return self.layers
+
+    @property
+    def first_attention(self) -> nnx.Module:
+        return self.layers[0].self_attn
+
+    def final_norm(self, x: Array) -> Array:
+        return self.norm(x)
+
+    def keep_layers(self, indices: list[int]) -> None:
+        """Keeps only the layers at `indices` (0-based, increasing), in place; the config follows."""
+        self.layers = nnx.List([self.layers[i] for i in indices])
+        self.config = self.config.replace(num_hidden_layers=len(indices))
 
 
 def _stacked_layers(layers) -> tuple[nnx.GraphDef, nnx.State] | None:

@@ -14,12 +14,11 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from tljax.models.base import Layout, PretrainedModel
 from tljax.models.checkpoint import STORED_IN_OUT
-from tljax.models.decoder.modeling import KVCache, _scan_layers, _stacked_layers
+from tljax.models.decoder.modeling import DecoderBackbone
 from tljax.models.gpt2.config import GPT2Config
 from tljax.models.layers import ACTIVATIONS, LayerNorm, Linear, attend, dropout, layer_keys, merge_heads, split_heads
 
@@ -126,7 +125,7 @@ class GPT2Block(nnx.Module):
         return x + self.mlp(self.ln_2(x), k3), new_cache
 
 
-class GPT2Model(PretrainedModel):
+class GPT2Model(DecoderBackbone):
     """The GPT-2 backbone: final normalised hidden states [B, T, H]."""
 
     config_class: ClassVar = GPT2Config
@@ -145,118 +144,32 @@ class GPT2Model(PretrainedModel):
         self.prompt = nnx.data(None)  # prompt tuning / P-tuning put a module here: batch -> virtual tokens [B, P, H]
 
     @property
-    def num_virtual_tokens(self) -> int:
-        return 0 if self.prompt is None else self.prompt.num_virtual_tokens
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        prefix = self.h[0].attn.prefix
-        return 0 if prefix is None else prefix.num_virtual_tokens
-
-    @property
     def input_embeddings(self) -> nnx.Embed:
-        """The token embedding table [V, H] (where prompt tuning starts its virtual tokens)."""
         return self.wte
 
     @property
-    def num_layers(self) -> int:
-        return len(self.h)
+    def blocks(self) -> nnx.List:
+        return self.h
+
+    @property
+    def first_attention(self) -> nnx.Module:
+        return self.h[0].attn
+
+    def final_norm(self, x: Array) -> Array:
+        return self.ln_f(x)
+
+    def add_positions(self, x: Array, positions: Array, dropout_key: Array | None) -> tuple[Array, Array | None]:
+        """The learned position embeddings added (and the embeddings' dropout). `positions` count each sequence's
+        real tokens before the token, as Hugging Face's `generate` derives GPT-2's position ids from the attention
+        mask (its plain forward counts padding too: the two agree on right-padded and unpadded batches); a
+        prefix's P keys take the first P positions, as PEFT's past key values do."""
+        k_embed, dropout_key = layer_keys(dropout_key, 2)
+        return dropout(x + self.wpe(positions), self.dropout_rate, k_embed), dropout_key
 
     def keep_layers(self, indices: list[int]) -> None:
         """Keeps only the layers at `indices` (0-based, increasing), in place; the config follows."""
         self.h = nnx.List([self.h[i] for i in indices])
         self.config = self.config.replace(n_layer=len(indices))
-
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        positions: Array | None = None,
-        cache: KVCache | None = None,
-        *,
-        dropout_key: Array | None = None,
-        use_prompt: bool = True,
-        scan_layers: bool = False,
-    ) -> tuple[Array, KVCache | None]:
-        """[B, T] ids -> (hidden [B, P + T, H], updated cache or None), as `LlamaModel.__call__`.
-
-        P is the number of virtual tokens a prompt method prepends (0 without one, or with `use_prompt=False`).
-        `attention_mask` [B, T] is 1 for real tokens and 0 for padding. `positions` (indices into `wpe`) default to
-        each sequence's count of real tokens before the token, as Hugging Face's `generate` derives GPT-2's
-        position ids from the attention mask (its plain forward counts padding too: the two agree on right-padded
-        and unpadded batches); a prefix's P keys take the first P positions, as PEFT's past key values do.
-        `scan_layers` (inference only) runs the layers as one `lax.scan`.
-        """
-        batch = input_ids.shape[0]
-        if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        x = self.wte(input_ids)
-        k_prompt, k_embed, dropout_key = layer_keys(dropout_key, 3)
-        if self.prompt is not None and use_prompt:
-            prompt = self.prompt(batch, dropout_key=k_prompt)
-            x = jnp.concatenate([prompt.astype(x.dtype), x], axis=1)
-            attention_mask = jnp.pad(attention_mask, ((0, 0), (prompt.shape[1], 0)), constant_values=1)
-            if positions is not None:
-                positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(prompt.shape[1]), prompt.shape[:2]),
-                                             positions + prompt.shape[1]], axis=1)
-        length = x.shape[1]
-        real = attention_mask.astype(bool)
-        seen = jnp.zeros((batch, 1), jnp.int32) if cache is None else cache.mask.sum(-1, keepdims=True, dtype=jnp.int32)
-        if positions is None:
-            positions = jnp.maximum(seen + jnp.cumsum(real, axis=-1) - 1, 0)
-        positions = positions + self.num_prefix_tokens
-        x = dropout(x + self.wpe(positions), self.dropout_rate, k_embed)
-
-        # the first query's slot when known when tracing (no cache, or a fresh one): see `attend`'s causal_from
-        causal_from = 0 if cache is None else (int(cache.index) if isinstance(cache.index, np.generic | np.ndarray)
-                                               else None)
-        if cache is None:
-            key_real, query_slot = real, jnp.arange(length)
-        else:
-            key_real = jax.lax.dynamic_update_slice_in_dim(cache.mask, real, cache.index, axis=1)
-            query_slot = cache.index + jnp.arange(length)
-        key_slot = jnp.arange(key_real.shape[1])
-        mask = key_real[:, None, None, :] & (key_slot[None, :] <= query_slot[:, None])[None, None]
-
-        scanned = scan_layers and dropout_key is None and _stacked_layers(self.h)
-        if scanned:
-            x, keys, values = _scan_layers(*scanned, x, positions, mask, cache, causal_from)
-        else:
-            keys, values = [], []
-            for i, (layer, key) in enumerate(zip(self.h, layer_keys(dropout_key, len(self.h)))):
-                layer_cache = None if cache is None else (cache.keys[i], cache.values[i], cache.index)
-                x, new = layer(x, positions, mask, layer_cache, key, causal_from)
-                if new is not None:
-                    keys.append(new[0])
-                    values.append(new[1])
-        if cache is not None:
-            cache = KVCache(tuple(keys), tuple(values), key_real, cache.index + length)
-        return self.ln_f(x), cache
-
-    def text_states(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
-                    *, dropout_key: Array | None = None) -> Array:
-        """The last hidden state of the text's own positions [B, T, H] (a soft prompt's virtual tokens dropped):
-        what every head on this backbone reads from."""
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        hidden, _ = self(input_ids, attention_mask, positions, dropout_key=dropout_key)
-        return hidden[:, self.num_virtual_tokens:]
-
-    def after_shared_start(self, shared: Array, input_ids: Array, attention_mask: Array, size: int, *,
-                           dropout_key: Array | None = None, scan_layers: bool = False) -> tuple[Array, KVCache]:
-        """Rows [B, T] that all start with `shared` [1, S] (not in `input_ids`; S may be 0), run into a fresh
-        cache of `size` slots -> (the rows' hidden states [B, T, H], the cache), as `LlamaModel.after_shared_start`:
-        the shared start runs once and its keys and values are copied to every row."""
-        dtype, batch = self.wte.embedding.dtype, input_ids.shape[0]
-        if shared.shape[1] == 0:
-            hidden, cache = self(input_ids, attention_mask, cache=KVCache.empty(self.config, batch, size, dtype),
-                                 dropout_key=dropout_key, scan_layers=scan_layers)
-            return hidden[:, self.num_virtual_tokens:], cache
-        first_key, rest_key = layer_keys(dropout_key, 2)
-        _, cache = self(shared, jnp.ones_like(shared), cache=KVCache.empty(self.config, 1, size, dtype),
-                        dropout_key=first_key, scan_layers=scan_layers)
-        return self(input_ids, attention_mask, cache=cache.rows(batch), use_prompt=False, dropout_key=rest_key,
-                    scan_layers=scan_layers)
 
 
 def _head(din: int, dout: int, dtype, param_dtype, rngs: nnx.Rngs, bias: bool = True) -> Linear:

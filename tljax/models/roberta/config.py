@@ -44,6 +44,12 @@ class RobertaConfig(EncoderConfig):
                               f"max_position_embeddings - 1 ({self.max_position_embeddings - 1}): positions start "
                               "after it")
 
+    @property
+    def max_text_positions(self) -> int:
+        """Positions are numbered from pad_token_id + 1 (514 embeddings read 512 tokens): a longer input would
+        index past the table, which JAX clamps silently."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
     def to_hf(self, architecture: str) -> dict[str, Any]:
         out = super().to_hf(architecture)
         del out["classifier_pooling"]  # not a Hugging Face attribute; the only value is what transformers does
