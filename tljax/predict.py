@@ -230,8 +230,10 @@ def check_texts_to_classify(texts: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tljax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished classification run or its export directory")
-    parser.add_argument("texts", nargs="*", metavar="TEXT", help="a text to classify or tag (one or more)")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run (classification, tagging, question "
+                        "answering or seq2seq) or its export directory")
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="a text to classify or tag, or the input a seq2seq "
+                        "run writes from (one or more)")
     parser.add_argument("--question", action="append", default=[], help="a question (question answering; repeat "
                         "it to ask several)")
     parser.add_argument("--context", help="the text the questions are about")
