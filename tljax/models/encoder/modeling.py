@@ -271,7 +271,23 @@ def cls_pool(hidden: Array, attention_mask: Array | None = None) -> Array:
     return hidden[:, 0]
 
 
-class BertForSequenceClassification(PretrainedModel):
+class EncoderTaskModel(PretrainedModel):
+    """What an encoder's task models share: the backbone (a `backbone_class`), kept under the name of the class's
+    `base_model_prefix` (`bert`, `roberta`) as in Hugging Face's checkpoints, and read through `body`."""
+
+    backbone_class: ClassVar[type[BertModel]] = BertModel
+
+    @property
+    def body(self) -> BertModel:
+        """The backbone."""
+        return getattr(self, self.base_model_prefix)
+
+    def _add_backbone(self, config: EncoderConfig, dtype, param_dtype, rngs: nnx.Rngs, pooler: bool = False) -> None:
+        setattr(self, self.base_model_prefix, self.backbone_class(config, dtype=dtype, param_dtype=param_dtype,
+                                                                  rngs=rngs, add_pooling_layer=pooler))
+
+
+class BertForSequenceClassification(EncoderTaskModel):
     """Backbone + pooler + dropout + linear classifier, as Hugging Face's class: logits [B, L].
 
     With `config.classifier_pooling == "mean"` the classifier reads the masked mean of the last hidden states
@@ -297,8 +313,7 @@ class BertForSequenceClassification(PretrainedModel):
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                              add_pooling_layer=config.classifier_pooling == "pooler")
+        self._add_backbone(config, dtype, param_dtype, rngs, pooler=config.classifier_pooling == "pooler")
         self.classifier = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
         rate = config.classifier_dropout
         self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
@@ -312,8 +327,8 @@ class BertForSequenceClassification(PretrainedModel):
             return super().from_pretrained(directory, **kwargs)
         # loaded with a pooler (a checkpoint's or a fresh one: either is allowed), which is then taken out
         model = super().from_pretrained(directory, **{**kwargs, "classifier_pooling": "pooler"})
-        model.bert.pooler = None
-        model.config = model.bert.config = model.config.replace(classifier_pooling="mean")
+        model.body.pooler = None
+        model.config = model.body.config = model.config.replace(classifier_pooling="mean")
         return model
 
     def summary(self, last: Array, attention_mask: Array | None = None) -> Array:
@@ -321,7 +336,7 @@ class BertForSequenceClassification(PretrainedModel):
         virtual token's under a soft prompt, as in PEFT) for the pooler, or the mean of the text's real tokens."""
         if self.config.classifier_pooling == "pooler":
             return cls_pool(last)
-        text = last[:, self.bert.num_virtual_tokens:]
+        text = last[:, self.body.num_virtual_tokens:]
         mask = jnp.ones(text.shape[:2], jnp.int32) if attention_mask is None else attention_mask
         return mean_pool(text, mask)
 
@@ -330,7 +345,7 @@ class BertForSequenceClassification(PretrainedModel):
         """What the pre-trained backbone gives the head [B, H] (`summary`): the head itself is in `classify`, so
         that a frozen backbone's features can be computed once while the whole head trains."""
         body_key = layer_keys(dropout_key, 2)[0]  # as __call__ derives it: the same dropout masks as ever
-        last = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=body_key)
+        last = self.body(input_ids, attention_mask, token_type_ids, dropout_key=body_key)
         return self.summary(last, attention_mask)
 
     def token_features(self, input_ids: Array, attention_mask: Array | None = None, *,
@@ -338,12 +353,12 @@ class BertForSequenceClassification(PretrainedModel):
         """The last hidden state of the text's positions [B, T, H]: what a token or span head reads (a token or
         question-answering task of a multi-task run shares this backbone; a question / context pair has its
         `token_type_ids` [B, T])."""
-        return self.bert.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
+        return self.body.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         """Features [B, H] -> what the linear classifier's dropout reads [B, H]: the pooler's output, or the
         features themselves under mean pooling."""
-        return features if self.bert.pooler is None else self.bert.pooler(features)
+        return features if self.body.pooler is None else self.body.pooler(features)
 
     def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
         """Features [B, H] -> logits [B, L]: the pooler (if any), dropout, then the linear classifier."""
@@ -355,7 +370,7 @@ class BertForSequenceClassification(PretrainedModel):
         """Logits [B, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`): only the top of
         the model runs, with the dropout keys the whole model's pass gives it."""
         k1, k2 = layer_keys(dropout_key, 2)  # as __call__ splits its key
-        last = self.bert.from_layer(hidden, attention_mask, layer, layer_keys(k1, 2)[0])
+        last = self.body.from_layer(hidden, attention_mask, layer, layer_keys(k1, 2)[0])
         return self.classify(self.summary(last, attention_mask), dropout_key=k2)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
@@ -363,7 +378,7 @@ class BertForSequenceClassification(PretrainedModel):
                  output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
         """[B, T] -> logits [B, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
         k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
-        last, states = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=layer_keys(k1, 2)[0],
+        last, states = self.body(input_ids, attention_mask, token_type_ids, dropout_key=layer_keys(k1, 2)[0],
                                  output_hidden_states=True)
         logits = self.classify(self.summary(last, attention_mask), dropout_key=k2)
         return (logits, states) if output_hidden_states else logits
@@ -422,7 +437,7 @@ class BertForMeanPooledSequenceClassification(BertPreTrainedModel):
 '''
 
 
-class BertForTokenClassification(PretrainedModel):
+class BertForTokenClassification(EncoderTaskModel):
     """Backbone (no pooler) + dropout + linear classifier on every token, as Hugging Face's class: logits
     [B, T, L] for the text's positions (a soft prompt's virtual tokens are not labelled)."""
 
@@ -437,7 +452,7 @@ class BertForTokenClassification(PretrainedModel):
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
+        self._add_backbone(config, dtype, param_dtype, rngs)
         self.classifier = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
         rate = config.classifier_dropout
         self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
@@ -445,7 +460,7 @@ class BertForTokenClassification(PretrainedModel):
     def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
                  *, dropout_key: Array | None = None) -> Array:
         """The last hidden state of the text's positions [B, T, H]: what the classifier reads (`classify`)."""
-        return self.bert.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
+        return self.body.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
 
     def pool(self, features: Array) -> Array:
         """Features [B, T, H] -> what the classifier's dropout reads: the features themselves."""
@@ -460,7 +475,7 @@ class BertForTokenClassification(PretrainedModel):
                           dropout_key: Array | None = None) -> Array:
         """Logits [B, T, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`)."""
         k1, k2 = layer_keys(dropout_key, 2)
-        last = self.bert.from_layer(hidden, attention_mask, layer, k1)
+        last = self.body.from_layer(hidden, attention_mask, layer, k1)
         return self.classify(last, dropout_key=k2)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
@@ -468,8 +483,8 @@ class BertForTokenClassification(PretrainedModel):
                  output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
         """[B, T] -> logits [B, T, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
         k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
-        last, states = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1, output_hidden_states=True)
-        logits = self.classify(last[:, self.bert.num_virtual_tokens:], dropout_key=k2)
+        last, states = self.body(input_ids, attention_mask, token_type_ids, dropout_key=k1, output_hidden_states=True)
+        logits = self.classify(last[:, self.body.num_virtual_tokens:], dropout_key=k2)
         return (logits, states) if output_hidden_states else logits
 
 
@@ -483,7 +498,7 @@ class BertForQuestionAnswering(BertForTokenClassification):
 
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
+        self._add_backbone(config, dtype, param_dtype, rngs)
         self.qa_outputs = _linear(config, config.hidden_size, config.num_labels, dtype, param_dtype, rngs)
         self.dropout_rate = 0.0
 
@@ -513,7 +528,7 @@ class BertOnlyMLMHead(nnx.Module):
         self.predictions = BertLMPredictionHead(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
-class BertForMaskedLM(PretrainedModel):
+class BertForMaskedLM(EncoderTaskModel):
     """Backbone + masked-LM head whose output layer is tied to the word embeddings: logits [B, T, V]."""
 
     config_class: ClassVar = EncoderConfig
@@ -527,7 +542,7 @@ class BertForMaskedLM(PretrainedModel):
     def __init__(self, config: EncoderConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
-        self.bert = BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
+        self._add_backbone(config, dtype, param_dtype, rngs)
         self.cls = BertOnlyMLMHead(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def tied_parameters(self) -> dict[str, str]:
@@ -543,10 +558,10 @@ class BertForMaskedLM(PretrainedModel):
         `positions` [B, M] scores only those token positions: logits [B, M, V]. Training predicts only the
         masked tokens, and the vocabulary projection is most of a small model's cost."""
         k1, k2 = layer_keys(dropout_key, 2)
-        hidden = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=k1)
-        hidden = hidden[:, self.bert.num_virtual_tokens:]
+        hidden = self.body(input_ids, attention_mask, token_type_ids, dropout_key=k1)
+        hidden = hidden[:, self.body.num_virtual_tokens:]
         if positions is not None:
             hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
         head = self.cls.predictions
         x = head.transform(hidden, k2)
-        return self.bert.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]
+        return self.body.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]

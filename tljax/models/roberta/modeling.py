@@ -18,14 +18,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.models.base import Layout, PretrainedModel
+from tljax.models.base import Layout
 from tljax.models.encoder.modeling import (
     BERT_LAYOUT,
     BertEmbeddings,
     BertEncoder,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
     BertModel,
     BertPooler,
-    cls_pool,
+    EncoderTaskModel,
 )
 from tljax.models.layers import ACTIVATIONS, LayerNorm, Linear, dropout, layer_keys
 from tljax.models.roberta.config import RobertaConfig, XLMRobertaConfig
@@ -102,17 +105,15 @@ class XLMRobertaModel(RobertaModel):
 OTHER_HEADS = r"^(?:lm_head\.|(?:roberta\.)?pooler\.)"
 
 
-class _RobertaTaskModel(PretrainedModel):
-    """What the RoBERTa task models share: the backbone `roberta` (no pooler) of the family's class."""
+class _RobertaTaskModel(EncoderTaskModel):
+    """What the RoBERTa task models share: the backbone `roberta` (no pooler) of the family's class. Put first
+    among a task model's bases, its attributes come before the BERT task model's it computes as."""
 
     config_class: ClassVar = RobertaConfig
     base_model_prefix: ClassVar[str] = "roberta"
     layout: ClassVar[Layout] = ROBERTA_LAYOUT
     backbone_class: ClassVar[type[RobertaModel]] = RobertaModel
     unused_tensors: ClassVar[str | None] = OTHER_HEADS
-
-    def _backbone(self, config: RobertaConfig, dtype, param_dtype, rngs: nnx.Rngs) -> RobertaModel:
-        return self.backbone_class(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, add_pooling_layer=False)
 
 
 class RobertaClassificationHead(nnx.Module):
@@ -125,9 +126,10 @@ class RobertaClassificationHead(nnx.Module):
         self.out_proj = Linear(config.hidden_size, config.num_labels, **kw)
 
 
-class RobertaForSequenceClassification(_RobertaTaskModel):
+class RobertaForSequenceClassification(_RobertaTaskModel, BertForSequenceClassification):
     """Backbone (no pooler) + Hugging Face's head on the first token: dropout, dense, tanh, dropout, out_proj:
-    logits [B, L].
+    logits [B, L]. The features (the first position's last hidden state: <s>, or the first virtual token under a
+    soft prompt, as in PEFT), token features and layers are BERT's classifier's; the head is RoBERTa's.
 
     The whole head is new for each task (`task_head_pattern`): its dense layer plays the part of BERT's pooler,
     and no checkpoint has one trained for the task. `head_pattern` is the layer that maps onto the labels."""
@@ -135,27 +137,13 @@ class RobertaForSequenceClassification(_RobertaTaskModel):
     new_parameters: ClassVar[tuple[str, ...]] = ("classifier.",)
     head_pattern: ClassVar[str] = r"^classifier/out_proj/"
     task_head_pattern: ClassVar[str] = r"^classifier/"
-    returns_hidden_states: ClassVar[bool] = True
 
     def __init__(self, config: RobertaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.roberta = self._backbone(config, dtype, param_dtype, rngs)
+        self._add_backbone(config, dtype, param_dtype, rngs)
         self.classifier = RobertaClassificationHead(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         rate = config.classifier_dropout
         self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
-
-    def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 *, dropout_key: Array | None = None) -> Array:
-        """The first position's last hidden state [B, H] (<s>, or the first virtual token under a soft prompt, as
-        in PEFT): what the head reads (`classify`), so that a frozen backbone's features are computed once."""
-        body_key = layer_keys(dropout_key, 2)[0]  # as __call__ derives it: the same dropout masks as ever
-        return cls_pool(self.roberta(input_ids, attention_mask, token_type_ids, dropout_key=body_key))
-
-    def token_features(self, input_ids: Array, attention_mask: Array | None = None, *,
-                       token_type_ids: Array | None = None, dropout_key: Array | None = None) -> Array:
-        """The last hidden state of the text's positions [B, T, H] (what a token or span head of a multi-task run
-        reads from the shared backbone)."""
-        return self.roberta.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
 
     def pool(self, features: Array, dropout_key: Array | None = None) -> Array:
         """Features [B, H] -> what `out_proj`'s dropout reads [B, H]: dropout (given a key), dense, tanh."""
@@ -167,89 +155,15 @@ class RobertaForSequenceClassification(_RobertaTaskModel):
         k1, k2, k3 = layer_keys(dropout_key, 3)
         return self.classifier.out_proj(dropout(self.pool(features, k1), self.dropout_rate, k2), k3)
 
-    def logits_from_layer(self, hidden: Array, attention_mask: Array, layer: int, *,
-                          dropout_key: Array | None = None) -> Array:
-        """Logits [B, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`): only the top of
-        the model runs, with the dropout keys the whole model's pass gives it."""
-        k1, k2 = layer_keys(dropout_key, 2)  # as __call__ splits its key
-        last = self.roberta.from_layer(hidden, attention_mask, layer, layer_keys(k1, 2)[0])
-        return self.classify(cls_pool(last), dropout_key=k2)
 
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 *, dropout_key: Array | None = None,
-                 output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
-        """[B, T] -> logits [B, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
-        k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
-        last, states = self.roberta(input_ids, attention_mask, token_type_ids, dropout_key=layer_keys(k1, 2)[0],
-                                    output_hidden_states=True)
-        logits = self.classify(cls_pool(last), dropout_key=k2)
-        return (logits, states) if output_hidden_states else logits
-
-
-class RobertaForTokenClassification(_RobertaTaskModel):
+class RobertaForTokenClassification(_RobertaTaskModel, BertForTokenClassification):
     """Backbone (no pooler) + dropout + linear classifier on every token, as Hugging Face's class: logits
     [B, T, L] for the text's positions (a soft prompt's virtual tokens are not labelled)."""
 
-    new_parameters: ClassVar[tuple[str, ...]] = ("classifier.",)
-    head_pattern: ClassVar[str] = r"^classifier/"
-    returns_hidden_states: ClassVar[bool] = True
 
-    def __init__(self, config: RobertaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config = config
-        self.roberta = self._backbone(config, dtype, param_dtype, rngs)
-        self.classifier = Linear(config.hidden_size, config.num_labels, dtype=dtype, param_dtype=param_dtype,
-                                 rngs=rngs)
-        rate = config.classifier_dropout
-        self.dropout_rate = config.hidden_dropout_prob if rate is None else rate
-
-    def features(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 *, dropout_key: Array | None = None) -> Array:
-        """The last hidden state of the text's positions [B, T, H]: what the classifier reads (`classify`)."""
-        return self.roberta.text_states(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)
-
-    def pool(self, features: Array) -> Array:
-        """Features [B, T, H] -> what the classifier's dropout reads: the features themselves."""
-        return features
-
-    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
-        """Features [B, T, H] -> logits [B, T, L]: dropout, then the linear classifier."""
-        k1, k2 = layer_keys(dropout_key, 2)
-        return self.classifier(dropout(features, self.dropout_rate, k1), k2)
-
-    def logits_from_layer(self, hidden: Array, attention_mask: Array, layer: int, *,
-                          dropout_key: Array | None = None) -> Array:
-        """Logits [B, T, L] from the input of layer `layer` [B, T, H] (`BertModel.hidden_before`)."""
-        k1, k2 = layer_keys(dropout_key, 2)
-        return self.classify(self.roberta.from_layer(hidden, attention_mask, layer, k1), dropout_key=k2)
-
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 *, dropout_key: Array | None = None,
-                 output_hidden_states: bool = False) -> Array | tuple[Array, tuple[Array, ...]]:
-        """[B, T] -> logits [B, T, L] (and, with `output_hidden_states`, the backbone's L + 1 hidden states)."""
-        k1, k2 = layer_keys(dropout_key, 2)  # as features() and classify() take them
-        last, states = self.roberta(input_ids, attention_mask, token_type_ids, dropout_key=k1,
-                                    output_hidden_states=True)
-        logits = self.classify(last[:, self.roberta.num_virtual_tokens:], dropout_key=k2)
-        return (logits, states) if output_hidden_states else logits
-
-
-class RobertaForQuestionAnswering(RobertaForTokenClassification):
+class RobertaForQuestionAnswering(_RobertaTaskModel, BertForQuestionAnswering):
     """Backbone (no pooler) + linear `qa_outputs` on every token, as Hugging Face's class: span scores [B, T, 2]
     for the text's positions ([..., 0] start, [..., 1] end). No dropout before the head, as in Hugging Face's."""
-
-    new_parameters: ClassVar[tuple[str, ...]] = ("qa_outputs.",)
-    head_pattern: ClassVar[str] = r"^qa_outputs/"
-
-    def __init__(self, config: RobertaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config = config
-        self.roberta = self._backbone(config, dtype, param_dtype, rngs)
-        self.qa_outputs = Linear(config.hidden_size, config.num_labels, dtype=dtype, param_dtype=param_dtype,
-                                 rngs=rngs)
-        self.dropout_rate = 0.0
-
-    def classify(self, features: Array, *, dropout_key: Array | None = None) -> Array:
-        """Features [B, T, H] -> span scores [B, T, 2]."""
-        return self.qa_outputs(features, layer_keys(dropout_key, 2)[1])
 
 
 class RobertaLMHead(nnx.Module):
@@ -272,7 +186,7 @@ class RobertaForMaskedLM(_RobertaTaskModel):
     def __init__(self, config: RobertaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
         self.dtype = dtype
-        self.roberta = self._backbone(config, dtype, param_dtype, rngs)
+        self._add_backbone(config, dtype, param_dtype, rngs)
         self.lm_head = RobertaLMHead(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def tied_parameters(self) -> dict[str, str]:
@@ -286,14 +200,14 @@ class RobertaForMaskedLM(_RobertaTaskModel):
         `positions` [B, M] scores only those token positions: logits [B, M, V] (training predicts only the masked
         tokens, and the vocabulary projection is most of a small model's cost)."""
         k1, k2 = layer_keys(dropout_key, 2)
-        hidden = self.roberta(input_ids, attention_mask, token_type_ids, dropout_key=k1)
-        hidden = hidden[:, self.roberta.num_virtual_tokens:]
+        hidden = self.body(input_ids, attention_mask, token_type_ids, dropout_key=k1)
+        hidden = hidden[:, self.body.num_virtual_tokens:]
         if positions is not None:
             hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
         head = self.lm_head
         # Hugging Face's head applies the exact GELU whatever the layers' `hidden_act`
         x = head.layer_norm(ACTIVATIONS["gelu"](head.dense(hidden, k2)))
-        return self.roberta.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]
+        return self.body.embeddings.word_embeddings.attend(x) + head.bias[...].astype(self.dtype)[None, None]
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):
