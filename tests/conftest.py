@@ -232,12 +232,12 @@ def minilm_ner_run(tmp_path_factory) -> Path:
 # The modules whose tests train or score real models, in the order the two test workers take them
 # (`pytest -n 2`, which the project's settings make hand out whole modules, in this order, to whichever worker is
 # free). The harness's CI suite trains the shared chat-tuned SmolLM2 run on one worker while the real-model tests
-# train the shared MiniLM run (the default command's) on the other; the two QA readers (MiniLM, e5 across
-# languages) next, one on each worker; the transfer tests (e5, distillation from the MiniLM run) and the fault
+# train the shared MiniLM run (the default command's) on the other; the QA reader (e5, English and across
+# languages) next; the transfer tests (e5, distillation from the MiniLM run) and the fault
 # trials follow, then the app's, which needs both shared runs; then the modules of a
 # minute or more, longest first, so that the last ones to run are the short modules, which even out the two
 # workers' ends (with those mid-size modules in name order one worker ended 56 s before the other).
-LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_qa_real", "test_qa_cross_lingual_real",
+LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_qa_cross_lingual_real",
                  "test_transfer_real", "test_gemma3_real", "test_tagging_real", "test_faults", "test_app_real",
                  "test_benchmarks", "test_methods", "test_seq2seq", "test_tagging_runs", "test_transfer",
                  "test_gemma3", "test_t5", "test_gpt2", "test_harness", "test_qa",
