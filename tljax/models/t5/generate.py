@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +18,29 @@ from flax import nnx
 
 from tljax.models.config import ConfigError
 from tljax.models.decoder.generate import check_sampling, sample_token
-from tljax.models.t5.modeling import T5ForConditionalGeneration
 
 Array = jax.Array
 # what Hugging Face's beam search adds to a score to rule a candidate out (finite, so that sums stay ordered)
 EXCLUDED = -1.0e9
+
+
+class Seq2SeqLM(Protocol):
+    """What generation asks of an encoder-decoder with an output layer (`T5ForConditionalGeneration` answers; the
+    model imports this module for its `generate_targets`, so this module names no model class)."""
+
+    config: Any  # eos_token_ids, pad_token_id, decoder_start_token_id
+
+    def encode(self, input_ids: Array, attention_mask: Array) -> tuple[Array, Array]:
+        """Sources [B, S'] -> (the encoder's output [B, S, H], the source mask [B, S] bool)."""
+
+    def start_cache(self, encoder_hidden: Array, source_mask: Array, size: int) -> Any:
+        """A fresh decoding cache (`take(rows)` picks rows of it) with room for `size` target tokens."""
+
+    def decode_step(self, decoder_input_ids: Array, cache: Any) -> tuple[Array, Any]:
+        """The next target tokens [B, T] through the cache -> (their decoder output [B, T, H], the cache)."""
+
+    def logits(self, hidden: Array) -> Array:
+        """The decoder's output [..., H] -> float32 vocabulary logits [..., V]."""
 
 
 class Generated(NamedTuple):
@@ -54,14 +72,14 @@ def processed_log_probs(logits: Array, temperature: float, top_k: int | None, to
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-def _encode(model: T5ForConditionalGeneration, input_ids: Array, attention_mask: Array, rows: int, size: int):
+def _encode(model: Seq2SeqLM, input_ids: Array, attention_mask: Array, rows: int, size: int):
     """The sources [B, S] encoded once into a fresh decoding cache of `size` self-attention slots, each row
     repeated `rows` times (beams: their cross-attention keys and values are computed once too)."""
     cache = model.start_cache(*model.encode(input_ids, attention_mask), size)
     return cache.take(jnp.repeat(jnp.arange(input_ids.shape[0]), rows)) if rows > 1 else cache
 
 
-def _next_logits(model: T5ForConditionalGeneration, tokens: Array, cache):
+def _next_logits(model: Seq2SeqLM, tokens: Array, cache):
     """The last tokens [R] through the decoder -> (float32 logits of their successors [R, V], the cache)."""
     hidden, cache = model.decode_step(tokens[:, None], cache)
     return model.logits(hidden[:, 0]), cache
@@ -70,11 +88,12 @@ def _next_logits(model: T5ForConditionalGeneration, tokens: Array, cache):
 SAMPLING = ("temperature", "top_k", "top_p")
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad", "start"))
-def _sample(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k, top_p, eos, pad,
-            start):
-    """Greedy (temperature 0) or sampled decoding -> (tokens [B, N], scores [B])."""
-    model = nnx.merge(graphdef, state)
+def sample(model: Seq2SeqLM, input_ids: Array, attention_mask: Array, key: Array, *, max_new_tokens: int,
+           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, eos: tuple[int, ...] = (),
+           pad: int = 0, start: int = 0) -> tuple[Array, Array]:
+    """Greedy (temperature 0) or sampled targets of the sources [B, S] -> (tokens [B, N], scores [B]), N =
+    `max_new_tokens`, `pad` after a row's end token: `generate`'s work, traceable (for use inside a compiled
+    function, e.g. an evaluation that scores generated text)."""
     batch = input_ids.shape[0]
     cache = _encode(model, input_ids, attention_mask, 1, max_new_tokens)
     keys = jax.random.split(key, max_new_tokens)
@@ -98,6 +117,11 @@ def _sample(graphdef, state, input_ids, attention_mask, key, *, max_new_tokens, 
              jnp.full((batch, max_new_tokens), pad, jnp.int32), jnp.zeros((batch,), jnp.float32))
     _, _, _, _, tokens, scores = jax.lax.while_loop(running, step_once, carry)
     return tokens, scores
+
+
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", *SAMPLING, "eos", "pad", "start"))
+def _sample(graphdef, state, input_ids, attention_mask, key, **settings):
+    return sample(nnx.merge(graphdef, state), input_ids, attention_mask, key, **settings)
 
 
 def _take_beams(x: Array, indices: Array) -> Array:
@@ -195,7 +219,7 @@ def _check(max_new_tokens: int, num_beams: int, temperature: float, top_k, top_p
 
 
 def generate(
-    model: T5ForConditionalGeneration,
+    model: Seq2SeqLM,
     input_ids: Array,
     attention_mask: Array | None = None,
     *,
