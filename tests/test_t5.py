@@ -263,15 +263,17 @@ def test_sampled_generation_is_reproducible_and_checked(gated_pair, batch):
 
 
 def test_methods_find_t5s_projections_layers_and_input(gated_pair, batch):
-    """LoRA's default targets are every attention's q and v (PEFT's); a soft prompt goes before the source's
-    embeddings, as PEFT's prompt tuning feeds a seq2seq model (checked through transformers' inputs_embeds);
-    partial fine-tuning's bottom layer is block 0 of both stacks."""
+    """LoRA's default targets are q, k, v and o of every attention, self and cross, in both stacks (PEFT's default
+    is q and v); a soft prompt goes before the source's embeddings, as PEFT's prompt tuning feeds a seq2seq model
+    (checked through transformers' inputs_embeds); partial fine-tuning's bottom layer is block 0 of both stacks."""
     version, reference, directory, _ = gated_pair
     model = T5ForConditionalGeneration.from_pretrained(directory)
     adaptation = adapt(model, [LoRA()])
     paths = [path for path, _ in lora_modules(model)]
-    assert len(paths) == 2 * (2 + 2 * 2) and {p.rsplit("/", 1)[-1] for p in paths} == {"q", "v"}
-    assert any("EncDecAttention" in p for p in paths)
+    attentions = {p.rsplit("/", 1)[0] for p in paths}
+    assert len(paths) == 4 * (2 + 2 * 2) and {p.rsplit("/", 1)[-1] for p in paths} == {"q", "k", "v", "o"}
+    assert attentions == {f"{stack}/block/{i}/layer/0/SelfAttention" for stack in ("encoder", "decoder")
+                          for i in (0, 1)} | {f"decoder/block/{i}/layer/1/EncDecAttention" for i in (0, 1)}
     trainable, _ = adaptation.count()
     assert trainable == sum(8 * (m.in_features + m.out_features) for _, m in lora_modules(model))
 

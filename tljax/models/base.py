@@ -80,6 +80,9 @@ class PretrainedModel(nnx.Module):
     # what generic code may ask of a model, instead of checking its family
     predicts_next_token: ClassVar[bool] = False  # logits at t score token t + 1 (causal LM)
     returns_hidden_states: ClassVar[bool] = False  # __call__ takes output_hidden_states=True
+    # whether the Hugging Face class can hold biases BitFit gives a family without them (Llama's can, its config
+    # saying so; T5's cannot): where it cannot, a model with biases is not saved in the Hugging Face form
+    hf_biases: ClassVar[bool] = True
     config: HFConfig
 
     def tied_parameters(self) -> dict[str, str]:
@@ -148,8 +151,16 @@ class PretrainedModel(nnx.Module):
     def save_pretrained(self, directory: str | Path, *, tokenizer_source: str | Path | None = None) -> None:
         """Writes a directory that PyTorch `transformers` (and `from_pretrained`) loads as this model.
 
-        Tokenizer files are copied from `tokenizer_source` when given. The write is atomic.
+        Tokenizer files are copied from `tokenizer_source` when given. The write is atomic. Raises
+        `CheckpointError`, before writing anything, for biases the Hugging Face class has no place for.
         """
+        if not self.hf_biases:
+            biases = [hf_name(p) for p, _ in nnx.to_flat_state(nnx.state(self, nnx.Param)) if str(p[-1]) == "bias"]
+            if biases:
+                raise CheckpointError(
+                    f"a Hugging Face {type(self).__name__} has no biases, so the {len(biases)} this model holds (BitFit's, "
+                    f"e.g. {biases[0]}) cannot be saved in its directory; load the run with tljax instead (its export's "
+                    "trainable.safetensors: tljax.predict, tljax.runs.load_exported)")
         write_model_directory(
             Path(directory),
             model_to_hf_tensors(self),

@@ -10,6 +10,11 @@ Layers: the layout's "{i}" matches block i of both stacks (`encoder/block/i/` an
 bottom k layers" of partial fine-tuning are the bottom k blocks of each stack, and gradual unfreezing unfreezes the
 encoder's and the decoder's top blocks together; `num_layers` is the deeper stack's count.
 
+Methods: a soft prompt (prompt tuning, P-tuning) goes before the source's embeddings, as PEFT feeds a seq2seq
+model; prefix tuning's keys and values come first in the self-attention of every block of both stacks (the
+cross-attention has no slot: it reads the encoder's output, which the encoder's prefix already shaped), at
+positions 0..P-1 with the tokens after them, as a PyTorch T5 places past keys and values.
+
 Shapes: B batch, T tokens (decoder: target tokens), S source tokens (with virtual prompt tokens), C cache slots,
 H hidden (d_model), N heads, D head size (d_kv), F feed-forward width (d_ff), V vocab.
 """
@@ -29,8 +34,10 @@ from safetensors import safe_open
 
 from tljax.models.base import Layout, PretrainedModel, read_config_dict
 from tljax.models.checkpoint import read_tensors
+from tljax.models.config import ConfigError
 from tljax.models.layers import ACTIVATIONS, Linear, dropout, layer_keys, merge_heads, split_heads
 from tljax.models.t5.config import T5Config
+from tljax.models.t5.generate import sample
 
 Array = jax.Array
 
@@ -43,7 +50,8 @@ T5_LAYOUT = Layout(
     attention_output=r"SelfAttention/o$",
     feed_forward_output=r"DenseReluDense/wo$",
     above_layers=r"(?:^|/)(?:encoder|decoder)/final_layer_norm/|(?:^|/)lm_head/",
-    lora_targets=("q", "v"),  # PEFT's default for T5 (every attention's, self and cross)
+    # every projection of every attention, self and cross, in both stacks (PEFT's default for T5 is q and v)
+    lora_targets=("q", "k", "v", "o"),
 )
 
 # a cross-attention position table that old checkpoints carry and no T5 reads (Hugging Face ignores it too)
@@ -131,10 +139,11 @@ def _linear(din: int, dout: int, std: float, dtype, param_dtype, rngs: nnx.Rngs)
 
 class T5Attention(nnx.Module):
     """Projections `q`, `k`, `v`, `o` (no biases), and in a stack's first block the relative position table
-    `relative_attention_bias` [buckets, N] that every block of the stack adds to its scores."""
+    `relative_attention_bias` [buckets, N] that every block of the stack adds to its scores. A self-attention has a
+    `prefix` slot (prefix tuning: keys and values [B, N, P, D] before its own); a cross-attention has none."""
 
     def __init__(self, config: T5Config, *, has_relative_attention_bias: bool, bidirectional: bool, dtype,
-                 param_dtype, rngs: nnx.Rngs):
+                 param_dtype, rngs: nnx.Rngs, takes_prefix: bool = False):
         h, n, d, factor = config.d_model, config.num_heads, config.d_kv, config.initializer_factor
         # Hugging Face's T5 initialisation: the query absorbs the 1/sqrt(d) the scores are not scaled by
         self.q = _linear(h, n * d, factor * (h * d) ** -0.5, dtype, param_dtype, rngs)
@@ -150,6 +159,8 @@ class T5Attention(nnx.Module):
         self.num_buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
         self.dropout_rate = config.dropout_rate
+        if takes_prefix:  # the slot prefix tuning finds (`tljax.methods.prefix.attention_modules`)
+            self.prefix = nnx.data(None)
 
     def position_bias(self, query_positions: Array, key_positions: Array) -> Array:
         """The relative position bias of queries at [T] and keys at [K] -> float32 [1, N, T, K]."""
@@ -175,6 +186,11 @@ class T5Attention(nnx.Module):
         k_query, k_kv, k_weights, k_out = layer_keys(dropout_key, 4)
         q = split_heads(self.q(x, k_query), self.num_heads)
         k, v = keys_values if keys_values is not None else self.keys_values(x if source is None else source, k_kv)
+        prefix = getattr(self, "prefix", None)
+        if prefix is not None and cache is None:  # (a decoding cache holds the prefix in its first slots)
+            prefix_k, prefix_v = prefix(x.shape[0])
+            k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=2)
+            v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=2)
         new_cache = None
         if cache is not None:
             cached_k, cached_v, index = cache
@@ -190,7 +206,8 @@ class T5LayerSelfAttention(nnx.Module):
     def __init__(self, config: T5Config, *, has_relative_attention_bias: bool, bidirectional: bool, dtype,
                  param_dtype, rngs: nnx.Rngs):
         self.SelfAttention = T5Attention(config, has_relative_attention_bias=has_relative_attention_bias,
-                                         bidirectional=bidirectional, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                         bidirectional=bidirectional, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                         takes_prefix=True)
         self.layer_norm = T5LayerNorm(config.d_model, config.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype)
         self.dropout_rate = config.dropout_rate
 
@@ -300,6 +317,18 @@ class T5Stack(nnx.Module):
         """The stack's relative position bias (its first block's table) -> float32 [1, N, T, K]."""
         return self.block[0].layer[0].SelfAttention.position_bias(query_positions, key_positions)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The keys and values prefix tuning puts before every block's own (P; 0 without a prefix)."""
+        prefix = self.block[0].layer[0].SelfAttention.prefix
+        return 0 if prefix is None else prefix.num_virtual_tokens
+
+    def self_attention_positions(self, length: int) -> tuple[Array, Array]:
+        """(the positions [T] of `length` tokens, those of the keys they attend to [P + T]): a prefix's P keys take
+        positions 0..P-1 and the tokens follow, as past keys and values in a PyTorch T5."""
+        prefix = self.num_prefix_tokens
+        return prefix + jnp.arange(length), jnp.arange(prefix + length)
+
     def keep_blocks(self, indices: list[int]) -> None:
         """Keeps the blocks at `indices` (increasing; those past the stack's end are skipped), in place. The
         position table moves to the new first block when the first is dropped: every block reads it there."""
@@ -344,6 +373,7 @@ class T5PreTrainedModel(PretrainedModel):
     base_model_prefix: ClassVar[str] = "transformer"
     layout: ClassVar[Layout] = T5_LAYOUT
     unused_tensors: ClassVar[str | None] = UNUSED_CROSS_BIAS
+    hf_biases: ClassVar[bool] = False  # no projection of a PyTorch T5 has a bias
     has_decoder: ClassVar[bool] = False  # the classes below build a `decoder` stack too
 
     def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -367,7 +397,8 @@ class T5PreTrainedModel(PretrainedModel):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 0  # prefix tuning has no slot in T5 yet
+        """The encoder's prefix keys (prefix tuning puts as many before the decoder's)."""
+        return self.encoder.num_prefix_tokens
 
     @property
     def input_embeddings(self) -> nnx.Embed:
@@ -401,8 +432,9 @@ class T5PreTrainedModel(PretrainedModel):
             prompt = self.prompt(input_ids.shape[0], dropout_key=k_prompt)
             x = jnp.concatenate([prompt.astype(x.dtype), x], axis=1)
             real = jnp.pad(real, ((0, 0), (prompt.shape[1], 0)), constant_values=True)
-        positions = jnp.arange(x.shape[1])
-        hidden, _ = self.encoder(x, self.encoder.position_bias(positions, positions), real[:, None, None, :],
+        queries, keys = self.encoder.self_attention_positions(x.shape[1])
+        keys_real = jnp.pad(real, ((0, 0), (self.encoder.num_prefix_tokens, 0)), constant_values=True)
+        hidden, _ = self.encoder(x, self.encoder.position_bias(queries, keys), keys_real[:, None, None, :],
                                  dropout_key=k_encoder)
         return hidden, real
 
@@ -428,26 +460,36 @@ class T5EncoderDecoder(T5PreTrainedModel):
         """Target ids [B, T] (starting with `decoder_start_token_id`) attending causally to each other and to the
         encoder's output [B, S, H] under `source_mask` [B, S] -> the decoder's output [B, T, H].
         `decoder_attention_mask` [B, T]: 0 for padding (positions count from the first slot, as Hugging Face's)."""
-        length = decoder_input_ids.shape[1]
-        positions = jnp.arange(length)
-        mask = (positions[None, :] <= positions[:, None])[None, None]
+        queries, keys = self.decoder.self_attention_positions(decoder_input_ids.shape[1])
+        mask = (keys[None, :] <= queries[:, None])[None, None]
         if decoder_attention_mask is not None:
-            mask = mask & decoder_attention_mask.astype(bool)[:, None, None, :]
-        hidden, _ = self.decoder(self.shared(decoder_input_ids), self.decoder.position_bias(positions, positions),
+            real = jnp.pad(decoder_attention_mask.astype(bool), ((0, 0), (self.decoder.num_prefix_tokens, 0)),
+                           constant_values=True)
+            mask = mask & real[:, None, None, :]
+        hidden, _ = self.decoder(self.shared(decoder_input_ids), self.decoder.position_bias(queries, keys),
                                  mask, source_mask=source_mask[:, None, None, :], source=encoder_hidden,
                                  dropout_key=dropout_key)
         return hidden
 
     def start_cache(self, encoder_hidden: Array, source_mask: Array, size: int) -> T5Cache:
         """A decoding cache for the encoder's output [B, S, H] (its cross-attention keys and values, computed once)
-        with `size` self-attention slots (the start token and the generated tokens but the last)."""
+        with room for `size` target tokens (the start token and the generated tokens but the last); a prefix's P keys
+        and values fill the first P slots, and the targets' positions start after them."""
         batch = encoder_hidden.shape[0]
         cross = [block.layer[1].EncDecAttention.keys_values(encoder_hidden) for block in self.decoder.block]
         config = self.config
         dtype = self.shared.embedding.dtype
-        zeros = tuple(jnp.zeros((batch, config.num_heads, size, config.d_kv), dtype) for _ in self.decoder.block)
-        return T5Cache(zeros, zeros, tuple(k for k, _ in cross), tuple(v for _, v in cross), source_mask,
-                       jnp.zeros((), jnp.int32))
+        prefix = self.decoder.num_prefix_tokens
+        keys, values = [], []
+        for block in self.decoder.block:
+            k = v = jnp.zeros((batch, config.num_heads, prefix + size, config.d_kv), dtype)
+            if prefix:
+                prefix_k, prefix_v = block.layer[0].SelfAttention.prefix(batch)
+                k, v = k.at[:, :, :prefix].set(prefix_k.astype(dtype)), v.at[:, :, :prefix].set(prefix_v.astype(dtype))
+            keys.append(k)
+            values.append(v)
+        return T5Cache(tuple(keys), tuple(values), tuple(k for k, _ in cross), tuple(v for _, v in cross), source_mask,
+                       jnp.asarray(prefix, jnp.int32))
 
     def decode_step(self, decoder_input_ids: Array, cache: T5Cache) -> tuple[Array, T5Cache]:
         """The next target tokens [B, T] (no padding) through the cache -> (their decoder output [B, T, H], the
@@ -475,7 +517,12 @@ class T5Model(T5EncoderDecoder):
 
 class T5ForConditionalGeneration(T5EncoderDecoder):
     """The encoder-decoder with its output layer: logits [B, T, V] of each target token's successor. The output
-    layer is `shared` (tied, T5 v1.0) or its own `lm_head` (T5 v1.1, Flan-T5)."""
+    layer is `shared` (tied, T5 v1.0) or its own `lm_head` (T5 v1.1, Flan-T5).
+
+    Trained as text to text by `tljax.train.seq2seq` through `target_logits` and `generate_targets` (its
+    `EncoderDecoder` protocol)."""
+
+    is_encoder_decoder: ClassVar[bool] = True
 
     def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         super().__init__(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -519,6 +566,22 @@ class T5ForConditionalGeneration(T5EncoderDecoder):
         hidden, source_mask = self.encode(input_ids, attention_mask, dropout_key=k1)
         return self.logits(self.decode(decoder_input_ids, hidden, source_mask, decoder_attention_mask,
                                        dropout_key=k2))
+
+    def target_logits(self, input_ids: Array, attention_mask: Array, targets: Array, *,
+                      dropout_key: Array | None = None) -> Array:
+        """Teacher forcing: the sources [B, S'] encoded, the targets [B, R] (-100 after a row's end) shifted right
+        into the decoder -> float32 logits [B, R, V], position j predicting `targets[:, j]`. A padded target
+        position sees only the positions before it (the decoder is causal), so no target mask is needed."""
+        return self(input_ids, attention_mask, self.shift_right(targets), dropout_key=dropout_key)
+
+    def generate_targets(self, input_ids: Array, attention_mask: Array, *, max_new_tokens: int,
+                         eos: tuple[int, ...], pad: int) -> Array:
+        """Greedy targets [B, max_new_tokens] of the sources [B, S'], `pad` after a row's end token; traceable."""
+        if self.config.decoder_start_token_id is None:
+            raise ConfigError("the config has no decoder_start_token_id, so the decoder cannot start: set it (T5's is 0)")
+        tokens, _ = sample(self, input_ids, attention_mask, jax.random.key(0), max_new_tokens=max_new_tokens,
+                           eos=eos, pad=pad, start=int(self.config.decoder_start_token_id))
+        return tokens
 
 
 def _own_output_layer(directory: Path) -> bool:
