@@ -13,7 +13,16 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 from flax import nnx
 
-from tljax.methods.base import Method, MethodContext, backbone, layout, linear_modules, num_layers, set_dropout
+from tljax.methods.base import (
+    Method,
+    MethodContext,
+    backbone,
+    layout,
+    linear_modules,
+    num_layers,
+    set_dropout,
+    task_head_pattern,
+)
 from tljax.methods.rules import MethodError, PathRules, Rule, RuleError
 
 
@@ -80,7 +89,11 @@ class PartialFineTuning(Method):
 @dataclasses.dataclass(frozen=True)
 class GradualUnfreezing(Method):
     """Starts with the head (and `start_layers` top layers) trainable, unfreezing one more layer from the
-    top every `every` steps (ULMFiT); embeddings unfreeze last, after all layers."""
+    top every `every` steps (ULMFiT); embeddings unfreeze last, after all layers.
+
+    A model without a task head (a language model or an encoder-decoder writing text) starts with what sits above
+    its layers (the final norms, an untied output layer): its output layer, which trains first as a new head would.
+    An encoder-decoder's layer i is block i of both stacks (T5's layout), so its top blocks unfreeze together."""
 
     name: ClassVar[str] = "gradual-unfreezing"
     decides_backbone: ClassVar[bool] = True
@@ -104,23 +117,27 @@ class GradualUnfreezing(Method):
         source = f"gradual unfreezing: top {min(unfrozen, total)} of {total} layers"
         train = _layers_from(model, total - min(unfrozen, total), total, source, True)
         embeddings = Rule(layout(model).embeddings, unfrozen > total, "gradual unfreezing: embeddings")
-        # a decoder's final norm and an encoder's pooler sit above every layer: they unfreeze with the top one
-        return PathRules((*train, embeddings, Rule(layout(model).above_layers, unfrozen > 0, source),
+        # a decoder's final norm and an encoder's pooler sit above every layer: they unfreeze with the top one, or
+        # from the start where they end a model that has no task head to train first
+        above = unfrozen > 0 or task_head_pattern(model) is None
+        return PathRules((*train, embeddings, Rule(layout(model).above_layers, above, source),
                           Rule(".*", False, source)))
 
 
 @dataclasses.dataclass(frozen=True)
 class BitFit(Method):
-    """Only bias terms train (plus the head). Models without biases (Llama) get zero-initialised biases
-    on every projection, which leave the outputs unchanged and export as `attention_bias` / `mlp_bias`."""
+    """Only bias terms train (plus the head). Models without biases (Llama, T5) get zero-initialised biases
+    on every projection of their layers, which leave the outputs unchanged; Llama's export as `attention_bias` /
+    `mlp_bias`, while a Hugging Face T5 has no place for them (its export is tljax's own: `PretrainedModel.hf_biases`)."""
 
     name: ClassVar[str] = "bitfit"
 
     def apply(self, model: nnx.Module, context: MethodContext) -> None:
         added = False
-        # the backbone only: a head's layout is fixed by its Hugging Face class
-        for _, linear in linear_modules(backbone(model)):
-            if linear.bias is None:
+        facts = layout(model)
+        # the layers' projections only: an output layer's and a head's form is fixed by the Hugging Face class
+        for path, linear in linear_modules(backbone(model)):
+            if linear.bias is None and facts.layer_index(path) is not None:
                 linear.bias = nnx.data(nnx.Param(jnp.zeros((linear.out_features,), linear.kernel.dtype)))
                 added = True
         if added and hasattr(model.config, "attention_bias"):

@@ -12,6 +12,12 @@ refused: such a model is exported whole with `save_pretrained` (after `merge_and
 mean-pooled encoder classifier: PEFT loads its adapter onto Hugging Face's BertForSequenceClassification, which
 reads the pooler.
 
+An encoder-decoder (T5) exports as a `SEQ_2_SEQ_LM` adapter: LoRA on any of its projections, and a soft prompt
+(prompt tuning, P-tuning) before the encoder's input, which is PEFT's prompt tuning of a seq2seq model with
+`num_transformer_submodules: 1` (the decoder's input takes no virtual tokens). Its prefix tuning is refused:
+PEFT's seq2seq prefix reaches the decoder's self-attention only (a PyTorch T5 runs its encoder without past keys
+and values), so it has no place for the encoder's half.
+
 The base directory PEFT loads the adapter onto must hold the weights the adaptation started from. When
 BitFit gave a Llama model new biases, that base must have been saved from our model (its config then
 says `attention_bias` / `mlp_bias`, so that PyTorch builds the biases the adapter file fills).
@@ -54,6 +60,7 @@ TASK_TYPES = {
     "token-classification": "TOKEN_CLS",
     "question-answering": "QUESTION_ANS",
     "causal-lm": "CAUSAL_LM",
+    "seq2seq-lm": "SEQ_2_SEQ_LM",
     "base": "FEATURE_EXTRACTION",
 }
 # the method combinations PEFT has a layout for (sorted method names)
@@ -96,8 +103,13 @@ def save_peft(adaptation: Adaptation, directory: str | Path, base_model_name_or_
 def _refuse_biases_the_base_lacks(model: nnx.Module, base: Path) -> None:
     """BitFit gives a family without biases (Llama's projections, Qwen2's o_proj and MLP) new ones, which the
     model's config then states (`attention_bias`, `mlp_bias`); PEFT loads an adapter's biases only where its base
-    has them and drops the others without a word, so an adapter for a base directory that lacks them is refused.
+    has them and drops the others without a word, so an adapter for a base directory that lacks them is refused,
+    and so is every adapter with biases of a family whose Hugging Face class has none (T5).
     (A base named by a hub id, not a local directory, cannot be checked.)"""
+    if not type(model).hf_biases:
+        raise MethodError(f"BitFit trained biases that a Hugging Face {type(model).__name__} has no place for (its "
+                          "projections have none), which PEFT would drop: export LoRA alone, or load the run with "
+                          "tljax (tljax.predict reads its export)")
     if not (base / "config.json").is_file():
         return
     base_config = json.loads((base / "config.json").read_text())
@@ -249,6 +261,11 @@ def _prefix(adaptation: Adaptation, task_type: str) -> tuple[dict, dict[str, np.
     encoder = prefix_encoder(model)
     if encoder is None:
         raise MethodError("the model has no prefix to export")
+    if getattr(model, "is_encoder_decoder", False):
+        raise MethodError("PEFT's seq2seq prefix tuning reaches the decoder's self-attention only (a PyTorch "
+                          f"{type(model).__name__} runs its encoder without past keys and values), so it has no place "
+                          "for the encoder's prefix; tljax.predict loads the run's own export, and LoRA or prompt "
+                          "tuning export as PEFT adapters")
     if not is_decoder(model.config.model_type):  # the encoders (BERT, RoBERTa) read past key values no more
         _warn_if_bert_prefix_cannot_load()
     table = _array(encoder.table())
