@@ -139,7 +139,9 @@ class AnswerFinder:
 
 
 class TextGenerator:
-    """A trained seq2seq run's export, ready to write the output of new inputs (greedy, as its evaluation did)."""
+    """A trained seq2seq run's export, ready to write the output of new inputs (greedy, as its evaluation did): a
+    decoder writes after the prompt; an encoder-decoder's encoder reads the prompt (at most the run's max_length
+    tokens) and its decoder writes the output (`generate_targets`, compiled once per shape)."""
 
     def __init__(self, model, tokenizer, info: RunInfo):
         self.model, self.tokenizer, self.info = model, tokenizer, info
@@ -148,6 +150,11 @@ class TextGenerator:
         self.prefixes = dict(settings.get("tasks") or {"": info.text_prefix})  # task -> its prefix
         self.form = settings.get("prompt_form", "plain"), settings.get("separator", "\n")
         self.ends = tuple(dict.fromkeys([end_token(tokenizer), *model.config.eos_token_ids]))
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+        if self.encoder_decoder:
+            self.targets = jit_bound(model, lambda m, ids, mask: m.generate_targets(
+                ids, mask, max_new_tokens=self.max_target_length + 1, eos=self.ends, pad=self.pad))
 
     def __call__(self, texts: list[str], batch_size: int = 16, task: str | None = None) -> list[str]:
         """The output of each text (asked with `task`'s prefix in a multi-task run: one of `self.prefixes`)."""
@@ -158,9 +165,10 @@ class TextGenerator:
             raise InputError(f"task {task!r} is not one this run was trained on; valid: "
                              f"{', '.join(p for p in self.prefixes if p) or '(none: leave --task out)'}")
         form = PromptForm(self.form[0], self.prefixes[task if task is not None else next(iter(self.prefixes))],
-                          self.form[1])
-        prompts, _ = fit_prompts(form, self.tokenizer, texts, self.info.max_length - self.max_target_length - 1)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+                          self.form[1], source=self.encoder_decoder)
+        budget = self.info.max_length if self.encoder_decoder else self.info.max_length - self.max_target_length - 1
+        prompts, _ = fit_prompts(form, self.tokenizer, texts, budget)
+        pad = self.pad
         encoded = Encoded(tuple(np.asarray(p, np.int32) for p in prompts), np.zeros(len(prompts), np.int32), 0)
         outputs = [""] * len(texts)
         order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -169,9 +177,12 @@ class TextGenerator:
             # as wide as the longest prompt (not a bucket): the prompt and the output fit the model's positions
             batch = make_batch(encoded, rows, len(rows), pad, self.info.max_length, left_pad=True,
                                width=max(len(prompts[i]) for i in rows))
-            tokens = np.asarray(generate(self.model, batch["input_ids"], batch["attention_mask"],
-                                         max_new_tokens=self.max_target_length + 1, eos_token_ids=self.ends,
-                                         pad_token_id=pad))
+            if self.encoder_decoder:
+                tokens = np.asarray(self.targets(batch["input_ids"], batch["attention_mask"]))
+            else:
+                tokens = np.asarray(generate(self.model, batch["input_ids"], batch["attention_mask"],
+                                             max_new_tokens=self.max_target_length + 1, eos_token_ids=self.ends,
+                                             pad_token_id=pad))
             for row, index in enumerate(rows):
                 outputs[index] = output_text(self.tokenizer, tokens[row], self.ends)
         return outputs

@@ -174,8 +174,11 @@ def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], in
         if names <= HF_EXPORTABLE | {"lora"}:
             if "lora" in names:
                 merge_and_unload(model)
-            model.save_pretrained(staging / "model", tokenizer_source=model_dir)
-            written.append(f"{directory / 'model'} (Hugging Face directory)")
+            try:
+                model.save_pretrained(staging / "model", tokenizer_source=model_dir)
+                written.append(f"{directory / 'model'} (Hugging Face directory)")
+            except CheckpointError as error:  # e.g. BitFit's biases on a family whose Hugging Face class has none
+                log.warning("no Hugging Face export: %s", error)
     return written
 
 

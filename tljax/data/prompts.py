@@ -1,11 +1,15 @@
-"""A decoder's prompt for a text-to-text task: the input in a fixed form, after which the model writes the output.
+"""A model's prompt for a text-to-text task: the input in a fixed form, after which the model writes the output.
 
-Two forms (`PromptForm`):
+Two forms (`PromptForm`) for a decoder, which writes the output after the prompt:
 
 - plain: `prefix + input + separator` after the tokenizer's start tokens (a Llama tokenizer's BOS), e.g.
   "translate English to Portuguese: The film was good.\n";
 - chat: `prefix + input` as the user's message in the tokenizer's chat template, up to where the assistant's
   reply begins (`tljax.data.chat.chat_context`).
+
+An encoder-decoder's encoder reads the prompt alone (`source=True`): `prefix + input` tokenised as the tokenizer
+tokenises a text, its own special tokens around it (T5's `</s>` after it), no separator, e.g.
+"translate English to Portuguese: The film was good.</s>"; the decoder writes the output apart.
 
 The output is tokenised on its own and ends with the tokenizer's end-of-sequence token, so that what the model
 is taught to write after the prompt is exactly what generation reads back. Training, evaluation and
@@ -29,25 +33,28 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class PromptForm:
     """How an input becomes a prompt: `form` (plain | chat), the task's `prefix`, and the plain form's
-    `separator` between the input and the output."""
+    `separator` between the input and the output; `source`: an encoder-decoder's input (plain, no separator, the
+    tokenizer's end tokens after it)."""
 
     form: str = "plain"
     prefix: str = ""
     separator: str = "\n"
+    source: bool = False
 
     def context(self, tokenizer, text: str) -> str:
-        """The prompt's text (without the plain form's start tokens)."""
+        """The prompt's text (without the plain form's start and end tokens)."""
         if self.form == "chat":
             return chat_context(tokenizer, [{"role": "user", "content": self.prefix + text}])
-        return self.prefix + text + self.separator
+        return self.prefix + text + ("" if self.source else self.separator)
 
     def ids(self, tokenizer, texts: Sequence[str]) -> list[list[int]]:
         """The prompt's token ids of each text."""
         head = [] if self.form == "chat" else start_tokens(tokenizer)
+        tail = end_tokens(tokenizer) if self.source else []
         contexts = [self.context(tokenizer, text) for text in texts]
         if not contexts:
             return []
-        return [head + ids for ids in tokenizer(contexts, add_special_tokens=False, verbose=False)["input_ids"]]
+        return [head + ids + tail for ids in tokenizer(contexts, add_special_tokens=False, verbose=False)["input_ids"]]
 
 
 def start_tokens(tokenizer) -> list[int]:
@@ -55,6 +62,14 @@ def start_tokens(tokenizer) -> list[int]:
     plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
     full = tokenizer("hello", add_special_tokens=True)["input_ids"]
     return next((full[:i] for i in range(len(full) - len(plain) + 1) if full[i: i + len(plain)] == plain), [])
+
+
+def end_tokens(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts after a text (T5's `</s>`, BERT's [SEP]; none for Llama's)."""
+    plain = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", add_special_tokens=True)["input_ids"]
+    after = len(start_tokens(tokenizer)) + len(plain)
+    return full[after:] if full[after - len(plain): after] == plain else []
 
 
 def end_token(tokenizer) -> int:
@@ -103,4 +118,4 @@ def output_text(tokenizer, tokens: np.ndarray, ends: Sequence[int]) -> str:
     return tokenizer.decode(tokens[:stop], skip_special_tokens=True).strip()
 
 
-__all__ = ["PromptForm", "end_token", "fit_prompts", "output_text", "start_tokens", "target_ids"]
+__all__ = ["PromptForm", "end_token", "end_tokens", "fit_prompts", "output_text", "start_tokens", "target_ids"]

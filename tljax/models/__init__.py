@@ -126,6 +126,7 @@ MODEL_CLASSES: dict[str, dict[str, type[PretrainedModel]]] = {
         "base": T5Model,
         "encoder": T5EncoderModel,
         "seq2seq-lm": T5ForConditionalGeneration,
+        "seq2seq": T5ForConditionalGeneration,  # text to text: the encoder reads the input, the decoder writes the output
     },
 }
 

@@ -90,10 +90,10 @@ class HFConfig:
         return config
 
     @property
-    def max_text_positions(self) -> int:
+    def max_text_positions(self) -> int | None:
         """The most tokens one input may have: the positions the model has embeddings for (a family whose first
-        positions are taken says so)."""
-        return self.max_position_embeddings
+        positions are taken says so), or None for a model with relative positions only (T5: any length)."""
+        return getattr(self, "max_position_embeddings", None)
 
     @property
     def num_labels(self) -> int:

@@ -185,10 +185,16 @@ def _report(summary: dict, run_dir: Path) -> None:
     if "chrf" in test and (run_dir / "export" / "run.json").is_file():  # text to text
         example = summary["examples"][0]["input"] if summary.get("examples") else "some text"
         print(f"\nuse it:\n  python -m tljax.predict {run_dir} {json.dumps(example, ensure_ascii=False)}")
+        # an encoder-decoder's Hugging Face class and PEFT adapter are the seq2seq ones
+        kind = "Seq2SeqLM" if (run_dir / "export" / "model").is_dir() and json.loads(
+            (run_dir / "export" / "model" / "config.json").read_text()).get("is_encoder_decoder") else "CausalLM"
+        adapter = run_dir / "export" / "adapter"
+        if adapter.is_dir() and json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "SEQ_2_SEQ_LM":
+            kind = "Seq2SeqLM"
         if (run_dir / "export" / "model").is_dir():
-            print(f"  in PyTorch: transformers.AutoModelForCausalLM.from_pretrained('{run_dir}/export/model')")
-        if (run_dir / "export" / "adapter").is_dir():
-            print(f"  in PyTorch: peft.AutoPeftModelForCausalLM.from_pretrained('{run_dir}/export/adapter')")
+            print(f"  in PyTorch: transformers.AutoModelFor{kind}.from_pretrained('{run_dir}/export/model')")
+        if adapter.is_dir():
+            print(f"  in PyTorch: peft.AutoPeftModelFor{kind}.from_pretrained('{adapter}')")
         print("  (the prompt's form, which the model was taught: export/run.json, seq2seq and text_prefix)")
         return
     if (run_dir / "export" / "run.json").is_file() and \

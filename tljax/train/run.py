@@ -245,8 +245,8 @@ def _prepare_question_answering(config: RunConfig, model_dir: Path, tokenizer) -
     return dataclasses.replace(setup, objective=qa_distillation_objective(config, setup.objective, tokenizer))
 
 
-@register("seq2seq", "input text -> output text on a decoder (translation, summaries, labels as words): JSON "
-          "Lines / CSV, hf:DIR, reviews-en-pt / ner-en-pt / questions-en-pt and back", sections=("tasks",))
+@register("seq2seq", "input text -> output text on a decoder or an encoder-decoder (translation, summaries, labels as "
+          "words): JSON Lines / CSV, hf:DIR, reviews-en-pt / ner-en-pt / questions-en-pt and back", sections=("tasks",))
 def _prepare_seq2seq(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     return prepare_seq2seq(config, model_dir, tokenizer)
 

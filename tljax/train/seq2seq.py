@@ -1,24 +1,26 @@
-"""Sequence to sequence (`task: seq2seq`): input text -> output text, e.g. translation, on a decoder.
+"""Sequence to sequence (`task: seq2seq`): input text -> output text, e.g. translation, on a decoder or an
+encoder-decoder.
 
 Each example is one row: the prompt (`tljax.data.prompts`: the input in the plain form, prefix + input +
 separator, or in the model's chat form) followed by the target's tokens and the end token. Training is teacher
-forcing with the causal-LM loss on the target's tokens only (the prompt's tokens are read, never scored), its
-logits computed at those positions only (`chat.reply_logits`), optionally label-smoothed
-(`training.label_smoothing`). The tokens every prompt starts with (a chat template's system prompt, a task
-prefix) are kept once and run once per batch, as chat tuning does.
+forcing with the loss on the target's tokens only (the prompt's tokens are read, never scored), optionally
+label-smoothed (`training.label_smoothing`).
+
+- A decoder reads the whole row causally; its logits are computed at the target's positions only
+  (`chat.reply_logits`), and the tokens every prompt starts with (a chat template's system prompt, a task prefix)
+  are kept once and run once per batch, as chat tuning does.
+- An encoder-decoder (`EncoderDecoder` below: T5) reads the prompt alone with its encoder, in the plain form
+  without a separator and with the tokenizer's own end tokens (T5's `</s>`), as Hugging Face's T5 recipes tokenise
+  an input; `data.max_length` bounds that prompt. Its decoder reads the target shifted right after its start token
+  (`target_logits`). The same rows and batches serve both: `source_and_targets` splits each batch's rows at
+  `reply_start`. The chat form is refused (an encoder-decoder has no chat template), and so is a separator.
 
 Evaluation scores the loss and token accuracy of the target under teacher forcing, and generates each output
-greedily from the prompt (`tljax.models.decoder.generate.decode`, up to `data.max_target_length` tokens and the
-end token) inside the same compiled call, scored against the target text by `tljax.text_metrics`: chrF, BLEU,
-ROUGE-1/2/L and exact match, any of which `training.metric_for_best_model` may name. With several `tasks`, each
-input carries its task's prefix and every metric is also reported per task.
-
-What a model offers this objective (`TextToText`): a decoder's `logits_at` (teacher forcing at chosen positions,
-after a shared start) and what `generate.decode` asks (`logits` and the backbone's cached call). An
-encoder-decoder (T5) reads the prompt with its encoder and the target with its decoder; it is to plug in by
-offering `is_encoder_decoder = True`, `target_logits` and `generate_targets` (`EncoderDecoder` below), the objective
-then encoding the prompt alone (no separator) and the target apart. Until that branch exists, `prepare_seq2seq`
-refuses a model that says it is an encoder-decoder.
+greedily from the prompt (a decoder through `tljax.models.decoder.generate.decode`, an encoder-decoder through
+its `generate_targets`; up to `data.max_target_length` tokens and the end token) inside the same compiled call,
+scored against the target text by `tljax.text_metrics`: chrF, BLEU, ROUGE-1/2/L and exact match, any of which
+`training.metric_for_best_model` may name. With several `tasks`, each input carries its task's prefix and every
+metric is also reported per task.
 """
 
 from __future__ import annotations
@@ -80,13 +82,14 @@ class PairSplit:
 
 
 def encode_pairs(dataset: PairDataset, tokenizer, form: PromptForm | list[PromptForm], max_length: int,
-                 max_target_length: int, tasks: np.ndarray | None = None) -> Encoded:
+                 max_target_length: int, tasks: np.ndarray | None = None, source_length: int | None = None) -> Encoded:
     """Rows [prompt ids, target ids, end token] of every pair, at most `max_length` tokens: the target cut to
-    `max_target_length`, the input cut to what is left (both counted and logged). `form`: one for every pair, or
-    one per task with `tasks` [N] the task of each pair. Extras: reply_start, example, task."""
+    `max_target_length`, the input cut to what is left (both counted and logged); with `source_length` (an
+    encoder-decoder's), the prompt cut to that instead. `form`: one for every pair, or one per task with `tasks`
+    [N] the task of each pair. Extras: reply_start, example, task."""
     tasks = np.zeros(len(dataset), np.int32) if tasks is None else np.asarray(tasks, np.int32)
     forms = form if isinstance(form, list) else [form]
-    budget = max_length - max_target_length - 1
+    budget = max_length - max_target_length - 1 if source_length is None else source_length
     if budget < 2:
         raise ConfigKeyError(f"data.max_length {max_length} leaves no room for the input after data.max_target_length "
                              f"{max_target_length}; raise max_length or lower max_target_length")
@@ -109,10 +112,26 @@ def encode_pairs(dataset: PairDataset, tokenizer, form: PromptForm | list[Prompt
     return Encoded(rows, np.zeros(len(rows), np.int32), cut_inputs + cut_targets, extras)
 
 
-def pair_batch(rows: Encoded, indices: list[int], batch_size: int, pad_id: int, max_length: int) -> dict:
-    """An evaluation batch of `rows`: the whole rows [B, W] right-padded with their target labels (`reply_labels`),
-    and the prompts alone [B, P] left-padded for generation (`prompt_ids`, `prompt_mask`)."""
-    batch = reply_labels(make_batch(rows, indices, batch_size, pad_id, max_length))
+def source_and_targets(batch: dict[str, np.ndarray], width: int, pad_id: int) -> dict[str, np.ndarray]:
+    """An encoder-decoder's batch from one of rows [prompt ids, target ids, end token] (`make_batch`'s [B, W]):
+    the prompts alone as `input_ids` / `attention_mask` [B, W] (right-padded; W is kept, so that every process of a
+    run sees the same shape), and the targets as `labels` [B, R] (R = `width`, the longest target; -100 after a
+    row's end and on padding rows)."""
+    ids, mask, starts = batch["input_ids"], batch["attention_mask"], batch["reply_start"]
+    source = (np.arange(ids.shape[1])[None] < starts[:, None]) & (mask > 0)
+    at = starts[:, None] + np.arange(width)[None]
+    is_target = (at < mask.sum(1, keepdims=True)) & (batch["weights"][:, None] > 0)
+    labels = np.where(is_target, np.take_along_axis(ids, np.minimum(at, ids.shape[1] - 1), axis=1), -100)
+    return {**batch, "input_ids": np.where(source, ids, pad_id).astype(np.int32),
+            "attention_mask": source.astype(np.int32), "labels": labels.astype(np.int32)}
+
+
+def pair_batch(rows: Encoded, indices: list[int], batch_size: int, pad_id: int, max_length: int,
+               labelled=reply_labels) -> dict:
+    """An evaluation batch of `rows`: the whole rows [B, W] right-padded, as the loss reads them (`labelled`: a
+    decoder's `reply_labels`, an encoder-decoder's `source_and_targets`), and the prompts alone [B, P] left-padded
+    for generation (`prompt_ids`, `prompt_mask`)."""
+    batch = labelled(make_batch(rows, indices, batch_size, pad_id, max_length))
     starts = rows.extras["reply_start"]
     prompts = Encoded(tuple(rows.ids[i][: starts[i]] for i in indices), np.zeros(len(indices), np.int32), 0)
     left = make_batch(prompts, list(range(len(indices))), batch_size, pad_id, max_length, left_pad=True)
@@ -128,6 +147,7 @@ class TextToText(Objective):
     max_target_length: int = 64
     shared: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))  # [S]
     ends: tuple[int, ...] = ()  # the tokens that end an output
+    encoder_decoder: bool = False  # the model reads the prompt with an encoder (`EncoderDecoder`)
     _outputs: dict = dataclasses.field(default_factory=dict, init=False, repr=False)  # split -> its last outputs
 
     def __post_init__(self) -> None:
@@ -140,35 +160,56 @@ class TextToText(Objective):
         return max(len(ids) - start for part in self.encoded.values()
                    for ids, start in zip(part.rows.ids, part.rows.extras["reply_start"]))
 
+    def labelled(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of rows with what the loss reads: a decoder's token labels, an encoder-decoder's prompts and
+        targets apart."""
+        if self.encoder_decoder:
+            return source_and_targets(batch, self.reply_width, self.pad_id)
+        return reply_labels(batch)
+
+    def target_logits(self, model, batch, dropout_key=None):
+        """(logits [B, R, V] predicting each target token, its id [B, R], whether it is one [B, R]) under teacher
+        forcing, R = `reply_width`."""
+        if not self.encoder_decoder:
+            return reply_logits(model, batch, self.reply_width, self.shared, dropout_key)
+        labels = batch["labels"]
+        logits = model.target_logits(batch["input_ids"], batch["attention_mask"], labels, dropout_key=dropout_key)
+        return logits, jnp.where(labels != -100, labels, 0), labels != -100
+
     def loss(self, model, batch, dropout_key):
-        logits, targets, scored = reply_logits(model, batch, self.reply_width, self.shared, dropout_key)
+        logits, targets, scored = self.target_logits(model, batch, dropout_key)
         loss, accuracy = smoothed_cross_entropy(logits, targets, scored, self.label_smoothing)
         return loss, {"accuracy": accuracy}
 
     def outputs(self, model, batch):
         """(summed target-token loss [B], target tokens [B], of them predicted right [B], the greedy outputs
         [B, max_target_length + 1]) of a `pair_batch`."""
-        logits, targets, scored = reply_logits(model, batch, self.reply_width, self.shared)
+        logits, targets, scored = self.target_logits(model, batch)
         log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         nll = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
         right = (jnp.argmax(logits, -1) == targets) & scored
-        generated = decode(model, jnp.asarray(self.shared)[None], batch["prompt_ids"], batch["prompt_mask"],
-                           jax.random.key(0), max_new_tokens=self.max_target_length + 1, eos=self.ends,
-                           pad=self.pad_id)
+        if self.encoder_decoder:
+            generated = model.generate_targets(batch["input_ids"], batch["attention_mask"],
+                                               max_new_tokens=self.max_target_length + 1, eos=self.ends,
+                                               pad=self.pad_id)
+        else:
+            generated = decode(model, jnp.asarray(self.shared)[None], batch["prompt_ids"], batch["prompt_mask"],
+                               jax.random.key(0), max_new_tokens=self.max_target_length + 1, eos=self.ends,
+                               pad=self.pad_id)
         return jnp.where(scored, nll, 0.0).sum(-1), scored.sum(-1), right.sum(-1), generated
 
     def train_batches(self, batch_size, seed, position=None, share=(0, 1)):
         position = position or {"epoch": 0, "index": 0}
         return MappedBatches(BatchIterator(self.encoded["train"].rows, batch_size, self.pad_id, self.max_length,
                                            seed=seed, epoch=position["epoch"], index=position["index"], share=share),
-                             lambda batch, _: reply_labels(batch))
+                             lambda batch, _: self.labelled(batch))
 
     def evaluation_batches(self, encoded: Encoded, batch_size: int) -> list[dict]:
         key = (id(encoded), batch_size)  # built once: a split is evaluated every eval_steps
         if key not in self._padded:
             order = np.argsort([len(ids) for ids in encoded.ids], kind="stable")
             self._padded[key] = [pair_batch(encoded, order[i: i + batch_size].tolist(), batch_size, self.pad_id,
-                                            self.max_length) for i in range(0, len(order), batch_size)]
+                                            self.max_length, self.labelled) for i in range(0, len(order), batch_size)]
         return self._padded[key]
 
     def generate(self, forward, part: PairSplit, batch_size: int) -> tuple[list[str], np.ndarray]:
@@ -242,6 +283,18 @@ def prompt_form(data: DataConfig) -> PromptForm:
     return PromptForm(data.prompt_form, data.text_prefix, data.separator)
 
 
+def source_forms(forms: list[PromptForm], model_name: str) -> list[PromptForm]:
+    """The prompt forms of an encoder-decoder: each task's plain form read as an encoder's input; the chat form
+    and a separator, which only a decoder's prompt has, are refused in one line."""
+    if any(form.form == "chat" for form in forms):
+        raise ConfigKeyError(f"{model_name} is an encoder-decoder: its encoder reads the input as plain text (it has "
+                             "no chat template); set data.prompt_form: plain")
+    if any(form.separator != DataConfig.separator for form in forms):
+        raise ConfigKeyError(f"{model_name} is an encoder-decoder: its encoder reads the input alone and its decoder "
+                             "writes the output apart, so there is no separator between them; leave data.separator out")
+    return [dataclasses.replace(form, separator="", source=True) for form in forms]
+
+
 def task_splits(config: RunConfig) -> tuple[tuple[str, ...], list[PromptForm], dict[str, PairDataset],
                                              dict[str, np.ndarray]]:
     """(task names, each task's prompt form, the splits of every task's pairs together, the task of each pair per
@@ -267,25 +320,29 @@ def task_splits(config: RunConfig) -> tuple[tuple[str, ...], list[PromptForm], d
 
 def prepare_seq2seq(config: RunConfig, model_dir, tokenizer) -> Setup:
     """The objective of `task: seq2seq`: pairs read and split, encoded in the config's prompt form (with `tasks`:
-    every task's pairs in one run, each input with its task's prefix)."""
+    every task's pairs in one run, each input with its task's prefix); an encoder-decoder's prompt is its
+    encoder's input (`source_forms`), at most `data.max_length` tokens."""
     data = config.data
     names, forms, splits, members = task_splits(config)
-    record = {"prompt_form": data.prompt_form, "separator": data.separator,
+    adaptation, info = build(config, model_dir, tokenizer, ())
+    encoder_decoder = is_encoder_decoder(adaptation.model)
+    if encoder_decoder:
+        forms = source_forms(forms, config.model)
+    record = {"prompt_form": data.prompt_form, "separator": forms[0].separator,
               "max_target_length": data.max_target_length}
     if config.tasks is not None:
         record["tasks"] = {name: form.prefix for name, form in zip(names, forms)}
-    adaptation, info = build(config, model_dir, tokenizer, ())
     info = dataclasses.replace(info, seq2seq=record)
-    if getattr(adaptation.model, "is_encoder_decoder", False):
-        raise ConfigKeyError(f"{config.model} is an encoder-decoder; task: seq2seq trains decoders (Llama, Qwen2, "
-                             "GPT-2) for now")
     if not adaptation.count(FINAL_STEP)[0]:
         raise ConfigKeyError(f"method {config.methods()[0]['name']} trains nothing of {config.model} as text to text "
-                             "(it trains a task head; a decoder writes with its language-model head): choose lora, "
-                             "prefix, prompt, an adapter, bitfit, partial or full")
-    encoded = {name: encode_pairs(part, tokenizer, forms, info.max_length, data.max_target_length, members.get(name))
-               for name, part in splits.items()}
-    objective = text_to_text(config, adaptation, tokenizer, splits, encoded, info.max_length, names)
+                             "(it trains a task head; a text-to-text model writes with its language-model head): choose "
+                             "lora, prefix, prompt, an adapter, bitfit, partial or full")
+    source_length = info.max_length if encoder_decoder else None
+    encoded = {name: encode_pairs(part, tokenizer, forms, info.max_length, data.max_target_length, members.get(name),
+                                  source_length) for name, part in splits.items()}
+    # an encoder-decoder's rows hold a whole prompt and a whole target
+    row_length = info.max_length + data.max_target_length + 1 if encoder_decoder else info.max_length
+    objective = text_to_text(config, adaptation, tokenizer, splits, encoded, row_length, names)
     report = describe_pair_splits(splits)
     if len(names) > 1:
         report += "\n" + "; ".join(f"task {name}: " + ", ".join(f"{int((members[s] == n).sum()):,} {s}"
@@ -296,17 +353,26 @@ def prepare_seq2seq(config: RunConfig, model_dir, tokenizer) -> Setup:
 
 def text_to_text(config: RunConfig, adaptation, tokenizer, splits: dict[str, PairDataset], encoded: dict[str, Encoded],
                  max_length: int, task_names: tuple[str, ...] = ("",)) -> TextToText:
-    """The objective over encoded splits, their shared start taken out."""
+    """The objective over encoded splits (rows of at most `max_length` tokens), a decoder's shared start taken out
+    (an encoder reads each prompt whole, both ways)."""
     for name, rows in encoded.items():
         if not len(rows):
             raise DataError(f"the {name} split has no pairs")
-    shared, rest = split_shared_start(encoded)
+    encoder_decoder = is_encoder_decoder(adaptation.model)
+    shared, rest = (np.zeros(0, np.int32), encoded) if encoder_decoder else split_shared_start(encoded)
     parts = {name: PairSplit(splits[name], rest[name], task_names) for name in encoded}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ends = tuple(dict.fromkeys([end_token(tokenizer), *adaptation.model.config.eos_token_ids]))
     return TextToText(adaptation, parts, pad_id, max_length, tokenizer=tokenizer,
                       label_smoothing=config.training.label_smoothing,
-                      max_target_length=config.data.max_target_length, shared=shared, ends=ends)
+                      max_target_length=config.data.max_target_length, shared=shared, ends=ends,
+                      encoder_decoder=encoder_decoder)
 
 
-__all__ = ["EncoderDecoder", "PairSplit", "TextToText", "encode_pairs", "pair_splits", "prepare_seq2seq", "scores"]
+def is_encoder_decoder(model) -> bool:
+    """Whether `model` reads the prompt with an encoder and writes the output with a decoder (`EncoderDecoder`)."""
+    return bool(getattr(model, "is_encoder_decoder", False))
+
+
+__all__ = ["EncoderDecoder", "PairSplit", "TextToText", "encode_pairs", "is_encoder_decoder", "pair_splits",
+           "prepare_seq2seq", "scores", "source_and_targets", "source_forms"]

@@ -10,7 +10,7 @@ predictor `tljax.predict.PREDICTORS[task]`. `run.prepare` looks the task up and 
     token-classification      one tag per word: named entities (tagging.py)
     question-answering        the answer as a span of a passage: extractive QA (qa.py)
     masked-lm, causal-lm      continued pre-training on unlabelled text; causal-lm with `chat`: chat tuning
-    seq2seq                   input text -> output text on a decoder (seq2seq.py)
+    seq2seq                   input text -> output text on a decoder or an encoder-decoder (seq2seq.py)
 """
 
 from __future__ import annotations
@@ -87,9 +87,13 @@ def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
 
 
 def text_positions(adaptation: Adaptation, wanted: int) -> int:
-    """The longest text the model takes: virtual prompt tokens and prefix keys take positions too."""
+    """The longest text the model takes: virtual prompt tokens and prefix keys take positions too. A model with
+    relative positions only (T5: no `max_position_embeddings`) takes any length."""
     body = backbone(adaptation.model)
-    positions = adaptation.model.config.max_text_positions - body.num_virtual_tokens - body.num_prefix_tokens
+    context = adaptation.model.config.max_text_positions
+    if context is None:
+        return wanted
+    positions = context - body.num_virtual_tokens - body.num_prefix_tokens
     if positions < 8:
         raise InputError(f"the method's {body.num_virtual_tokens + body.num_prefix_tokens} virtual tokens leave "
                          f"{positions} of the model's positions for text; use fewer virtual tokens")
