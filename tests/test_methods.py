@@ -1,4 +1,5 @@
-"""Every transfer method on both families: exactly what it trains, that it learns, and its invariants."""
+"""Every transfer method on each kind of model (an encoder, a decoder, an encoder-decoder): exactly what it trains,
+that it learns, and its invariants."""
 
 import dataclasses
 
@@ -16,8 +17,10 @@ from tljax.models import (
     EncoderConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
 )
-from tljax.train.losses import classification_loss
+from tljax.train.losses import classification_loss, cross_entropy
 from tljax.train.optim import OptimizerConfig, build_optimizer
 from tljax.train.step import make_train_step, split
 
@@ -28,7 +31,17 @@ ENCODER = EncoderConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, n
 DECODER = DecoderConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64,
                         tie_word_embeddings=True, pad_token_id=0)
-FAMILIES = {"encoder": (BertForSequenceClassification, ENCODER), "decoder": (LlamaForSequenceClassification, DECODER)}
+# T5 v1.1's form (gated feed-forward, its own output layer); no dropout, as the others
+ENCODER_DECODER = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                           relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
+                           feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+FAMILIES = {"encoder": (BertForSequenceClassification, ENCODER), "decoder": (LlamaForSequenceClassification, DECODER),
+            "encoder-decoder": (T5ForConditionalGeneration, ENCODER_DECODER)}
+# the encoder-decoder writes each label as a word, then its end token (T5's </s>, id 1)
+LABEL_WORDS, EOS = (2, 3), 1
+# (kind, method) pairs where the method has nothing to train: feature extraction trains a new task head on frozen
+# features, and an encoder-decoder writing text has none (task: seq2seq refuses it: tests/test_t5_transfer.py)
+TRAINS_NOTHING = {("encoder-decoder", "feature-extraction")}
 OPTIONS = {
     "partial": {"freeze_layers": 1},
     "gradual-unfreezing": {"every": 2},
@@ -52,11 +65,32 @@ def synthetic_task(seed: int, n: int = 64):
             "labels": jnp.asarray(labels.astype(np.int32))}
 
 
-def train(adaptation, batch, steps: int, learning_rate: float = 1e-2):
+def task(family: str, seed: int, n: int = 64):
+    """`synthetic_task` as the family reads it: a classifier's label ids [n]; an encoder-decoder's target
+    [n, 2], the label's word and the end token (classification as text)."""
+    batch = synthetic_task(seed, n)
+    if family == "encoder-decoder":
+        words = jnp.asarray(LABEL_WORDS, jnp.int32)[batch["labels"]]
+        batch["labels"] = jnp.stack([words, jnp.full_like(words, EOS)], axis=1)
+    return batch
+
+
+def target_loss(model, batch, dropout_key):
+    """Teacher forcing on an encoder-decoder: the cross-entropy of every target token (what `task: seq2seq` takes
+    with its targets' padding left out; these have none)."""
+    logits = model.target_logits(batch["input_ids"], batch["attention_mask"], batch["labels"], dropout_key=dropout_key)
+    loss, accuracy = cross_entropy(logits, batch["labels"])
+    return loss, {"accuracy": accuracy}
+
+
+LOSSES = {"encoder": classification_loss, "decoder": classification_loss, "encoder-decoder": target_loss}
+
+
+def train(adaptation, batch, steps: int, learning_rate: float = 1e-2, loss=classification_loss):
     graphdef, trainable, frozen = split(adaptation.model, adaptation.trainable())
     tx = build_optimizer(OptimizerConfig(learning_rate=learning_rate, lr_scheduler_type="constant"), steps)
     opt_state = tx.init(trainable)
-    step = make_train_step(graphdef, classification_loss, tx)
+    step = make_train_step(graphdef, loss, tx)
     losses = []
     for i in range(steps):
         trainable, opt_state, metrics = step(trainable, frozen, opt_state, batch, jax.random.key(i))
@@ -80,8 +114,11 @@ def pretrained():
 
 
 def fresh(family: str, pretrained) -> nnx.Module:
-    """The pre-trained backbone with a new, randomly initialised head."""
+    """The pre-trained backbone with a new, randomly initialised head; the encoder-decoder, which has no head to
+    renew, starts from its random initialisation (every method then learns to write the label words)."""
     cls, config = FAMILIES[family]
+    if family not in pretrained:
+        return cls.from_config(config, seed=1)
     model = cls.from_config(config, seed=7)
     state = nnx.state(model, nnx.Param)
     head = "classifier" if family == "encoder" else "score"
@@ -109,10 +146,13 @@ def flat_params(model) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("method", METHODS)
 def test_frozen_leaves_stay_bit_identical_and_trainable_ones_change(family, method, pretrained):
     adaptation = adapt(fresh(family, pretrained), [make_method(method, OPTIONS.get(method))])
+    if (family, method) in TRAINS_NOTHING:
+        assert adaptation.count()[0] == 0
+        return
     before = flat_params(adaptation.model)
     rules = adaptation.rules()
     trainable_paths = {p for p, _, rule in rules.report(adaptation.model) if rule.trainable}
-    trained, opt_state, _ = train(adaptation, synthetic_task(1), 3)
+    trained, opt_state, _ = train(adaptation, task(family, 1), 3, loss=LOSSES[family])
     after = flat_params(trained)
     assert before.keys() == after.keys()
     for path in before:
@@ -130,10 +170,12 @@ def test_frozen_leaves_stay_bit_identical_and_trainable_ones_change(family, meth
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_learns(family, method, pretrained):
+    if (family, method) in TRAINS_NOTHING:
+        return  # (checked above: nothing trains)
     adaptation = adapt(fresh(family, pretrained), [make_method(method, OPTIONS.get(method))])
     # a new head on frozen features takes the larger rate: it is all that trains at first
     rate = {"full": 3e-3, "feature-extraction": 3e-2, "gradual-unfreezing": 3e-2}.get(method, 1e-2)
-    _, _, losses = train(adaptation, synthetic_task(2), 120, learning_rate=rate)
+    _, _, losses = train(adaptation, task(family, 2), 120, learning_rate=rate, loss=LOSSES[family])
     # Where the loss ended: the mean of the last 10 steps (a soft prompt's loss still jumps now and then).
     # Budget, rates and threshold hold by far across backbones pre-trained from 5 seeds (a change of seed moves
     # a trajectory far more than another processor's rounding does): the slowest, a new head on the decoder's
@@ -142,14 +184,21 @@ def test_each_method_learns(family, method, pretrained):
     assert ended < 0.3 * losses[0], f"{method}: loss {losses[0]:.3f} -> {ended:.3f}"
 
 
+# compiled: op by op, a T5's teacher-forced call took seconds
+_target_logits = nnx.jit(lambda model, ids, mask, targets: model.target_logits(ids, mask, targets))
+
+
 def outputs(model, batch):
+    """A classifier's logits, an encoder-decoder's logits of the batch's targets under teacher forcing."""
+    if getattr(model, "is_encoder_decoder", False):
+        return np.asarray(_target_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"]))
     return np.asarray(model(batch["input_ids"], batch["attention_mask"]))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", ["lora", "houlsby", "pfeiffer", "bitfit"])
 def test_method_at_initialisation_leaves_outputs_unchanged(family, method, pretrained):
-    batch = synthetic_task(3, 8)
+    batch = task(family, 3, 8)
     model = fresh(family, pretrained)
     expected = outputs(model, batch)
     adaptation = adapt(model, [make_method(method, OPTIONS.get(method))])
@@ -160,9 +209,9 @@ def test_method_at_initialisation_leaves_outputs_unchanged(family, method, pretr
 def test_lora_merge_unmerge_round_trip(family, pretrained):
     from tljax.methods import merge, merge_and_unload, unmerge
 
-    batch = synthetic_task(4, 8)
+    batch = task(family, 4, 8)
     adaptation = adapt(fresh(family, pretrained), [make_method("lora", {"rank": 4, "alpha": 8})])
-    trained, _, _ = train(adaptation, synthetic_task(1), 5)
+    trained, _, _ = train(adaptation, task(family, 1), 5, loss=LOSSES[family])
     kernels = {p: v for p, v in flat_params(trained).items() if p.endswith("kernel")}
     adapted = outputs(trained, batch)
     merge(trained)
