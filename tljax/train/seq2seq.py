@@ -328,7 +328,7 @@ def prepare_seq2seq(config: RunConfig, model_dir, tokenizer) -> Setup:
     encoder_decoder = is_encoder_decoder(adaptation.model)
     if encoder_decoder:
         forms = source_forms(forms, config.model)
-    record = {"prompt_form": data.prompt_form, "separator": forms[0].separator,
+    record = {"prompt_form": data.prompt_form, "separator": "" if encoder_decoder else data.separator,
               "max_target_length": data.max_target_length}
     if config.tasks is not None:
         record["tasks"] = {name: form.prefix for name, form in zip(names, forms)}
