@@ -145,6 +145,14 @@ def test_what_an_encoder_decoder_cannot_take_is_refused_in_one_line(tmp_path, di
     assert not (tmp_path / "run").exists()
 
 
+def test_the_packaged_t5_config_parses():
+    from tljax.train.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "seq2seq_t5.yaml")
+    assert config.task == "seq2seq" and config.data.prompt_form == "plain" and config.data.separator == "\n"
+    assert config.methods()[0] == {"name": "lora", "rank": 8, "alpha": 16, "dropout": 0.05}
+
+
 # -- runs through the command -----------------------------------------------------------------------------------
 
 
