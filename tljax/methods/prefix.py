@@ -76,7 +76,8 @@ class LayerPrefix(nnx.Module):
 
 
 def attention_modules(model: nnx.Module) -> list[nnx.Module]:
-    """Every layer's self-attention module (the ones with a `prefix` slot), bottom to top."""
+    """Every layer's self-attention module (the ones with a `prefix` slot), bottom to top within each stack (an
+    encoder-decoder's two stacks in the model's graph order: T5's decoder, then its encoder)."""
     return [m for _, m in nnx.iter_modules(model) if hasattr(m, "prefix") and hasattr(m, "num_heads")]
 
 
