@@ -287,3 +287,27 @@ def test_a_soft_prompt_starts_from_the_embeddings_gemma_reads(reference):
     with torch.no_grad():
         expected = reference[0].get_input_embeddings()(torch.tensor([7, 9, 7])).numpy()
     np.testing.assert_allclose(np.asarray(adaptation.model.model.prompt.embedding[...]), expected, rtol=1e-6)
+
+
+def test_bitfit_adds_the_biases_a_pytorch_gemma_holds_and_saves_them(tmp_path, reference, batch):
+    """transformers' Gemma 3 has attention biases (`attention_bias`) but no MLP biases: BitFit adds zero biases
+    to q/k/v/o_proj only, and the trained model saves whole into a directory PyTorch computes the same from."""
+    from tljax.methods import adapt, make_method
+
+    adaptation = adapt(Gemma3ForCausalLM.from_pretrained(reference[1]), [make_method("bitfit")])
+    biases = [p for p in trainable_paths(adaptation) if p.endswith("bias")]
+    assert len(biases) == 4 * TINY["num_hidden_layers"] and all("self_attn/" in p for p in biases), biases
+    rng = np.random.RandomState(0)
+    for path, variable in nnx.to_flat_state(nnx.state(adaptation.model, nnx.Param)):
+        if path[-1] == "bias":  # as training would leave them
+            variable.set_value(jnp.asarray(rng.normal(0, 0.5, variable.get_value().shape), jnp.float32))
+    adaptation.model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["attention_bias"] is True and "mlp_bias" not in saved
+    ids, mask = batch
+    with torch.no_grad():
+        expected = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()(**torch_inputs(ids, mask)).logits
+    real = mask.astype(bool)
+    ours = np.asarray(adaptation.model(jnp.asarray(ids), jnp.asarray(mask)))
+    np.testing.assert_allclose(ours[real], expected.numpy()[real], atol=1e-5, rtol=0)
+    assert not np.allclose(ours, np.asarray(Gemma3ForCausalLM.from_pretrained(reference[1])(jnp.asarray(ids), jnp.asarray(mask))))

@@ -7,6 +7,7 @@ or any rule set), gradual unfreezing, and BitFit.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -126,9 +127,11 @@ class GradualUnfreezing(Method):
 
 @dataclasses.dataclass(frozen=True)
 class BitFit(Method):
-    """Only bias terms train (plus the head). Models without biases (Llama, T5) get zero-initialised biases
-    on every projection of their layers, which leave the outputs unchanged; Llama's export as `attention_bias` /
-    `mlp_bias`, while a Hugging Face T5 has no place for them (its export is tljax's own: `PretrainedModel.hf_biases`)."""
+    """Only bias terms train (plus the head). Models without biases (Llama, Gemma, T5) get zero-initialised
+    biases on the projections of their layers where the family's layout says (`Layout.bitfit_biases`), which leave
+    the outputs unchanged; Llama's export as `attention_bias` / `mlp_bias`, Gemma's (attention only: its Hugging
+    Face class has no MLP biases) as `attention_bias`, while a Hugging Face T5 has no place for them (its export
+    is tljax's own: `PretrainedModel.hf_biases`)."""
 
     name: ClassVar[str] = "bitfit"
 
@@ -137,11 +140,12 @@ class BitFit(Method):
         facts = layout(model)
         # the layers' projections only: an output layer's and a head's form is fixed by the Hugging Face class
         for path, linear in linear_modules(backbone(model)):
-            if linear.bias is None and facts.layer_index(path) is not None:
+            if linear.bias is None and facts.layer_index(path) is not None and re.search(facts.bitfit_biases, path):
                 linear.bias = nnx.data(nnx.Param(jnp.zeros((linear.out_features,), linear.kernel.dtype)))
                 added = True
-        if added and hasattr(model.config, "attention_bias"):
-            _set_config(model, attention_bias=True, mlp_bias=True)
+        flags = {flag: True for flag in facts.bitfit_flags if hasattr(model.config, flag)}
+        if added and flags:
+            _set_config(model, **flags)
 
     def rules(self, model: nnx.Module, step: int = 0) -> PathRules:
         return PathRules((Rule(r"(?:^|/)bias$", True, self.name),))

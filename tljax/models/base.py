@@ -53,6 +53,10 @@ class Layout:
     feed_forward_output: str  # ... and the one that ends the feed-forward block
     above_layers: str  # what sits above every layer (an encoder's pooler, a decoder's final norm)
     lora_targets: tuple[str, ...]  # LoRA's default target projections (PEFT's default for the family)
+    # the layers' projections BitFit gives a bias where they have none (a pattern over module paths; all by
+    # default), and the config flags that then say so, for the Hugging Face class to build them on loading
+    bitfit_biases: str = ""
+    bitfit_flags: tuple[str, ...] = ("attention_bias", "mlp_bias")
 
     def layer_pattern(self, index: int) -> str:
         """The pattern of layer `index`'s parameters."""

@@ -27,6 +27,7 @@ class Gemma3TextConfig(HFConfig):
         # transformers' Gemma 3 attention never applies it (it is not passed to the attention function), so
         # no reference defines what a value would compute
         "attn_logit_softcapping": (None,),
+        "mlp_bias": (False,),
     }
 
     vocab_size: int = 262_208
@@ -42,8 +43,7 @@ class Gemma3TextConfig(HFConfig):
     rope_theta: float = 1_000_000.0
     rope_local_base_freq: float = 10_000.0
     attention_bias: bool = False
-    # not an attribute of transformers' Gemma 3, whose MLP has no biases: BitFit gives tljax's MLP zero-initialised
-    # ones and sets it, so that tljax reads such a model back (transformers would drop those biases)
+    # not an attribute of transformers' Gemma 3, whose MLP has no biases: what the Llama MLP it reuses reads
     mlp_bias: bool = False
     attention_dropout: float = 0.0
     query_pre_attn_scalar: float = 256
@@ -126,6 +126,7 @@ class Gemma3TextConfig(HFConfig):
             "full_attention": {"rope_type": "default", "rope_theta": out.pop("rope_theta")},
             "sliding_attention": {"rope_type": "default", "rope_theta": out.pop("rope_local_base_freq")},
         }
+        del out["mlp_bias"]  # tljax's, for the Llama MLP it reuses: always False
         if out["classifier_dropout"] is None:
             del out["classifier_dropout"]
         return out

@@ -42,6 +42,10 @@ GEMMA3_LAYOUT = Layout(
     feed_forward_output=r"mlp/down_proj$",
     above_layers=r"(?:^|/)norm/",
     lora_targets=("q_proj", "v_proj"),  # PEFT's default for gemma3_text
+    # transformers' Gemma 3 has attention biases (`attention_bias`) but no MLP biases: BitFit adds only those it
+    # can save
+    bitfit_biases=r"self_attn/[qkvo]_proj$",
+    bitfit_flags=("attention_bias",),
 )
 
 
