@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,7 +346,12 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigKeyError(f"--set {assignment!r}: expected key=value, e.g. training.learning_rate=1e-3")
     key, text = assignment.split("=", 1)
-    value = _yaml(text, f"--set {key}") if text else ""
+    set_value(raw, key, _yaml(text, f"--set {key}") if text else "", f"--set {key}")
+
+
+def set_value(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Sets the dotted `key` (e.g. training.learning_rate) of a nested config mapping to `value`, in place;
+    `where` names the setting in an error (`--set training.x`, a keyword argument)."""
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -353,7 +359,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             child = {} if child is None else child
             if not isinstance(child, dict):
-                raise ConfigKeyError(f"--set {key}: {part} is not a section")
+                raise ConfigKeyError(f"{where}: {part} is not a section")
             node[part] = child
         node = child
     node[parts[-1]] = value
@@ -371,14 +377,16 @@ DEFAULT_RUN = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """The run config: the dataclass defaults, then the YAML file (or, without one, the embedded default
-    run), then the overrides."""
+def load_config(path: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
+                settings: Mapping[str, Any] | None = None) -> RunConfig:
+    """The run config: the dataclass defaults, then the YAML file (or a mapping of the same sections; without
+    either, the embedded default run), then the `--set` overrides, then `settings` ({dotted key: value}, the
+    values as Python gives them: how `tljax.fine_tune` sets what its arguments name)."""
     raw = dataclasses.asdict(RunConfig())
     if path is None:
-        default = copy.deepcopy(DEFAULT_RUN)  # overrides edit `raw` in place: the embedded run must not change
-        raw["method"] = default.pop("method")
-        _merge(raw, default)
+        loaded = copy.deepcopy(DEFAULT_RUN)  # overrides edit `raw` in place: the embedded run must not change
+    elif isinstance(path, Mapping):
+        loaded = copy.deepcopy(dict(path))  # (the caller's mapping is not changed either)
     else:
         path = Path(path)
         if not path.is_file():
@@ -386,11 +394,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         loaded = _yaml(path.read_text(), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ConfigKeyError(f"{path} must hold a mapping of config sections")
-        if "method" in loaded:  # a file's method replaces the default one whole
-            raw["method"] = loaded.pop("method")
-        _merge(raw, loaded)
+    if "method" in loaded:  # a file's method replaces the default one whole
+        raw["method"] = loaded.pop("method")
+    _merge(raw, loaded)
     for assignment in overrides:
         apply_override(raw, assignment)
+    for key, value in (settings or {}).items():
+        set_value(raw, key, copy.deepcopy(value), key)
     return from_dict(RunConfig, raw)
 
 
