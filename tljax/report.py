@@ -17,7 +17,8 @@ from typing import Any
 from tljax.errors import InputError
 
 
-def _methods(config: dict) -> str:
+def methods_text(config: dict) -> str:
+    """The config's methods, e.g. `lora + bitfit`."""
     methods = config["method"] if isinstance(config["method"], list) else [config["method"]]
     return " + ".join(m.get("name", "?") for m in methods)
 
@@ -31,7 +32,7 @@ def row(run_dir: Path) -> dict[str, str]:
     test = summary["test"]
     data = config.get("data", {})
     trained_on = ", ".join(t["name"] for t in config["tasks"]) if config.get("tasks") else data.get("source", "")
-    cells = {"run": run_dir.name, "model": config["model"], "method": _methods(config), "trained on": trained_on,
+    cells = {"run": run_dir.name, "model": config["model"], "method": methods_text(config), "trained on": trained_on,
              "steps": str(summary["steps"])}
     if "perplexity" in test:
         before = summary["before"]["test"]
