@@ -1,7 +1,10 @@
-"""Learning curves (train vs validation loss and metric) as a PNG, and a plain-language diagnosis."""
+"""Learning curves (train vs validation loss and metric) as a figure, saved as a PNG with its points, and a
+plain-language diagnosis."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -49,26 +52,55 @@ def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, 
     return "\n".join(lines)
 
 
-def plot(train: list[tuple[int, float]], validation: list[tuple[int, float, float]], metric: str, path: Path,
-         title: str) -> None:
-    """Writes the curves: loss (train, smoothed, and validation) and the validation metric."""
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """A run's learning curves: `train` (step, loss) at every step, `validation` (step, loss, metric) at every
+    evaluation, the validation `metric`'s name and the figure's title."""
+
+    train: list[tuple[int, float]]
+    validation: list[tuple[int, float, float]]
+    metric: str
+    title: str
+
+
+POINTS_FILE = "curves.json"  # beside curves.png: the points, for a finished run's figure to be drawn again
+
+
+def figure(curves: Curves):
+    """The curves as a matplotlib Figure: loss (train, smoothed, and validation) on the left, the validation
+    metric on the right."""
     # a Figure of its own, not pyplot's global state: safe from any thread (the app trains in one), and half
     # the import and drawing time of pyplot (a second of every run's end)
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 4))
-    left, right = figure.subplots(1, 2)
-    if train:
-        steps, losses = zip(*train)
+    drawn = Figure(figsize=(11, 4))
+    left, right = drawn.subplots(1, 2)
+    if curves.train:
+        steps, losses = zip(*curves.train)
         left.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
         left.plot(steps, smooth(list(losses)), color="tab:blue", label="train (smoothed)")
-    if validation:
-        steps, losses, scores = zip(*validation)
+    if curves.validation:
+        steps, losses, scores = zip(*curves.validation)
         left.plot(steps, losses, "o-", color="tab:orange", label="validation")
         right.plot(steps, scores, "o-", color="tab:green")
     left.set(xlabel="step", ylabel="loss", title="loss")
     left.legend()
-    right.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    right.set(xlabel="step", ylabel=curves.metric, title=f"validation {curves.metric}")
+    drawn.suptitle(curves.title)
+    drawn.tight_layout()
+    return drawn
+
+
+def save(curves: Curves, run_dir: Path) -> None:
+    """Writes the figure (curves.png) and its points (curves.json) into `run_dir`."""
+    figure(curves).savefig(run_dir / "curves.png", dpi=110)
+    (run_dir / POINTS_FILE).write_text(json.dumps(dataclasses.asdict(curves)) + "\n")
+
+
+def load(run_dir: Path) -> Curves | None:
+    """The curves a finished run saved (None for a run that finished before they were saved)."""
+    path = Path(run_dir) / POINTS_FILE
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    return Curves([tuple(p) for p in raw["train"]], [tuple(p) for p in raw["validation"]], raw["metric"], raw["title"])

@@ -20,6 +20,7 @@ import math
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,10 @@ import numpy as np
 import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from tljax import faults
 from tljax.methods.base import layout
+from tljax.progress import progress_bar
 from tljax.runs import FINAL_STEP
 from tljax.train import curves
 from tljax.train.checkpoints import CheckpointError, Checkpoints, CheckpointWriteError
@@ -48,7 +49,12 @@ from tljax.train.step import make_train_step, split
 
 
 class TrainingStopped(RuntimeError):
-    """The run stopped before its end (interrupted, or a non-finite loss); its checkpoint is kept."""
+    """The run stopped before its end (interrupted, or a non-finite loss); its checkpoint is kept.
+    `resumable`: a checkpoint of the step it stopped at was saved, for the run to continue from."""
+
+    def __init__(self, message: str, *, resumable: bool = False):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 def _forward_fn(graphdef, objective, mesh):
@@ -190,11 +196,15 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
             with (run_dir / "metrics.jsonl").open("a") as handle:
                 _log(handle, {"step": 0, "split": "validation", **state["before"]["validation"]})
 
+    # SIGINT (Ctrl-C; a notebook's interrupt button, in the kernel running tljax.fine_tune) and SIGTERM stop the
+    # run after its step, with a checkpoint. Only the main thread may set handlers (and only it receives signals):
+    # a run in another thread is stopped by its own process's end
     stop = {"signal": None}
-    previous = {s: signal.signal(s, lambda number, _: stop.update(signal=number)) for s in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {s: signal.signal(s, lambda number, _: stop.update(signal=number)) for s in handled}
     log_file = (run_dir / "metrics.jsonl").open("a") if main else contextlib.nullcontext()
-    progress = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", dynamic_ncols=True,
-                    disable=not main)
+    progress = progress_bar(total=total_steps, initial=state["step"], desc="training", unit="step",
+                            dynamic_ncols=True, disable=not main)
     stage = stages.stage(max(state["step"] - 1, 0)) if stages else 0  # the stage of the last step taken
     started, seen = time.perf_counter(), 0
 
@@ -270,7 +280,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
                 if checkpoints.saved_step("latest") != step:  # not already saved by this step's evaluation
                     state["position"] = iterator.position()
                     _save(checkpoints, "latest", step, trainable, opt_state, state)
-                raise TrainingStopped(f"interrupted at step {step}; checkpoint saved. Continue with --resume")
+                raise TrainingStopped(f"interrupted at step {step}; checkpoint saved", resumable=True)
     finally:
         progress.close()
         if main:
@@ -311,8 +321,8 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
         with (run_dir / "metrics.jsonl").open("a") as log_file:
             _log(log_file, {"step": state["best_step"], "split": "test", **test})
         (run_dir / "diagnosis.txt").write_text(diagnosis + "\n")
-        curves.plot([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
-                    run_dir / "curves.png", f"{prepared.config.model} / {objective.title()}")
+        curves.save(curves.Curves([tuple(x) for x in state["train"]], [tuple(x) for x in state["validation"]], metric,
+                                  f"{prepared.config.model} / {objective.title()}"), run_dir)
         for leftover in run_dir.glob(".export.*"):  # what an export killed midway left (never read)
             shutil.rmtree(leftover, ignore_errors=True)
         written = prepared.export(nnx.clone(model), run_dir / "export")  # exports change the model (merges)
