@@ -3,8 +3,9 @@
 The lock is an advisory `flock` on `<run_dir>/.lock`: the operating system drops it when the process ends,
 however it ends, so a crashed run never leaves a folder locked. A folder that a run started (it has the
 `.lock` file) but left before its first checkpoint holds only that run's config and log: a new run starts
-there afresh, replacing them. A folder with a checkpoint or a result, or with anything a run did not write,
-is never touched.
+there afresh, replacing them. `data/`, where `tljax.fine_tune` writes the data it was given in memory before
+the run starts, does not make a folder hold a run, and no run removes it. A folder with a checkpoint or a
+result, or with anything else a run did not write, is never touched.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from tljax.train.checkpoints import saved_steps
 LOCK_NAME = ".lock"
 # what a run writes before its first checkpoint: a folder holding only these holds no run yet
 STARTED_FILES = {"config.yaml", "metrics.jsonl", "checkpoints", LOCK_NAME}
+# the data `tljax.fine_tune` was given in memory, written as files before the run starts (its config reads them):
+# a folder holding only it holds no run yet either, and a run starting afresh there keeps it
+RUN_DATA = "data"
 
 
 class RunDirectoryError(InputError):
@@ -38,7 +42,8 @@ def holds_run(run_dir: Path) -> bool:
         return False
     names = {p.name for p in run_dir.iterdir()}
     started = LOCK_NAME in names and not any((run_dir / n).is_symlink() for n in names)
-    return has_checkpoint(run_dir) or bool(names - (STARTED_FILES if started else set()))
+    data = {RUN_DATA} if (run_dir / RUN_DATA).is_dir() and not (run_dir / RUN_DATA).is_symlink() else set()
+    return has_checkpoint(run_dir) or bool(names - (STARTED_FILES if started else set()) - data)
 
 
 def _holder(lock_path: Path) -> str:
