@@ -1,7 +1,9 @@
 """tljax: transfer learning for pre-trained transformers, in JAX and Flax NNX.
 
 `tljax.zoo` turns names into Hugging Face model directories; `tljax.models` holds our Flax models, which
-load and save those directories. `load(name, task)` does both.
+load and save those directories. `load(name, task)` does both. `fine_tune(model=..., data=..., method=...)`
+trains a run from Python (`python -m tljax.train` in this process) and returns a `Run`; `Run.load(path)` opens
+a finished one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jax.typing import DTypeLike
+
+    from tljax.api import fine_tune
+    from tljax.run_handle import Run
+
+__all__ = ["Run", "fine_tune", "load"]
 
 # transformers serves tljax its tokenizers only; installed without PyTorch (which tljax never needs), it would
 # advise on import that "PyTorch was not found. Models won't be available"
@@ -35,3 +42,16 @@ def load(name_or_path: str, task: str | None = None, *, dtype: DTypeLike | None 
 
     directory = zoo.resolve(name_or_path)
     return models.from_pretrained(directory, task, dtype=dtype, **kwargs), AutoTokenizer.from_pretrained(directory)
+
+
+def __getattr__(name: str):
+    """`tljax.fine_tune` and `tljax.Run`, imported on first use (they bring JAX and the training engine)."""
+    if name == "fine_tune":
+        from tljax.api import fine_tune
+
+        return fine_tune
+    if name == "Run":
+        from tljax.run_handle import Run
+
+        return Run
+    raise AttributeError(f"module 'tljax' has no attribute {name!r}")
