@@ -277,6 +277,18 @@ def tiny_decoder(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_base_decoder(tiny_decoder, tmp_path_factory):
+    """`tiny_decoder` as a base model is: the same weights and tokenizer, without a chat template."""
+    directory = tmp_path_factory.mktemp("tiny-llama-base") / "model"
+    shutil.copytree(tiny_decoder, directory)
+    (directory / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    return directory
+
+
 # -- a tiny tagging task (tests/test_tagging_runs.py, tests/test_harness_entities.py) ---------------------------
 
 

@@ -102,3 +102,23 @@ def test_conversion_equals_transformers_reading_the_gguf_file(converted, tmp_pat
         assert theirs[key] == mine[key], key
     # the file's float32 epsilon, which we spell as its shortest decimal (1e-06, as Gemma's own config does)
     assert np.float32(theirs["rms_norm_eps"]) == np.float32(mine["rms_norm_eps"])
+
+
+def test_the_gemma_chat_template_writes_turns_of_single_special_tokens():
+    """`chat.template: gemma` on the base model's tokenizer (which has no template): <start_of_turn> and
+    <end_of_turn> are one special token each, a prompt starts with <bos>, and <end_of_turn> is where a reply ends."""
+    from tljax.data.chat import chat_context, resolve_template
+    from tljax.models.decoder.generate import turn_end_ids
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(zoo.resolve(NAME))
+    assert not tokenizer.chat_template  # a base model: the format is taught, not read from its files
+    tokenizer.chat_template = resolve_template("gemma")
+    start, end = (tokenizer.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "<end_of_turn>"))
+    for marker, token in (("<start_of_turn>", start), ("<end_of_turn>", end)):
+        assert tokenizer(marker, add_special_tokens=False)["input_ids"] == [token]
+        assert tokenizer.added_tokens_decoder[token].special
+    context = chat_context(tokenizer, [{"role": "user", "content": "O filme é bom?"}])
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    assert ids[:2] == [tokenizer.bos_token_id, start] and ids.count(start) == 2 and ids.count(end) == 1
+    assert tokenizer.decode(ids[-3:]) == "<start_of_turn>model\n"
+    assert turn_end_ids(tokenizer) == (end,)

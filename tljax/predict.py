@@ -6,6 +6,10 @@ each text's entities, one per line: the type, the character span in the text, th
 of its words' tags) and the words; `--json` prints them as JSON for programs. Put `--` before the texts when
 one starts with `-`.
 
+A chat-tuned decoder (`task: causal-lm` with `chat`) classifies as a sequence classifier does: each text is asked
+with the run's instruction in the chat form it was taught (its template: the base's own, or `chat.template`), and
+every label's reply is scored by its log-likelihood.
+
 A seq2seq run prints the output it writes for each text, one per line (`--task NAME` in a multi-task run: the
 task whose prefix goes before the text).
 
@@ -20,16 +24,19 @@ In Python: `load_predictor(RUN_DIR)(["some text"])` (a `Predictor` or an `Entity
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tljax.cache import enable_compilation_cache
 from tljax.data.answer_windows import AnswerSettings, answer_questions, encode_questions, window_outputs
 from tljax.data.batches import Encoded, encode, evaluation_batches, make_batch
+from tljax.data.dataset import TextDataset
 from tljax.data.prompts import PromptForm, end_token, fit_prompts, output_text
 from tljax.data.tagged import word_spans
 from tljax.data.windows import encode_words, score_words, word_tags
@@ -38,6 +45,8 @@ from tljax.models.decoder.generate import generate
 from tljax.models.transforms import jit_bound
 from tljax.runs import RunInfo, find_export, load_exported
 from tljax.tagging import entities
+from tljax.train.chat import encode_chat
+from tljax.train.config import ChatConfig
 
 DEFAULT_STRIDE = 32  # the overlap of the windows a text longer than the model reads is tagged in
 
@@ -71,6 +80,53 @@ class Predictor:
             p = self.probabilities(batch["input_ids"], batch["attention_mask"])
             probabilities[rows] = np.asarray(p)[: len(rows)]
         return [(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p)))) for p in probabilities]
+
+
+class ChatClassifier:
+    """A chat-tuned decoder's export, ready to classify texts in the form it was taught: each text asked with the
+    run's instruction through its chat template, every label's reply (as the run taught it: its word, and a taught
+    format's end of turn) scored by its summed log-probability, as the run's own evaluation scores it."""
+
+    def __init__(self, model, tokenizer, info: RunInfo):
+        self.tokenizer, self.info = tokenizer, info
+        self.labels = list(info.labels)
+        known = {field.name for field in dataclasses.fields(ChatConfig)}
+        self.settings = ChatConfig(**{k: v for k, v in (info.chat or {}).items() if k in known})
+        self.reply_log_probs = jit_bound(model, _reply_log_probs)
+
+    def __call__(self, texts: list[str], batch_size: int = 16) -> list[tuple[str, dict[str, float]]]:
+        """(label, {label: probability}) for each text: the softmax of the labels' reply log-probabilities."""
+        check_texts_to_classify(texts)
+        dataset = TextDataset("texts", tuple(texts), (0,) * len(texts), tuple(self.labels))
+        rows = encode_chat(dataset, self.settings, self.tokenizer, self.info.max_length)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        scores = np.zeros((len(texts), len(self.labels)))
+        for batch in evaluation_batches(rows, batch_size, pad, self.info.max_length):
+            real = batch["weights"] > 0
+            values = np.asarray(self.reply_log_probs(batch["input_ids"], batch["attention_mask"],
+                                                     *_reply_positions(batch)), np.float64)
+            scores[batch["example"][real], batch["label"][real]] = values[real]
+        probabilities = np.exp(scores - np.logaddexp.reduce(scores, axis=1, keepdims=True))
+        return [(self.labels[int(p.argmax())], dict(zip(self.labels, map(float, p)))) for p in probabilities]
+
+
+def _reply_positions(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the position predicting each reply token [B, R], that token's id [B, R], whether it is one [B, R]) of rows
+    of `encode_chat`: the reply runs from `reply_start` to the row's last real token; R is the longest reply."""
+    lengths = batch["attention_mask"].sum(-1) - batch["reply_start"]  # [B] (0 or less on padding rows)
+    width = max(int(lengths.max()), 1)
+    offset = np.arange(width)[None]
+    scored = offset < lengths[:, None]
+    at = np.where(scored, batch["reply_start"][:, None] - 1 + offset, 0)  # token t is predicted at t - 1
+    targets = np.where(scored, np.take_along_axis(batch["input_ids"], at + 1, axis=1), 0)
+    return at.astype(np.int32), targets.astype(np.int32), scored
+
+
+def _reply_log_probs(model, input_ids, attention_mask, at, targets, scored):
+    """Each row's reply log-probability [B]: the sum over its tokens' [B, R] (logits at those positions only)."""
+    log_probs = jax.nn.log_softmax(model.logits_at(input_ids, attention_mask, at).astype(jnp.float32))
+    token = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    return jnp.where(scored, token, 0.0).sum(-1)
 
 
 class EntityTagger:
@@ -192,10 +248,12 @@ PREDICTORS = {"sequence-classification": Predictor, "token-classification": Enti
               "question-answering": AnswerFinder, "seq2seq": TextGenerator}
 
 
-def load_predictor(run_dir: str | Path) -> Predictor | EntityTagger | AnswerFinder | TextGenerator:
+def load_predictor(run_dir: str | Path) -> Predictor | ChatClassifier | EntityTagger | AnswerFinder | TextGenerator:
     """What a finished run (its directory, or its export directory) predicts with, by its task."""
     directory = find_export(run_dir)
     model, tokenizer, info = load_exported(directory)
+    if info.task == "causal-lm" and info.chat:  # chat tuning: a classifier that answers in words
+        return ChatClassifier(model, tokenizer, info)
     if info.task not in PREDICTORS:
         raise InputError(f"{run_dir} is a {info.task} run (continued pre-training), not a classifier; "
                          f"fine-tune from it: python -m tljax.train --set model={directory}/model")

@@ -7,8 +7,9 @@
 An export holds `trainable.safetensors` (every trainable parameter, by "/"-joined path) and `run.json`
 (`RunInfo`: enough to rebuild the model those parameters fit), plus a Hugging Face directory (`model/`) when the
 result is an ordinary model of the base architecture (LoRA merged into it), and a PEFT adapter (`adapter/`) for
-LoRA and the soft-prompt methods. Depends only on models, methods and the zoo; the training loop, the harness
-and the app all read runs through this module.
+LoRA and the soft-prompt methods. A chat-tuning run that taught its base a turn format (`chat.template`) keeps the
+template in run.json and in both copies' tokenizers, and loading gives the tokenizer it back. Depends only on models,
+methods, the zoo and `tljax.data.chat`; the training loop, the harness and the app all read runs through this module.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from tljax import models, zoo
+from tljax.data.chat import resolve_template
 from tljax.errors import InputError
 from tljax.methods import Adaptation, Method, MethodContext, MethodError, adapt, make_method, merge_and_unload, save_peft
 from tljax.methods.crf import CRFLayer
@@ -59,7 +61,9 @@ class RunInfo:
     seed: int = 42
     dtype: str = "float32"  # compute dtype; parameters are float32
     student_layers: tuple[int, ...] | None = None  # the backbone layers kept (a distilled student)
-    chat: dict[str, Any] | None = None  # a chat-tuned decoder: {instruction, verbalisers} it was taught with
+    # a chat-tuned decoder: {instruction, verbalisers, template} it was taught with (template: the Jinja text of the
+    # turn format a base model was taught, or None: the tokenizer's own)
+    chat: dict[str, Any] | None = None
     pooling: str = "pooler"  # what an encoder classifier's linear layer reads: "pooler" or "mean" (no pooler)
     # whether the pooler trained with the head under every method; False in exports written before it did
     # (there the methods decided it), so that they rebuild the model their parameters fit
@@ -176,6 +180,8 @@ def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], in
                 merge_and_unload(model)
             try:
                 model.save_pretrained(staging / "model", tokenizer_source=model_dir)
+                if taught_template(info):  # the base's tokenizer files lack the turn format the run taught
+                    tokenizer.save_pretrained(staging / "model")
                 written.append(f"{directory / 'model'} (Hugging Face directory)")
             except CheckpointError as error:  # e.g. BitFit's biases on a family whose Hugging Face class has none
                 log.warning("no Hugging Face export: %s", error)
@@ -183,6 +189,13 @@ def export_run(directory: Path, model: nnx.Module, methods: Sequence[Method], in
 
 
 CRF_FILE = "crf.safetensors"
+
+
+def taught_template(info: RunInfo) -> str | None:
+    """The chat template (Jinja text) a chat-tuning run taught its base model (`chat.template`), or None when it
+    used the tokenizer's own. A template name (in a hand-written run.json) is resolved."""
+    template = (info.chat or {}).get("template")
+    return resolve_template(template) if template else None
 
 
 def crf_tensors(crf: nnx.Module) -> dict[str, np.ndarray]:
@@ -261,6 +274,8 @@ def load_exported(directory: str | Path) -> tuple[nnx.Module, Any, RunInfo]:
     _warn_about_damaged_copies(directory)
     model_dir = zoo.resolve(info.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if taught_template(info):  # asked in the form it was taught: a base model's tokenizer has no template
+        tokenizer.chat_template = taught_template(info)
     adaptation = build_model(info, model_dir, tokenizer)
     unknown = sorted(set(saved) - set(parameter_sizes(adaptation.model)))
     if unknown:

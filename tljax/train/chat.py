@@ -7,6 +7,11 @@ scores every label's reply by its summed log-probability and predicts the likeli
 harness scores a decoder zero-shot, few-shot, or after this tuning: the three compare in the same form.
 The tokens every row starts with (the template's system prompt and the instruction's first words: 47 of
 SmolLM2-135M-Instruct's 77 on average for film reviews) are kept once, not in each row, and run once per batch.
+
+A base decoder has no chat template: `chat.template` names the turn format it is taught (`gemma`, or a Jinja
+template), which the tokenizer then carries into the run's export. Such a run also teaches where a reply ends: the
+reply is the label's word and the template's end of turn (Gemma's <end_of_turn>), so that the tuned model's free
+replies stop there; an instruct model already ends its turns, and is taught the word alone.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import numpy as np
 
 from tljax.data import DataError, TextDataset
 from tljax.data.batches import BatchIterator, Encoded
-from tljax.data.chat import chat_context, encode_pairs
+from tljax.data.chat import chat_context, encode_pairs, resolve_template
 from tljax.metrics import classification_metrics
+from tljax.models.decoder.generate import turn_end_ids
 from tljax.models.decoder.modeling import shared_start
 from tljax.train.config import ChatConfig, ConfigKeyError
 from tljax.train.losses import cross_entropy
@@ -36,11 +42,13 @@ def encode_chat(dataset: TextDataset, settings: ChatConfig, tokenizer, max_lengt
     contexts = [chat_context(tokenizer, [{"role": "user", "content": settings.instruction.format(text=text)}])
                 for text in dataset.texts]
     pairs = encode_pairs(tokenizer, [(context, reply) for context in contexts for reply in verbalisers])
+    end = list(turn_end_ids(tokenizer)) if settings.template is not None else []  # a taught format's end of turn
     rows, starts, examples, labels, gold = [], [], [], [], []
     for row, (prompt, reply) in enumerate(pairs):
         index, choice = divmod(row, len(verbalisers))
         if not reply:
             raise ConfigKeyError(f"chat.verbalisers: {verbalisers[choice]!r} leaves no token after the prompt")
+        reply = reply + end
         prompt = prompt[-(max_length - len(reply)):]
         rows.append(np.asarray(prompt + reply, np.int32))
         starts.append(len(prompt))
@@ -150,6 +158,16 @@ class ChatTuning(Objective):
         return f"chat tuning, {super().title()}"
 
 
+def use_chat_template(tokenizer, settings: ChatConfig, model: str) -> None:
+    """Gives `tokenizer` the template `settings.template` names (the form the run teaches, and its export keeps);
+    without one, the tokenizer's own template is the form, and a tokenizer without a template is refused."""
+    if settings.template is not None:
+        tokenizer.chat_template = resolve_template(settings.template)
+    elif not getattr(tokenizer, "chat_template", None):
+        raise ConfigKeyError(f"{model}'s tokenizer has no chat template (a base model), so there is no turn format "
+                             "to teach it in: set chat.template (gemma for Gemma's turns, or a Jinja template)")
+
+
 def chat_objective(config, adaptation, tokenizer, splits: dict[str, TextDataset], max_length: int) -> ChatTuning:
     """The objective for `task: causal-lm` with a `chat` section, over labelled splits."""
     settings: ChatConfig = config.chat
@@ -166,4 +184,5 @@ def chat_objective(config, adaptation, tokenizer, splits: dict[str, TextDataset]
     return ChatTuning(adaptation, encoded, pad_id, max_length, label_names=labels, settings=settings, shared=shared)
 
 
-__all__ = ["ChatTuning", "chat_objective", "encode_chat", "reply_labels", "reply_logits", "split_shared_start"]
+__all__ = ["ChatTuning", "chat_objective", "encode_chat", "reply_labels", "reply_logits", "split_shared_start",
+           "use_chat_template"]

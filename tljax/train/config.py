@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from tljax.data.chat import resolve_template
+from tljax.data.dataset import DataError
 from tljax.errors import InputError
 from tljax.tagging import SCHEMES as TAG_SCHEMES
 from tljax.train.sharding import check_mesh, parse_rules
@@ -188,14 +190,22 @@ class DistillationConfig:
 @dataclasses.dataclass(frozen=True)
 class ChatConfig:
     """Chat tuning of a decoder: each labelled text asked with `instruction` through the tokenizer's chat
-    template, the label's verbaliser as the reply (the loss is on the reply only)."""
+    template (or the one `template` names), the label's verbaliser as the reply (the loss is on the reply only)."""
 
     instruction: str  # with {text}, e.g. "Is this review positive or negative?\n\nReview: {text}"
     verbalisers: dict[str, str]  # label name -> the reply, e.g. {negative: negative, positive: positive}
+    # the turn format a base decoder (whose tokenizer has no chat template) is taught: a name (gemma: Gemma's
+    # <start_of_turn> turns) or a Jinja template; the run's export carries it, so it is asked in that form later
+    template: str | None = None
 
     def __post_init__(self) -> None:
         if "{text}" not in self.instruction:
             raise ConfigKeyError("chat.instruction must contain {text} (where each example's text goes)")
+        if self.template is not None:
+            try:
+                resolve_template(str(self.template))
+            except DataError as error:
+                raise ConfigKeyError(f"chat.template: {error}") from None
         words = [str(v).strip().lower() for v in self.verbalisers.values()]
         if any(not w for w in words) or len(set(words)) != len(words):
             raise ConfigKeyError(f"chat.verbalisers {self.verbalisers} must give every label its own, non-empty "

@@ -110,7 +110,8 @@ def _usage(summary: dict[str, Any], run_dir: Path) -> list[str]:
         return [f"\nuse it:\n  python -m tljax.predict {run_dir} {json.dumps(example, ensure_ascii=False)}", *pytorch,
                 "  (the prompt's form, which the model was taught: export/run.json, seq2seq and text_prefix)"]
     if _export_task(run_dir / "export") == "causal-lm":  # chat tuning
-        return [f"\nscore it in the harness beside zero-shot and few-shot: a variant {{kind: run, run: {run_dir}}}",
+        return [f"\nuse it:\n  python -m tljax.predict {run_dir} \"a delightful, moving film\"",
+                f"score it in the harness beside zero-shot and few-shot: a variant {{kind: run, run: {run_dir}}}",
                 *pytorch]
     predictable = run_dir if export_dir == run_dir / "export" else export_dir
     if task == "question-answering":

@@ -22,7 +22,7 @@ from tljax.data import DataError, describe_splits, load_source, normalise, split
 from tljax.data.batches import encode
 from tljax.methods import Adaptation
 from tljax.runs import RunInfo
-from tljax.train.chat import chat_objective
+from tljax.train.chat import chat_objective, use_chat_template
 from tljax.train.config import ConfigKeyError, DataConfig, RunConfig
 from tljax.train.distill import distillation_objective, hidden_state_matching, load_teacher
 from tljax.train.features import (FROZEN_CACHE_LIMIT, FeatureClassification, FrozenBottomClassification, cached_bytes,
@@ -211,6 +211,7 @@ def _task_splits(name: str, kind: str, data: DataConfig, seed: int) -> tuple[str
 def _prepare_causal_lm(config: RunConfig, model_dir: Path, tokenizer) -> Setup:
     if config.chat is None:
         return _prepare_language_modelling(config, model_dir, tokenizer)
+    use_chat_template(tokenizer, config.chat, config.model)  # before the data is read: a refusal comes at once
     data, seed = config.data, config.training.seed
     splits = _classification_split(_load_labelled(data), data, seed, data.source)
     adaptation, info = build(config, model_dir, tokenizer, tuple(splits["train"].label_names))

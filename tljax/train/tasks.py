@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tljax.data import split_dataset
+from tljax.data.chat import resolve_template
 from tljax.errors import InputError
 from tljax.methods import Adaptation, Method
 from tljax.models.transforms import backbone
@@ -82,8 +83,19 @@ def run_info(config: RunConfig, label_names: tuple[str, ...] = ()) -> RunInfo:
                    text_prefix=config.data.text_prefix, max_length=config.data.max_length, seed=config.training.seed,
                    dtype=config.training.dtype,
                    student_layers=config.distillation.student_layers if config.distillation else None,
-                   chat=dataclasses.asdict(config.chat) if config.chat else None, pooling=config.pooling,
+                   chat=chat_record(config), pooling=config.pooling,
                    crf=config.crf)
+
+
+def chat_record(config: RunConfig) -> dict[str, Any] | None:
+    """run.json's `chat` of a chat-tuning run: the instruction, the replies, and a named template as its Jinja text,
+    so that the export asks in the form it was taught whatever a later version's names hold."""
+    if config.chat is None:
+        return None
+    record = dataclasses.asdict(config.chat)
+    if config.chat.template is not None:
+        record["template"] = resolve_template(config.chat.template)
+    return record
 
 
 def text_positions(adaptation: Adaptation, wanted: int) -> int:

@@ -241,6 +241,33 @@ def stream_generate(
         token = jnp.asarray(chosen, jnp.int32)
 
 
+TURN_MARKER = "\x00reply\x00"  # stands for a reply's text when a template is rendered to find what follows it
+
+
+def turn_end_ids(tokenizer) -> tuple[int, ...]:
+    """The special token a tokenizer's chat template writes right after an assistant's reply (SmolLM2's
+    <|im_end|>, Gemma's <end_of_turn>) as a 1-tuple, or () where it writes none (or there is no template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ()
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": TURN_MARKER}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this conversation names no end
+        return ()
+    if TURN_MARKER not in text:
+        return ()
+    after = tokenizer(text[text.rindex(TURN_MARKER) + len(TURN_MARKER):], add_special_tokens=False)["input_ids"]
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    # the first token after the reply, if it is a special one ("\n" and other text are not an end)
+    return (after[0],) if after and after[0] in added and added[after[0]].special else ()
+
+
+def reply_ends(model: CausalLM, tokenizer) -> tuple[int, ...]:
+    """Where a chat reply ends: the model's end-of-sequence tokens and its template's end of turn (a base model
+    taught a turn format ends its replies with the format's end, not with its own end of sequence)."""
+    return tuple(dict.fromkeys((*model.config.eos_token_ids, *turn_end_ids(tokenizer))))
+
+
 def chat(
     model: CausalLM,
     tokenizer,
@@ -251,13 +278,15 @@ def chat(
 ) -> list[str]:
     """Replies to each conversation (a list of {"role", "content"} messages) through the chat template.
 
-    `tokenizer` is a `transformers` tokenizer with a chat template. Returns the decoded replies.
+    `tokenizer` is a `transformers` tokenizer with a chat template. A reply ends at the model's end of sequence or
+    at the template's end of turn (`reply_ends`), unless `eos_token_ids` says otherwise. Returns the decoded replies.
     """
     prompts = [tokenizer.apply_chat_template(list(c), add_generation_prompt=True, tokenize=False)
                for c in conversations]
     # padded on the left (generation continues the prompts' ends), asked of this call only: the tokenizer may be
     # shared by other threads, which must not see its padding side change
     encoded = tokenizer(prompts, return_tensors="np", padding=True, padding_side="left", add_special_tokens=False)
+    sampling.setdefault("eos_token_ids", reply_ends(model, tokenizer))
     tokens = generate(model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens=max_new_tokens,
                       pad_token_id=tokenizer.pad_token_id, **sampling)
     return tokenizer.batch_decode(jax.device_get(tokens), skip_special_tokens=True)
@@ -281,6 +310,7 @@ def stream_chat(
     input_ids = np.asarray([[pad] * (width - len(ids)) + ids], np.int32)
     mask = np.asarray([[0] * (width - len(ids)) + [1] * len(ids)], np.int32)
     tokens: list[int] = []
+    sampling.setdefault("eos_token_ids", reply_ends(model, tokenizer))
     for token in stream_generate(model, input_ids, mask, max_new_tokens=max_new_tokens,
                                  pad_token_id=tokenizer.pad_token_id, **sampling):
         tokens.append(int(token[0]))
