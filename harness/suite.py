@@ -9,6 +9,8 @@
     limit: 200          # optional: N items of each task, a fixed sample (few-shot draws do not depend on it)
     training: {training.max_steps: 150}   # optional: config overrides for every train variant (the same budget)
 
+A variant runs on every task of its suite, or on those its `tasks` lists (e.g. a few-shot k for the answer tasks).
+
 `python -m harness run SUITE` writes into `harness-results/<name>/` (or `--out`):
 `predictions/<variant>__<task>__seed<k>.jsonl` (a record per item), `results.json`, `results.md`, `plots/`;
 train variants' runs go to `harness-results/runs/` (shared by the suites; with `--out`: `<out>/runs/`).
@@ -68,10 +70,16 @@ def load_suite(name_or_path: str | Path) -> Suite:
         if not raw.get(key):
             raise VariantError(f"{path} needs {key}")
     variants = tuple(parse_variant(v, f"{path}: variants[{i}]") for i, v in enumerate(raw["variants"]))
+    tasks = tuple(str(t) for t in raw["tasks"])
+    for i, variant in enumerate(variants):
+        others = sorted(set(variant.tasks or ()) - set(tasks))
+        if others:
+            raise VariantError(f"{path}: variants[{i}] names tasks {others} that the suite does not run; its tasks: "
+                               f"{', '.join(tasks)}")
     training = raw.get("training") or {}
     if not isinstance(training, dict):
         raise VariantError(f"{path}: training must map config keys to values, e.g. {{training.max_steps: 150}}")
-    return Suite(str(raw.get("name", path.stem)), tuple(str(t) for t in raw["tasks"]), variants,
+    return Suite(str(raw.get("name", path.stem)), tasks, variants,
                  raw.get("limit"), str(raw.get("description", "")), training)
 
 
@@ -128,10 +136,13 @@ def run_suite(suite: Suite, out: Path, limit: int | None = None, say=print,
     for task_name, task in tasks.items():
         items = sample(task.items, limit)
         for variant, (scored, sweep) in zip(suite.variants, trained):
+            if variant.tasks is not None and task_name not in variant.tasks:
+                continue
             seeds = variant.seeds if variant.kind == "few-shot" else (variant.seeds[0],)
             per_seed = []
             for seed in seeds:
-                key = hashlib.sha256(json.dumps([scored.settings(), task_text[task_name], limit, seed, code,
+                settings = {k: v for k, v in scored.settings().items() if k != "tasks"}  # which tasks: not a score's
+                key = hashlib.sha256(json.dumps([settings, task_text[task_name], limit, seed, code,
                                                  _model_identity(scored)], sort_keys=True).encode()).hexdigest()[:20]
                 cached = out / "cache" / f"{key}.json"
                 if cached.is_file():

@@ -51,7 +51,7 @@ from tljax.train.run import training_texts
 KINDS = ("zero-shot", "few-shot", "chat", "run", "train")
 KEYS = ("kind", "name", "model", "run", "language", "k", "seeds", "prompt", "form", "demonstrations", "classifier",
         "max_new_tokens", "allow_overlap", "text_prefix", "description_prefix", "calibrate", "config", "lr_scales",
-        "overrides")
+        "overrides", "tasks")
 CHAT_MAX_NEW_TOKENS = 8  # a reply naming a label
 SIMILARITY_TEMPERATURE = 0.05  # cosine similarities -> probabilities (sentence-transformers' contrastive scale 20)
 
@@ -65,7 +65,7 @@ class Variant:
     language: str | None = None  # the prompt's language (a task template); default: the task's
     k: int = 4  # few-shot: demonstrations in all (decoders), examples per class (encoders)
     seeds: tuple[int, ...] = (0,)
-    prompt: str = "chat"  # decoders (zero-shot, few-shot, a decoder run): chat (its chat template) | plain (none)
+    prompt: str = "chat"  # decoders (zero-shot, few-shot, a decoder run or train): chat (its chat template) | plain
     form: str = "multi-turn"  # few-shot on a decoder with chat prompts: multi-turn | one-message
     demonstrations: str | None = None  # few-shot: another task to draw them from (cross-lingual); default: the task
     classifier: str = "logistic"  # few-shot on an encoder: logistic | centroid
@@ -78,6 +78,8 @@ class Variant:
     config: str | None = None  # train: a run config (configs/*.yaml)
     lr_scales: tuple[float, ...] = (1.0,)  # train: each multiplies the config's learning rates; best on validation
     overrides: dict[str, Any] | None = None  # train: `--set` values, e.g. {model: e5-small}
+    # in a suite: only these of its tasks (a few-shot k per kind of task, a classifier kept off entity tasks); None: all
+    tasks: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -87,7 +89,8 @@ class Variant:
             return f"run {Path(self.run).name}" + (f" {self.prompt}" if self.prompt != "chat" else "")
         if self.kind == "train":
             model = (self.overrides or {}).get("model")
-            return f"train {Path(self.config).stem}" + (f" {model}" if model else "")
+            return f"train {Path(self.config).stem}" + (f" {model}" if model else "") + \
+                (f" {self.prompt}" if self.prompt != "chat" else "")
         parts = [self.kind, self.model]
         if self.kind == "few-shot":
             parts.append(f"k={self.k}")
@@ -117,6 +120,10 @@ def parse_variant(raw: Any, where: str = "variant") -> Variant:
         values["lr_scales"] = tuple(float(s) for s in scales)
     if "overrides" in values and not isinstance(values["overrides"], dict):
         raise VariantError(f"{where}: overrides must map config keys to values, e.g. {{model: e5-small}}")
+    if "tasks" in values:
+        if not isinstance(values["tasks"], list) or not values["tasks"]:
+            raise VariantError(f"{where}: tasks must list some of the suite's tasks, e.g. [qa-en, qa-pt]")
+        values["tasks"] = tuple(str(t) for t in values["tasks"])
     if "seeds" in values:
         values["seeds"] = tuple(int(s) for s in (values["seeds"] if isinstance(values["seeds"], list)
                                                   else [values["seeds"]]))
@@ -134,9 +141,9 @@ def parse_variant(raw: Any, where: str = "variant") -> Variant:
         raise VariantError(f"{where}: form {variant.form!r} is unknown; valid: {', '.join(FORMS)}")
     if variant.prompt not in PROMPTS:
         raise VariantError(f"{where}: prompt {variant.prompt!r} is unknown; valid: {', '.join(PROMPTS)}")
-    if variant.prompt == "plain" and variant.kind not in ("zero-shot", "few-shot", "run"):
-        raise VariantError(f"{where}: prompt: plain is for scored decoder variants (zero-shot, few-shot, run); a "
-                           f"{variant.kind} variant has no prompt setting")
+    if variant.prompt == "plain" and variant.kind not in ("zero-shot", "few-shot", "run", "train"):
+        raise VariantError(f"{where}: prompt: plain is for scored decoder variants (zero-shot, few-shot, run, train); "
+                           f"a {variant.kind} variant has no prompt setting")
     if variant.prompt == "plain" and "form" in raw:  # a plain prompt is one text: nothing to split into turns
         raise VariantError(f"{where}: form applies to chat prompts only; drop it, or use prompt: chat")
     if variant.classifier not in CLASSIFIERS:

@@ -396,6 +396,31 @@ def test_a_suite_on_counterfactual_pairs_reports_the_probe(tmp_path, tiny_model)
     assert "## Bias probe" in (tmp_path / "out" / "results.md").read_text()
 
 
+def test_a_variant_runs_on_the_tasks_it_names_and_every_builtin_suite_parses(tmp_path, tiny_model):
+    from harness.suite import builtin_suites, load_suite, run_suite
+
+    reviews = write_reviews(tmp_path / "reviews.csv")
+    data = {"source": str(reviews), "text_column": "review", "label_column": "sentiment"}
+    first, second = (str(write_task(tmp_path, {**data, "split": split})) for split in ("test", "all"))
+    every = {"kind": "zero-shot", "model": str(tiny_model)}
+    only = {**every, "tasks": [second]}
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "some", "tasks": [first, second], "variants": [every, only]}))
+    rows = run_suite(load_suite(suite), tmp_path / "out", say=lambda line: None)
+    label = f"zero-shot {tiny_model}"
+    assert [(r["variant"], r["task"]) for r in rows] == [(label, first), (label, second), (label, second)]
+    # the tasks a variant names are not part of what it scores: the same settings on a task share one result
+    assert rows[2]["score"] == rows[1]["score"] and len(list((tmp_path / "out" / "cache").glob("*.json"))) == 2
+    suite.write_text(yaml.safe_dump({"name": "some", "tasks": [first], "variants": [only]}))
+    with pytest.raises(VariantError, match=rf"variants\[0\] names tasks \['{re.escape(second)}'\] that the suite "
+                                           rf"does not run; its tasks: {re.escape(first)}"):
+        load_suite(suite)
+    with pytest.raises(VariantError, match="tasks must list some of the suite's tasks"):
+        parse_variant({**every, "tasks": "qa-en"})
+    for name in builtin_suites():  # every built-in suite's keys, variants and task names are valid
+        assert load_suite(name).variants, name
+
+
 def test_costs_come_from_the_compiled_program(tiny_model):
     import tljax
     from harness.encoders import Embedder
@@ -498,6 +523,8 @@ def test_plain_prompt_settings_are_checked():
         with pytest.raises(VariantError, match=message):
             parse_variant({"model": "m", **bad})
     assert parse_variant({"kind": "zero-shot", "model": "m", "prompt": "plain"}).label == "zero-shot m plain"
+    # a chat-tuned run the suite trains, asked without the form it was taught
+    assert parse_variant({"kind": "train", "config": "configs/c.yaml", "prompt": "plain"}).label == "train c plain"
     with pytest.raises(TaskError, match=r"templates.en.plain must be a string containing \{text\}"):
         parse_task({**SENTIMENT, "templates": {"en": {**SENTIMENT["templates"]["en"], "plain": "no text"}}})
 
