@@ -72,7 +72,9 @@ def results_frame(rows: Sequence[dict[str, Any]]) -> pandas.DataFrame:
     the headline `metric` and its `score` with the 95% interval (`score_low`, `score_high`), the task kind's own
     figures (accuracy under each rule, F1, MCC, p against chance, unread; entity precision / recall / macro F1,
     unread, unfound; exact match, answerable F1, no-answer, unanswered), the costs (trainable parameters, training
-    seconds, examples per second, GFLOP per example, peak and on-disk MB) and the notes."""
+    seconds, examples per second, GFLOP per example, peak and on-disk MB) and the notes; on a task of counterfactual
+    pairs, the bias probe's figures too (pairs, flip_rate, the mean change in P(positive) `mean_delta` with its 95%
+    interval and `mean_abs_delta`, and `flip_rate_<dimension>` for gender, name and origin)."""
     import pandas
 
     return pandas.DataFrame([_row(row) for row in rows])
@@ -101,4 +103,11 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
                 "examples_per_second": costs.get("examples_per_second"),
                 "gflops_per_example": None if flops is None else flops / 1e9, "peak_mb": costs.get("memory_mb"),
                 "size_mb": costs.get("size_mb"), "notes": "; ".join(row.get("notes") or [])})
+    if row.get("bias"):  # the bias probe's figures (counterfactual tasks): overall, then per dimension
+        every = row["bias"]["all"]
+        low, high = every.get("mean_delta_ci", [math.nan] * 2)
+        out.update(pairs=every["pairs"], flip_rate=every["flip_rate"], mean_delta=every.get("mean_delta"),
+                   mean_delta_low=low, mean_delta_high=high, mean_abs_delta=every.get("mean_abs_delta"))
+        out.update({f"flip_rate_{dimension}": figures["flip_rate"] for dimension, figures in sorted(row["bias"].items())
+                    if dimension != "all"})
     return out
