@@ -1,0 +1,5 @@
+import sys
+
+from notebooks.run import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""Executes the notebooks at a budget and writes HTML copies with their outputs.
+
+    python -m notebooks                                   # every notebook, English and Portuguese, at the full
+                                                          # budget (a GPU), HTML copies in docs/notebooks/
+    python -m notebooks --budget cpu --only 02,03 --language en --html /tmp/notebooks-cpu
+
+Each notebook runs in a kernel of its own (the `python3` kernel of this environment, started with
+TLJAX_NOTEBOOK_BUDGET set to the budget), in order, the notebooks of a language in one working folder under
+`--workdir` as a reader runs them in one folder (their runs and harness results go there: notebook 6 probes the run
+notebook 4 trained), and stops at the first error. The notebooks in notebooks/ are never
+written: they stay without outputs (tests/test_notebooks.py checks it); the outputs go into the HTML copies only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+HERE = Path(__file__).parent
+LANGUAGES = ("en", "pt")
+BUDGETS = ("tiny", "cpu", "full")
+# the cell that starts every notebook after the first in a shared kernel: a clean namespace, its own folder
+_BETWEEN = "%reset -f\nimport os\nos.chdir({folder!r})"
+
+
+def notebook_paths(language: str = "en", only: Sequence[str] = ()) -> list[Path]:
+    """The notebooks of a language in their order (01_..., 02_...), or those whose number is in `only`."""
+    paths = sorted((HERE / language).glob("[0-9][0-9]_*.ipynb"))
+    return [path for path in paths if not only or path.name[:2] in only]
+
+
+def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[str, str] | None = None,
+            shared_kernel: bool = False, timeout: int | None = None, say=print) -> list[nbformat.NotebookNode]:
+    """Each notebook executed at `budget` (a copy: the files are not written), in `workdir`/<language>/; returns
+    the executed copies in order. `env` adds to the kernel's environment. `shared_kernel` runs them all in
+    one kernel, one after the other, each from a clean namespace (`%reset -f`) in its folder: the imports and
+    compiled programs of the first serve the others (the test's way; a fresh kernel each is the reader's way).
+    A failing cell raises `CellExecutionError`, its message naming the notebook."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget {budget!r} is not one of {', '.join(BUDGETS)}")
+    kernel_env = {**os.environ, **(env or {}), "TLJAX_NOTEBOOK_BUDGET": budget}
+    folders = [Path(workdir) / path.parent.name for path in paths]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    notebooks = [nbformat.read(path, as_version=4) for path in paths]
+    if not shared_kernel:
+        executed = []
+        for path, notebook, folder in zip(paths, notebooks, folders):
+            started = time.monotonic()
+            _run(notebook, folder, kernel_env, timeout, path)
+            say(f"{path.parent.name}/{path.name}: {time.monotonic() - started:.0f} s")
+            executed.append(notebook)
+        return executed
+    # one notebook of all of them, each one's cells tagged with its index, a reset cell before each but the first
+    merged = nbformat.v4.new_notebook(metadata=notebooks[0].metadata)
+    for index, (notebook, folder) in enumerate(zip(notebooks, folders)):
+        if index:
+            merged.cells.append(nbformat.v4.new_code_cell(_BETWEEN.format(folder=str(folder)),
+                                                          metadata={"tljax_between": index}))
+        for cell in notebook.cells:
+            cell.metadata["tljax_notebook"] = index
+            merged.cells.append(cell)
+    started = time.monotonic()
+    try:
+        _run(merged, folders[0], kernel_env, timeout, None)
+    except CellExecutionError as error:
+        failed = next((paths[cell.metadata["tljax_notebook"]] for cell in reversed(merged.cells)
+                       if cell.cell_type == "code" and cell.get("outputs") and "tljax_notebook" in cell.metadata
+                       and any(output.output_type == "error" for output in cell.outputs)), None)
+        raise CellExecutionError(f"in {failed}:\n{error}", error.ename, error.evalue) from None
+    say(f"{len(paths)} notebooks in one kernel: {time.monotonic() - started:.0f} s")
+    for notebook in notebooks:
+        for cell in notebook.cells:
+            del cell.metadata["tljax_notebook"]
+    return notebooks
+
+
+def _run(notebook: nbformat.NotebookNode, folder: Path, env: Mapping[str, str], timeout: int | None,
+         path: Path | None) -> None:
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3", resources={
+        "metadata": {"path": str(folder)}})
+    try:
+        client.execute(env=dict(env))
+    except CellExecutionError as error:
+        if path is None:
+            raise
+        raise CellExecutionError(f"in {path}:\n{error}", error.ename, error.evalue) from None
+
+
+def write_html(notebooks: Sequence[nbformat.NotebookNode], paths: Sequence[Path], folder: Path) -> list[Path]:
+    """Each executed notebook as <folder>/<language>/<name>.html; returns the files written."""
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    exporter = HTMLExporter()
+    # a progress bar arrives as hundreds of outputs ending in "\r": a page shows its last state, as Jupyter does
+    exporter.register_preprocessor(CoalesceStreamsPreprocessor(), enabled=True)
+    written = []
+    for notebook, path in zip(notebooks, paths):
+        body, _ = exporter.from_notebook_node(notebook)
+        target = Path(folder) / path.parent.name / f"{path.stem}.html"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(body, encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notebooks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", choices=BUDGETS, default="full",
+                        help="how much each notebook trains: full (a GPU; the default), cpu (2 CPU cores), tiny "
+                             "(the tests' tiny model, named by TLJAX_NOTEBOOK_MODEL)")
+    parser.add_argument("--language", choices=(*LANGUAGES, "both"), default="both")
+    parser.add_argument("--only", default="", help="notebook numbers, comma-separated (e.g. 02,03); default: all")
+    parser.add_argument("--html", type=Path, default=HERE.parent / "docs" / "notebooks",
+                        help="where the HTML copies go (<language>/<notebook>.html); default: docs/notebooks")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the notebooks run (their runs and results); default: a new temporary folder")
+    parser.add_argument("--timeout", type=int, default=None, help="seconds a cell may take (default: no limit)")
+    args = parser.parse_args(argv)
+    only = [number.strip().zfill(2) for number in args.only.split(",") if number.strip()]
+    languages = LANGUAGES if args.language == "both" else (args.language,)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tljax-notebooks-"))
+    print(f"running in {workdir}", flush=True)
+    for language in languages:
+        for path in notebook_paths(language, only):  # one at a time: each copy is written as soon as it ran
+            try:
+                executed = execute([path], args.budget, workdir, timeout=args.timeout,
+                                   say=lambda line: print(line, flush=True))
+            except CellExecutionError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+            for written in write_html(executed, [path], args.html):
+                print(f"wrote {written}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
