@@ -239,6 +239,7 @@ def minilm_ner_run(tmp_path_factory) -> Path:
 # workers' ends (with those mid-size modules in name order one worker ended 56 s before the other).
 LONGEST_FIRST = ("test_harness_real", "test_real_models", "test_qa_cross_lingual_real",
                  "test_transfer_real", "test_gemma3_real", "test_tagging_real", "test_faults", "test_app_real",
+                 "test_notebooks",
                  "test_benchmarks", "test_methods", "test_seq2seq", "test_t5_transfer", "test_tagging_runs", "test_transfer",
                  "test_gemma3", "test_t5", "test_gpt2", "test_harness", "test_qa",
                  "test_harness_entities", "test_app_answers", "test_qa_strategies", "test_harness_answers",
