@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from harness.suite import Suite, run_suite
 from harness.variants import VariantError, parse_variant
 from tljax.errors import InputError
+from tljax.progress import quiet_libraries
 
 if TYPE_CHECKING:
     import pandas
@@ -51,7 +52,8 @@ def evaluate(task: str | Path, variants: Sequence[dict[str, Any] | Any], limit: 
         folder = Path(out) if out is not None else Path("harness-results") / suite.name
         # train variants' runs: shared by every suite under harness-results/, as the command shares them
         runs = folder / "runs" if out is not None else Path("harness-results") / "runs"
-        rows = run_suite(suite, folder, limit, say=print, runs_dir=runs)
+        with quiet_libraries():
+            rows = run_suite(suite, folder, limit, say=print, runs_dir=runs)
     except InputError as error:  # the one line, not a traceback from deep inside
         raise error.with_traceback(None) from None
     return results_frame(rows)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from tljax.progress import quiet_widget_notice
+
 if TYPE_CHECKING:
     from jax.typing import DTypeLike
 
@@ -22,6 +24,7 @@ __all__ = ["Run", "fine_tune", "load"]
 # transformers serves tljax its tokenizers only; installed without PyTorch (which tljax never needs), it would
 # advise on import that "PyTorch was not found. Models won't be available"
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+quiet_widget_notice()
 
 __version__ = "0.1.0"
 

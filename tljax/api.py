@@ -19,19 +19,17 @@ after the step and saves a checkpoint) raises `TrainingStopped`, and `fine_tune(
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import sys
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from tljax.cache import enable_compilation_cache
 from tljax.data.dataset import SPLIT_ALIASES, DataError
 from tljax.errors import InputError
+from tljax.progress import quiet_libraries
 from tljax.run_handle import Run
 from tljax.train.config import ConfigKeyError, RunConfig, TrainingConfig, load_config
 from tljax.train.launch import launch
@@ -96,7 +94,7 @@ def fine_tune(model: str | None = None, data: DataArgument | None = None, method
         run_dir = Path(planned.output_dir)
         written = write_data(run_dir, tables, resume=resume)
         try:
-            with _quiet_libraries():
+            with quiet_libraries():
                 summary = launch(planned, resume=resume, say=print)
         except InputError:
             _remove(written, run_dir)  # bad input leaves nothing behind, as the command leaves nothing
@@ -297,25 +295,3 @@ def _remove(written: list[Path], run_dir: Path) -> None:
     for folder in (run_dir / RUN_DATA, run_dir):
         if written and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-
-
-# the loggers of the libraries under a run, whose INFO and WARNING lines say nothing to a notebook's user
-LIBRARY_LOGGERS = ("absl", "jax", "orbax", "transformers", "datasets", "tensorflow_datasets", "huggingface_hub")
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Holds back the log lines and Python warnings of JAX, orbax, transformers and datasets for the length of a
-    run (the command's users see them in a terminal's scroll; a notebook keeps them in its cell); tljax's own
-    warnings still show."""
-    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
-    for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            for module in (r"jax\.", r"jaxlib\.", r"orbax\.", r"transformers\.", r"datasets\.", r"flax\."):
-                warnings.filterwarnings("ignore", module=module)
-            yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)

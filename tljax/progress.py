@@ -4,8 +4,12 @@ without the widgets)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -26,3 +30,34 @@ def progress_bar(**options: Any):
     from tqdm import tqdm
 
     return tqdm(**options)
+
+
+def quiet_widget_notice() -> None:
+    """Holds back, for the process, tqdm's notice that a notebook kernel lacks ipywidgets ("IProgress not found"),
+    which `huggingface_hub` triggers by importing tqdm.auto: there tljax shows the text bar on purpose."""
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is None:
+        warnings.filterwarnings("ignore", message="IProgress not found", module=r"tqdm\.")
+
+
+# the loggers of the libraries under a run, whose INFO and WARNING lines say nothing to a notebook's user
+LIBRARY_LOGGERS = ("absl", "jax", "orbax", "transformers", "datasets", "tensorflow_datasets", "huggingface_hub")
+# the modules whose Python warnings are held back with them
+QUIET_MODULES = (r"jax\.", r"jaxlib\.", r"orbax\.", r"transformers\.", r"datasets\.", r"flax\.", r"huggingface_hub\.")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Holds back the log lines and Python warnings of JAX, orbax, transformers, datasets and the progress bars'
+    imports for the length of the block (a run, an evaluation, a prediction from Python: the command's users see
+    them in a terminal's scroll; a notebook keeps them in its cell); tljax's own warnings still show."""
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for module in QUIET_MODULES:
+                warnings.filterwarnings("ignore", module=module)
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tljax.errors import InputError
+from tljax.progress import quiet_libraries
 from tljax.predict import AnswerFinder, EntityTagger, TextGenerator, load_predictor
 from tljax.report import methods_text
 from tljax.runs import find_export
@@ -104,7 +105,8 @@ class Run:
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         try:
-            predictor = self._load_predictor()
+            with quiet_libraries():  # loading imports transformers and its tqdm
+                predictor = self._load_predictor()
             if isinstance(predictor, AnswerFinder):
                 if contexts is None:
                     raise InputError("this is a question-answering run: give the questions and their contexts, "
