@@ -184,9 +184,9 @@ def test_users_under_load_get_their_own_answers(real_page):
     url, _, _ = real_page
     columns = [Column("/answer_1", "minilm-l6", "zero-shot"), Column("/answer_2", "minilm-l6", "LoRA r8 · minilm-lora"),
                Column("/answer_3", "smollm2-135m-instruct", "zero-shot")]
-    report = run_load(url, columns, users=4, seconds=15)
+    report = run_load(url, columns, users=4, seconds=8)
     assert not report.errors and not report.mismatches, report.summary()
-    assert report.requests >= 8, report.summary()
+    assert report.requests >= 4, report.summary()
 
 
 def test_ner_variants_answer_side_by_side_and_blind(real_page):
