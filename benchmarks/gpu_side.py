@@ -54,7 +54,7 @@ def jax_train(spec: dict[str, Any]) -> dict[str, Any]:
         count, total = prepared.objective.count(FINAL_STEP)
         rows[one["name"]] = {"first_step_s": first, "step_s": per_step, "trainable": count, "parameters": total,
                              "first_loss": float(losses[0])}
-        del engine, state, prepared
+        engine = state = prepared = None  # the next config's model is built with these freed
     return {"rows": rows, "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
 
 
