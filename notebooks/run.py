@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -109,9 +110,26 @@ def write_html(notebooks: Sequence[nbformat.NotebookNode], paths: Sequence[Path]
         body, _ = exporter.from_notebook_node(notebook)
         target = Path(folder) / path.parent.name / f"{path.stem}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(body, encoding="utf-8")
+        page, styles = shared_styles(body)
+        (Path(folder) / STYLES).write_text(styles, encoding="utf-8")
+        target.write_text(page, encoding="utf-8")
         written.append(target)
     return written
+
+
+STYLES = "notebook.css"  # beside the language folders: every copy links it
+
+
+def shared_styles(page: str) -> tuple[str, str]:
+    """The page with the template's style sheets (in <head>, 7,000 lines the same in every copy) replaced by a link
+    to ../notebook.css, and those style sheets; the page's own styles (its tables') stay in it."""
+    head_end = page.index("</head>")
+    head, rest = page[:head_end], page[head_end:]
+    sheet = re.compile(r'<style type="text/css">(.*?)</style>\n?', re.S)
+    styles = "\n".join(block.strip("\n") for block in sheet.findall(head)) + "\n"
+    head = sheet.sub("", head, count=0)
+    head = head.replace("</title>", f'</title><link rel="stylesheet" href="../{STYLES}">', 1)
+    return head + rest, styles
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -73,6 +73,9 @@ def test_the_english_notebooks_run_at_the_tiny_budget(tiny_models, tmp_path):
     written = write_html(executed, paths, tmp_path / "html")
     assert [path.name for path in written] == [f"{path.stem}.html" for path in paths]
     assert "Pareto front" in written[2].read_text()
+    # the template's style sheets once, beside the language folders, linked from every copy
+    assert (tmp_path / "html" / "notebook.css").is_file()
+    assert all('<link rel="stylesheet" href="../notebook.css">' in path.read_text() for path in written)
     assert written[1].read_text().count("training: 100%") == 3  # each progress bar once, as it ended
 
 
