@@ -5,7 +5,9 @@ import fcntl
 import gc
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,8 +151,23 @@ def shared_run(tmp_path_factory, name: str, config: dict | None = None, *overrid
             done = subprocess.run(command, env=cli_env(devices=1), capture_output=True, text=True)
             (root / f"{name}.stdout").write_text(done.stdout)
             (root / f"{name}.stderr").write_text(done.stderr)
-            assert done.returncode == 0, f"the shared run {name} failed:\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, f"the shared run {name} failed ({exit_status(done.returncode)}):\n" \
+                f"{without_progress_bars(done.stderr)[-3000:]}"
     return run_dir
+
+
+def exit_status(returncode: int) -> str:
+    """How a process ended, in words: `exit code 1`, or `killed by SIGKILL` (what the OOM killer sends)."""
+    if returncode < 0:
+        return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
+
+
+def without_progress_bars(text: str) -> str:
+    """A process's stderr without tqdm's redrawn bars (`\\r`-separated, `N/M [..., step/s]`), so that what is
+    left to show is its warnings and its traceback."""
+    lines = re.split(r"[\r\n]+", text)
+    return "\n".join(line for line in lines if line.strip() and not re.search(r"\d+/\d+ \[[^\]]*\]", line))
 
 
 def shared_value(tmp_path_factory, name: str, compute):

@@ -21,7 +21,8 @@ def smooth(values: list[float], window: int = 10) -> np.ndarray:
 
 def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, float]], metric: str,
              chance: float | None) -> str:
-    """Reads the curves as a person would: under-fitting, over-fitting, or a good fit, and what to try.
+    """Reads the curves as a person would: diverging, over-fitting, under-fitting, still improving or a good fit,
+    and what to try.
 
     `train`: (step, loss); `validation`: (step, loss, metric); `chance`: the metric of always guessing the majority class (None: no such baseline, as for language modelling).
     """
@@ -37,7 +38,17 @@ def diagnose(train: list[tuple[int, float]], validation: list[tuple[int, float, 
              f"validation {metric} ended at {scores[-1]:.3f}"
              + (f" (majority class: {chance:.3f})." if chance is not None else ".")]
     rising = len(losses) >= 3 and best < len(losses) - 1 and losses[-1] > 1.1 * losses[best]
-    if rising and train_end < losses[best]:
+    # a fresh model's loss is the first step's; a run whose (smoothed) train loss climbed well above it and that
+    # did not end clearly below it, or scores no better than guessing, took steps too large to learn from: its
+    # validation loss may rise too, but that is not over-fitting (what it would have learnt, it never did)
+    first = train[0][1]
+    peak = float(np.max(smooth([loss for _, loss in train])))
+    unlearnt = train_end > 0.9 * first or (chance is not None and scores[-1] < chance + 0.05)
+    if peak > 1.2 * first and unlearnt:
+        lines.append(f"Diverging: the train loss climbed above a fresh model's ({first:.3f}, to {peak:.3f} "
+                     "smoothed) and the model did not learn: the steps are too large. Lower the learning rate "
+                     "(3 to 10 times) or warm up for longer.")
+    elif rising and train_end < losses[best]:
         lines.append("Over-fitting: the validation loss rose after its minimum while the train loss kept "
                      "falling. The best checkpoint (kept) is from before it; try fewer epochs, more dropout or "
                      "weight decay, fewer trainable parameters, or more data.")
