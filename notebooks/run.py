@@ -14,6 +14,8 @@ written: they stay without outputs (tests/test_notebooks.py checks it); the outp
 from __future__ import annotations
 
 import argparse
+import datetime
+import html
 import os
 import re
 import sys
@@ -58,7 +60,9 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
         for path, notebook, folder in zip(paths, notebooks, folders):
             started = time.monotonic()
             _run(notebook, folder, kernel_env, timeout, path)
-            say(f"{path.parent.name}/{path.name}: {time.monotonic() - started:.0f} s")
+            seconds = time.monotonic() - started
+            say(f"{path.parent.name}/{path.name}: {seconds:.0f} s")
+            notebook.metadata["tljax"] = executed_on(budget, seconds)
             executed.append(notebook)
         return executed
     # one notebook of all of them, each one's cells tagged with its index, a reset cell before each but the first
@@ -82,7 +86,20 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
     for notebook in notebooks:
         for cell in notebook.cells:
             del cell.metadata["tljax_notebook"]
+        notebook.metadata["tljax"] = executed_on(budget, None)
     return notebooks
+
+
+def executed_on(budget: str, seconds: float | None) -> dict:
+    """How a notebook was executed (its copy says it at the top): the budget, on what, when, how long (None: not
+    measured alone, as in a shared kernel)."""
+    import jax  # the kernel runs in this environment, on this machine: its devices are these
+
+    devices = jax.devices()
+    cpu = devices[0].platform == "cpu"
+    return {"budget": budget, "devices": os.cpu_count() if cpu else len(devices),
+            "device_kind": "CPU" if cpu else devices[0].device_kind, "date": datetime.date.today().isoformat(),
+            "seconds": None if seconds is None else round(seconds)}
 
 
 def _run(notebook: nbformat.NotebookNode, folder: Path, env: Mapping[str, str], timeout: int | None,
@@ -108,6 +125,7 @@ def write_html(notebooks: Sequence[nbformat.NotebookNode], paths: Sequence[Path]
     written = []
     for notebook, path in zip(notebooks, paths):
         body, _ = exporter.from_notebook_node(notebook)
+        body = with_execution_line(body, notebook.metadata.get("tljax"), path.parent.name)
         target = Path(folder) / path.parent.name / f"{path.stem}.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         page, styles = shared_styles(body)
@@ -115,6 +133,32 @@ def write_html(notebooks: Sequence[nbformat.NotebookNode], paths: Sequence[Path]
         target.write_text(page, encoding="utf-8")
         written.append(target)
     return written
+
+
+# the line at the top of each copy, in the notebook's language
+_EXECUTED = {"en": "Executed with {command} on {devices}{took}, {date}.",
+             "pt": "Executado com {command} em {devices}{took}, {date}."}
+_CPU_CORES = {"en": "{n} CPU cores", "pt": "{n} núcleos de CPU"}
+
+
+def with_execution_line(page: str, executed: dict | None, language: str) -> str:
+    """The page with a line at the top of its content saying at which budget, on what and when it was executed
+    (the copies in one folder may come from different budgets: a reader compares their figures knowing it)."""
+    if not executed:
+        return page
+    n, kind = executed["devices"], executed["device_kind"]
+    devices = _CPU_CORES[language].format(n=n) if kind == "CPU" else f"{n} x {html.escape(kind)}"
+    seconds = executed.get("seconds")
+    took = "" if seconds is None else f", {seconds} s" if seconds < 120 else f", {seconds / 60:.0f} min"
+    command = f"<code>python -m notebooks --budget {executed['budget']}</code>"
+    text = _EXECUTED[language].format(command=command, devices=devices, took=took, date=executed["date"])
+    opening = re.search(r"<main[^>]*>\n?", page) or re.search(r"<body[^>]*>\n?", page)
+    # as a markdown cell without a prompt, so that it sits in the content column in the page's own type
+    line = ('<div class="jp-Cell jp-MarkdownCell jp-Notebook-cell tljax-executed"><div class="jp-Cell-inputWrapper">'
+            '<div class="jp-InputArea jp-Cell-inputArea"><div class="jp-InputPrompt jp-InputArea-prompt"></div>'
+            '<div class="jp-RenderedHTMLCommon jp-RenderedMarkdown jp-MarkdownOutput">'
+            f'<p><em>{text}</em></p></div></div></div></div>\n')
+    return page[:opening.end()] + line + page[opening.end():] if opening else page
 
 
 STYLES = "notebook.css"  # beside the language folders: every copy links it

@@ -2,6 +2,7 @@
 random models, in one kernel; each Portuguese notebook with the English one's code cells, and no notebook committed
 with outputs."""
 
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import nbformat
 import pytest
 
 from conftest import WORDS, save_word_tokenizer
-from notebooks.run import execute, notebook_paths, write_html
+from notebooks.run import execute, notebook_paths, with_execution_line, write_html
 
 NUMBERS = ["01", "02", "03", "04", "05", "06"]
 
@@ -77,6 +78,23 @@ def test_the_english_notebooks_run_at_the_tiny_budget(tiny_models, tmp_path):
     assert (tmp_path / "html" / "notebook.css").is_file()
     assert all('<link rel="stylesheet" href="../notebook.css">' in path.read_text() for path in written)
     assert written[1].read_text().count("training: 100%") == 3  # each progress bar once, as it ended
+    # each copy says how it was executed (no time: the notebooks shared a kernel)
+    assert all(f"Executed with <code>python -m notebooks --budget tiny</code> on {os.cpu_count()} CPU cores, "
+               in path.read_text() for path in written)
+
+
+def test_a_copy_says_at_which_budget_on_what_and_when_it_ran_in_its_language():
+    page = '<html><head></head><body class="jp-Notebook">\n<main>\n<div>first cell</div></main></body></html>'
+    on_cpu = {"budget": "full", "devices": 2, "device_kind": "CPU", "date": "2026-12-07", "seconds": 1510}
+    portuguese = with_execution_line(page, on_cpu, "pt")
+    line = re.search(r'<main>\n(<div class="[^"]*tljax-executed.*</div>)\n<div>first cell</div>', portuguese)
+    assert line and portuguese == page.replace("<main>\n", f"<main>\n{line[1]}\n")  # first in the content
+    assert ("<em>Executado com <code>python -m notebooks --budget full</code> em 2 núcleos de CPU, 25 min, "
+            "2026-12-07.</em>") in line[1]
+    on_gpu = {**on_cpu, "devices": 1, "device_kind": "NVIDIA H200", "seconds": 95}
+    assert "Executed with <code>python -m notebooks --budget full</code> on 1 x NVIDIA H200, 95 s, 2026-12-07." in \
+        with_execution_line(page, on_gpu, "en")
+    assert with_execution_line(page, None, "en") == page  # a notebook executed elsewhere: nothing claimed
 
 
 def test_each_portuguese_notebook_has_the_english_code_cells_and_none_has_outputs():
