@@ -18,6 +18,7 @@ import datetime
 import html
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +52,7 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
     if budget not in BUDGETS:
         raise ValueError(f"budget {budget!r} is not one of {', '.join(BUDGETS)}")
     kernel_env = {**os.environ, **(env or {}), "TLJAX_NOTEBOOK_BUDGET": budget}
+    machine = kernel_machine(kernel_env)
     folders = [Path(workdir) / path.parent.name for path in paths]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,7 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
             _run(notebook, folder, kernel_env, timeout, path)
             seconds = time.monotonic() - started
             say(f"{path.parent.name}/{path.name}: {seconds:.0f} s")
-            notebook.metadata["tljax"] = executed_on(budget, seconds)
+            notebook.metadata["tljax"] = executed_on(budget, seconds, machine)
             executed.append(notebook)
         return executed
     # one notebook of all of them, each one's cells tagged with its index, a reset cell before each but the first
@@ -86,20 +88,27 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
     for notebook in notebooks:
         for cell in notebook.cells:
             del cell.metadata["tljax_notebook"]
-        notebook.metadata["tljax"] = executed_on(budget, None)
+        notebook.metadata["tljax"] = executed_on(budget, None, machine)
     return notebooks
 
 
-def executed_on(budget: str, seconds: float | None) -> dict:
-    """How a notebook was executed (its copy says it at the top): the budget, on what, when, how long (None: not
-    measured alone, as in a shared kernel)."""
-    import jax  # the kernel runs in this environment, on this machine: its devices are these
-
-    devices = jax.devices()
-    cpu = devices[0].platform == "cpu"
-    return {"budget": budget, "devices": os.cpu_count() if cpu else len(devices),
-            "device_kind": "CPU" if cpu else devices[0].device_kind, "date": datetime.date.today().isoformat(),
+def executed_on(budget: str, seconds: float | None, machine: dict) -> dict:
+    """How a notebook was executed (its copy says it at the top): the budget, on what (`machine`), when, how long
+    (None: not measured alone, as in a shared kernel)."""
+    return {"budget": budget, **machine, "date": datetime.date.today().isoformat(),
             "seconds": None if seconds is None else round(seconds)}
+
+
+_DEVICES = ("import jax, os; d = jax.devices(); cpu = d[0].platform == 'cpu'; "
+            "print(os.cpu_count() if cpu else len(d), 'CPU' if cpu else d[0].device_kind)")
+
+
+def kernel_machine(env: Mapping[str, str]) -> dict:
+    """The devices a kernel started with `env` sees (CPU cores, or the accelerators and their kind), asked of a
+    short-lived process of its own: JAX started in this one would hold the GPU's memory the kernel needs."""
+    done = subprocess.run([sys.executable, "-c", _DEVICES], env=dict(env), capture_output=True, text=True, check=True)
+    count, kind = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    return {"devices": int(count), "device_kind": kind}
 
 
 def _run(notebook: nbformat.NotebookNode, folder: Path, env: Mapping[str, str], timeout: int | None,
