@@ -5,9 +5,11 @@
     python -m notebooks --budget cpu --only 02,03 --language en --html /tmp/notebooks-cpu
 
 Each notebook runs in a kernel of its own (the `python3` kernel of this environment, started with
-TLJAX_NOTEBOOK_BUDGET set to the budget), in order, the notebooks of a language in one working folder under
-`--workdir` as a reader runs them in one folder (their runs and harness results go there: notebook 6 probes the run
-notebook 4 trained), and stops at the first error. The notebooks in notebooks/ are never
+TLJAX_NOTEBOOK_BUDGET set to the budget), in order, in one working folder, `--workdir`, as a reader runs them in one
+folder (their runs and harness results go there: notebook 6 probes the run notebook 4 trained), and stops at the
+first error. Both languages run there: the Portuguese notebooks' code cells are the English ones', so they find the
+runs and harness results the English ones computed and load them (`tljax.fine_tune` loads a finished run of the
+same settings; the harness caches what it scored), and each copy says at its top how many it loaded. The notebooks in notebooks/ are never
 written: they stay without outputs (tests/test_notebooks.py checks it); the outputs go into the HTML copies only.
 """
 
@@ -32,7 +34,7 @@ from nbclient.exceptions import CellExecutionError
 HERE = Path(__file__).parent
 LANGUAGES = ("en", "pt")
 BUDGETS = ("tiny", "cpu", "full")
-# the cell that starts every notebook after the first in a shared kernel: a clean namespace, its own folder
+# the cell that starts every notebook after the first in a shared kernel: a clean namespace, in the working folder
 _BETWEEN = "%reset -f\nimport os\nos.chdir({folder!r})"
 
 
@@ -44,32 +46,31 @@ def notebook_paths(language: str = "en", only: Sequence[str] = ()) -> list[Path]
 
 def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[str, str] | None = None,
             shared_kernel: bool = False, timeout: int | None = None, say=print) -> list[nbformat.NotebookNode]:
-    """Each notebook executed at `budget` (a copy: the files are not written), in `workdir`/<language>/; returns
-    the executed copies in order. `env` adds to the kernel's environment. `shared_kernel` runs them all in
-    one kernel, one after the other, each from a clean namespace (`%reset -f`) in its folder: the imports and
+    """Each notebook executed at `budget` (a copy: the files are not written), in `workdir`; returns the executed
+    copies in order. `env` adds to the kernel's environment. `shared_kernel` runs them all in
+    one kernel, one after the other, each from a clean namespace (`%reset -f`): the imports and
     compiled programs of the first serve the others (the test's way; a fresh kernel each is the reader's way).
     A failing cell raises `CellExecutionError`, its message naming the notebook."""
     if budget not in BUDGETS:
         raise ValueError(f"budget {budget!r} is not one of {', '.join(BUDGETS)}")
     kernel_env = {**os.environ, **(env or {}), "TLJAX_NOTEBOOK_BUDGET": budget}
     machine = kernel_machine(kernel_env)
-    folders = [Path(workdir) / path.parent.name for path in paths]
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
     notebooks = [nbformat.read(path, as_version=4) for path in paths]
     if not shared_kernel:
         executed = []
-        for path, notebook, folder in zip(paths, notebooks, folders):
+        for path, notebook in zip(paths, notebooks):
             started = time.monotonic()
             _run(notebook, folder, kernel_env, timeout, path)
             seconds = time.monotonic() - started
             say(f"{path.parent.name}/{path.name}: {seconds:.0f} s")
-            notebook.metadata["tljax"] = executed_on(budget, seconds, machine)
+            notebook.metadata["tljax"] = {**executed_on(budget, seconds, machine), "loaded": loaded_results(_printed(notebook))}
             executed.append(notebook)
         return executed
     # one notebook of all of them, each one's cells tagged with its index, a reset cell before each but the first
     merged = nbformat.v4.new_notebook(metadata=notebooks[0].metadata)
-    for index, (notebook, folder) in enumerate(zip(notebooks, folders)):
+    for index, notebook in enumerate(notebooks):
         if index:
             merged.cells.append(nbformat.v4.new_code_cell(_BETWEEN.format(folder=str(folder)),
                                                           metadata={"tljax_between": index}))
@@ -78,7 +79,7 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
             merged.cells.append(cell)
     started = time.monotonic()
     try:
-        _run(merged, folders[0], kernel_env, timeout, None)
+        _run(merged, folder, kernel_env, timeout, None)
     except CellExecutionError as error:
         failed = next((paths[cell.metadata["tljax_notebook"]] for cell in reversed(merged.cells)
                        if cell.cell_type == "code" and cell.get("outputs") and "tljax_notebook" in cell.metadata
@@ -97,6 +98,22 @@ def executed_on(budget: str, seconds: float | None, machine: dict) -> dict:
     (None: not measured alone, as in a shared kernel)."""
     return {"budget": budget, **machine, "date": datetime.date.today().isoformat(),
             "seconds": None if seconds is None else round(seconds)}
+
+
+# what a cell prints where it finds its result already computed in the folder: tljax.fine_tune's finished run of the
+# same settings, and the harness's cached evaluation
+_LOADED = re.compile(r"already holds this run, finished|\(seed \d+\): cached$", re.M)
+
+
+def loaded_results(printed: str) -> int:
+    """How many runs and harness evaluations a notebook loaded (computed by an earlier execution of the same code in
+    its folder) rather than computed, from what its cells `printed`."""
+    return len(_LOADED.findall(printed))
+
+
+def _printed(notebook: nbformat.NotebookNode) -> str:
+    return "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                     for output in cell.get("outputs", ()) if output.get("output_type") == "stream")
 
 
 _DEVICES = ("import jax, os; d = jax.devices(); cpu = d[0].platform == 'cpu'; "
@@ -145,8 +162,12 @@ def write_html(notebooks: Sequence[nbformat.NotebookNode], paths: Sequence[Path]
 
 
 # the line at the top of each copy, in the notebook's language
-_EXECUTED = {"en": "Executed with {command} on {devices}{took}, {date}.",
-             "pt": "Executado com {command} em {devices}{took}, {date}."}
+_EXECUTED = {"en": "Executed with {command} on {devices}{took}, {date}.{loaded}",
+             "pt": "Executado com {command} em {devices}{took}, {date}.{loaded}"}
+_LOADED_LINE = {"en": " {n} of its runs and evaluations were loaded from an earlier execution of the same code in the "
+                      "same folder, not computed again.",
+                "pt": " {n} de seus treinos e avaliações foram carregados de uma execução anterior do mesmo código na "
+                      "mesma pasta, não calculados de novo."}
 _CPU_CORES = {"en": "{n} CPU cores", "pt": "{n} núcleos de CPU"}
 
 
@@ -160,7 +181,9 @@ def with_execution_line(page: str, executed: dict | None, language: str) -> str:
     seconds = executed.get("seconds")
     took = "" if seconds is None else f", {seconds} s" if seconds < 120 else f", {seconds / 60:.0f} min"
     command = f"<code>python -m notebooks --budget {executed['budget']}</code>"
-    text = _EXECUTED[language].format(command=command, devices=devices, took=took, date=executed["date"])
+    loaded = _LOADED_LINE[language].format(n=executed["loaded"]) if executed.get("loaded") else ""
+    text = _EXECUTED[language].format(command=command, devices=devices, took=took, date=executed["date"],
+                                      loaded=loaded)
     opening = re.search(r"<main[^>]*>\n?", page) or re.search(r"<body[^>]*>\n?", page)
     # as a markdown cell without a prompt, so that it sits in the content column in the page's own type
     line = ('<div class="jp-Cell jp-MarkdownCell jp-Notebook-cell tljax-executed"><div class="jp-Cell-inputWrapper">'

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 import tljax
 from conftest import cli_env, write_reviews, write_tagged
+from notebooks.run import loaded_results
 from tljax.api import plan, write_data
 from tljax.errors import InputError
 from tljax.train.config import load_config
@@ -183,7 +184,7 @@ def test_a_finished_run_loads_predicts_compares_and_draws(finished, tiny_model):
     assert "not a finished tljax run" in one_line_error(lambda: tljax.Run.load(folder))
 
 
-def test_harness_evaluate_returns_the_results_table(finished, tiny_model):
+def test_harness_evaluate_returns_the_results_table(finished, tiny_model, capsys):
     import harness
 
     folder, _, run = finished
@@ -201,8 +202,52 @@ def test_harness_evaluate_returns_the_results_table(finished, tiny_model):
     assert (table["score_low"] <= table["score"]).all() and table["trainable_parameters"].iloc[1] > 0
     records = json.loads((folder / "evaluated" / "results.json").read_text())["rows"]
     assert table["score"].tolist() == [row["score"] for row in records]
+    capsys.readouterr()
+    again = harness.evaluate(task=str(task), variants=[{"kind": "zero-shot", "model": str(tiny_model)}, run],
+                             limit=20, out=folder / "evaluated")
+    assert again.equals(table) and loaded_results(capsys.readouterr().out) == 2  # scored once, loaded as a copy says
     with pytest.raises(InputError, match="variants is a list"):
         harness.evaluate(task=str(task), variants=[])
+
+
+def test_a_finished_run_of_the_same_settings_is_loaded_not_trained_again(finished, tiny_model, capsys, tmp_path):
+    """A notebook's cells run again (or its other-language copy in the same folder): fine_tune loads the run."""
+    import os
+    import shutil
+
+    folder, frame, run = finished
+    before = {p: p.stat().st_mtime_ns for p in (folder / "run").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    again = tiny_run(tiny_model, frame, folder / "run")
+    printed = capsys.readouterr().out
+    assert "already holds this run, finished (the same settings and data): loaded, not trained again" in printed
+    assert "test:" in printed and again.metrics == run.metrics  # its results printed as after training
+    assert loaded_results(printed) == 1  # as a notebook's copy counts what it loaded
+    assert {p: p.stat().st_mtime_ns for p in (folder / "run").rglob("*") if p.is_file()} == before  # nothing written
+    # other settings, or other data, are refused in one line naming what differs; nothing is written
+    message = one_line_error(lambda: tiny_run(tiny_model, frame, folder / "run", learning_rate=1e-3))
+    assert "already holds a finished run with other settings (training.learning_rate: 0.005 there, 0.001 here)" \
+        in message
+    changed = frame.assign(sentiment=frame["sentiment"][::-1].to_numpy())
+    assert "already holds a finished run on other data" in one_line_error(
+        lambda: tiny_run(tiny_model, changed, folder / "run"))
+    assert {p: p.stat().st_mtime_ns for p in (folder / "run").rglob("*") if p.is_file()} == before
+    # a run of a data file: loaded while the file is as it was, refused once it changed after the run finished
+    copy, reviews = tmp_path / "run", tmp_path / "reviews.csv"
+    shutil.copytree(folder / "run", copy)
+    shutil.copy(folder / "reviews.csv", reviews)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    saved["data"].update(source=str(reviews), text_column="review", label_column="sentiment")
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    shutil.rmtree(copy / "data")
+    finished_at = (copy / "summary.json").stat().st_mtime
+    os.utime(reviews, (finished_at - 60, finished_at - 60))
+    arguments = dict(model=str(tiny_model), data=str(reviews), text_column="review", label_column="sentiment",
+                     method={"name": "lora", "rank": 4}, output_dir=copy, config={"data": {"max_length": 32}},
+                     **TRAINING)
+    assert tljax.fine_tune(**arguments).metrics == run.metrics
+    os.utime(reviews, (finished_at + 60, finished_at + 60))
+    assert f"{reviews} changed after it finished" in one_line_error(lambda: tljax.fine_tune(**arguments))
 
 
 def test_an_interrupted_run_resumes_to_the_parameters_of_an_uninterrupted_one(finished, tiny_model, monkeypatch):

@@ -95,6 +95,13 @@ def test_a_copy_says_at_which_budget_on_what_and_when_it_ran_in_its_language():
     assert "Executed with <code>python -m notebooks --budget full</code> on 1 x NVIDIA H200, 95 s, 2026-12-07." in \
         with_execution_line(page, on_gpu, "en")
     assert with_execution_line(page, None, "en") == page  # a notebook executed elsewhere: nothing claimed
+    # the Portuguese copy run after the English one in the same folder loads their runs and evaluations
+    loaded = {**on_cpu, "seconds": 40, "loaded": 3}
+    assert ("em 2 núcleos de CPU, 40 s, 2026-12-07. 3 de seus treinos e avaliações foram carregados de uma execução "
+            "anterior do mesmo código na mesma pasta, não calculados de novo.</em>") in \
+        with_execution_line(page, loaded, "pt")
+    assert "on 2 CPU cores, 40 s, 2026-12-07. 3 of its runs and evaluations were loaded from an earlier execution " \
+        "of the same code in the same folder, not computed again.</em>" in with_execution_line(page, loaded, "en")
 
 
 def test_each_portuguese_notebook_has_the_english_code_cells_and_none_has_outputs():

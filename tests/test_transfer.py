@@ -490,14 +490,15 @@ def test_more_bad_input_is_one_line(tmp_path, tiny_model, capsys):
 
 def test_a_run_saved_before_a_setting_existed_still_resumes():
     from tljax.train.config import load_config
-    from tljax.train.loop import _changed_keys, _with_defaults
+    from tljax.train.loop import config_changes
 
-    current = load_config().to_dict()
+    config = load_config()
+    current = config.to_dict()
     older = {k: v for k, v in current.items() if k not in ("evaluation", "tasks", "distillation")}
     older["training"] = {k: v for k, v in current["training"].items() if k != "task_sampling_temperature"}
-    assert _changed_keys(_with_defaults(older), current) == []
+    assert config_changes(older, config) == []
     older["training"]["learning_rate"] = 1.0
-    assert _changed_keys(_with_defaults(older), current) == ["training.learning_rate"]
+    assert config_changes(older, config) == ["training.learning_rate"]
 
 
 # ------------------------------------------------------------------------------------------ the pooler

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+import yaml
+
 from tljax.cache import enable_compilation_cache
 from tljax.data.dataset import SPLIT_ALIASES, DataError
 from tljax.errors import InputError
@@ -33,9 +35,9 @@ from tljax.progress import quiet_libraries
 from tljax.run_handle import Run
 from tljax.train.config import ConfigKeyError, RunConfig, TrainingConfig, load_config
 from tljax.train.launch import launch
-from tljax.train.loop import TrainingStopped
+from tljax.train.loop import TrainingStopped, with_defaults, config_changes
 from tljax.train.outcome import result_lines
-from tljax.train.rundir import RUN_DATA, check_usable, has_checkpoint
+from tljax.train.rundir import RUN_DATA, RunDirectoryError, check_usable, has_checkpoint
 
 if TYPE_CHECKING:
     import datasets
@@ -81,6 +83,8 @@ def fine_tune(model: str | None = None, data: DataArgument | None = None, method
     config: a run config (a YAML path, or a mapping of its sections) to start from; default: the embedded
         default run (`python -m tljax.train` with no --config). The other arguments are set on it.
     resume: continue the run in `output_dir` from its checkpoint (with the same arguments and data).
+        Without it, an `output_dir` that holds a finished run of the same arguments and data (a notebook's cells
+        run again) is loaded, not trained again; one that holds any other run is refused.
     training_arguments: Hugging Face `TrainingArguments` names (learning_rate, num_train_epochs, max_steps,
         per_device_train_batch_size, eval_steps, warmup_ratio, weight_decay, seed, bf16, label_smoothing_factor,
         metric_for_best_model, ...; `TrainingConfig`'s fields), as `training.*` settings.
@@ -90,12 +94,17 @@ def fine_tune(model: str | None = None, data: DataArgument | None = None, method
     try:
         planned, tables = plan(model, data, method, task, output_dir, config=config, text_column=text_column,
                                label_column=label_column, **training_arguments)
-        enable_compilation_cache()  # a rerun of the same shapes does not compile again
         run_dir = Path(planned.output_dir)
+        if not resume and finished_same_run(run_dir, planned, tables):
+            # a notebook's cells run again: the run is not trained twice, as the harness scores nothing twice
+            print(f"{run_dir} already holds this run, finished (the same settings and data): loaded, not trained "
+                  "again (to train it again, delete the folder or choose another output_dir)")
+            return _reported(Run(run_dir))
+        enable_compilation_cache()  # a rerun of the same shapes does not compile again
         written = write_data(run_dir, tables, resume=resume)
         try:
             with quiet_libraries():
-                summary = launch(planned, resume=resume, say=print)
+                launch(planned, resume=resume, say=print)
         except InputError:
             _remove(written, run_dir)  # bad input leaves nothing behind, as the command leaves nothing
             raise
@@ -104,8 +113,13 @@ def fine_tune(model: str | None = None, data: DataArgument | None = None, method
     except TrainingStopped as stopped:
         hint = ". Continue with tljax.fine_tune(..., resume=True)" if stopped.resumable else ""
         raise TrainingStopped(f"{stopped}{hint}", resumable=stopped.resumable) from None
-    print("\n".join(result_lines(summary)).lstrip("\n") + f"\n\n{summary['diagnosis']}")
-    return Run(run_dir)
+    return _reported(Run(run_dir))
+
+
+def _reported(run: Run) -> Run:
+    """`run`, its results and diagnosis printed as the command prints them."""
+    print("\n".join(result_lines(run.summary)).lstrip("\n") + f"\n\n{run.summary['diagnosis']}")
+    return run
 
 
 def plan(model: str | None = None, data: DataArgument | None = None, method: MethodArgument | None = None,
@@ -262,6 +276,54 @@ def _column(role: str, given: str | None, usual: tuple[str, ...], columns: list[
 # -- the run folder -----------------------------------------------------------------------------------------------
 
 
+def finished_same_run(run_dir: Path, config: RunConfig, tables: dict[str, list[dict]]) -> bool:
+    """Whether `run_dir` holds a finished run of `config` (its config.yaml the same, but for output_dir) on the same
+    data: `tables` equal to its data/ files, a data file or folder not changed since the run finished. Raises a
+    one-line `RunDirectoryError` naming what differs where it holds a finished run of other settings or data;
+    False where it holds no finished run (an interrupted one is `write_data`'s and `launch`'s to refuse)."""
+    summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
+    if not (summary.is_file() and saved.is_file()):
+        return False
+    again = "choose another output_dir, or delete the folder to train it again"
+    recorded = yaml.safe_load(saved.read_text()) or {}
+    changed = config_changes(recorded, config)
+    if changed:
+        here, there = config.to_dict(), with_defaults(recorded)
+        shown = "; ".join(f"{key}: {_setting(there, key)!r} there, {_setting(here, key)!r} here" for key in changed[:4])
+        more = f" (and {len(changed) - 4} more)" if len(changed) > 4 else ""
+        raise RunDirectoryError(f"{run_dir} already holds a finished run with other settings ({shown}{more}); {again}")
+    differing = [path.name for path, text in _data_texts(run_dir, tables).items()
+                 if not path.is_file() or path.read_text() != text]
+    if differing:
+        raise RunDirectoryError(f"{run_dir} already holds a finished run on other data ({run_dir / RUN_DATA}: "
+                                f"{', '.join(differing)} differ); {again}")
+    source = Path(config.data.source.split(":", 1)[1] if config.data.source.startswith(("hf:", "tfds:"))
+                  else config.data.source).expanduser()
+    if not tables and source.exists() and _modified(source) > summary.stat().st_mtime:
+        raise RunDirectoryError(f"{run_dir} already holds a finished run, but {source} changed after it finished; "
+                                f"{again}")
+    return True
+
+
+def _setting(config: dict, key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
+def _modified(path: Path) -> float:
+    """The latest modification time of a file, or of any file in a folder."""
+    return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))] if path.is_dir()
+               else [path.stat().st_mtime])
+
+
+def _data_texts(run_dir: Path, tables: dict[str, list[dict]]) -> dict[Path, str]:
+    """{<run_dir>/data/<split>.jsonl: its JSON Lines text} of the tables given in memory."""
+    return {run_dir / RUN_DATA / f"{split}.jsonl": "".join(json.dumps(record, ensure_ascii=False) + "\n"
+                                                           for record in records)
+            for split, records in tables.items()}
+
+
 def write_data(run_dir: Path, tables: dict[str, list[dict]], *, resume: bool) -> list[Path]:
     """Writes each table as <run_dir>/data/<split>.jsonl (what the config's data.source reads) and returns the
     files written. Resuming a run with a checkpoint, the files must hold the same data (nothing is written)."""
@@ -269,8 +331,7 @@ def write_data(run_dir: Path, tables: dict[str, list[dict]], *, resume: bool) ->
         return []
     check_usable(run_dir, resume=resume)  # not a folder another run holds, or a finished one: nothing written
     folder = run_dir / RUN_DATA
-    texts = {folder / f"{split}.jsonl": "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-             for split, records in tables.items()}
+    texts = _data_texts(run_dir, tables)
     if resume and has_checkpoint(run_dir):
         changed = [path.name for path, text in texts.items() if not path.is_file() or path.read_text() != text]
         if changed:

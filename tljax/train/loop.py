@@ -152,8 +152,8 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         if found is None:
             raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
         saved = found[1]
-        changed = _changed_keys(_with_defaults(saved.get("config", {})), prepared.config.to_dict(),
-                                ignored=("output_dir", "training.mesh", "training.sharding"))
+        changed = config_changes(saved.get("config", {}), prepared.config,
+                                 ignored=("output_dir", "training.mesh", "training.sharding"))
         if changed:
             raise ConfigKeyError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
                                  "resume with the same config (or start a new run)")
@@ -337,7 +337,13 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     return summary
 
 
-def _with_defaults(saved: dict) -> dict:
+def config_changes(saved: dict, config: RunConfig, *, ignored: tuple[str, ...] = ("output_dir",)) -> list[str]:
+    """The dotted keys (e.g. training.learning_rate) whose values differ between a run's saved config (its
+    checkpoint's or config.yaml's, completed with today's defaults) and `config`, but for `ignored` ones."""
+    return _changed_keys(with_defaults(saved), config.to_dict(), ignored=ignored)
+
+
+def with_defaults(saved: dict) -> dict:
     """A saved run config completed with today's defaults (a run saved before a setting existed had its
     default)."""
     def fill(base: dict, update: dict) -> dict:
@@ -421,4 +427,4 @@ def write_config(prepared: Prepared, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(prepared.config.to_dict(), sort_keys=False))
 
 
-__all__ = ["TrainingStopped", "train", "write_config"]
+__all__ = ["TrainingStopped", "config_changes", "train", "write_config"]
