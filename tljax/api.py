@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Union
 import yaml
 
 from tljax.cache import enable_compilation_cache
+from tljax.data.bundled import BUNDLED_CORPORA
 from tljax.data.dataset import SPLIT_ALIASES, DataError
+from tljax.data.packaged import PACKAGED_CORPORA
 from tljax.errors import InputError
 from tljax.progress import quiet_libraries
 from tljax.run_handle import Run
@@ -58,6 +60,8 @@ TEXT_NAMES = ("text", "sentence", "review", "content", "document", "tweet", "com
 LABEL_NAMES = ("label", "labels", "sentiment", "class", "category")
 INPUT_NAMES = ("text", "input", "source", "document", "article", "prompt")
 TARGET_NAMES = ("target", "output", "summary", "translation", "response")
+# the corpora a data source names (not files)
+KNOWN_CORPORA = {*PACKAGED_CORPORA, *BUNDLED_CORPORA}
 # tasks whose files hold records of their own form (text + entities spans; question, context, answers), written
 # as given
 RECORD_TASKS = ("token-classification", "question-answering")
@@ -297,12 +301,28 @@ def finished_same_run(run_dir: Path, config: RunConfig, tables: dict[str, list[d
     if differing:
         raise RunDirectoryError(f"{run_dir} already holds a finished run on other data ({run_dir / RUN_DATA}: "
                                 f"{', '.join(differing)} differ); {again}")
-    source = Path(config.data.source.split(":", 1)[1] if config.data.source.startswith(("hf:", "tfds:"))
-                  else config.data.source).expanduser()
-    if not tables and source.exists() and _modified(source) > summary.stat().st_mtime:
-        raise RunDirectoryError(f"{run_dir} already holds a finished run, but {source} changed after it finished; "
-                                f"{again}")
+    for source in _local_sources(config.to_dict()):
+        if _modified(source) > summary.stat().st_mtime:
+            raise RunDirectoryError(f"{run_dir} already holds a finished run, but {source} changed after it "
+                                    f"finished; {again}")
     return True
+
+
+def _local_sources(settings: Any) -> list[Path]:
+    """The files and folders on this machine that a config's `source` settings (data, evaluation sets, tasks) read:
+    not the packaged corpora, which a name gives."""
+    if isinstance(settings, list):
+        return [path for item in settings for path in _local_sources(item)]
+    if not isinstance(settings, dict):
+        return []
+    found = []
+    for key, value in settings.items():
+        if key == "source" and isinstance(value, str) and value and value.lower() not in KNOWN_CORPORA:
+            path = Path(value.split(":", 1)[1] if value.startswith(("hf:", "tfds:")) else value).expanduser()
+            found += [path] if path.exists() else []
+        else:
+            found += _local_sources(value)
+    return found
 
 
 def _setting(config: dict, key: str) -> Any:
