@@ -36,8 +36,8 @@ from tljax.errors import InputError
 from tljax.train.checkpoints import Checkpoints
 from tljax.train.config import RunConfig
 from tljax.train.distributed import share
-from tljax.train.loop import (TrainingStopped, _bound, _curve_metric, _finish, _forward_fn, _log, _record_evaluation,
-                              _save, _truncate_log, build_engine, config_changes, write_config)
+from tljax.train.loop import (PLACEMENT, TrainingStopped, _bound, _curve_metric, _finish, _forward_fn, _log,
+                              _record_evaluation, _save, _truncate_log, build_engine, config_changes, write_config)
 from tljax.train.run import Prepared, prepare
 from tljax.train.rundir import RunLock
 from tljax.train.sharding import make_mesh, shard_local_rows
@@ -120,8 +120,7 @@ def _train(prepared: Prepared, configs, scales, checkpoints, found, say, stack: 
                  "config": config.to_dict(), "global_batch": global_batch}
         trainable, opt_state = engine.trainable, engine.opt_state
         if at is not None:
-            changed = config_changes(at[1].get("config", {}), config,
-                                     ignored=("output_dir", "training.mesh", "training.sharding"))
+            changed = config_changes(at[1].get("config", {}), config, ignored=PLACEMENT)
             if changed:
                 raise InputError(f"{run_dir}: its checkpoint's config differs in {', '.join(changed)}; remove the "
                                  "folder to train it again")

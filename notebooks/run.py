@@ -9,8 +9,9 @@ TLJAX_NOTEBOOK_BUDGET set to the budget), in order, in one working folder, `--wo
 folder (their runs and harness results go there: notebook 6 probes the run notebook 4 trained), and stops at the
 first error. Both languages run there: the Portuguese notebooks' code cells are the English ones', so they find the
 runs and harness results the English ones computed and load them (`tljax.fine_tune` loads a finished run of the
-same settings; the harness caches what it scored), and each copy says at its top how many it loaded. The notebooks in notebooks/ are never
-written: they stay without outputs (tests/test_notebooks.py checks it); the outputs go into the HTML copies only.
+same settings; the harness caches what it scored), and each copy says at its top how many it loaded. The notebooks
+in notebooks/ are never written: they stay without outputs (tests/test_notebooks.py checks it); the outputs go into
+the HTML copies only.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
             _run(notebook, folder, kernel_env, timeout, path)
             seconds = time.monotonic() - started
             say(f"{path.parent.name}/{path.name}: {seconds:.0f} s")
-            notebook.metadata["tljax"] = {**executed_on(budget, seconds, machine), "loaded": loaded_results(_printed(notebook))}
+            notebook.metadata["tljax"] = executed_on(budget, seconds, machine, loaded_results(_printed(notebook)))
             executed.append(notebook)
         return executed
     # one notebook of all of them, each one's cells tagged with its index, a reset cell before each but the first
@@ -93,11 +94,11 @@ def execute(paths: Sequence[Path], budget: str, workdir: Path, *, env: Mapping[s
     return notebooks
 
 
-def executed_on(budget: str, seconds: float | None, machine: dict) -> dict:
+def executed_on(budget: str, seconds: float | None, machine: dict, loaded: int = 0) -> dict:
     """How a notebook was executed (its copy says it at the top): the budget, on what (`machine`), when, how long
-    (None: not measured alone, as in a shared kernel)."""
+    (None: not measured alone, as in a shared kernel), and how many runs and evaluations it `loaded`."""
     return {"budget": budget, **machine, "date": datetime.date.today().isoformat(),
-            "seconds": None if seconds is None else round(seconds)}
+            "seconds": None if seconds is None else round(seconds), "loaded": loaded}
 
 
 # what a cell prints where it finds its result already computed in the folder: tljax.fine_tune's finished run of the

@@ -152,8 +152,7 @@ def train(prepared: Prepared, run_dir: Path, *, resume: bool = False) -> dict[st
         if found is None:
             raise RunDirectoryError(f"--resume: {run_dir} has no checkpoint to continue from")
         saved = found[1]
-        changed = config_changes(saved.get("config", {}), prepared.config,
-                                 ignored=("output_dir", "training.mesh", "training.sharding"))
+        changed = config_changes(saved.get("config", {}), prepared.config, ignored=PLACEMENT)
         if changed:
             raise ConfigKeyError(f"--resume: the config differs from the interrupted run's in {', '.join(changed)}; "
                                  "resume with the same config (or start a new run)")
@@ -337,6 +336,10 @@ def _finish(prepared, run_dir, graphdef, frozen, trainable, opt_state, checkpoin
     return summary
 
 
+# the settings a resumed run may change: where it lives and how it is placed on devices
+PLACEMENT = ("output_dir", "training.mesh", "training.sharding")
+
+
 def config_changes(saved: dict, config: RunConfig, *, ignored: tuple[str, ...] = ("output_dir",)) -> list[str]:
     """The dotted keys (e.g. training.learning_rate) whose values differ between a run's saved config (its
     checkpoint's or config.yaml's, completed with today's defaults) and `config`, but for `ignored` ones."""
@@ -427,4 +430,4 @@ def write_config(prepared: Prepared, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(prepared.config.to_dict(), sort_keys=False))
 
 
-__all__ = ["TrainingStopped", "config_changes", "train", "write_config"]
+__all__ = ["PLACEMENT", "TrainingStopped", "config_changes", "train", "write_config"]
